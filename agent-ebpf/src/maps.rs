@@ -1,0 +1,71 @@
+//! Every map the programs share with user space (names in `etcd_monitor_agent_common::maps`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use etcd_monitor_agent_common::{
+    maps::{
+        CONFIG_LEN, CommFilter, DEFAULT_RINGBUF_BYTES, DROPS_LEN, MAX_FDS, MAX_IN_FLIGHT,
+        MAX_OP_STATS, MAX_TRACKED,
+    },
+    syscall::{FdKey, OpKey, OpStats},
+};
+
+/// Per-record events for user space; its size is set by the agent at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
+
+/// tgid → flags of the etcd processes to trace.
+#[map]
+pub static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TRACKED, 0);
+
+/// (tgid, fd) → `FileClass` discriminant, filled by user space, cleared on `close`.
+#[map]
+pub static FD_CLASS: HashMap<FdKey, u8> = HashMap::with_max_entries(MAX_FDS, 0);
+
+/// Exact counters and log2 histogram per (tgid, op, class), per CPU.
+#[map]
+pub static OP_STATS: PerCpuHashMap<OpKey, OpStats> =
+    PerCpuHashMap::with_max_entries(MAX_OP_STATS, 0);
+
+/// Settings written by user space (`CONFIG_*` indices).
+#[map]
+pub static CONFIG: Array<u64> = Array::with_max_entries(CONFIG_LEN, 0);
+
+/// Loss counters (`DROP_*` indices).
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROPS_LEN, 0);
+
+/// The comm whose exec is reported.
+#[map]
+pub static EXEC_COMM: Array<CommFilter> = Array::with_max_entries(1, 0);
+
+/// A syscall in flight on one thread, between `sys_enter` and `sys_exit`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Start {
+    /// `bpf_ktime_get_ns` at enter.
+    pub ts_ns: u64,
+    /// Bytes the call asked for (`sync_file_range`'s range; 0 otherwise).
+    pub req_bytes: u64,
+    /// The fd argument.
+    pub fd: i32,
+    /// `Op` discriminant.
+    pub op: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+
+/// pid_tgid → the call in flight. LRU so that a thread killed inside a syscall cannot leak.
+#[map]
+pub static STARTS: LruHashMap<u64, Start> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
+/// Adds one to a `DROPS` counter.
+#[inline(always)]
+pub fn count_drop(index: u32) {
+    if let Some(counter) = DROPS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot owned by this CPU for the duration of the program.
+        unsafe { *counter += 1 };
+    }
+}

@@ -1,0 +1,161 @@
+//! Shared enter/exit logic of the syscall tracepoints.
+//!
+//! `sys_enter_*` records the start time in `STARTS` for tracked processes only; `sys_exit_*`
+//! computes the latency, updates `OP_STATS` (always) and emits a `SyscallEvent` (when it is at
+//! least the configured minimum duration, or when the fd is not yet classified so user space can
+//! learn it).
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    programs::TracePointContext,
+};
+use etcd_monitor_agent_common::{
+    EventKind,
+    hist::log2_slot,
+    maps::{CONFIG_MIN_DURATION_NS, DROP_RINGBUF_SYSCALL, DROP_START_MAP, DROP_STATS_MAP},
+    syscall::{FLAG_CLASS_UNKNOWN, FdKey, FileClass, Op, OpKey, OpStats, SyscallEvent},
+};
+
+use crate::maps::{CONFIG, EVENTS, FD_CLASS, OP_STATS, STARTS, Start, TRACKED, count_drop};
+
+/// Offset of the first syscall argument in a `syscalls:sys_enter_*` record.
+const ARG0: usize = 16;
+/// Offset of `ret` in a `syscalls:sys_exit_*` record.
+const RET: usize = 16;
+
+/// Whether the current process is one user space asked us to trace.
+#[inline(always)]
+pub fn current_is_tracked() -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: read-only lookup; the value is not kept.
+    unsafe { TRACKED.get(&tgid).is_some() }
+}
+
+/// Reads syscall argument `n` (0-based) of a `sys_enter` record.
+#[inline(always)]
+pub fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: the tracepoint record has six 8-byte arguments from offset 16.
+    unsafe { ctx.read_at::<u64>(ARG0 + n * 8) }.unwrap_or(0)
+}
+
+/// `sys_enter` half: remember when `op` started on this thread.
+#[inline(always)]
+pub fn enter(ctx: &TracePointContext, op: Op, req_bytes: u64) -> u32 {
+    if !current_is_tracked() {
+        return 0;
+    }
+    let start = Start {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        req_bytes,
+        fd: arg(ctx, 0) as i32,
+        op: op as u8,
+        _pad: [0; 3],
+    };
+    if STARTS
+        .insert(&bpf_get_current_pid_tgid(), &start, 0)
+        .is_err()
+    {
+        count_drop(DROP_START_MAP);
+    }
+    0
+}
+
+/// `sys_exit` half: account the finished call.
+#[inline(always)]
+pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(start) = (unsafe { STARTS.get(&pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = STARTS.remove(&pid_tgid);
+    if start.op != op as u8 {
+        // A missed exit left a stale entry (e.g. the agent attached mid-call); ignore it.
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let duration_ns = now.saturating_sub(start.ts_ns);
+    let ret = unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(0);
+    let tgid = (pid_tgid >> 32) as u32;
+
+    let fd_key = FdKey { tgid, fd: start.fd };
+    // SAFETY: read-only lookup of a u8.
+    let (class, flags) = match unsafe { FD_CLASS.get(&fd_key) } {
+        Some(class) => (*class, 0u8),
+        None => (FileClass::Unknown as u8, FLAG_CLASS_UNKNOWN),
+    };
+    let bytes = if op.is_sync() {
+        start.req_bytes
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        0
+    };
+
+    record_stats(
+        &OpKey {
+            tgid,
+            op: op as u8,
+            class,
+            _pad: [0; 2],
+        },
+        duration_ns,
+        bytes,
+        ret < 0,
+    );
+
+    let min_ns = CONFIG.get(CONFIG_MIN_DURATION_NS).copied().unwrap_or(0);
+    if duration_ns < min_ns && flags & FLAG_CLASS_UNKNOWN == 0 {
+        return 0;
+    }
+    match EVENTS.reserve::<SyscallEvent>(0) {
+        Some(mut entry) => {
+            entry.write(SyscallEvent {
+                kind: EventKind::Syscall as u8,
+                op: op as u8,
+                class,
+                flags,
+                fd: start.fd,
+                tgid,
+                tid: pid_tgid as u32,
+                start_ns: start.ts_ns,
+                duration_ns,
+                ret,
+                bytes,
+            });
+            entry.submit(0);
+        }
+        None => count_drop(DROP_RINGBUF_SYSCALL),
+    }
+    0
+}
+
+/// Adds one call to the per-CPU `OP_STATS` entry of `key`, creating it when missing.
+#[inline(always)]
+fn record_stats(key: &OpKey, duration_ns: u64, bytes: u64, failed: bool) {
+    let mut stats = OP_STATS.get_ptr_mut(key);
+    if stats.is_none() {
+        if OP_STATS.insert(key, &OpStats::ZERO, 0).is_err() {
+            count_drop(DROP_STATS_MAP);
+            return;
+        }
+        stats = OP_STATS.get_ptr_mut(key);
+    }
+    let Some(stats) = stats else {
+        count_drop(DROP_STATS_MAP);
+        return;
+    };
+    let slot = log2_slot(duration_ns);
+    // SAFETY: per-CPU value owned by this CPU while the program runs; `slot` is clamped.
+    unsafe {
+        (*stats).count += 1;
+        (*stats).bytes += bytes;
+        (*stats).sum_ns += duration_ns;
+        if failed {
+            (*stats).errors += 1;
+        }
+        if let Some(bucket) = (*stats).slots.get_mut(slot) {
+            *bucket += 1;
+        }
+    }
+}
