@@ -69,3 +69,7 @@ pub fn count_drop(index: u32) {
         unsafe { *counter += 1 };
     }
 }
+
+/// pid_tgid → listening fd of an `accept`/`accept4` in flight.
+#[map]
+pub static ACCEPTS: LruHashMap<u64, i32> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);

@@ -38,6 +38,13 @@ pub fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     unsafe { ctx.read_at::<u64>(ARG0 + n * 8) }.unwrap_or(0)
 }
 
+/// Reads `ret` of a `sys_exit` record.
+#[inline(always)]
+pub fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: every sys_exit record has `long ret` at offset 16.
+    unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(0)
+}
+
 /// `sys_enter` half: remember when `op` started on this thread.
 #[inline(always)]
 pub fn enter(ctx: &TracePointContext, op: Op, req_bytes: u64) -> u32 {
@@ -75,7 +82,7 @@ pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let duration_ns = now.saturating_sub(start.ts_ns);
-    let ret = unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(0);
+    let ret = ret(ctx);
     let tgid = (pid_tgid >> 32) as u32;
 
     let fd_key = FdKey { tgid, fd: start.fd };

@@ -1,1 +1,24 @@
-//! lib
+//! etcd-monitor-agent: finds etcd processes on this node, traces their disk path with eBPF
+//! tracepoints, and exports what it sees.
+//!
+//! Map of the crate: `config` (flags) · `procfs`, `identity`, `discovery` (which processes
+//! are etcd, and which member) · `fdclass` (WAL/DB/SNAP/socket) · `tracker` (the traced set,
+//! mirrored into the kernel through the `kernel::Kernel` trait) · `ebpf` (Linux: load, attach,
+//! maps, ring-buffer reader) · `probes` (what attaches where) · `decode` (ring-buffer records)
+//! · `stats` + `metrics` (exact kernel counters → Prometheus) · `http` · `mode`.
+
+pub mod config;
+pub mod decode;
+pub mod discovery;
+#[cfg(target_os = "linux")]
+pub mod ebpf;
+pub mod fdclass;
+pub mod http;
+pub mod identity;
+pub mod kernel;
+pub mod metrics;
+pub mod mode;
+pub mod probes;
+pub mod procfs;
+pub mod stats;
+pub mod tracker;

@@ -1,5 +1,6 @@
 //! One module per hooked event; `agent/src/probes/` attaches them by the same names.
 
+pub mod accept;
 pub mod close;
 pub mod process;
 pub mod sync;

@@ -25,13 +25,19 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let Ok(comm) = bpf_get_current_comm() else {
         return 0;
     };
+    // Exact match: the first `len` bytes agree and the comm ends there (`etcdctl` is not
+    // `etcd`).
     let mut i = 0;
     while i < 16 {
-        if i >= len {
+        if i < len {
+            if comm[i] != filter.comm[i] {
+                return 0;
+            }
+        } else {
+            if comm[i] != 0 {
+                return 0;
+            }
             break;
-        }
-        if comm[i] != filter.comm[i] {
-            return 0;
         }
         i += 1;
     }

@@ -1,0 +1,284 @@
+//! Wiring: pick the mode, start the tracker, the reader and the HTTP server, stop on signal.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+use etcd_monitor_agent::{
+    config::{Config, ModeRequest},
+    discovery::Matcher,
+    http::{HttpState, ModeStatus, router},
+    kernel::Kernel,
+    metrics::AgentMetrics,
+    mode::AgentMode,
+    procfs::ProcFs,
+    tracker::Tracker,
+};
+
+/// The kernel side when it loaded.
+struct KernelParts {
+    kernel: Box<dyn Kernel>,
+    #[cfg(target_os = "linux")]
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    #[cfg(target_os = "linux")]
+    programs: etcd_monitor_agent::ebpf::Programs,
+}
+
+/// Tries to bring eBPF up as `config` asks; returns the parts and the status to report.
+fn bring_up_kernel(config: &Config) -> anyhow::Result<(Option<KernelParts>, ModeStatus)> {
+    let client_only = |reason: String| ModeStatus {
+        mode: AgentMode::ClientOnly,
+        reason: Some(reason),
+        skipped_probes: vec![],
+    };
+    if config.mode == ModeRequest::ClientOnly {
+        return Ok((
+            None,
+            client_only("requested with --mode=client-only".into()),
+        ));
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let reason = format!("eBPF needs Linux; this is {}", std::env::consts::OS);
+        if config.mode == ModeRequest::Ebpf {
+            anyhow::bail!("--mode=ebpf: {reason}");
+        }
+        Ok((None, client_only(reason)))
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use etcd_monitor_agent::ebpf::{self, LoadOptions, Loaded};
+        let options = LoadOptions {
+            ringbuf_bytes: config.ringbuf_bytes,
+            min_duration_ns: u64::try_from(config.min_duration.as_nanos()).unwrap_or(u64::MAX),
+            exec_comm: if config.match_pattern.is_some() {
+                String::new()
+            } else {
+                "etcd".into()
+            },
+        };
+        match ebpf::load(&options) {
+            Ok(Loaded {
+                programs,
+                kernel,
+                ring,
+                skipped,
+            }) => {
+                let skipped: Vec<String> = skipped
+                    .iter()
+                    .map(|s| format!("{}: {}", s.probe.program, s.reason))
+                    .collect();
+                let mode = if skipped.is_empty() {
+                    AgentMode::Ebpf
+                } else {
+                    AgentMode::EbpfPartial
+                };
+                let reason = (!skipped.is_empty())
+                    .then(|| "some optional probes did not attach".to_string());
+                Ok((
+                    Some(KernelParts {
+                        kernel: Box::new(kernel),
+                        ring,
+                        programs,
+                    }),
+                    ModeStatus {
+                        mode,
+                        reason,
+                        skipped_probes: skipped,
+                    },
+                ))
+            }
+            Err(err) => {
+                let reason = explain_load_error(&err);
+                if config.mode == ModeRequest::Ebpf {
+                    anyhow::bail!("--mode=ebpf: {reason}");
+                }
+                Ok((None, client_only(reason)))
+            }
+        }
+    }
+}
+
+/// Turns a load error into a sentence an operator can act on.
+#[cfg(target_os = "linux")]
+fn explain_load_error(err: &etcd_monitor_agent::ebpf::LoadError) -> String {
+    let text = format!("{err:#}");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if text.contains("Operation not permitted") || text.contains("EPERM") || !root {
+        format!(
+            "eBPF needs root or CAP_BPF + CAP_PERFMON (running as uid {}): {text}",
+            unsafe { libc::geteuid() }
+        )
+    } else if text.contains("BTF") {
+        format!("the kernel's BTF is missing or unusable: {text}")
+    } else {
+        text
+    }
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let (kernel, status) = bring_up_kernel(&config)?;
+    match &status.reason {
+        None => tracing::info!(mode = status.mode.label(), "eBPF is on."),
+        Some(reason) if status.mode == AgentMode::ClientOnly => {
+            tracing::warn!(mode = status.mode.label(), %reason, "eBPF is off; running client-only.")
+        }
+        Some(reason) => {
+            tracing::warn!(mode = status.mode.label(), %reason, skipped = ?status.skipped_probes, "eBPF is on with gaps.")
+        }
+    }
+
+    let pattern = config
+        .match_pattern
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .context("--match")?;
+    let matcher = Matcher::new(pattern);
+    let proc = ProcFs::new(&config.proc_root);
+    #[cfg(target_os = "linux")]
+    let (kernel_box, ring_and_programs) = match kernel {
+        Some(KernelParts {
+            kernel,
+            ring,
+            programs,
+        }) => (Some(kernel), Some((ring, programs))),
+        None => (None, None),
+    };
+    #[cfg(not(target_os = "linux"))]
+    let kernel_box = kernel.map(|k| k.kernel);
+    let tracker = Arc::new(Mutex::new(Tracker::new(proc, matcher, kernel_box)));
+    let metrics = Arc::new(AgentMetrics::new(tracker.clone()).context("registering metrics")?);
+    metrics.set_mode(status.mode);
+    for skipped in &status.skipped_probes {
+        let program = skipped.split(':').next().unwrap_or(skipped);
+        metrics.skipped_probes.with_label_values(&[program]).set(1);
+    }
+    let rescan = Arc::new(tokio::sync::Notify::new());
+
+    // The reader and the programs live until `run` returns.
+    #[cfg(target_os = "linux")]
+    let _kernel_side = match ring_and_programs {
+        Some((ring, programs)) => {
+            let reader = etcd_monitor_agent::ebpf::spawn_reader(
+                ring,
+                etcd_monitor_agent::ebpf::ReaderContext {
+                    tracker: tracker.clone(),
+                    metrics: metrics.clone(),
+                    rescan: rescan.clone(),
+                    sink: Box::new(|_| {}),
+                },
+            )
+            .context("starting the ring-buffer reader")?;
+            Some((reader, programs))
+        }
+        None => None,
+    };
+
+    let rescan_task = tokio::spawn(rescan_loop(
+        tracker.clone(),
+        metrics.clone(),
+        rescan.clone(),
+        config.rescan_interval,
+    ));
+
+    let state = HttpState {
+        metrics: metrics.clone(),
+        tracker: tracker.clone(),
+        status: Arc::new(Mutex::new(status)),
+        node: config.node_name(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("--listen={}: cannot bind", config.listen))?;
+    tracing::info!(listen = %config.listen, "Serving /metrics and /healthz.");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    rescan_task.abort();
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+/// Rescans /proc every `interval`, or at once when an exec/exit event asks.
+async fn rescan_loop(
+    tracker: Arc<Mutex<Tracker>>,
+    metrics: Arc<AgentMetrics>,
+    wake: Arc<tokio::sync::Notify>,
+    interval: Duration,
+) {
+    loop {
+        let tracker = tracker.clone();
+        let metrics_in = metrics.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let Ok(mut tracker) = tracker.lock() else { return };
+            let report = tracker.rescan();
+            metrics_in.rescans.inc();
+            metrics_in.tracked.set(tracker.processes().len() as i64);
+            metrics_in.member_info.reset();
+            for (pid, p) in tracker.processes() {
+                let id = &p.identity;
+                metrics_in
+                    .member_info
+                    .with_label_values(&[
+                        id.name.as_str(),
+                        pid.to_string().as_str(),
+                        &id.data_dir.to_string_lossy(),
+                        id.client_urls.first().map(String::as_str).unwrap_or(""),
+                        id.peer_urls.first().map(String::as_str).unwrap_or(""),
+                    ])
+                    .set(1);
+            }
+            for pid in &report.added {
+                if let Some(p) = tracker.processes().get(pid) {
+                    tracing::info!(pid, member = %p.identity.name, data_dir = %p.identity.data_dir.display(), "Tracing etcd process.");
+                }
+            }
+            for pid in &report.removed {
+                tracing::info!(pid, "etcd process gone.");
+            }
+            for error in &report.errors {
+                metrics_in.map_errors.inc();
+                tracing::warn!(%error, "Kernel map update failed during rescan.");
+            }
+        })
+        .await;
+        if let Err(err) = done {
+            tracing::error!(error = %err, "Rescan task failed.");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = wake.notified() => {
+                // Let a burst of exec/exit events settle into one rescan.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("Shutting down.");
+}

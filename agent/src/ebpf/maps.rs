@@ -1,0 +1,159 @@
+//! The kernel maps behind the [`Kernel`] trait.
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+};
+use etcd_monitor_agent_common::{
+    maps::{self as names, CommFilter},
+    syscall::{FdKey, FileClass, OpKey, OpStats},
+};
+
+use super::{LoadError, LoadOptions};
+use crate::{
+    kernel::{Kernel, KernelDrops, KernelError},
+    stats::OpTotals,
+};
+
+/// Owns the maps the agent reads and writes.
+pub struct EbpfKernel {
+    tracked: HashMap<MapData, u32, u32>,
+    fd_class: HashMap<MapData, FdKey, u8>,
+    op_stats: PerCpuHashMap<MapData, OpKey, OpStats>,
+    config: Array<MapData, u64>,
+    drops: PerCpuArray<MapData, u64>,
+    exec_comm: Array<MapData, CommFilter>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(LoadError::Map {
+        map: name,
+        reason: "missing".into(),
+    })?;
+    T::try_from(map).map_err(|e| LoadError::Map {
+        map: name,
+        reason: e.to_string(),
+    })
+}
+
+fn map_error(
+    map: &'static str,
+    action: &'static str,
+) -> impl Fn(aya::maps::MapError) -> KernelError {
+    move |e| KernelError {
+        map,
+        action,
+        reason: e.to_string(),
+    }
+}
+
+impl EbpfKernel {
+    /// Takes the maps out of a loaded object.
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        Ok(Self {
+            tracked: take(ebpf, names::TRACKED)?,
+            fd_class: take(ebpf, names::FD_CLASS)?,
+            op_stats: take(ebpf, names::OP_STATS)?,
+            config: take(ebpf, names::CONFIG)?,
+            drops: take(ebpf, names::DROPS)?,
+            exec_comm: take(ebpf, names::EXEC_COMM)?,
+        })
+    }
+
+    /// Writes the load-time settings into `CONFIG` and `EXEC_COMM`.
+    pub(super) fn configure(&mut self, options: &LoadOptions) -> Result<(), LoadError> {
+        let to_load = |map: &'static str| {
+            move |e: aya::maps::MapError| LoadError::Map {
+                map,
+                reason: e.to_string(),
+            }
+        };
+        self.config
+            .set(names::CONFIG_MIN_DURATION_NS, options.min_duration_ns, 0)
+            .map_err(to_load(names::CONFIG))?;
+        let mut filter = CommFilter {
+            len: 0,
+            comm: [0; 16],
+        };
+        let comm = options.exec_comm.as_bytes();
+        let len = comm.len().min(15);
+        filter.comm[..len].copy_from_slice(&comm[..len]);
+        filter.len = len as u32;
+        self.exec_comm
+            .set(0, filter, 0)
+            .map_err(to_load(names::EXEC_COMM))?;
+        Ok(())
+    }
+
+    /// Sets the minimum duration of events sent through the ring buffer.
+    pub fn set_min_duration_ns(&mut self, ns: u64) -> Result<(), KernelError> {
+        self.config
+            .set(names::CONFIG_MIN_DURATION_NS, ns, 0)
+            .map_err(map_error(names::CONFIG, "set min duration"))
+    }
+}
+
+impl Kernel for EbpfKernel {
+    fn track(&mut self, tgid: u32) -> Result<(), KernelError> {
+        self.tracked
+            .insert(tgid, 1, 0)
+            .map_err(map_error(names::TRACKED, "insert"))
+    }
+
+    fn untrack(&mut self, tgid: u32) -> Result<(), KernelError> {
+        let _ = self.tracked.remove(&tgid);
+        let fds: Vec<FdKey> = self
+            .fd_class
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for key in fds {
+            let _ = self.fd_class.remove(&key);
+        }
+        let ops: Vec<OpKey> = self
+            .op_stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for key in ops {
+            let _ = self.op_stats.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn set_fd_class(&mut self, tgid: u32, fd: i32, class: FileClass) -> Result<(), KernelError> {
+        self.fd_class
+            .insert(FdKey { tgid, fd }, class as u8, 0)
+            .map_err(map_error(names::FD_CLASS, "insert"))
+    }
+
+    fn op_stats(&self) -> Result<Vec<(OpKey, OpTotals)>, KernelError> {
+        let mut out = Vec::new();
+        for entry in self.op_stats.iter() {
+            let (key, per_cpu) = entry.map_err(map_error(names::OP_STATS, "iterate"))?;
+            out.push((key, OpTotals::from_per_cpu(per_cpu.iter())));
+        }
+        Ok(out)
+    }
+
+    fn drops(&self) -> Result<KernelDrops, KernelError> {
+        let read = |index: u32| -> Result<u64, KernelError> {
+            let values = self
+                .drops
+                .get(&index, 0)
+                .map_err(map_error(names::DROPS, "read"))?;
+            Ok(values.iter().sum())
+        };
+        Ok(KernelDrops {
+            ringbuf_syscall: read(names::DROP_RINGBUF_SYSCALL)?,
+            ringbuf_process: read(names::DROP_RINGBUF_PROCESS)?,
+            start_map: read(names::DROP_START_MAP)?,
+            stats_map: read(names::DROP_STATS_MAP)?,
+        })
+    }
+}

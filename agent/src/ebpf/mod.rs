@@ -1,0 +1,195 @@
+//! Loading the eBPF object, attaching its tracepoints, and owning its maps (Linux only).
+
+mod maps;
+mod reader;
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, RingBuf},
+    programs::TracePoint,
+};
+use etcd_monitor_agent_common::maps as names;
+
+pub use self::{
+    maps::EbpfKernel,
+    reader::{ReaderContext, ReaderHandle, spawn_reader},
+};
+use crate::probes::{self, Probe};
+
+/// The compiled eBPF object, built by `build.rs` from `agent-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/etcd-monitor-agent"));
+
+/// Why eBPF could not be brought up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The kernel refused the object or a map (privileges, BTF, verifier).
+    #[error("failed to load the eBPF object: {0}")]
+    Object(#[source] Box<aya::EbpfError>),
+    /// A program named in `probes` is not in the object (a build mismatch).
+    #[error("eBPF program {0} is missing from the object")]
+    MissingProgram(&'static str),
+    /// A program could not be loaded or attached.
+    #[error("failed to {action} {program} on {category}:{name}: {source}")]
+    Program {
+        /// `load` or `attach`.
+        action: &'static str,
+        /// Program name.
+        program: &'static str,
+        /// Tracepoint category.
+        category: &'static str,
+        /// Tracepoint name.
+        name: &'static str,
+        /// The error.
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// A map is missing or of an unexpected type.
+    #[error("eBPF map {map}: {reason}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Load-time settings.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Ring buffer size in bytes (power of two, ≥ page size).
+    pub ringbuf_bytes: u32,
+    /// Minimum event duration sent through the ring buffer, nanoseconds.
+    pub min_duration_ns: u64,
+    /// The comm whose exec is reported (`etcd`); empty disables exec events.
+    pub exec_comm: String,
+}
+
+/// An optional probe that did not attach.
+#[derive(Debug, Clone)]
+pub struct SkippedProbe {
+    /// The probe.
+    pub probe: Probe,
+    /// Why.
+    pub reason: String,
+}
+
+/// The attached programs; dropping this detaches them.
+pub struct Programs {
+    _ebpf: Ebpf,
+}
+
+/// The loaded object: programs attached, maps handed out.
+pub struct Loaded {
+    /// Keep alive as long as tracing should go on.
+    pub programs: Programs,
+    /// Map control for the tracker.
+    pub kernel: EbpfKernel,
+    /// The event ring buffer, for the reader thread.
+    pub ring: RingBuf<MapData>,
+    /// Optional probes that failed to attach.
+    pub skipped: Vec<SkippedProbe>,
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels that still account BPF memory by it. Newer kernels
+/// account by memory cgroup and need nothing, so a failure is only worth a debug line.
+fn bump_memlock_rlimit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "Could not raise RLIMIT_MEMLOCK; continuing, as memcg accounting does not need it.");
+    }
+}
+
+/// Mounts tracefs at /sys/kernel/tracing when neither it nor debugfs' tracing dir is there.
+pub fn ensure_tracefs() -> Result<(), String> {
+    let tracing = Path::new("/sys/kernel/tracing/events");
+    if tracing.exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "tracefs is not mounted and mounting it at /sys/kernel/tracing failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    tracing::info!("Mounted tracefs at /sys/kernel/tracing.");
+    Ok(())
+}
+
+/// Loads the object, attaches every probe, and hands out the maps.
+pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
+    bump_memlock_rlimit();
+    if let Err(reason) = ensure_tracefs() {
+        tracing::warn!(%reason, "Tracepoints may fail to attach.");
+    }
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(names::EVENTS, options.ringbuf_bytes)
+        .load(OBJECT)
+        .map_err(|e| LoadError::Object(Box::new(e)))?;
+
+    let mut skipped = Vec::new();
+    for probe in probes::all() {
+        if let Err(err) = attach(&mut ebpf, probe) {
+            if probe.required {
+                return Err(err);
+            }
+            skipped.push(SkippedProbe {
+                probe,
+                reason: err.to_string(),
+            });
+        }
+    }
+
+    let mut kernel = EbpfKernel::take(&mut ebpf)?;
+    kernel.configure(options)?;
+    let ring_map = ebpf.take_map(names::EVENTS).ok_or(LoadError::Map {
+        map: names::EVENTS,
+        reason: "missing".into(),
+    })?;
+    let ring = RingBuf::try_from(ring_map).map_err(|e| LoadError::Map {
+        map: names::EVENTS,
+        reason: e.to_string(),
+    })?;
+    Ok(Loaded {
+        programs: Programs { _ebpf: ebpf },
+        kernel,
+        ring,
+        skipped,
+    })
+}
+
+fn attach(ebpf: &mut Ebpf, probe: Probe) -> Result<(), LoadError> {
+    let program_error = |action, source| LoadError::Program {
+        action,
+        program: probe.program,
+        category: probe.category,
+        name: probe.name,
+        source: Box::new(source),
+    };
+    let program: &mut TracePoint = ebpf
+        .program_mut(probe.program)
+        .ok_or(LoadError::MissingProgram(probe.program))?
+        .try_into()
+        .map_err(|e| program_error("load", e))?;
+    program.load().map_err(|e| program_error("load", e))?;
+    program
+        .attach(probe.category, probe.name)
+        .map_err(|e| program_error("attach", e))?;
+    Ok(())
+}

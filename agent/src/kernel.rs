@@ -1,0 +1,45 @@
+//! What the agent asks of the loaded eBPF programs, as a trait so that the tracker and the
+//! metrics work the same with a real kernel, with none (client-only) and in unit tests.
+
+use etcd_monitor_agent_common::syscall::{FileClass, OpKey};
+
+use crate::stats::OpTotals;
+
+/// A map operation on the loaded programs failed.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to {action} in eBPF map {map}: {reason}")]
+pub struct KernelError {
+    /// The map's name.
+    pub map: &'static str,
+    /// What we tried.
+    pub action: &'static str,
+    /// The error from the map API.
+    pub reason: String,
+}
+
+/// Loss counters read from the kernel's `DROPS` map, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelDrops {
+    /// Syscall events not written because the ring buffer was full.
+    pub ringbuf_syscall: u64,
+    /// Process events not written because the ring buffer was full.
+    pub ringbuf_process: u64,
+    /// Syscalls not timed because the start map refused an entry.
+    pub start_map: u64,
+    /// Syscalls not counted because the stats map was full.
+    pub stats_map: u64,
+}
+
+/// Control of the in-kernel side.
+pub trait Kernel: Send {
+    /// Starts tracing process `tgid`.
+    fn track(&mut self, tgid: u32) -> Result<(), KernelError>;
+    /// Stops tracing `tgid` and deletes its fd classes and counters (harvest them first).
+    fn untrack(&mut self, tgid: u32) -> Result<(), KernelError>;
+    /// Tells the kernel the class of an open fd.
+    fn set_fd_class(&mut self, tgid: u32, fd: i32, class: FileClass) -> Result<(), KernelError>;
+    /// Every (tgid, op, class) counter, summed over CPUs.
+    fn op_stats(&self) -> Result<Vec<(OpKey, OpTotals)>, KernelError>;
+    /// The loss counters.
+    fn drops(&self) -> Result<KernelDrops, KernelError>;
+}

@@ -1,0 +1,381 @@
+//! The agent's Prometheus registry: kernel-side histograms and counters, drop counters, and
+//! the agent's own health.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use etcd_monitor_agent_common::hist::{HIST_SLOTS, slot_upper_bound_ns};
+use prometheus::{
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    core::{Collector, Desc},
+    proto::{self, MetricFamily, MetricType},
+};
+
+use crate::{mode::AgentMode, stats::OpTotals, tracker::Tracker};
+
+/// First log2 slot exported as its own bucket (slots below it fold into it): `le` ≈ 1 µs.
+const FIRST_BUCKET_SLOT: usize = 9;
+/// Last slot exported as its own bucket: `le` ≈ 34 s; longer calls land in `+Inf`.
+const LAST_BUCKET_SLOT: usize = 34;
+
+/// Losses counted in user space, exported in `etcdmon_events_dropped_total` next to the
+/// kernel's own.
+#[derive(Debug, Default)]
+pub struct AgentDrops {
+    /// Events dropped because the queue to the shipper was full (oldest first).
+    pub agent_queue: AtomicU64,
+    /// Ring-buffer records that did not decode.
+    pub decode: AtomicU64,
+}
+
+/// Counters and gauges the agent updates as it runs.
+pub struct AgentMetrics {
+    /// The registry `/metrics` serves.
+    pub registry: Registry,
+    /// Ring-buffer records read, by kind.
+    pub events: IntCounterVec,
+    /// Syscall events whose fd the kernel could not classify yet.
+    pub unknown_fd_events: IntCounter,
+    /// /proc rescans done.
+    pub rescans: IntCounter,
+    /// Processes traced now.
+    pub tracked: IntGauge,
+    /// 1 for the current mode, 0 for the others.
+    pub mode: IntGaugeVec,
+    /// Optional probes that failed to attach, by program.
+    pub skipped_probes: IntGaugeVec,
+    /// Member identity of each traced process.
+    pub member_info: IntGaugeVec,
+    /// Kernel map operations that failed.
+    pub map_errors: IntCounter,
+    /// User-space drop counters.
+    pub drops: Arc<AgentDrops>,
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    // Names are static and unique in this module, so registration cannot collide.
+    if let Err(e) = registry.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "Metric registration failed.");
+    }
+    c
+}
+
+impl AgentMetrics {
+    /// Creates the registry with every self-metric and the kernel collector over `tracker`.
+    pub fn new(tracker: Arc<Mutex<Tracker>>) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let drops = Arc::new(AgentDrops::default());
+        let events = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "etcdmon_agent_events_total",
+                    "Ring-buffer records read, by kind.",
+                ),
+                &["kind"],
+            )?,
+        );
+        let unknown_fd_events = register(
+            &registry,
+            IntCounter::new(
+                "etcdmon_agent_unknown_fd_events_total",
+                "Syscall events on fds the kernel had not classified yet.",
+            )?,
+        );
+        let rescans = register(
+            &registry,
+            IntCounter::new(
+                "etcdmon_agent_rescans_total",
+                "Scans of /proc for etcd processes.",
+            )?,
+        );
+        let tracked = register(
+            &registry,
+            IntGauge::new(
+                "etcdmon_agent_tracked_processes",
+                "etcd processes traced now.",
+            )?,
+        );
+        let mode = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "etcdmon_agent_mode",
+                    "1 for the agent's current mode (ebpf, ebpf-partial, client-only).",
+                ),
+                &["mode"],
+            )?,
+        );
+        let skipped_probes = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "etcdmon_agent_probe_skipped",
+                    "1 for each optional probe that failed to attach.",
+                ),
+                &["program"],
+            )?,
+        );
+        let member_info = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "etcdmon_agent_member_info",
+                    "Identity of each traced etcd process.",
+                ),
+                &["member", "pid", "data_dir", "client_url", "peer_url"],
+            )?,
+        );
+        let map_errors = register(
+            &registry,
+            IntCounter::new(
+                "etcdmon_agent_map_errors_total",
+                "Failed eBPF map operations.",
+            )?,
+        );
+        registry.register(Box::new(KernelCollector::new(tracker, drops.clone())?))?;
+        Ok(Self {
+            registry,
+            events,
+            unknown_fd_events,
+            rescans,
+            tracked,
+            mode,
+            skipped_probes,
+            member_info,
+            map_errors,
+            drops,
+        })
+    }
+
+    /// Sets the mode gauge.
+    pub fn set_mode(&self, current: AgentMode) {
+        for mode in AgentMode::ALL {
+            self.mode
+                .with_label_values(&[mode.label()])
+                .set(i64::from(mode == current));
+        }
+    }
+
+    /// Text exposition of everything.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+/// Builds the kernel-side families at scrape time from the tracker's exact counters.
+struct KernelCollector {
+    tracker: Arc<Mutex<Tracker>>,
+    drops: Arc<AgentDrops>,
+    descs: Vec<Desc>,
+}
+
+const FSYNC: &str = "etcdmon_fsync_duration_seconds";
+const WRITE: &str = "etcdmon_write_duration_seconds";
+const BYTES: &str = "etcdmon_write_bytes_total";
+const ERRORS: &str = "etcdmon_syscall_errors_total";
+const DROPPED: &str = "etcdmon_events_dropped_total";
+
+const HELP: [(&str, &str); 5] = [
+    (
+        FSYNC,
+        "Kernel-measured duration of etcd's fdatasync/fsync/sync_file_range calls, by member, file class and op.",
+    ),
+    (
+        WRITE,
+        "Kernel-measured duration of etcd's write/pwrite64/writev/pwritev calls, by member, file class and op.",
+    ),
+    (
+        BYTES,
+        "Bytes etcd wrote (or asked to sync), by member, file class and op.",
+    ),
+    (
+        ERRORS,
+        "Traced syscalls that returned an error, by member, file class and op.",
+    ),
+    (
+        DROPPED,
+        "Events lost, by pipeline stage and reason; the in-kernel histograms still count every call.",
+    ),
+];
+
+impl KernelCollector {
+    fn new(
+        tracker: Arc<Mutex<Tracker>>,
+        drops: Arc<AgentDrops>,
+    ) -> Result<Self, prometheus::Error> {
+        let mut descs = Vec::new();
+        for (name, help) in HELP {
+            let labels = if name == DROPPED {
+                vec!["stage".into(), "reason".into()]
+            } else {
+                vec!["member".into(), "file".into(), "op".into()]
+            };
+            descs.push(Desc::new(name.into(), help.into(), labels, HashMap::new())?);
+        }
+        Ok(Self {
+            tracker,
+            drops,
+            descs,
+        })
+    }
+}
+
+/// Label pairs sorted by name, as the registry's own metrics are.
+fn labels(pairs: &[(&str, &str)]) -> Vec<proto::LabelPair> {
+    let mut pairs = pairs.to_vec();
+    pairs.sort_unstable_by_key(|(k, _)| *k);
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = proto::LabelPair::default();
+            l.set_name((*k).to_string());
+            l.set_value((*v).to_string());
+            l
+        })
+        .collect()
+}
+
+fn family(name: &str, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(
+        HELP.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, h)| h.to_string())
+            .unwrap_or_default(),
+    );
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+fn counter(pairs: &[(&str, &str)], value: u64) -> proto::Metric {
+    let mut c = proto::Counter::default();
+    c.set_value(value as f64);
+    let mut m = proto::Metric::from_label(labels(pairs));
+    m.set_counter(c);
+    m
+}
+
+/// A Prometheus histogram (seconds) from log2 nanosecond slots.
+pub fn histogram(totals: &OpTotals) -> proto::Histogram {
+    let mut h = proto::Histogram::default();
+    h.set_sample_count(totals.slots.iter().sum());
+    h.set_sample_sum(totals.sum_ns as f64 / 1e9);
+    let mut cumulative = 0;
+    let mut buckets = Vec::new();
+    for slot in 0..HIST_SLOTS.min(LAST_BUCKET_SLOT + 1) {
+        cumulative += totals.slots[slot];
+        if slot < FIRST_BUCKET_SLOT {
+            continue;
+        }
+        let mut b = proto::Bucket::default();
+        b.set_upper_bound(slot_upper_bound_ns(slot) as f64 / 1e9);
+        b.set_cumulative_count(cumulative);
+        buckets.push(b);
+    }
+    h.set_bucket(buckets);
+    h
+}
+
+impl Collector for KernelCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (snapshot, kernel_drops) = match self.tracker.lock() {
+            Ok(tracker) => (
+                tracker.snapshot().unwrap_or_default(),
+                tracker.kernel_drops().unwrap_or_default(),
+            ),
+            Err(_) => return Vec::new(),
+        };
+        let (mut fsync, mut write, mut bytes, mut errors) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (member, ops) in &snapshot {
+            for ((op, class), totals) in ops {
+                let pairs = [
+                    ("member", member.as_str()),
+                    ("file", class.name()),
+                    ("op", op.name()),
+                ];
+                let mut m = proto::Metric::from_label(labels(&pairs));
+                m.set_histogram(histogram(totals));
+                if op.is_sync() {
+                    fsync.push(m)
+                } else {
+                    write.push(m)
+                }
+                bytes.push(counter(&pairs, totals.bytes));
+                errors.push(counter(&pairs, totals.errors));
+            }
+        }
+        let d = &self.drops;
+        let dropped = vec![
+            counter(
+                &[("stage", "kernel"), ("reason", "ringbuf_full")],
+                kernel_drops.ringbuf_syscall + kernel_drops.ringbuf_process,
+            ),
+            counter(
+                &[("stage", "kernel"), ("reason", "start_map_full")],
+                kernel_drops.start_map,
+            ),
+            counter(
+                &[("stage", "kernel"), ("reason", "stats_map_full")],
+                kernel_drops.stats_map,
+            ),
+            counter(
+                &[("stage", "agent_queue"), ("reason", "queue_full")],
+                d.agent_queue.load(Ordering::Relaxed),
+            ),
+            counter(
+                &[("stage", "agent_queue"), ("reason", "undecodable")],
+                d.decode.load(Ordering::Relaxed),
+            ),
+        ];
+        vec![
+            family(FSYNC, MetricType::HISTOGRAM, fsync),
+            family(WRITE, MetricType::HISTOGRAM, write),
+            family(BYTES, MetricType::COUNTER, bytes),
+            family(ERRORS, MetricType::COUNTER, errors),
+            family(DROPPED, MetricType::COUNTER, dropped),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_seconds() {
+        let mut totals = OpTotals::default();
+        totals.slots[3] = 2; // folds into the first bucket
+        totals.slots[20] = 5; // [2^20, 2^21) ns ≈ 1-2 ms
+        totals.slots[39] = 1; // beyond the last bucket: only in +Inf (the count)
+        totals.sum_ns = 10_000_000;
+        let h = histogram(&totals);
+        assert_eq!(h.get_sample_count(), 8);
+        assert!((h.get_sample_sum() - 0.01).abs() < 1e-12);
+        let buckets = h.get_bucket();
+        assert_eq!(buckets.len(), LAST_BUCKET_SLOT - FIRST_BUCKET_SLOT + 1);
+        assert_eq!(buckets[0].get_cumulative_count(), 2);
+        assert!((buckets[0].get_upper_bound() - 1.024e-6).abs() < 1e-15);
+        let ms2 = buckets
+            .iter()
+            .find(|b| (b.get_upper_bound() - (1u64 << 21) as f64 / 1e9).abs() < 1e-12)
+            .expect("2ms bucket");
+        assert_eq!(ms2.get_cumulative_count(), 7);
+        assert_eq!(buckets.last().map(|b| b.get_cumulative_count()), Some(7));
+    }
+}

@@ -1,0 +1,73 @@
+//! The tracepoints the agent attaches, one module per hooked event, named as in
+//! `agent-ebpf/src/probes/`.
+
+pub mod accept;
+pub mod close;
+pub mod process;
+pub mod sync;
+pub mod write;
+
+/// One eBPF program and where it attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// Program (function) name in the eBPF object.
+    pub program: &'static str,
+    /// Tracepoint category (`syscalls`, `sched`, …).
+    pub category: &'static str,
+    /// Tracepoint name within the category.
+    pub name: &'static str,
+    /// Whether the agent cannot do its job without it. A required probe that fails to
+    /// attach turns eBPF off; an optional one only narrows what is seen.
+    pub required: bool,
+}
+
+/// A `syscalls:sys_enter_<name>` / `sys_exit_<name>` pair, whose programs are named the same.
+pub(crate) const fn syscall_pair(
+    enter: &'static str,
+    exit: &'static str,
+    required: bool,
+) -> [Probe; 2] {
+    [
+        Probe {
+            program: enter,
+            category: "syscalls",
+            name: enter,
+            required,
+        },
+        Probe {
+            program: exit,
+            category: "syscalls",
+            name: exit,
+            required,
+        },
+    ]
+}
+
+/// Every probe, in attach order: optional bookkeeping first, then the timed syscalls.
+pub fn all() -> Vec<Probe> {
+    let mut probes = Vec::new();
+    probes.extend_from_slice(accept::PROBES);
+    probes.extend_from_slice(close::PROBES);
+    probes.extend_from_slice(process::PROBES);
+    probes.extend_from_slice(sync::PROBES);
+    probes.extend_from_slice(write::PROBES);
+    probes
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn program_names_are_unique_and_cover_every_op() {
+        let probes = super::all();
+        let mut names: Vec<_> = probes.iter().map(|p| p.program).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), probes.len());
+        for op in etcd_monitor_agent_common::syscall::Op::ALL {
+            for side in ["enter", "exit"] {
+                let program = format!("sys_{side}_{}", op.name());
+                assert!(names.contains(&program.as_str()), "{program} missing");
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! `write`, `pwrite64`, `writev`, `pwritev`: WAL appends, bbolt page writes, socket sends.
+
+use super::{Probe, syscall_pair};
+
+const WRITE: [Probe; 2] = syscall_pair("sys_enter_write", "sys_exit_write", true);
+const PWRITE64: [Probe; 2] = syscall_pair("sys_enter_pwrite64", "sys_exit_pwrite64", true);
+const WRITEV: [Probe; 2] = syscall_pair("sys_enter_writev", "sys_exit_writev", false);
+const PWRITEV: [Probe; 2] = syscall_pair("sys_enter_pwritev", "sys_exit_pwritev", false);
+
+/// The write probes.
+pub const PROBES: &[Probe] = &[
+    WRITE[0],
+    WRITE[1],
+    PWRITE64[0],
+    PWRITE64[1],
+    WRITEV[0],
+    WRITEV[1],
+    PWRITEV[0],
+    PWRITEV[1],
+];
