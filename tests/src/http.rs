@@ -123,3 +123,96 @@ pub fn prom_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> 
     }
     found.then_some(sum)
 }
+
+/// Buckets `(le, cumulative count)` of histogram `name` (without `_bucket`) for series whose
+/// labels contain `labels`, summed over matching series, sorted by `le` (`+Inf` last).
+pub fn prom_buckets(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let bucket_name = format!("{name}_bucket");
+    let mut sums: Vec<(f64, f64)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || !line.starts_with(&bucket_name) {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((metric, label_text)) = series.split_once('{') else {
+            continue;
+        };
+        if metric != bucket_name {
+            continue;
+        }
+        let label_text = label_text.trim_end_matches('}');
+        let pairs: Vec<&str> = label_text.split(',').collect();
+        if !labels
+            .iter()
+            .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()))
+        {
+            continue;
+        }
+        let Some(le) = pairs
+            .iter()
+            .find_map(|p| p.strip_prefix("le=\""))
+            .map(|s| s.trim_end_matches('"'))
+        else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::NAN)
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        match sums.iter_mut().find(|(l, _)| *l == le) {
+            Some((_, total)) => *total += v,
+            None => sums.push((le, v)),
+        }
+    }
+    sums.sort_by(|a, b| a.0.total_cmp(&b.0));
+    sums
+}
+
+/// Element-wise `after - before` of two bucket lists with the same bounds.
+pub fn bucket_delta(after: &[(f64, f64)], before: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|(le, v)| {
+            let old = before
+                .iter()
+                .find(|(l, _)| l == le)
+                .map_or(0.0, |(_, v)| *v);
+            (*le, v - old)
+        })
+        .collect()
+}
+
+/// The `q` quantile of cumulative buckets, interpolated linearly inside the bucket as
+/// Prometheus' `histogram_quantile` does. `None` without observations.
+pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev_le = 0.0;
+    let mut prev_count = 0.0;
+    for (le, count) in buckets {
+        if *count >= rank {
+            if le.is_infinite() {
+                return Some(prev_le);
+            }
+            let in_bucket = count - prev_count;
+            let fraction = if in_bucket > 0.0 {
+                (rank - prev_count) / in_bucket
+            } else {
+                1.0
+            };
+            return Some(prev_le + (le - prev_le) * fraction);
+        }
+        prev_le = *le;
+        prev_count = *count;
+    }
+    Some(prev_le)
+}

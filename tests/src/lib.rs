@@ -1,12 +1,14 @@
 //! Helpers for etcd-monitor's end-to-end tests: start real etcd clusters and the project's own
 //! binaries as processes on loopback, talk HTTP to them, and clean everything up on drop.
 
+pub mod agent;
 pub mod cluster;
 pub mod http;
 pub mod load;
 pub mod process;
 
-pub use cluster::{EtcdCluster, Member};
+pub use agent::AgentProcess;
+pub use cluster::{ClusterOptions, EtcdCluster, Member};
 
 /// Whether the test process runs as root (eBPF tests need it).
 pub fn is_root() -> bool {

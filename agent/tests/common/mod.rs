@@ -1,0 +1,20 @@
+//! Shared bits of the agent's end-to-end tests.
+
+use std::path::Path;
+
+/// The agent binary cargo built for these tests.
+pub fn agent_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_etcd-monitor-agent"))
+}
+
+/// `true` when eBPF tests can run (root). Prints why they skip otherwise.
+pub fn require_root(test: &str) -> bool {
+    if etcd_monitor_tests::is_root() {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED {test}: loading eBPF programs needs root; this test runs as uid {}",
+        unsafe { libc::geteuid() }
+    );
+    false
+}
