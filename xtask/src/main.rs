@@ -1,1 +1,54 @@
-fn main() {}
+//! `cargo xtask`: what cargo alone cannot do — install prerequisites, run every check, run the
+//! demo, run benchmarks.
+
+mod bench;
+mod cmd;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "etcd-monitor project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks (Debian packages, nightly rust-src, bpf-linker, the
+    /// Windows check target) and mount tracefs. Idempotent; fast when all is present.
+    Setup,
+    /// setup, then fmt --check, clippy -D warnings, every unit/integration/end-to-end test,
+    /// and the non-Linux build check.
+    Test {
+        /// Skip the setup step.
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// fmt --check and clippy -D warnings (host and BPF target).
+    Lint,
+    /// Run a benchmark and print its figures.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test { no_setup } => test::run(!no_setup),
+        Command::Lint => test::lint(),
+        Command::Bench { which } => bench::run(which),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! What tracing costs etcd: put throughput on one 3-member cluster with no tracer, with the
+//! agent, and with bpftrace on the same tracepoints, interleaved round by round.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use etcd_monitor_tests::{AgentProcess, EtcdCluster, process::ChildGuard, wait_for};
+
+use crate::cmd::{root, run_with};
+
+/// Concurrent put loops.
+const CLIENTS: usize = 32;
+/// Value size in bytes.
+const VALUE_BYTES: usize = 256;
+/// Distinct keys written.
+const KEY_SPACE: u64 = 10_000;
+
+/// A tracer under test.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tracer {
+    None,
+    Agent,
+    Bpftrace,
+}
+
+impl Tracer {
+    fn name(self) -> &'static str {
+        match self {
+            Tracer::None => "no tracer",
+            Tracer::Agent => "etcd-monitor-agent",
+            Tracer::Bpftrace => "bpftrace",
+        }
+    }
+}
+
+/// One measurement.
+struct Sample {
+    ops_per_sec: f64,
+    /// Tracer CPU as a share of one core during the load.
+    cpu_share: Option<f64>,
+    /// Tracer peak RSS in KiB.
+    peak_rss_kib: Option<u64>,
+}
+
+/// bpftrace program equivalent to the agent's: the same 7 syscalls, filtered to etcd,
+/// latency histograms in kernel.
+fn bpftrace_script() -> String {
+    let ops = [
+        "fdatasync",
+        "fsync",
+        "sync_file_range",
+        "write",
+        "pwrite64",
+        "writev",
+        "pwritev",
+    ];
+    let enters: Vec<String> = ops
+        .iter()
+        .map(|o| format!("tracepoint:syscalls:sys_enter_{o}"))
+        .collect();
+    let exits: Vec<String> = ops
+        .iter()
+        .map(|o| format!("tracepoint:syscalls:sys_exit_{o}"))
+        .collect();
+    format!(
+        "{} /comm == \"etcd\"/ {{ @start[tid] = nsecs; }}\n{} /@start[tid]/ {{ @lat[probe] = hist(nsecs - @start[tid]); delete(@start[tid]); }}\n",
+        enters.join(",\n"),
+        exits.join(",\n")
+    )
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Puts as fast as `CLIENTS` loops can for `duration`; returns ops/s.
+fn put_load(endpoints: &[String], duration: Duration) -> anyhow::Result<f64> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = etcd_client::Client::connect(endpoints, None)
+            .await
+            .context("connect to etcd")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let value = vec![b'v'; VALUE_BYTES];
+        let mut tasks = Vec::new();
+        let start = Instant::now();
+        for c in 0..CLIENTS {
+            let mut kv = client.kv_client();
+            let (stop, done, value) = (stop.clone(), done.clone(), value.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = c as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("/bench/agent-overhead/{}", i % KEY_SPACE);
+                    if kv.put(key, value.clone(), None).await.is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += CLIENTS as u64;
+                }
+            }));
+        }
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    })
+}
+
+fn measure(
+    tracer: Tracer,
+    cluster: &EtcdCluster,
+    agent_bin: &Path,
+    seconds: u64,
+) -> anyhow::Result<Sample> {
+    let endpoints: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.client_url.clone())
+        .collect();
+    let match_flag = format!("--match={}", cluster.dir().display());
+    let (guard_pid, _agent, _bpftrace): (Option<u32>, Option<AgentProcess>, Option<ChildGuard>) =
+        match tracer {
+            Tracer::None => (None, None, None),
+            Tracer::Agent => {
+                let agent = AgentProcess::start(
+                    agent_bin,
+                    &["--mode=ebpf", "--rescan-interval=2s", &match_flag],
+                    cluster.dir(),
+                    |_| {},
+                )?;
+                let pids: Vec<u32> = cluster.members.iter().map(|m| m.pid()).collect();
+                agent.wait_tracking(&pids, Duration::from_secs(20))?;
+                (Some(agent.process.pid()), Some(agent), None)
+            }
+            Tracer::Bpftrace => {
+                let mut cmd = Command::new("bpftrace");
+                cmd.args(["-e", &bpftrace_script()]).stdin(Stdio::null());
+                let log = cluster.dir().join("bpftrace.log");
+                let guard = ChildGuard::spawn("bpftrace", cmd, &log)?;
+                wait_for("bpftrace to attach", Duration::from_secs(60), || {
+                    std::fs::read_to_string(&log)
+                        .ok()
+                        .filter(|t| t.contains("Attaching"))
+                        .map(|_| ())
+                })?;
+                std::thread::sleep(Duration::from_secs(2));
+                (Some(guard.pid()), None, Some(guard))
+            }
+        };
+    let ticks_before = guard_pid.and_then(cpu_ticks);
+    let started = Instant::now();
+    let ops_per_sec = put_load(&endpoints, Duration::from_secs(seconds))?;
+    let wall = started.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu_share = match (guard_pid.and_then(cpu_ticks), ticks_before) {
+        (Some(after), Some(before)) => Some((after - before) as f64 / hz / wall),
+        _ => None,
+    };
+    let peak_rss_kib = guard_pid.and_then(peak_rss_kib);
+    Ok(Sample {
+        ops_per_sec,
+        cpu_share,
+        peak_rss_kib,
+    })
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+/// Runs the benchmark and prints the table.
+pub fn run(rounds: u32, seconds: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        crate::cmd::is_root(),
+        "the agent-overhead benchmark loads eBPF programs: run it as root"
+    );
+    run_with(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "etcd-monitor-agent",
+    ]))?;
+    let agent_bin = root().join("target/release/etcd-monitor-agent");
+    let cluster = EtcdCluster::start3()?;
+    eprintln!("xtask: bench: warming up");
+    put_load(
+        &cluster
+            .members
+            .iter()
+            .map(|m| m.client_url.clone())
+            .collect::<Vec<_>>(),
+        Duration::from_secs(3),
+    )?;
+
+    let order = [Tracer::None, Tracer::Agent, Tracer::Bpftrace];
+    let mut results: Vec<(Tracer, Vec<Sample>)> = order.iter().map(|t| (*t, Vec::new())).collect();
+    for round in 1..=rounds {
+        // Rotate the order each round so drift (WAL growth, page cache) hits all alike.
+        for k in 0..order.len() {
+            let tracer = order[(k + round as usize) % order.len()];
+            let sample = measure(tracer, &cluster, &agent_bin, seconds)?;
+            eprintln!(
+                "xtask: bench: round {round} {:<20} {:>8.0} puts/s",
+                tracer.name(),
+                sample.ops_per_sec
+            );
+            if let Some((_, v)) = results.iter_mut().find(|(t, _)| *t == tracer) {
+                v.push(sample);
+            }
+        }
+    }
+
+    let baseline = mean(
+        &results[0]
+            .1
+            .iter()
+            .map(|s| s.ops_per_sec)
+            .collect::<Vec<_>>(),
+    );
+    println!(
+        "\nagent-overhead: {rounds} rounds x {seconds}s, {CLIENTS} clients, {VALUE_BYTES} B values, 3-member etcd on loopback"
+    );
+    println!(
+        "{:<20} {:>10} {:>12} {:>12} {:>14}",
+        "tracer", "puts/s", "vs none", "tracer CPU", "tracer peak RSS"
+    );
+    for (tracer, samples) in &results {
+        let ops = mean(&samples.iter().map(|s| s.ops_per_sec).collect::<Vec<_>>());
+        let cpu: Vec<f64> = samples.iter().filter_map(|s| s.cpu_share).collect();
+        let rss = samples.iter().filter_map(|s| s.peak_rss_kib).max();
+        println!(
+            "{:<20} {:>10.0} {:>11.1}% {:>12} {:>14}",
+            tracer.name(),
+            ops,
+            (ops / baseline - 1.0) * 100.0,
+            if cpu.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.1}% core", mean(&cpu) * 100.0)
+            },
+            rss.map_or("-".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+        );
+    }
+    Ok(())
+}

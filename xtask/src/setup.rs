@@ -1,0 +1,171 @@
+//! `cargo xtask setup`: install what a fresh Debian 12 machine lacks, idempotently.
+
+use std::{path::Path, process::Command, time::Instant};
+
+use anyhow::{Context, bail};
+
+use crate::cmd::{self, output, run_with};
+
+/// Debian packages the build, the tests, the demo and the benchmarks use.
+pub const APT_PACKAGES: &[&str] = &[
+    // bpf-linker against LLVM 22
+    "llvm-22-dev",
+    "libclang-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    // real etcd for the tests and the demo
+    "etcd-server",
+    "etcd-client",
+    // gRPC code generation
+    "protobuf-compiler",
+    // eBPF inspection, Prometheus stack
+    "bpftool",
+    "prometheus",
+    "prometheus-alertmanager",
+    // benchmarks: HTTP load and the bpftrace baseline
+    "wrk",
+    "bpftrace",
+    // test helpers
+    "python3",
+    "util-linux",
+];
+
+/// The nightly toolchain aya-build compiles eBPF with.
+const NIGHTLY: &str = "nightly";
+/// Target of the non-Linux compile check.
+pub const WINDOWS_TARGET: &str = "x86_64-pc-windows-gnu";
+
+fn installed(package: &str) -> bool {
+    output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+/// Runs `apt-get install` for the missing packages.
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("xtask: setup: Debian packages present");
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: setup: installing Debian packages: {}",
+        missing.join(" ")
+    );
+    let sudo = !cmd::is_root();
+    if sudo && output("sudo", &["-n", "true"]).is_none() {
+        bail!("missing Debian packages {missing:?}; run as root or with passwordless sudo");
+    }
+    let apt = |args: &[&str]| {
+        let mut c = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new("apt-get")
+        };
+        if sudo {
+            c.args(["-n", "env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+        }
+        c.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        run_with(&mut c)
+    };
+    apt(&["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(missing.iter().copied());
+    apt(&args)
+}
+
+fn rust_parts() -> anyhow::Result<()> {
+    let toolchains = output("rustup", &["toolchain", "list"]).context("rustup is required")?;
+    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+        eprintln!("xtask: setup: installing the {NIGHTLY} toolchain");
+        cmd::run(
+            "rustup",
+            &[
+                "toolchain",
+                "install",
+                NIGHTLY,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ],
+        )?;
+    }
+    let components = output(
+        "rustup",
+        &["component", "list", "--toolchain", NIGHTLY, "--installed"],
+    )
+    .unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: setup: adding rust-src to {NIGHTLY}");
+        cmd::run(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", NIGHTLY],
+        )?;
+    }
+    let targets = output("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if !targets.lines().any(|l| l.trim() == WINDOWS_TARGET) {
+        eprintln!("xtask: setup: adding the {WINDOWS_TARGET} target (non-Linux compile check)");
+        cmd::run("rustup", &["target", "add", WINDOWS_TARGET])?;
+    }
+    for component in ["clippy", "rustfmt"] {
+        let installed = output("rustup", &["component", "list", "--installed"]).unwrap_or_default();
+        if !installed.lines().any(|l| l.starts_with(component)) {
+            cmd::run("rustup", &["component", "add", component])?;
+        }
+    }
+    if output("bpf-linker", &["--version"]).is_none() {
+        eprintln!("xtask: setup: building bpf-linker against LLVM 22 (a few minutes, once)");
+        run_with(
+            Command::new("cargo")
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--locked",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ]),
+        )?;
+    } else {
+        eprintln!("xtask: setup: bpf-linker present");
+    }
+    Ok(())
+}
+
+/// Mounts tracefs when it is missing (tracepoint attach reads event ids there).
+fn tracefs() {
+    if Path::new("/sys/kernel/tracing/events").exists()
+        || Path::new("/sys/kernel/debug/tracing/events").exists()
+    {
+        return;
+    }
+    if !cmd::is_root() {
+        eprintln!(
+            "xtask: setup: tracefs is not mounted and we are not root; eBPF tests will fail to attach"
+        );
+        return;
+    }
+    eprintln!("xtask: setup: mounting tracefs at /sys/kernel/tracing");
+    if let Err(e) = cmd::run("mount", &["-t", "tracefs", "nodev", "/sys/kernel/tracing"]) {
+        eprintln!("xtask: setup: {e:#}");
+    }
+}
+
+/// Installs everything that is missing.
+pub fn run() -> anyhow::Result<()> {
+    let start = Instant::now();
+    apt_packages()?;
+    rust_parts()?;
+    tracefs();
+    eprintln!(
+        "xtask: setup: done in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
