@@ -369,13 +369,13 @@ mod tests {
         assert!((h.get_sample_sum() - 0.01).abs() < 1e-12);
         let buckets = h.get_bucket();
         assert_eq!(buckets.len(), LAST_BUCKET_SLOT - FIRST_BUCKET_SLOT + 1);
-        assert_eq!(buckets[0].get_cumulative_count(), 2);
-        assert!((buckets[0].get_upper_bound() - 1.024e-6).abs() < 1e-15);
+        assert_eq!(buckets[0].cumulative_count(), 2);
+        assert!((buckets[0].upper_bound() - 1.024e-6).abs() < 1e-15);
         let ms2 = buckets
             .iter()
-            .find(|b| (b.get_upper_bound() - (1u64 << 21) as f64 / 1e9).abs() < 1e-12)
+            .find(|b| (b.upper_bound() - (1u64 << 21) as f64 / 1e9).abs() < 1e-12)
             .expect("2ms bucket");
-        assert_eq!(ms2.get_cumulative_count(), 7);
-        assert_eq!(buckets.last().map(|b| b.get_cumulative_count()), Some(7));
+        assert_eq!(ms2.cumulative_count(), 7);
+        assert_eq!(buckets.last().map(|b| b.cumulative_count()), Some(7));
     }
 }

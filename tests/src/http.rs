@@ -110,15 +110,14 @@ pub fn prom_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> 
         if metric != name {
             continue;
         }
-        if labels.iter().all(|(k, v)| {
+        let wanted = labels.iter().all(|(k, v)| {
             label_text
                 .split(',')
                 .any(|pair| pair == format!("{k}=\"{v}\""))
-        }) {
-            if let Ok(v) = value.parse::<f64>() {
-                found = true;
-                sum += v;
-            }
+        });
+        if wanted && let Ok(v) = value.parse::<f64>() {
+            found = true;
+            sum += v;
         }
     }
     found.then_some(sum)

@@ -3,11 +3,19 @@
 use std::path::Path;
 
 /// The agent binary cargo built for these tests.
+#[allow(
+    dead_code,
+    reason = "each test binary compiles this module; not all use every helper"
+)]
 pub fn agent_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_etcd-monitor-agent"))
 }
 
 /// `true` when eBPF tests can run (root). Prints why they skip otherwise.
+#[allow(
+    dead_code,
+    reason = "each test binary compiles this module; not all use every helper"
+)]
 pub fn require_root(test: &str) -> bool {
     if etcd_monitor_tests::is_root() {
         return true;
