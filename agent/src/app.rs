@@ -1,7 +1,10 @@
 //! Wiring: pick the mode, start the tracker, the reader and the HTTP server, stop on signal.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -14,6 +17,11 @@ use etcd_monitor_agent::{
     metrics::AgentMetrics,
     mode::AgentMode,
     procfs::ProcFs,
+    ship::{
+        BatchQueue, Batcher, Forwarder,
+        batcher::new_boot_id,
+        client::{self, ShipperConfig, ShipperMetrics},
+    },
     tracker::Tracker,
 };
 
@@ -159,6 +167,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.skipped_probes.with_label_values(&[program]).set(1);
     }
     let rescan = Arc::new(tokio::sync::Notify::new());
+    let status = Arc::new(Mutex::new(status));
+    let stop = Arc::new(AtomicBool::new(false));
+    let node = config.node_name();
+
+    // Shipping to the collector, when one is configured.
+    let shipping = match &config.collector {
+        Some(url) => Some(start_shipping(
+            &config, url, &node, &tracker, &metrics, &status, &stop,
+        )?),
+        None => {
+            tracing::info!("No --collector: events stay local; /metrics still serves everything.");
+            None
+        }
+    };
+    let batcher = shipping.as_ref().map(|s| s.batcher.clone());
 
     // The reader and the programs live until `run` returns.
     #[cfg(target_os = "linux")]
@@ -170,7 +193,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     tracker: tracker.clone(),
                     metrics: metrics.clone(),
                     rescan: rescan.clone(),
-                    sink: Box::new(|_| {}),
+                    sink: match &batcher {
+                        Some(batcher) => {
+                            let mut forwarder =
+                                Forwarder::new(batcher.clone(), tracker.clone(), node.clone());
+                            Box::new(move |event| forwarder.forward(event))
+                        }
+                        None => Box::new(|_| {}),
+                    },
                 },
             )
             .context("starting the ring-buffer reader")?;
@@ -189,8 +219,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = HttpState {
         metrics: metrics.clone(),
         tracker: tracker.clone(),
-        status: Arc::new(Mutex::new(status)),
-        node: config.node_name(),
+        status: status.clone(),
+        node: node.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -201,8 +231,152 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
     rescan_task.abort();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(shipping) = shipping {
+        for task in shipping.tasks {
+            task.abort();
+        }
+    }
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// The running shipping side.
+struct Shipping {
+    batcher: Arc<Mutex<Batcher>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn read_file(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag}={}", path.display()))
+}
+
+/// Starts the batch flusher, the status sender and the gRPC shipper.
+fn start_shipping(
+    config: &Config,
+    url: &str,
+    node: &str,
+    tracker: &Arc<Mutex<Tracker>>,
+    metrics: &Arc<AgentMetrics>,
+    status: &Arc<Mutex<ModeStatus>>,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<Shipping> {
+    let ca_pem = config
+        .collector_ca_file
+        .as_deref()
+        .map(|p| read_file("--collector-ca-file", p))
+        .transpose()?;
+    let identity = match (&config.collector_cert_file, &config.collector_key_file) {
+        (Some(cert), Some(key)) => Some((
+            read_file("--collector-cert-file", cert)?,
+            read_file("--collector-key-file", key)?,
+        )),
+        _ => None,
+    };
+    let token = match &config.collector_token_file {
+        Some(path) => Some(
+            String::from_utf8(read_file("--collector-token-file", path)?)
+                .context("--collector-token-file: not UTF-8")?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("COLLECTOR_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    let shipper_config = ShipperConfig {
+        url: url.to_string(),
+        ca_pem,
+        identity,
+        domain: config.collector_server_name.clone(),
+        token,
+    };
+    let queue = Arc::new(BatchQueue::new(
+        usize::try_from(config.queue_bytes).unwrap_or(usize::MAX),
+        metrics.drops.agent_queue.clone(),
+    ));
+    let batcher = Arc::new(Mutex::new(Batcher::new(
+        node.to_string(),
+        new_boot_id(),
+        config.batch_max_events as usize,
+        queue.clone(),
+    )));
+    let mut tasks = Vec::new();
+
+    // Time-based flush, and queue gauges.
+    tasks.push(tokio::spawn({
+        let (batcher, queue, metrics, every) = (
+            batcher.clone(),
+            queue.clone(),
+            metrics.clone(),
+            config.batch_interval,
+        );
+        async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Ok(mut b) = batcher.lock() {
+                    b.flush();
+                }
+                metrics.queue_batches.set(queue.len() as i64);
+                metrics.queue_bytes.set(queue.bytes() as i64);
+            }
+        }
+    }));
+
+    // Exact counters and identities, every status interval.
+    tasks.push(tokio::spawn({
+        let (batcher, tracker, metrics, status, every) = (
+            batcher.clone(),
+            tracker.clone(),
+            metrics.clone(),
+            status.clone(),
+            config.status_interval,
+        );
+        async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let (batcher, tracker, metrics, status) = (
+                    batcher.clone(),
+                    tracker.clone(),
+                    metrics.clone(),
+                    status.clone(),
+                );
+                let built = tokio::task::spawn_blocking(move || {
+                    let mode = status.lock().ok()?.clone();
+                    let tracker = tracker.lock().ok()?;
+                    let queue_drops = metrics.drops.agent_queue.load(Ordering::Relaxed);
+                    let snapshot =
+                        etcd_monitor_agent::ship::status::snapshot(&tracker, &mode, queue_drops);
+                    drop(tracker);
+                    batcher.lock().ok()?.send_status(snapshot);
+                    Some(())
+                })
+                .await;
+                if built.is_err() {
+                    tracing::error!("Building the status snapshot failed.");
+                }
+            }
+        }
+    }));
+
+    // The stream itself.
+    tasks.push(tokio::spawn({
+        let shipper_metrics = ShipperMetrics {
+            batches_sent: metrics.batches_sent.clone(),
+            reconnects: metrics.reconnects.clone(),
+            connected: metrics.connected.clone(),
+        };
+        let (queue, stop) = (queue.clone(), stop.clone());
+        async move {
+            if let Err(err) = client::run(shipper_config, queue, shipper_metrics, stop).await {
+                tracing::error!(error = %err, "Shipping to the collector is off.");
+            }
+        }
+    }));
+    tracing::info!(collector = url, "Shipping events to the collector.");
+    Ok(Shipping { batcher, tasks })
 }
 
 /// Rescans /proc every `interval`, or at once when an exec/exit event asks.

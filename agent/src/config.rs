@@ -69,6 +69,43 @@ pub struct Config {
     #[arg(long, env = "PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
 
+    /// PEM CA bundle to verify the collector's certificate (enables TLS).
+    #[arg(long, env = "COLLECTOR_CA_FILE")]
+    pub collector_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS with the collector.
+    #[arg(long, env = "COLLECTOR_CERT_FILE", requires = "collector_key_file")]
+    pub collector_cert_file: Option<PathBuf>,
+
+    /// PEM key of `--collector-cert-file`.
+    #[arg(long, env = "COLLECTOR_KEY_FILE", requires = "collector_cert_file")]
+    pub collector_key_file: Option<PathBuf>,
+
+    /// TLS server name of the collector, when it differs from the URL's host.
+    #[arg(long, env = "COLLECTOR_SERVER_NAME")]
+    pub collector_server_name: Option<String>,
+
+    /// File holding the bearer token the collector expects (the token is never logged).
+    #[arg(long, env = "COLLECTOR_TOKEN_FILE")]
+    pub collector_token_file: Option<PathBuf>,
+
+    /// Events per batch at most.
+    #[arg(long, env = "BATCH_MAX_EVENTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub batch_max_events: u32,
+
+    /// A batch leaves after this long even when not full.
+    #[arg(long, env = "BATCH_INTERVAL", value_parser = humantime::parse_duration, default_value = "200ms")]
+    pub batch_interval: Duration,
+
+    /// Memory cap of the queue of batches waiting for the collector; the oldest are dropped
+    /// (and counted) beyond it.
+    #[arg(long, env = "QUEUE_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(65_536..))]
+    pub queue_bytes: u64,
+
+    /// How often the exact kernel counters are sent to the collector.
+    #[arg(long, env = "STATUS_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s")]
+    pub status_interval: Duration,
+
     /// text | json.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -88,6 +125,19 @@ pub enum ConfigError {
         /// Why it does not compile.
         source: regex::Error,
     },
+    /// A file flag names a file we cannot read.
+    #[error("{flag}={path}: {source}")]
+    File {
+        /// The flag.
+        flag: &'static str,
+        /// The path given.
+        path: String,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
+    /// A duration flag is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
     /// `--collector` is not an http(s) URL.
     #[error("--collector={0:?}: must start with http:// or https://")]
     Collector(String),
@@ -109,6 +159,29 @@ impl Config {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return Err(ConfigError::Collector(url.clone()));
+        }
+        for (flag, value) in [
+            ("--batch-interval", self.batch_interval),
+            ("--status-interval", self.status_interval),
+            ("--rescan-interval", self.rescan_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration(flag));
+            }
+        }
+        for (flag, path) in [
+            ("--collector-ca-file", &self.collector_ca_file),
+            ("--collector-cert-file", &self.collector_cert_file),
+            ("--collector-key-file", &self.collector_key_file),
+            ("--collector-token-file", &self.collector_token_file),
+        ] {
+            if let Some(path) = path {
+                std::fs::metadata(path).map_err(|source| ConfigError::File {
+                    flag,
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            }
         }
         Ok(())
     }
@@ -165,5 +238,17 @@ mod tests {
                 .unwrap_err()
                 .contains("--rescan-interval")
         );
+        for (args, flag) in [
+            (&["--batch-interval=0s"][..], "--batch-interval"),
+            (
+                &["--collector-ca-file=/nonexistent/ca.pem"][..],
+                "--collector-ca-file",
+            ),
+            (&["--batch-max-events=0"][..], "--batch-max-events"),
+            (&["--queue-bytes=10"][..], "--queue-bytes"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
     }
 }

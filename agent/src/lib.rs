@@ -20,5 +20,6 @@ pub mod metrics;
 pub mod mode;
 pub mod probes;
 pub mod procfs;
+pub mod ship;
 pub mod stats;
 pub mod tracker;

@@ -28,7 +28,7 @@ const LAST_BUCKET_SLOT: usize = 34;
 #[derive(Debug, Default)]
 pub struct AgentDrops {
     /// Events dropped because the queue to the shipper was full (oldest first).
-    pub agent_queue: AtomicU64,
+    pub agent_queue: Arc<AtomicU64>,
     /// Ring-buffer records that did not decode.
     pub decode: AtomicU64,
 }
@@ -53,6 +53,16 @@ pub struct AgentMetrics {
     pub member_info: IntGaugeVec,
     /// Kernel map operations that failed.
     pub map_errors: IntCounter,
+    /// Batches handed to the gRPC stream.
+    pub batches_sent: IntCounter,
+    /// Reconnection attempts to the collector.
+    pub reconnects: IntCounter,
+    /// 1 while the stream to the collector is open.
+    pub connected: IntGauge,
+    /// Batches waiting in the queue.
+    pub queue_batches: IntGauge,
+    /// Bytes waiting in the queue.
+    pub queue_bytes: IntGauge,
     /// User-space drop counters.
     pub drops: Arc<AgentDrops>,
 }
@@ -138,6 +148,41 @@ impl AgentMetrics {
                 "Failed eBPF map operations.",
             )?,
         );
+        let batches_sent = register(
+            &registry,
+            IntCounter::new(
+                "etcdmon_agent_batches_sent_total",
+                "Event batches handed to the gRPC stream to the collector.",
+            )?,
+        );
+        let reconnects = register(
+            &registry,
+            IntCounter::new(
+                "etcdmon_agent_reconnects_total",
+                "Reconnection attempts to the collector.",
+            )?,
+        );
+        let connected = register(
+            &registry,
+            IntGauge::new(
+                "etcdmon_agent_collector_connected",
+                "1 while the stream to the collector is open.",
+            )?,
+        );
+        let queue_batches = register(
+            &registry,
+            IntGauge::new(
+                "etcdmon_agent_queue_batches",
+                "Batches waiting for the collector.",
+            )?,
+        );
+        let queue_bytes = register(
+            &registry,
+            IntGauge::new(
+                "etcdmon_agent_queue_bytes",
+                "Encoded bytes waiting for the collector.",
+            )?,
+        );
         registry.register(Box::new(KernelCollector::new(tracker, drops.clone())?))?;
         Ok(Self {
             registry,
@@ -149,6 +194,11 @@ impl AgentMetrics {
             skipped_probes,
             member_info,
             map_errors,
+            batches_sent,
+            reconnects,
+            connected,
+            queue_batches,
+            queue_bytes,
             drops,
         })
     }

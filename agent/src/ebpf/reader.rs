@@ -96,14 +96,19 @@ fn run(mut ring: RingBuf<MapData>, mut ctx: ReaderContext, stop: &AtomicBool) {
         }
         while let Some(item) = ring.next() {
             match decode(&item) {
-                Ok(event) => {
-                    match &event {
+                Ok(mut event) => {
+                    match &mut event {
                         Event::Syscall(e) => {
                             syscalls.inc();
                             if e.flags & FLAG_CLASS_UNKNOWN != 0 {
                                 ctx.metrics.unknown_fd_events.inc();
-                                if let Ok(mut tracker) = ctx.tracker.lock() {
-                                    tracker.learn_fd(e.tgid, e.fd);
+                                let learned = ctx
+                                    .tracker
+                                    .lock()
+                                    .ok()
+                                    .and_then(|mut t| t.learn_fd(e.tgid, e.fd));
+                                if let Some(class) = learned {
+                                    e.class = class as u8;
                                 }
                             }
                         }

@@ -1,0 +1,215 @@
+//! The gRPC client stream to the collector: connect, stream batches from the queue, and on any
+//! failure reconnect with jittered exponential backoff. Batches lost in a broken stream show up
+//! as sequence gaps at the collector.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use etcd_monitor_proto::v1::agent_ingest_client::AgentIngestClient;
+use prometheus::{IntCounter, IntGauge};
+use tonic::{
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+
+use super::BatchQueue;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct ShipperConfig {
+    /// `http://host:9464` or `https://host:9464`.
+    pub url: String,
+    /// PEM CA bundle to verify the collector (https).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key (mutual TLS).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// TLS server name, when it differs from the URL's host.
+    pub domain: Option<String>,
+    /// Bearer token sent as `authorization`.
+    pub token: Option<String>,
+}
+
+/// A connection setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipperError {
+    /// The URL does not parse.
+    #[error("--collector={url:?}: {source}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// TLS settings were rejected.
+    #[error("collector TLS settings: {0}")]
+    Tls(tonic::transport::Error),
+    /// The token has characters a header cannot carry.
+    #[error("the collector token is not a valid header value")]
+    Token,
+}
+
+/// Counters the shipper keeps.
+#[derive(Clone)]
+pub struct ShipperMetrics {
+    /// Batches handed to the stream.
+    pub batches_sent: IntCounter,
+    /// Connection attempts after the first.
+    pub reconnects: IntCounter,
+    /// 1 while a stream is open.
+    pub connected: IntGauge,
+}
+
+impl ShipperConfig {
+    fn endpoint(&self) -> Result<Endpoint, ShipperError> {
+        let mut endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|source| ShipperError::Url {
+                url: self.url.clone(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .tcp_keepalive(Some(Duration::from_secs(30)));
+        if self.url.starts_with("https://") || self.ca_pem.is_some() {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &self.ca_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &self.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = &self.domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint = endpoint.tls_config(tls).map_err(ShipperError::Tls)?;
+        }
+        Ok(endpoint)
+    }
+}
+
+/// Backoff between connection attempts: doubles from 100 ms to 10 s, ±20 % jitter.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1u64 << attempt.min(7)).min(10_000);
+    let jitter = rand::random_range(0.8..1.2);
+    Duration::from_millis((base as f64 * jitter) as u64)
+}
+
+/// Streams batches from `queue` to the collector until `stop` is set.
+pub async fn run(
+    config: ShipperConfig,
+    queue: Arc<BatchQueue>,
+    metrics: ShipperMetrics,
+    stop: Arc<AtomicBool>,
+) -> Result<(), ShipperError> {
+    let endpoint = config.endpoint()?;
+    let token = match &config.token {
+        Some(t) => {
+            Some(MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| ShipperError::Token)?)
+        }
+        None => None,
+    };
+    let mut attempt: u32 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if attempt > 0 {
+            metrics.reconnects.inc();
+            tokio::time::sleep(backoff(attempt - 1)).await;
+        }
+        attempt = attempt.saturating_add(1);
+        let channel: Channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::debug!(error = %err, url = %config.url, "Collector not reachable.");
+                if attempt == 1 || attempt.is_multiple_of(20) {
+                    tracing::warn!(error = %err, url = %config.url, attempt, "Collector not reachable; batches wait in the queue (oldest dropped when full).");
+                }
+                continue;
+            }
+        };
+        let token = token.clone();
+        let mut client =
+            AgentIngestClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+                if let Some(t) = &token {
+                    req.metadata_mut().insert("authorization", t.clone());
+                }
+                Ok(req)
+            })
+            .max_encoding_message_size(64 << 20);
+        tracing::info!(url = %config.url, "Connected to the collector.");
+        metrics.connected.set(1);
+        let sent = metrics.batches_sent.clone();
+        let q = queue.clone();
+        let stop_stream = stop.clone();
+        let outbound = futures_stream(q, sent, stop_stream);
+        let result = client.push(outbound).await;
+        metrics.connected.set(0);
+        match result {
+            Ok(ack) => {
+                tracing::info!(
+                    last_sequence = ack.get_ref().last_sequence,
+                    "Collector closed the stream."
+                );
+                attempt = 1;
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "Stream to the collector broke; reconnecting.");
+                if status.code() == tonic::Code::Unauthenticated {
+                    tracing::error!(
+                        "The collector refused our credentials; check the token and client certificate."
+                    );
+                }
+                attempt = 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The outbound stream: batches popped from the queue as they come.
+fn futures_stream(
+    queue: Arc<BatchQueue>,
+    sent: IntCounter,
+    stop: Arc<AtomicBool>,
+) -> impl tokio_stream::Stream<Item = etcd_monitor_proto::v1::EventBatch> {
+    futures::stream::unfold((queue, sent, stop), |(queue, sent, stop)| async move {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let batch = queue.pop().await;
+        sent.inc();
+        Some((batch, (queue, sent, stop)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps_with_jitter() {
+        for _ in 0..50 {
+            let first = backoff(0).as_millis();
+            assert!((80..=120).contains(&first), "{first}");
+            let late = backoff(30).as_millis();
+            assert!((8_000..=12_000).contains(&late), "{late}");
+        }
+        assert!(backoff(3) > backoff(0));
+    }
+
+    #[test]
+    fn bad_urls_are_rejected_with_the_flag() {
+        let config = ShipperConfig {
+            url: "http://bad host:1".into(),
+            ca_pem: None,
+            identity: None,
+            domain: None,
+            token: None,
+        };
+        let err = config.endpoint().expect_err("invalid URL");
+        assert!(err.to_string().contains("--collector"), "{err}");
+    }
+}
