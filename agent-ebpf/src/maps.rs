@@ -6,9 +6,10 @@ use aya_ebpf::{
 };
 use etcd_monitor_agent_common::{
     maps::{
-        CONFIG_LEN, CommFilter, DEFAULT_RINGBUF_BYTES, DROPS_LEN, MAX_FDS, MAX_IN_FLIGHT,
-        MAX_OP_STATS, MAX_TRACKED,
+        CONFIG_LEN, CommFilter, DEFAULT_RINGBUF_BYTES, DROPS_LEN, MAX_CONNS, MAX_FDS,
+        MAX_IN_FLIGHT, MAX_OP_STATS, MAX_PORTS, MAX_TRACKED,
     },
+    net::{Churn, ConnKey, ConnStats, OFF_LEN},
     syscall::{FdKey, OpKey, OpStats},
 };
 
@@ -73,3 +74,19 @@ pub fn count_drop(index: u32) {
 /// pid_tgid → listening fd of an `accept`/`accept4` in flight.
 #[map]
 pub static ACCEPTS: LruHashMap<u64, i32> = LruHashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
+/// Port → role bits of the ports whose connections are traced.
+#[map]
+pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+/// Per-connection TCP counters.
+#[map]
+pub static CONNS: LruHashMap<ConnKey, ConnStats> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+/// Client connection churn per listening port.
+#[map]
+pub static CHURN: HashMap<u16, Churn> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+/// Tracepoint field offsets, written by user space from tracefs.
+#[map]
+pub static NET_OFFSETS: Array<u32> = Array::with_max_entries(OFF_LEN, 0);

@@ -61,11 +61,10 @@ fn bring_up_kernel(config: &Config) -> anyhow::Result<(Option<KernelParts>, Mode
         let options = LoadOptions {
             ringbuf_bytes: config.ringbuf_bytes,
             min_duration_ns: u64::try_from(config.min_duration.as_nanos()).unwrap_or(u64::MAX),
-            exec_comm: if config.match_pattern.is_some() {
-                String::new()
-            } else {
-                "etcd".into()
-            },
+            // Exec events only trigger a rescan early, so `etcd` is right even with --match.
+            exec_comm: "etcd".into(),
+            net_offsets: [etcd_monitor_agent_common::net::OFF_MISSING;
+                etcd_monitor_agent_common::net::OFF_LEN as usize],
         };
         match ebpf::load(&options) {
             Ok(Loaded {
@@ -345,10 +344,13 @@ fn start_shipping(
                 );
                 let built = tokio::task::spawn_blocking(move || {
                     let mode = status.lock().ok()?.clone();
-                    let tracker = tracker.lock().ok()?;
+                    let mut tracker = tracker.lock().ok()?;
                     let queue_drops = metrics.drops.agent_queue.load(Ordering::Relaxed);
-                    let snapshot =
-                        etcd_monitor_agent::ship::status::snapshot(&tracker, &mode, queue_drops);
+                    let snapshot = etcd_monitor_agent::ship::status::snapshot(
+                        &mut tracker,
+                        &mode,
+                        queue_drops,
+                    );
                     drop(tracker);
                     batcher.lock().ok()?.send_status(snapshot);
                     Some(())

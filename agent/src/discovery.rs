@@ -88,7 +88,15 @@ mod tests {
             .spawn()
             .expect("spawn sh");
         let matcher = Matcher::new(Some(Regex::new(&marker).expect("regex")));
-        let found = scan(&proc, &matcher);
+        // Between fork and exec the child still shows our command line: poll briefly.
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = scan(&proc, &matcher);
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(found.len(), 1, "{found:?}");

@@ -164,6 +164,7 @@ mod tests {
                 TcpSocket {
                     local_port: 2379,
                     remote_port: 0,
+                    state: 1,
                 },
             ),
             (
@@ -171,6 +172,7 @@ mod tests {
                 TcpSocket {
                     local_port: 2379,
                     remote_port: 51000,
+                    state: 1,
                 },
             ),
             (
@@ -178,6 +180,7 @@ mod tests {
                 TcpSocket {
                     local_port: 40000,
                     remote_port: 12380,
+                    state: 1,
                 },
             ),
             (
@@ -185,6 +188,7 @@ mod tests {
                 TcpSocket {
                     local_port: 2380,
                     remote_port: 41000,
+                    state: 1,
                 },
             ),
             (
@@ -192,6 +196,7 @@ mod tests {
                 TcpSocket {
                     local_port: 40001,
                     remote_port: 443,
+                    state: 1,
                 },
             ),
         ]);

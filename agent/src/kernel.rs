@@ -1,7 +1,12 @@
 //! What the agent asks of the loaded eBPF programs, as a trait so that the tracker and the
 //! metrics work the same with a real kernel, with none (client-only) and in unit tests.
 
-use etcd_monitor_agent_common::syscall::{FileClass, OpKey};
+use std::collections::HashMap;
+
+use etcd_monitor_agent_common::{
+    net::{Churn, ConnKey, ConnStats},
+    syscall::{FileClass, OpKey},
+};
 
 use crate::stats::OpTotals;
 
@@ -42,4 +47,20 @@ pub trait Kernel: Send {
     fn op_stats(&self) -> Result<Vec<(OpKey, OpTotals)>, KernelError>;
     /// The loss counters.
     fn drops(&self) -> Result<KernelDrops, KernelError>;
+    /// Makes the kernel watch exactly these ports (port → role bits).
+    fn set_ports(&mut self, _ports: &HashMap<u16, u8>) -> Result<(), KernelError> {
+        Ok(())
+    }
+    /// Every watched TCP connection's counters.
+    fn conns(&self) -> Result<Vec<(ConnKey, ConnStats)>, KernelError> {
+        Ok(Vec::new())
+    }
+    /// Forgets a connection (after its final counts were harvested).
+    fn remove_conn(&mut self, _key: &ConnKey) -> Result<(), KernelError> {
+        Ok(())
+    }
+    /// Client connection churn per listening port.
+    fn churn(&self) -> Result<Vec<(u16, Churn)>, KernelError> {
+        Ok(Vec::new())
+    }
 }

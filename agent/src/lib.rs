@@ -18,6 +18,7 @@ pub mod identity;
 pub mod kernel;
 pub mod metrics;
 pub mod mode;
+pub mod net;
 pub mod probes;
 pub mod procfs;
 pub mod ship;

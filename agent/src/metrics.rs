@@ -233,8 +233,38 @@ const WRITE: &str = "etcdmon_write_duration_seconds";
 const BYTES: &str = "etcdmon_write_bytes_total";
 const ERRORS: &str = "etcdmon_syscall_errors_total";
 const DROPPED: &str = "etcdmon_events_dropped_total";
+const PEER_RTT: &str = "etcdmon_peer_rtt_seconds";
+const PEER_RETRANS: &str = "etcdmon_peer_retransmits_total";
+const PEER_BYTES: &str = "etcdmon_peer_bytes_total";
+const CLIENT_CONNS: &str = "etcdmon_client_connections";
+const CLIENT_OPENED: &str = "etcdmon_client_connections_opened_total";
+const CLIENT_CLOSED: &str = "etcdmon_client_connections_closed_total";
 
-const HELP: [(&str, &str); 5] = [
+const HELP: [(&str, &str); 11] = [
+    (
+        PEER_RTT,
+        "Kernel smoothed RTT (tcp_probe srtt) to each peer member, highest over the pair's open connections.",
+    ),
+    (
+        PEER_RETRANS,
+        "TCP segments retransmitted on connections between a member and a peer.",
+    ),
+    (
+        PEER_BYTES,
+        "Bytes between a member and a peer: received (payload) or sent (acknowledged by the peer).",
+    ),
+    (
+        CLIENT_CONNS,
+        "Established client connections on the member's client ports.",
+    ),
+    (
+        CLIENT_OPENED,
+        "Client connections established since the agent started.",
+    ),
+    (
+        CLIENT_CLOSED,
+        "Client connections that ended since the agent started.",
+    ),
     (
         FSYNC,
         "Kernel-measured duration of etcd's fdatasync/fsync/sync_file_range calls, by member, file class and op.",
@@ -264,10 +294,12 @@ impl KernelCollector {
     ) -> Result<Self, prometheus::Error> {
         let mut descs = Vec::new();
         for (name, help) in HELP {
-            let labels = if name == DROPPED {
-                vec!["stage".into(), "reason".into()]
-            } else {
-                vec!["member".into(), "file".into(), "op".into()]
+            let labels: Vec<String> = match name {
+                DROPPED => vec!["stage".into(), "reason".into()],
+                PEER_RTT | PEER_RETRANS => vec!["member".into(), "peer".into()],
+                PEER_BYTES => vec!["member".into(), "peer".into(), "direction".into()],
+                CLIENT_CONNS | CLIENT_OPENED | CLIENT_CLOSED => vec!["member".into()],
+                _ => vec!["member".into(), "file".into(), "op".into()],
             };
             descs.push(Desc::new(name.into(), help.into(), labels, HashMap::new())?);
         }
@@ -316,6 +348,14 @@ fn counter(pairs: &[(&str, &str)], value: u64) -> proto::Metric {
     m
 }
 
+fn gauge(pairs: &[(&str, &str)], value: f64) -> proto::Metric {
+    let mut g = proto::Gauge::default();
+    g.set_value(value);
+    let mut m = proto::Metric::from_label(labels(pairs));
+    m.set_gauge(g);
+    m
+}
+
 /// A Prometheus histogram (seconds) from log2 nanosecond slots.
 pub fn histogram(totals: &OpTotals) -> proto::Histogram {
     let mut h = proto::Histogram::default();
@@ -343,10 +383,11 @@ impl Collector for KernelCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let (snapshot, kernel_drops) = match self.tracker.lock() {
-            Ok(tracker) => (
+        let (snapshot, kernel_drops, net) = match self.tracker.lock() {
+            Ok(mut tracker) => (
                 tracker.snapshot().unwrap_or_default(),
                 tracker.kernel_drops().unwrap_or_default(),
+                tracker.net_snapshot().unwrap_or_default(),
             ),
             Err(_) => return Vec::new(),
         };
@@ -393,7 +434,36 @@ impl Collector for KernelCollector {
                 d.decode.load(Ordering::Relaxed),
             ),
         ];
+        let (mut rtt, mut retrans, mut peer_bytes) = (Vec::new(), Vec::new(), Vec::new());
+        for ((member, peer), t) in &net.peers {
+            let pair = [("member", member.as_str()), ("peer", peer.as_str())];
+            if t.srtt_us > 0 {
+                rtt.push(gauge(&pair, f64::from(t.srtt_us) / 1e6));
+            }
+            retrans.push(counter(&pair, t.retransmits));
+            peer_bytes.push(counter(
+                &[pair[0], pair[1], ("direction", "received")],
+                t.rx_bytes,
+            ));
+            peer_bytes.push(counter(
+                &[pair[0], pair[1], ("direction", "sent")],
+                t.tx_bytes,
+            ));
+        }
+        let (mut open, mut opened, mut closed) = (Vec::new(), Vec::new(), Vec::new());
+        for (member, c) in &net.clients {
+            let m = [("member", member.as_str())];
+            open.push(gauge(&m, c.open as f64));
+            opened.push(counter(&m, c.opened));
+            closed.push(counter(&m, c.closed));
+        }
         vec![
+            family(PEER_RTT, MetricType::GAUGE, rtt),
+            family(PEER_RETRANS, MetricType::COUNTER, retrans),
+            family(PEER_BYTES, MetricType::COUNTER, peer_bytes),
+            family(CLIENT_CONNS, MetricType::GAUGE, open),
+            family(CLIENT_OPENED, MetricType::COUNTER, opened),
+            family(CLIENT_CLOSED, MetricType::COUNTER, closed),
             family(FSYNC, MetricType::HISTOGRAM, fsync),
             family(WRITE, MetricType::HISTOGRAM, write),
             family(BYTES, MetricType::COUNTER, bytes),

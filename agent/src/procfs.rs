@@ -19,6 +19,8 @@ pub struct TcpSocket {
     pub local_port: u16,
     /// Remote port (0 for a listener).
     pub remote_port: u16,
+    /// Kernel TCP state (1 = ESTABLISHED, 10 = LISTEN, ...).
+    pub state: u8,
 }
 
 impl ProcFs {
@@ -147,12 +149,14 @@ pub fn parse_tcp_table(text: &str) -> Vec<(u64, TcpSocket)> {
             let port = |addr: &str| u16::from_str_radix(addr.rsplit_once(':')?.1, 16).ok();
             let local_port = port(fields.get(1)?)?;
             let remote_port = port(fields.get(2)?)?;
+            let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
             let inode: u64 = fields.get(9)?.parse().ok()?;
             Some((
                 inode,
                 TcpSocket {
                     local_port,
                     remote_port,
+                    state,
                 },
             ))
         })
@@ -174,7 +178,8 @@ mod tests {
                 31337,
                 TcpSocket {
                     local_port: 2379,
-                    remote_port: 0
+                    remote_port: 0,
+                    state: 0x0A
                 }
             )
         );
@@ -184,7 +189,8 @@ mod tests {
                 4242,
                 TcpSocket {
                     local_port: 50000,
-                    remote_port: 2380
+                    remote_port: 2380,
+                    state: 1
                 }
             )
         );

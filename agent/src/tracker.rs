@@ -13,6 +13,7 @@ use crate::{
     fdclass::{self, PortRoles},
     identity::MemberIdentity,
     kernel::{Kernel, KernelDrops, KernelError},
+    net::{self, NetSnapshot, NetState, Resolver},
     procfs::{ProcFs, TcpSocket},
     stats::{self, Snapshot},
 };
@@ -45,6 +46,7 @@ pub struct Tracker {
     matcher: Matcher,
     processes: HashMap<u32, Tracked>,
     retired: Snapshot,
+    net: NetState,
     kernel: Option<Box<dyn Kernel>>,
 }
 
@@ -56,6 +58,7 @@ impl Tracker {
             matcher,
             processes: HashMap::new(),
             retired: Snapshot::new(),
+            net: NetState::default(),
             kernel,
         }
     }
@@ -105,7 +108,44 @@ impl Tracker {
             }
             report.added.push(process.pid);
         }
+        if (!report.added.is_empty() || !report.removed.is_empty())
+            && let Err(e) = self.sync_ports()
+        {
+            report.errors.push(e.to_string());
+        }
         report
+    }
+
+    /// Tells the kernel which ports' connections to watch: every traced member's.
+    fn sync_ports(&mut self) -> Result<(), KernelError> {
+        let ports = net::port_roles(self.processes.values().map(|t| &t.identity));
+        match self.kernel.as_mut() {
+            Some(kernel) => kernel.set_ports(&ports),
+            None => Ok(()),
+        }
+    }
+
+    /// Per-peer and per-member network figures; connections that closed are counted and
+    /// then forgotten by the kernel.
+    pub fn net_snapshot(&mut self) -> Result<NetSnapshot, KernelError> {
+        let Some(kernel) = self.kernel.as_ref() else {
+            return Ok(NetSnapshot::default());
+        };
+        let conns = kernel.conns()?;
+        let churn = kernel.churn()?;
+        let members: Vec<(u32, &MemberIdentity)> = self
+            .processes
+            .iter()
+            .map(|(pid, t)| (*pid, &t.identity))
+            .collect();
+        let resolver = Resolver::new(&self.proc, members);
+        let (snapshot, closed) = self.net.harvest(&conns, &churn, &resolver);
+        if let Some(kernel) = self.kernel.as_mut() {
+            for key in closed {
+                let _ = kernel.remove_conn(&key);
+            }
+        }
+        Ok(snapshot)
     }
 
     fn track(&mut self, process: EtcdProcess) -> Result<(), KernelError> {
@@ -155,7 +195,7 @@ impl Tracker {
             }
             kernel.untrack(pid)?;
         }
-        Ok(())
+        self.sync_ports()
     }
 
     /// Classifies fd `fd` of `pid` (reported by the kernel as unknown) and tells the kernel.

@@ -27,6 +27,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "wrk",
     "bpftrace",
     // test helpers
+    // the non-Linux compile check: ring (TLS) builds C for the Windows target
+    "gcc-mingw-w64-x86-64",
     "python3",
     "util-linux",
 ];

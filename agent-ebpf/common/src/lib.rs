@@ -8,6 +8,7 @@
 
 pub mod hist;
 pub mod maps;
+pub mod net;
 pub mod process;
 pub mod syscall;
 

@@ -56,3 +56,16 @@ pub struct CommFilter {
 #[cfg(feature = "user")]
 // SAFETY: `CommFilter` is `repr(C)`, `Copy` and has no padding or pointers.
 unsafe impl aya::Pod for CommFilter {}
+
+/// `HashMap<u16 port, u8 role bits>`: the ports whose TCP connections are traced.
+pub const PORTS: &str = "PORTS";
+/// `LruHashMap<ConnKey, ConnStats>`: per-connection TCP counters.
+pub const CONNS: &str = "CONNS";
+/// `HashMap<u16 port, Churn>`: client connections opened/closed per listening port.
+pub const CHURN: &str = "CHURN";
+/// `Array<u32>`: tracepoint field offsets (see `net::OFF_*`).
+pub const NET_OFFSETS: &str = "NET_OFFSETS";
+/// Capacity of `PORTS`.
+pub const MAX_PORTS: u32 = 1024;
+/// Capacity of `CONNS`.
+pub const MAX_CONNS: u32 = 16_384;

@@ -4,6 +4,7 @@ pub mod accept;
 pub mod close;
 pub mod process;
 pub mod sync;
+pub mod tcp;
 pub mod write;
 
 /// Defines the `sys_enter_<name>` / `sys_exit_<name>` tracepoint pair of one op.

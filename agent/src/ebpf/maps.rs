@@ -4,8 +4,11 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
 };
+use std::collections::HashMap as StdHashMap;
+
 use etcd_monitor_agent_common::{
     maps::{self as names, CommFilter},
+    net::{Churn, ConnKey, ConnStats},
     syscall::{FdKey, FileClass, OpKey, OpStats},
 };
 
@@ -23,6 +26,10 @@ pub struct EbpfKernel {
     config: Array<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
     exec_comm: Array<MapData, CommFilter>,
+    ports: HashMap<MapData, u16, u8>,
+    conns: HashMap<MapData, ConnKey, ConnStats>,
+    churn: HashMap<MapData, u16, Churn>,
+    net_offsets: Array<MapData, u32>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
@@ -60,6 +67,10 @@ impl EbpfKernel {
             config: take(ebpf, names::CONFIG)?,
             drops: take(ebpf, names::DROPS)?,
             exec_comm: take(ebpf, names::EXEC_COMM)?,
+            ports: take(ebpf, names::PORTS)?,
+            conns: take(ebpf, names::CONNS)?,
+            churn: take(ebpf, names::CHURN)?,
+            net_offsets: take(ebpf, names::NET_OFFSETS)?,
         })
     }
 
@@ -85,6 +96,11 @@ impl EbpfKernel {
         self.exec_comm
             .set(0, filter, 0)
             .map_err(to_load(names::EXEC_COMM))?;
+        for (index, offset) in options.net_offsets.iter().enumerate() {
+            self.net_offsets
+                .set(index as u32, *offset, 0)
+                .map_err(to_load(names::NET_OFFSETS))?;
+        }
         Ok(())
     }
 
@@ -155,5 +171,43 @@ impl Kernel for EbpfKernel {
             start_map: read(names::DROP_START_MAP)?,
             stats_map: read(names::DROP_STATS_MAP)?,
         })
+    }
+
+    fn set_ports(&mut self, ports: &StdHashMap<u16, u8>) -> Result<(), KernelError> {
+        let stale: Vec<u16> = self
+            .ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|p| !ports.contains_key(p))
+            .collect();
+        for port in stale {
+            let _ = self.ports.remove(&port);
+        }
+        for (port, role) in ports {
+            self.ports
+                .insert(*port, *role, 0)
+                .map_err(map_error(names::PORTS, "insert"))?;
+        }
+        Ok(())
+    }
+
+    fn conns(&self) -> Result<Vec<(ConnKey, ConnStats)>, KernelError> {
+        self.conns
+            .iter()
+            .map(|e| e.map_err(map_error(names::CONNS, "iterate")))
+            .collect()
+    }
+
+    fn remove_conn(&mut self, key: &ConnKey) -> Result<(), KernelError> {
+        self.conns
+            .remove(key)
+            .map_err(map_error(names::CONNS, "remove"))
+    }
+
+    fn churn(&self) -> Result<Vec<(u16, Churn)>, KernelError> {
+        self.churn
+            .iter()
+            .map(|e| e.map_err(map_error(names::CHURN, "iterate")))
+            .collect()
     }
 }

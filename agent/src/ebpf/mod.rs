@@ -64,6 +64,8 @@ pub struct LoadOptions {
     pub min_duration_ns: u64,
     /// The comm whose exec is reported (`etcd`); empty disables exec events.
     pub exec_comm: String,
+    /// Tracepoint field offsets for the TCP programs (see `net::read_offsets`).
+    pub net_offsets: [u32; etcd_monitor_agent_common::net::OFF_LEN as usize],
 }
 
 /// An optional probe that did not attach.
@@ -138,6 +140,20 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
     if let Err(reason) = ensure_tracefs() {
         tracing::warn!(%reason, "Tracepoints may fail to attach.");
     }
+    let mut options = options.clone();
+    if options
+        .net_offsets
+        .iter()
+        .all(|o| *o == etcd_monitor_agent_common::net::OFF_MISSING)
+    {
+        let root = if Path::new("/sys/kernel/tracing/events").exists() {
+            Path::new("/sys/kernel/tracing")
+        } else {
+            Path::new("/sys/kernel/debug/tracing")
+        };
+        options.net_offsets = crate::net::read_offsets(root);
+    }
+    let options = &options;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::EVENTS, options.ringbuf_bytes)
         .load(OBJECT)

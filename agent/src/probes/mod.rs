@@ -5,6 +5,7 @@ pub mod accept;
 pub mod close;
 pub mod process;
 pub mod sync;
+pub mod tcp;
 pub mod write;
 
 /// One eBPF program and where it attaches.
@@ -51,6 +52,7 @@ pub fn all() -> Vec<Probe> {
     probes.extend_from_slice(process::PROBES);
     probes.extend_from_slice(sync::PROBES);
     probes.extend_from_slice(write::PROBES);
+    probes.extend_from_slice(tcp::PROBES);
     probes
 }
 

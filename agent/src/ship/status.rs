@@ -1,15 +1,46 @@
 //! The periodic `AgentStatus` snapshot: mode, members and the exact kernel counters.
 
-use etcd_monitor_proto::v1::{AgentStatus, DropCounters, KernelHistogram, MemberIdentity};
+use etcd_monitor_proto::v1::{
+    AgentStatus, ClientConnStats, DropCounters, KernelHistogram, MemberIdentity, PeerStats,
+};
 
 use super::convert::{disk_op, file_class};
 use crate::{http::ModeStatus, kernel::KernelDrops, stats::Snapshot, tracker::Tracker};
 
 /// Builds a status message from the tracker's current view.
-pub fn snapshot(tracker: &Tracker, mode: &ModeStatus, agent_queue_drops: u64) -> AgentStatus {
+pub fn snapshot(tracker: &mut Tracker, mode: &ModeStatus, agent_queue_drops: u64) -> AgentStatus {
     let stats = tracker.snapshot().unwrap_or_default();
     let drops = tracker.kernel_drops().unwrap_or_default();
-    build(tracker, mode, &stats, &drops, agent_queue_drops)
+    let net = tracker.net_snapshot().unwrap_or_default();
+    let mut status = build(tracker, mode, &stats, &drops, agent_queue_drops);
+    status.peers = net
+        .peers
+        .iter()
+        .map(|((member, peer), t)| PeerStats {
+            member: member.clone(),
+            peer_addr: peer.clone(),
+            peer_member: if peer.contains(':') {
+                String::new()
+            } else {
+                peer.clone()
+            },
+            srtt_micros: t.srtt_us,
+            retransmits: t.retransmits,
+            bytes_sent: t.tx_bytes,
+            bytes_received: t.rx_bytes,
+        })
+        .collect();
+    status.clients = net
+        .clients
+        .iter()
+        .map(|(member, c)| ClientConnStats {
+            member: member.clone(),
+            open_connections: c.open,
+            opened_total: c.opened,
+            closed_total: c.closed,
+        })
+        .collect();
+    status
 }
 
 fn build(

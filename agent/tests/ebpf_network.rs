@@ -1,0 +1,176 @@
+//! The network side: peer traffic between members is attributed to the right member pairs,
+//! with kernel RTT and bytes; client connection churn is counted per member.
+
+mod common;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use etcd_monitor_tests::{AgentProcess, EtcdCluster, http::prom_sum, wait_for};
+
+fn label_pairs(text: &str, metric: &str) -> BTreeSet<(String, String)> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter_map(|l| {
+            let member = l.split("member=\"").nth(1)?.split('"').next()?.to_string();
+            let peer = l.split("peer=\"").nth(1)?.split('"').next()?.to_string();
+            Some((member, peer))
+        })
+        .collect()
+}
+
+#[test]
+fn peer_traffic_is_attributed_to_member_pairs() -> anyhow::Result<()> {
+    if !common::require_root("peer_traffic_is_attributed_to_member_pairs") {
+        return Ok(());
+    }
+    let cluster = EtcdCluster::start3()?;
+    let only_ours = format!("--match={}", cluster.dir().display());
+    let agent = AgentProcess::start(
+        common::agent_bin(),
+        &["--rescan-interval=1s", "--mode=ebpf", &only_ours],
+        cluster.dir(),
+        |_| {},
+    )?;
+    let pids: Vec<u32> = cluster.members.iter().map(|m| m.pid()).collect();
+    agent.wait_tracking(&pids, Duration::from_secs(20))?;
+    assert_eq!(
+        agent.health()?["mode"],
+        "ebpf",
+        "every probe attached: {}",
+        agent.health()?
+    );
+
+    // Every put is a new HTTP connection to one member's client port (the JSON gateway).
+    cluster.put_many("/net-e2e/", 600, 128)?;
+
+    let names: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();
+    let mut expected = BTreeSet::new();
+    for a in &names {
+        for b in &names {
+            if a != b {
+                expected.insert((a.clone(), b.clone()));
+            }
+        }
+    }
+    let text = wait_for("RTT for every member pair", Duration::from_secs(20), || {
+        let text = agent.metrics().ok()?;
+        (label_pairs(&text, "etcdmon_peer_rtt_seconds") == expected).then_some(text)
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: got {:?}",
+            agent
+                .metrics()
+                .map(|t| label_pairs(&t, "etcdmon_peer_rtt_seconds"))
+        )
+    })?;
+
+    // No traffic lands on an unresolved address: every peer is a member name.
+    let all_peers = label_pairs(&text, "etcdmon_peer_bytes_total");
+    assert_eq!(all_peers, expected, "peer byte series");
+    for (member, peer) in &expected {
+        let sent = prom_sum(
+            &text,
+            "etcdmon_peer_bytes_total",
+            &[("member", member), ("peer", peer), ("direction", "sent")],
+        )
+        .unwrap_or(0.0);
+        let received = prom_sum(
+            &text,
+            "etcdmon_peer_bytes_total",
+            &[
+                ("member", member),
+                ("peer", peer),
+                ("direction", "received"),
+            ],
+        )
+        .unwrap_or(0.0);
+        let rtt = prom_sum(
+            &text,
+            "etcdmon_peer_rtt_seconds",
+            &[("member", member), ("peer", peer)],
+        )
+        .unwrap_or(0.0);
+        eprintln!(
+            "{member} -> {peer}: sent {sent} B, received {received} B, srtt {:.0} us",
+            rtt * 1e6
+        );
+        assert!(sent + received > 0.0, "{member}->{peer} moved no bytes");
+        assert!(
+            rtt > 0.0 && rtt < 0.1,
+            "{member}->{peer}: loopback RTT {rtt}s"
+        );
+        assert!(
+            prom_sum(
+                &text,
+                "etcdmon_peer_retransmits_total",
+                &[("member", member), ("peer", peer)]
+            )
+            .is_some()
+        );
+    }
+    // The leader sends the log: to each follower it sends more than it gets back.
+    let leader = cluster
+        .leader_index()
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let leader = names[leader].as_str();
+    for follower in names.iter().filter(|n| n.as_str() != leader) {
+        let out = prom_sum(
+            &text,
+            "etcdmon_peer_bytes_total",
+            &[
+                ("member", leader),
+                ("peer", follower),
+                ("direction", "sent"),
+            ],
+        )
+        .unwrap_or(0.0);
+        let back = prom_sum(
+            &text,
+            "etcdmon_peer_bytes_total",
+            &[
+                ("member", follower),
+                ("peer", leader),
+                ("direction", "sent"),
+            ],
+        )
+        .unwrap_or(0.0);
+        assert!(
+            out > back,
+            "leader {leader} sent {out} B to {follower}, which sent {back} B back"
+        );
+    }
+    let opened: f64 = names
+        .iter()
+        .filter_map(|m| {
+            prom_sum(
+                &text,
+                "etcdmon_client_connections_opened_total",
+                &[("member", m)],
+            )
+        })
+        .sum();
+    let closed: f64 = names
+        .iter()
+        .filter_map(|m| {
+            prom_sum(
+                &text,
+                "etcdmon_client_connections_closed_total",
+                &[("member", m)],
+            )
+        })
+        .sum();
+    eprintln!("client connections: opened {opened}, closed {closed}");
+    // Each of the 600 HTTP puts opened and closed one client connection. A connection that
+    // closes within microseconds of its handshake can skip the traced ESTABLISHED transition
+    // on the server side, so allow 2 %.
+    assert!(
+        (588.0..=610.0).contains(&opened),
+        "600 puts opened {opened} client connections"
+    );
+    assert!(
+        (588.0..=610.0).contains(&closed),
+        "600 puts closed {closed} client connections"
+    );
+    Ok(())
+}
