@@ -18,7 +18,7 @@ use etcd_monitor_agent::{
     mode::AgentMode,
     procfs::ProcFs,
     ship::{
-        BatchQueue, Batcher, Forwarder,
+        BatchQueue, Batcher,
         batcher::new_boot_id,
         client::{self, ShipperConfig, ShipperMetrics},
     },
@@ -180,6 +180,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None
         }
     };
+    #[cfg(target_os = "linux")]
     let batcher = shipping.as_ref().map(|s| s.batcher.clone());
 
     // The reader and the programs live until `run` returns.
@@ -194,8 +195,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     rescan: rescan.clone(),
                     sink: match &batcher {
                         Some(batcher) => {
-                            let mut forwarder =
-                                Forwarder::new(batcher.clone(), tracker.clone(), node.clone());
+                            let mut forwarder = etcd_monitor_agent::ship::Forwarder::new(
+                                batcher.clone(),
+                                tracker.clone(),
+                                node.clone(),
+                            );
                             Box::new(move |event| forwarder.forward(event))
                         }
                         None => Box::new(|_| {}),
@@ -242,6 +246,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// The running shipping side.
 struct Shipping {
+    #[cfg_attr(
+        not(target_os = "linux"),
+        expect(
+            dead_code,
+            reason = "only the Linux ring-buffer reader feeds the batcher"
+        )
+    )]
     batcher: Arc<Mutex<Batcher>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
