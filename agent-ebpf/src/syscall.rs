@@ -28,7 +28,7 @@ const RET: usize = 16;
 pub fn current_is_tracked() -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: read-only lookup; the value is not kept.
-    unsafe { TRACKED.get(&tgid).is_some() }
+    unsafe { TRACKED.get(tgid).is_some() }
 }
 
 /// Reads syscall argument `n` (0-based) of a `sys_enter` record.
@@ -58,10 +58,7 @@ pub fn enter(ctx: &TracePointContext, op: Op, req_bytes: u64) -> u32 {
         op: op as u8,
         _pad: [0; 3],
     };
-    if STARTS
-        .insert(&bpf_get_current_pid_tgid(), &start, 0)
-        .is_err()
-    {
+    if STARTS.insert(bpf_get_current_pid_tgid(), start, 0).is_err() {
         count_drop(DROP_START_MAP);
     }
     0
@@ -72,10 +69,10 @@ pub fn enter(ctx: &TracePointContext, op: Op, req_bytes: u64) -> u32 {
 pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(start) = (unsafe { STARTS.get(&pid_tgid) }).copied() else {
+    let Some(start) = (unsafe { STARTS.get(pid_tgid) }).copied() else {
         return 0;
     };
-    let _ = STARTS.remove(&pid_tgid);
+    let _ = STARTS.remove(pid_tgid);
     if start.op != op as u8 {
         // A missed exit left a stale entry (e.g. the agent attached mid-call); ignore it.
         return 0;
@@ -87,7 +84,7 @@ pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
 
     let fd_key = FdKey { tgid, fd: start.fd };
     // SAFETY: read-only lookup of a u8.
-    let (class, flags) = match unsafe { FD_CLASS.get(&fd_key) } {
+    let (class, flags) = match unsafe { FD_CLASS.get(fd_key) } {
         Some(class) => (*class, 0u8),
         None => (FileClass::Unknown as u8, FLAG_CLASS_UNKNOWN),
     };
@@ -142,7 +139,7 @@ pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
 fn record_stats(key: &OpKey, duration_ns: u64, bytes: u64, failed: bool) {
     let mut stats = OP_STATS.get_ptr_mut(key);
     if stats.is_none() {
-        if OP_STATS.insert(key, &OpStats::ZERO, 0).is_err() {
+        if OP_STATS.insert(key, OpStats::ZERO, 0).is_err() {
             count_drop(DROP_STATS_MAP);
             return;
         }

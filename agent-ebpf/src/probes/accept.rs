@@ -17,7 +17,7 @@ fn enter(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     let listener = syscall::arg(ctx, 0) as i32;
-    let _ = ACCEPTS.insert(&bpf_get_current_pid_tgid(), &listener, 0);
+    let _ = ACCEPTS.insert(bpf_get_current_pid_tgid(), listener, 0);
     0
 }
 
@@ -25,23 +25,23 @@ fn enter(ctx: &TracePointContext) -> u32 {
 fn exit(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied before the entry is removed.
-    let Some(listener) = (unsafe { ACCEPTS.get(&pid_tgid) }).copied() else {
+    let Some(listener) = (unsafe { ACCEPTS.get(pid_tgid) }).copied() else {
         return 0;
     };
-    let _ = ACCEPTS.remove(&pid_tgid);
+    let _ = ACCEPTS.remove(pid_tgid);
     let ret = syscall::ret(ctx);
     if ret < 0 {
         return 0;
     }
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: read-only lookup of a u8.
-    if let Some(class) = unsafe { FD_CLASS.get(&FdKey { tgid, fd: listener }) }.copied() {
+    if let Some(class) = unsafe { FD_CLASS.get(FdKey { tgid, fd: listener }) }.copied() {
         let _ = FD_CLASS.insert(
-            &FdKey {
+            FdKey {
                 tgid,
                 fd: ret as i32,
             },
-            &class,
+            class,
             0,
         );
     }

@@ -30,10 +30,10 @@ fn field<T>(ctx: &TracePointContext, index: u32) -> Option<T> {
 fn role(sport: u16, dport: u16) -> u8 {
     // SAFETY: read-only lookups of u8 values.
     unsafe {
-        if let Some(r) = PORTS.get(&sport) {
+        if let Some(r) = PORTS.get(sport) {
             return *r;
         }
-        PORTS.get(&dport).copied().unwrap_or(0)
+        PORTS.get(dport).copied().unwrap_or(0)
     }
 }
 
@@ -47,7 +47,7 @@ fn conn(key: &ConnKey, role: u8) -> Option<*mut ConnStats> {
         role,
         ..ConnStats::default()
     };
-    CONNS.insert(key, &fresh, 0).ok()?;
+    CONNS.insert(key, fresh, 0).ok()?;
     CONNS.get_ptr_mut(key)
 }
 
@@ -71,12 +71,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let new = field::<i32>(&ctx, OFF_STATE_NEWSTATE).unwrap_or(0);
     // Client churn: accepted connections on a member's client port.
     // SAFETY: read-only lookup.
-    let local_is_client = unsafe { PORTS.get(&sport) }.is_some_and(|r| *r & ROLE_CLIENT != 0);
+    let local_is_client = unsafe { PORTS.get(sport) }.is_some_and(|r| *r & ROLE_CLIENT != 0);
     if local_is_client && (new == TCP_ESTABLISHED || old == TCP_ESTABLISHED) {
-        if CHURN.get_ptr_mut(&sport).is_none() {
-            let _ = CHURN.insert(&sport, &Churn::default(), 0);
+        if CHURN.get_ptr_mut(sport).is_none() {
+            let _ = CHURN.insert(sport, Churn::default(), 0);
         }
-        if let Some(churn) = CHURN.get_ptr_mut(&sport) {
+        if let Some(churn) = CHURN.get_ptr_mut(sport) {
             // SAFETY: map value pointer valid for this program run.
             unsafe {
                 if new == TCP_ESTABLISHED {
@@ -101,7 +101,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             daddr,
         };
         if new == TCP_CLOSE {
-            if let Some(stats) = CONNS.get_ptr_mut(&key) {
+            if let Some(stats) = CONNS.get_ptr_mut(key) {
                 // SAFETY: map value pointer valid for this program run.
                 unsafe { (*stats).closed = 1 };
             }
