@@ -12,7 +12,10 @@ use aya_ebpf::{
 use etcd_monitor_agent_common::{
     EventKind,
     hist::log2_slot,
-    maps::{CONFIG_MIN_DURATION_NS, DROP_RINGBUF_SYSCALL, DROP_START_MAP, DROP_STATS_MAP},
+    maps::{
+        CONFIG_MIN_DURATION_NS, CONFIG_SYNC_MIN_DURATION_NS, DROP_RINGBUF_SYSCALL, DROP_START_MAP,
+        DROP_STATS_MAP,
+    },
     syscall::{FLAG_CLASS_UNKNOWN, FdKey, FileClass, Op, OpKey, OpStats, SyscallEvent},
 };
 
@@ -108,7 +111,12 @@ pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
         ret < 0,
     );
 
-    let min_ns = CONFIG.get(CONFIG_MIN_DURATION_NS).copied().unwrap_or(0);
+    let threshold = if op.is_sync() {
+        CONFIG_SYNC_MIN_DURATION_NS
+    } else {
+        CONFIG_MIN_DURATION_NS
+    };
+    let min_ns = CONFIG.get(threshold).copied().unwrap_or(0);
     if duration_ns < min_ns && flags & FLAG_CLASS_UNKNOWN == 0 {
         return 0;
     }

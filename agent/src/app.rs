@@ -61,6 +61,8 @@ fn bring_up_kernel(config: &Config) -> anyhow::Result<(Option<KernelParts>, Mode
         let options = LoadOptions {
             ringbuf_bytes: config.ringbuf_bytes,
             min_duration_ns: u64::try_from(config.min_duration.as_nanos()).unwrap_or(u64::MAX),
+            sync_min_duration_ns: u64::try_from(config.sync_min_duration.as_nanos())
+                .unwrap_or(u64::MAX),
             // Exec events only trigger a rescan early, so `etcd` is right even with --match.
             exec_comm: "etcd".into(),
             net_offsets: [etcd_monitor_agent_common::net::OFF_MISSING;

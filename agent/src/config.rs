@@ -57,9 +57,15 @@ pub struct Config {
     #[arg(long, env = "RESCAN_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
     pub rescan_interval: Duration,
 
-    /// Events shorter than this skip the ring buffer; histograms still count every call.
-    #[arg(long, env = "MIN_DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
+    /// Write-family events (write, pwrite64, writev, pwritev) shorter than this skip the ring
+    /// buffer, so per-event detail costs little; histograms still count every call.
+    #[arg(long, env = "MIN_DURATION", value_parser = humantime::parse_duration, default_value = "1ms")]
     pub min_duration: Duration,
+
+    /// The same threshold for the sync family (fdatasync, fsync, sync_file_range): by default
+    /// every sync goes through.
+    #[arg(long, env = "SYNC_MIN_DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
+    pub sync_min_duration: Duration,
 
     /// Ring buffer size in bytes: a power of two and a multiple of the page size.
     #[arg(long, env = "RINGBUF_BYTES", default_value_t = 1 << 22)]

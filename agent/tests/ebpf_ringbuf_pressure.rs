@@ -24,6 +24,7 @@ fn tiny_ring_buffer_drops_events_but_histograms_stay_exact() -> anyhow::Result<(
         common::agent_bin(),
         &[
             "--ringbuf-bytes=4096",
+            "--min-duration=0s",
             "--rescan-interval=200ms",
             "--mode=ebpf",
             &format!("--match={marker}"),

@@ -15,9 +15,11 @@ pub const DROPS: &str = "DROPS";
 /// `Array<CommFilter>` with one entry: the `comm` whose `exec` is reported.
 pub const EXEC_COMM: &str = "EXEC_COMM";
 
-/// `CONFIG` index: events shorter than this many nanoseconds skip the ring buffer (the
-/// histograms still count them). 0 sends every event.
+/// `CONFIG` index: write-family events shorter than this many nanoseconds skip the ring
+/// buffer (the histograms still count them). 0 sends every event.
 pub const CONFIG_MIN_DURATION_NS: u32 = 0;
+/// `CONFIG` index: the same for the sync family (fdatasync, fsync, sync_file_range).
+pub const CONFIG_SYNC_MIN_DURATION_NS: u32 = 1;
 /// Number of `CONFIG` entries.
 pub const CONFIG_LEN: u32 = 4;
 

@@ -85,6 +85,13 @@ impl EbpfKernel {
         self.config
             .set(names::CONFIG_MIN_DURATION_NS, options.min_duration_ns, 0)
             .map_err(to_load(names::CONFIG))?;
+        self.config
+            .set(
+                names::CONFIG_SYNC_MIN_DURATION_NS,
+                options.sync_min_duration_ns,
+                0,
+            )
+            .map_err(to_load(names::CONFIG))?;
         let mut filter = CommFilter {
             len: 0,
             comm: [0; 16],

@@ -60,8 +60,10 @@ pub enum LoadError {
 pub struct LoadOptions {
     /// Ring buffer size in bytes (power of two, ≥ page size).
     pub ringbuf_bytes: u32,
-    /// Minimum event duration sent through the ring buffer, nanoseconds.
+    /// Minimum duration of write-family events sent through the ring buffer, nanoseconds.
     pub min_duration_ns: u64,
+    /// The same for sync-family events.
+    pub sync_min_duration_ns: u64,
     /// The comm whose exec is reported (`etcd`); empty disables exec events.
     pub exec_comm: String,
     /// Tracepoint field offsets for the TCP programs (see `net::read_offsets`).
