@@ -40,6 +40,7 @@ fn bring_up_kernel(config: &Config) -> anyhow::Result<(Option<KernelParts>, Mode
         mode: AgentMode::ClientOnly,
         reason: Some(reason),
         skipped_probes: vec![],
+        probe_groups: vec![],
     };
     if config.mode == ModeRequest::ClientOnly {
         return Ok((
@@ -65,6 +66,7 @@ fn bring_up_kernel(config: &Config) -> anyhow::Result<(Option<KernelParts>, Mode
                 .unwrap_or(u64::MAX),
             // Exec events only trigger a rescan early, so `etcd` is right even with --match.
             exec_comm: "etcd".into(),
+            groups: config.probes.clone(),
             net_offsets: [etcd_monitor_agent_common::net::OFF_MISSING;
                 etcd_monitor_agent_common::net::OFF_LEN as usize],
         };
@@ -96,6 +98,7 @@ fn bring_up_kernel(config: &Config) -> anyhow::Result<(Option<KernelParts>, Mode
                         mode,
                         reason,
                         skipped_probes: skipped,
+                        probe_groups: config.probes.clone(),
                     },
                 ))
             }

@@ -112,6 +112,17 @@ pub struct Config {
     #[arg(long, env = "STATUS_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s")]
     pub status_interval: Duration,
 
+    /// Probe groups to attach: sync (always), write, fd, process, net. Fewer groups cost etcd
+    /// less and show less.
+    #[arg(
+        long,
+        env = "PROBES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sync,write,fd,process,net"
+    )]
+    pub probes: Vec<crate::probes::ProbeGroup>,
+
     /// text | json.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -141,6 +152,9 @@ pub enum ConfigError {
         /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// `--probes` lacks the sync group.
+    #[error("--probes must include sync (the WAL and bbolt durability path)")]
+    ProbesWithoutSync,
     /// A duration flag is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
@@ -165,6 +179,9 @@ impl Config {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return Err(ConfigError::Collector(url.clone()));
+        }
+        if !self.probes.contains(&crate::probes::ProbeGroup::Sync) {
+            return Err(ConfigError::ProbesWithoutSync);
         }
         for (flag, value) in [
             ("--batch-interval", self.batch_interval),
@@ -252,6 +269,8 @@ mod tests {
             ),
             (&["--batch-max-events=0"][..], "--batch-max-events"),
             (&["--queue-bytes=10"][..], "--queue-bytes"),
+            (&["--probes=write,net"][..], "--probes"),
+            (&["--probes=sync,disk"][..], "--probes"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");

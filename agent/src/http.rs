@@ -28,6 +28,8 @@ pub struct ModeStatus {
     pub reason: Option<String>,
     /// Optional probes that did not attach, with the error.
     pub skipped_probes: Vec<String>,
+    /// Probe groups asked for with `--probes` (empty in client-only mode).
+    pub probe_groups: Vec<crate::probes::ProbeGroup>,
 }
 
 #[derive(serde::Serialize)]
@@ -135,6 +137,7 @@ mod tests {
                 mode: AgentMode::ClientOnly,
                 reason: Some("test".into()),
                 skipped_probes: vec![],
+                probe_groups: vec![],
             })),
             node: "n1".into(),
         }

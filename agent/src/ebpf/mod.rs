@@ -66,6 +66,8 @@ pub struct LoadOptions {
     pub sync_min_duration_ns: u64,
     /// The comm whose exec is reported (`etcd`); empty disables exec events.
     pub exec_comm: String,
+    /// Probe groups to attach (`--probes`).
+    pub groups: Vec<crate::probes::ProbeGroup>,
     /// Tracepoint field offsets for the TCP programs (see `net::read_offsets`).
     pub net_offsets: [u32; etcd_monitor_agent_common::net::OFF_LEN as usize],
 }
@@ -162,7 +164,10 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_err(|e| LoadError::Object(Box::new(e)))?;
 
     let mut skipped = Vec::new();
-    for probe in probes::all() {
+    for probe in probes::all()
+        .into_iter()
+        .filter(|p| options.groups.contains(&p.group))
+    {
         if let Err(err) = attach(&mut ebpf, probe) {
             if probe.required {
                 return Err(err);

@@ -8,6 +8,33 @@ pub mod sync;
 pub mod tcp;
 pub mod write;
 
+/// Probes an operator can turn off together (`--probes`), to trade detail for overhead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeGroup {
+    /// fdatasync, fsync, sync_file_range: the WAL and bbolt durability path. Always on.
+    Sync,
+    /// write, pwrite64, writev, pwritev: WAL appends, page writes, socket sends.
+    Write,
+    /// close and accept: keep the in-kernel fd classes exact.
+    Fd,
+    /// exec/exit of etcd processes: react before the next /proc rescan.
+    Process,
+    /// TCP state, retransmits and RTT on the members' ports.
+    Net,
+}
+
+impl ProbeGroup {
+    /// Every group.
+    pub const ALL: [ProbeGroup; 5] = [
+        ProbeGroup::Sync,
+        ProbeGroup::Write,
+        ProbeGroup::Fd,
+        ProbeGroup::Process,
+        ProbeGroup::Net,
+    ];
+}
+
 /// One eBPF program and where it attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
@@ -20,6 +47,8 @@ pub struct Probe {
     /// Whether the agent cannot do its job without it. A required probe that fails to
     /// attach turns eBPF off; an optional one only narrows what is seen.
     pub required: bool,
+    /// The `--probes` group it belongs to.
+    pub group: ProbeGroup,
 }
 
 /// A `syscalls:sys_enter_<name>` / `sys_exit_<name>` pair, whose programs are named the same.
@@ -27,6 +56,7 @@ pub(crate) const fn syscall_pair(
     enter: &'static str,
     exit: &'static str,
     required: bool,
+    group: ProbeGroup,
 ) -> [Probe; 2] {
     [
         Probe {
@@ -34,12 +64,14 @@ pub(crate) const fn syscall_pair(
             category: "syscalls",
             name: enter,
             required,
+            group,
         },
         Probe {
             program: exit,
             category: "syscalls",
             name: exit,
             required,
+            group,
         },
     ]
 }

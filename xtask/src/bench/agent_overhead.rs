@@ -28,6 +28,7 @@ const KEY_SPACE: u64 = 10_000;
 enum Tracer {
     None,
     Agent,
+    AgentSyncOnly,
     Bpftrace,
 }
 
@@ -36,6 +37,7 @@ impl Tracer {
         match self {
             Tracer::None => "no tracer",
             Tracer::Agent => "etcd-monitor-agent",
+            Tracer::AgentSyncOnly => "agent --probes=sync",
             Tracer::Bpftrace => "bpftrace",
         }
     }
@@ -50,7 +52,7 @@ struct Sample {
     peak_rss_kib: Option<u64>,
 }
 
-/// bpftrace program equivalent to the agent's: the same 7 syscalls, filtered to etcd,
+/// bpftrace program equivalent to the agent's disk path: the same 7 syscalls, filtered to etcd,
 /// latency histograms in kernel.
 fn bpftrace_script() -> String {
     let ops = [
@@ -145,10 +147,15 @@ fn measure(
     let (guard_pid, _agent, _bpftrace): (Option<u32>, Option<AgentProcess>, Option<ChildGuard>) =
         match tracer {
             Tracer::None => (None, None, None),
-            Tracer::Agent => {
+            Tracer::Agent | Tracer::AgentSyncOnly => {
+                let probes = if tracer == Tracer::Agent {
+                    "--probes=sync,write,fd,process,net"
+                } else {
+                    "--probes=sync"
+                };
                 let agent = AgentProcess::start(
                     agent_bin,
-                    &["--mode=ebpf", "--rescan-interval=2s", &match_flag],
+                    &["--mode=ebpf", "--rescan-interval=2s", probes, &match_flag],
                     cluster.dir(),
                     |_| {},
                 )?;
@@ -217,7 +224,12 @@ pub fn run(rounds: u32, seconds: u64) -> anyhow::Result<()> {
         Duration::from_secs(3),
     )?;
 
-    let order = [Tracer::None, Tracer::Agent, Tracer::Bpftrace];
+    let order = [
+        Tracer::None,
+        Tracer::Agent,
+        Tracer::AgentSyncOnly,
+        Tracer::Bpftrace,
+    ];
     let mut results: Vec<(Tracer, Vec<Sample>)> = order.iter().map(|t| (*t, Vec::new())).collect();
     for round in 1..=rounds {
         // Rotate the order each round so drift (WAL growth, page cache) hits all alike.
