@@ -89,4 +89,4 @@ pub static CHURN: HashMap<u16, Churn> = HashMap::with_max_entries(MAX_PORTS, 0);
 
 /// Tracepoint field offsets, written by user space from tracefs.
 #[map]
-pub static NET_OFFSETS: Array<u32> = Array::with_max_entries(OFF_LEN, 0);
+pub static NET_OFFSETS: Array<[u32; OFF_LEN as usize]> = Array::with_max_entries(1, 0);

@@ -4,20 +4,20 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use etcd_monitor_agent_common::net::{
-    AF_INET, AF_INET6, Churn, ConnKey, ConnStats, IPPROTO_TCP, OFF_MISSING, OFF_PROBE_DADDR,
-    OFF_PROBE_DATA_LEN, OFF_PROBE_DPORT, OFF_PROBE_FAMILY, OFF_PROBE_SADDR, OFF_PROBE_SND_UNA,
-    OFF_PROBE_SPORT, OFF_PROBE_SRTT, OFF_RETRANS_DADDR_V6, OFF_RETRANS_DPORT, OFF_RETRANS_SADDR_V6,
-    OFF_RETRANS_SPORT, OFF_STATE_DADDR_V6, OFF_STATE_DPORT, OFF_STATE_NEWSTATE, OFF_STATE_OLDSTATE,
-    OFF_STATE_PROTOCOL, OFF_STATE_SADDR_V6, OFF_STATE_SPORT, ROLE_CLIENT, TCP_CLOSE,
-    TCP_ESTABLISHED,
+    AF_INET, AF_INET6, Churn, ConnKey, ConnStats, IPPROTO_TCP, OFF_LEN, OFF_MISSING,
+    OFF_PROBE_DADDR, OFF_PROBE_DATA_LEN, OFF_PROBE_DPORT, OFF_PROBE_FAMILY, OFF_PROBE_SADDR,
+    OFF_PROBE_SND_UNA, OFF_PROBE_SPORT, OFF_PROBE_SRTT, OFF_RETRANS_DADDR_V6, OFF_RETRANS_DPORT,
+    OFF_RETRANS_SADDR_V6, OFF_RETRANS_SPORT, OFF_STATE_DADDR_V6, OFF_STATE_DPORT,
+    OFF_STATE_NEWSTATE, OFF_STATE_OLDSTATE, OFF_STATE_PROTOCOL, OFF_STATE_SADDR_V6,
+    OFF_STATE_SPORT, ROLE_CLIENT, ROLE_PEER, TCP_CLOSE, TCP_ESTABLISHED,
 };
 
 use crate::maps::{CHURN, CONNS, NET_OFFSETS, PORTS};
 
 /// Reads a field whose offset user space stored at `index`.
 #[inline(always)]
-fn field<T>(ctx: &TracePointContext, index: u32) -> Option<T> {
-    let offset = *NET_OFFSETS.get(index)?;
+fn field<T>(ctx: &TracePointContext, offsets: &[u32; OFF_LEN as usize], index: u32) -> Option<T> {
+    let offset = *offsets.get(index as usize)?;
     if offset == OFF_MISSING {
         return None;
     }
@@ -53,26 +53,30 @@ fn conn(key: &ConnKey, role: u8) -> Option<*mut ConnStats> {
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // One lookup for every offset this program reads.
+    let Some(offsets) = NET_OFFSETS.get(0) else {
+        return 0;
+    };
     // One `let … else` per field: tuple patterns over several Options compile to code the
     // verifier rejects (a register read before it is written on one path).
-    let Some(protocol) = field::<u16>(&ctx, OFF_STATE_PROTOCOL) else {
+    let Some(protocol) = field::<u16>(&ctx, offsets, OFF_STATE_PROTOCOL) else {
         return 0;
     };
     if protocol != IPPROTO_TCP {
         return 0;
     }
-    let Some(sport) = field::<u16>(&ctx, OFF_STATE_SPORT) else {
+    let Some(sport) = field::<u16>(&ctx, offsets, OFF_STATE_SPORT) else {
         return 0;
     };
-    let Some(dport) = field::<u16>(&ctx, OFF_STATE_DPORT) else {
+    let Some(dport) = field::<u16>(&ctx, offsets, OFF_STATE_DPORT) else {
         return 0;
     };
     let role = role(sport, dport);
     if role == 0 {
         return 0;
     }
-    let old = field::<i32>(&ctx, OFF_STATE_OLDSTATE).unwrap_or(0);
-    let new = field::<i32>(&ctx, OFF_STATE_NEWSTATE).unwrap_or(0);
+    let old = field::<i32>(&ctx, offsets, OFF_STATE_OLDSTATE).unwrap_or(0);
+    let new = field::<i32>(&ctx, offsets, OFF_STATE_NEWSTATE).unwrap_or(0);
     // Client churn: accepted connections on a member's client port.
     // SAFETY: read-only lookup.
     let local_is_client = unsafe { PORTS.get(sport) }.is_some_and(|r| *r & ROLE_CLIENT != 0);
@@ -91,11 +95,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             }
         }
     }
-    if new == TCP_ESTABLISHED || new == TCP_CLOSE {
-        let Some(saddr) = field::<[u8; 16]>(&ctx, OFF_STATE_SADDR_V6) else {
+    if role & ROLE_PEER != 0 && (new == TCP_ESTABLISHED || new == TCP_CLOSE) {
+        let Some(saddr) = field::<[u8; 16]>(&ctx, offsets, OFF_STATE_SADDR_V6) else {
             return 0;
         };
-        let Some(daddr) = field::<[u8; 16]>(&ctx, OFF_STATE_DADDR_V6) else {
+        let Some(daddr) = field::<[u8; 16]>(&ctx, offsets, OFF_STATE_DADDR_V6) else {
             return 0;
         };
         let key = ConnKey {
@@ -118,20 +122,26 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    let Some(sport) = field::<u16>(&ctx, OFF_RETRANS_SPORT) else {
+    // One lookup for every offset this program reads.
+    let Some(offsets) = NET_OFFSETS.get(0) else {
         return 0;
     };
-    let Some(dport) = field::<u16>(&ctx, OFF_RETRANS_DPORT) else {
+    let Some(sport) = field::<u16>(&ctx, offsets, OFF_RETRANS_SPORT) else {
         return 0;
     };
+    let Some(dport) = field::<u16>(&ctx, offsets, OFF_RETRANS_DPORT) else {
+        return 0;
+    };
+    // Per-connection figures are kept for peer traffic only; client connections are counted
+    // by state changes (churn) and /proc (open), which is far cheaper.
     let role = role(sport, dport);
-    if role == 0 {
+    if role & ROLE_PEER == 0 {
         return 0;
     }
-    let Some(saddr) = field::<[u8; 16]>(&ctx, OFF_RETRANS_SADDR_V6) else {
+    let Some(saddr) = field::<[u8; 16]>(&ctx, offsets, OFF_RETRANS_SADDR_V6) else {
         return 0;
     };
-    let Some(daddr) = field::<[u8; 16]>(&ctx, OFF_RETRANS_DADDR_V6) else {
+    let Some(daddr) = field::<[u8; 16]>(&ctx, offsets, OFF_RETRANS_DADDR_V6) else {
         return 0;
     };
     if let Some(stats) = conn(
@@ -151,8 +161,13 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 
 /// The 16-byte (v4-mapped for IPv4) address inside a `sockaddr_in`/`sockaddr_in6` field.
 #[inline(always)]
-fn sockaddr_ip(ctx: &TracePointContext, index: u32, family: u16) -> Option<[u8; 16]> {
-    let raw = field::<[u8; 28]>(ctx, index)?;
+fn sockaddr_ip(
+    ctx: &TracePointContext,
+    offsets: &[u32; OFF_LEN as usize],
+    index: u32,
+    family: u16,
+) -> Option<[u8; 16]> {
+    let raw = field::<[u8; 28]>(ctx, offsets, index)?;
     let mut ip = [0u8; 16];
     if family == AF_INET {
         ip[10] = 0xff;
@@ -175,28 +190,32 @@ fn sockaddr_ip(ctx: &TracePointContext, index: u32, family: u16) -> Option<[u8; 
 
 #[tracepoint]
 pub fn tcp_probe(ctx: TracePointContext) -> u32 {
-    let Some(sport) = field::<u16>(&ctx, OFF_PROBE_SPORT) else {
+    // One lookup for every offset this program reads.
+    let Some(offsets) = NET_OFFSETS.get(0) else {
         return 0;
     };
-    let Some(dport) = field::<u16>(&ctx, OFF_PROBE_DPORT) else {
+    let Some(sport) = field::<u16>(&ctx, offsets, OFF_PROBE_SPORT) else {
+        return 0;
+    };
+    let Some(dport) = field::<u16>(&ctx, offsets, OFF_PROBE_DPORT) else {
         return 0;
     };
     let role = role(sport, dport);
-    if role == 0 {
+    if role & ROLE_PEER == 0 {
         return 0;
     }
-    let Some(family) = field::<u16>(&ctx, OFF_PROBE_FAMILY) else {
+    let Some(family) = field::<u16>(&ctx, offsets, OFF_PROBE_FAMILY) else {
         return 0;
     };
-    let Some(saddr) = sockaddr_ip(&ctx, OFF_PROBE_SADDR, family) else {
+    let Some(saddr) = sockaddr_ip(&ctx, offsets, OFF_PROBE_SADDR, family) else {
         return 0;
     };
-    let Some(daddr) = sockaddr_ip(&ctx, OFF_PROBE_DADDR, family) else {
+    let Some(daddr) = sockaddr_ip(&ctx, offsets, OFF_PROBE_DADDR, family) else {
         return 0;
     };
-    let data_len = field::<u16>(&ctx, OFF_PROBE_DATA_LEN).unwrap_or(0);
-    let snd_una = field::<u32>(&ctx, OFF_PROBE_SND_UNA).unwrap_or(0);
-    let srtt = field::<u32>(&ctx, OFF_PROBE_SRTT).unwrap_or(0);
+    let data_len = field::<u16>(&ctx, offsets, OFF_PROBE_DATA_LEN).unwrap_or(0);
+    let snd_una = field::<u32>(&ctx, offsets, OFF_PROBE_SND_UNA).unwrap_or(0);
+    let srtt = field::<u32>(&ctx, offsets, OFF_PROBE_SRTT).unwrap_or(0);
     if let Some(stats) = conn(
         &ConnKey {
             sport,

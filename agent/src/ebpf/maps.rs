@@ -29,7 +29,7 @@ pub struct EbpfKernel {
     ports: HashMap<MapData, u16, u8>,
     conns: HashMap<MapData, ConnKey, ConnStats>,
     churn: HashMap<MapData, u16, Churn>,
-    net_offsets: Array<MapData, u32>,
+    net_offsets: Array<MapData, [u32; etcd_monitor_agent_common::net::OFF_LEN as usize]>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
@@ -103,11 +103,9 @@ impl EbpfKernel {
         self.exec_comm
             .set(0, filter, 0)
             .map_err(to_load(names::EXEC_COMM))?;
-        for (index, offset) in options.net_offsets.iter().enumerate() {
-            self.net_offsets
-                .set(index as u32, *offset, 0)
-                .map_err(to_load(names::NET_OFFSETS))?;
-        }
+        self.net_offsets
+            .set(0, options.net_offsets, 0)
+            .map_err(to_load(names::NET_OFFSETS))?;
         Ok(())
     }
 

@@ -23,12 +23,15 @@ const VALUE_BYTES: usize = 256;
 /// Distinct keys written.
 const KEY_SPACE: u64 = 10_000;
 
+/// Every probe group.
+const FULL: &str = "sync,write,fd,process,net";
+
 /// A tracer under test.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Tracer {
     None,
-    Agent,
-    AgentSyncOnly,
+    /// The agent with these `--probes` groups.
+    Agent(&'static str),
     Bpftrace,
 }
 
@@ -36,8 +39,8 @@ impl Tracer {
     fn name(self) -> &'static str {
         match self {
             Tracer::None => "no tracer",
-            Tracer::Agent => "etcd-monitor-agent",
-            Tracer::AgentSyncOnly => "agent --probes=sync",
+            Tracer::Agent(FULL) => "agent (all probes)",
+            Tracer::Agent(probes) => probes,
             Tracer::Bpftrace => "bpftrace",
         }
     }
@@ -147,15 +150,11 @@ fn measure(
     let (guard_pid, _agent, _bpftrace): (Option<u32>, Option<AgentProcess>, Option<ChildGuard>) =
         match tracer {
             Tracer::None => (None, None, None),
-            Tracer::Agent | Tracer::AgentSyncOnly => {
-                let probes = if tracer == Tracer::Agent {
-                    "--probes=sync,write,fd,process,net"
-                } else {
-                    "--probes=sync"
-                };
+            Tracer::Agent(groups) => {
+                let probes = format!("--probes={groups}");
                 let agent = AgentProcess::start(
                     agent_bin,
-                    &["--mode=ebpf", "--rescan-interval=2s", probes, &match_flag],
+                    &["--mode=ebpf", "--rescan-interval=2s", &probes, &match_flag],
                     cluster.dir(),
                     |_| {},
                 )?;
@@ -226,8 +225,10 @@ pub fn run(rounds: u32, seconds: u64) -> anyhow::Result<()> {
 
     let order = [
         Tracer::None,
-        Tracer::Agent,
-        Tracer::AgentSyncOnly,
+        Tracer::Agent(FULL),
+        Tracer::Agent("sync"),
+        Tracer::Agent("sync,write,fd"),
+        Tracer::Agent("sync,process,net"),
         Tracer::Bpftrace,
     ];
     let mut results: Vec<(Tracer, Vec<Sample>)> = order.iter().map(|t| (*t, Vec::new())).collect();
