@@ -12,7 +12,9 @@ use std::{
 };
 
 use anyhow::Context;
-use etcd_monitor_tests::{AgentProcess, EtcdCluster, process::ChildGuard, wait_for};
+use etcd_monitor_tests::{
+    AgentProcess, ClusterOptions, EtcdCluster, process::ChildGuard, wait_for,
+};
 
 use crate::cmd::{root, run_with};
 
@@ -138,6 +140,7 @@ fn put_load(endpoints: &[String], duration: Duration) -> anyhow::Result<f64> {
 fn measure(
     tracer: Tracer,
     cluster: &EtcdCluster,
+    data_root: &Path,
     agent_bin: &Path,
     seconds: u64,
 ) -> anyhow::Result<Sample> {
@@ -146,7 +149,8 @@ fn measure(
         .iter()
         .map(|m| m.client_url.clone())
         .collect();
-    let match_flag = format!("--match={}", cluster.dir().display());
+    // The members' data dirs share this prefix (and no other process's command line has it).
+    let match_flag = format!("--match={}", data_root.display());
     let (guard_pid, _agent, _bpftrace): (Option<u32>, Option<AgentProcess>, Option<ChildGuard>) =
         match tracer {
             Tracer::None => (None, None, None),
@@ -200,7 +204,7 @@ fn mean(values: &[f64]) -> f64 {
 }
 
 /// Runs the benchmark and prints the table.
-pub fn run(rounds: u32, seconds: u64) -> anyhow::Result<()> {
+pub fn run(rounds: u32, seconds: u64, on_disk: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
         crate::cmd::is_root(),
         "the agent-overhead benchmark loads eBPF programs: run it as root"
@@ -212,7 +216,25 @@ pub fn run(rounds: u32, seconds: u64) -> anyhow::Result<()> {
         "etcd-monitor-agent",
     ]))?;
     let agent_bin = root().join("target/release/etcd-monitor-agent");
-    let cluster = EtcdCluster::start3()?;
+    // On tmpfs (the default) fdatasync costs nothing, etcd is CPU-bound, and every cycle a
+    // tracer takes shows up as lost throughput: the worst case, and far less noisy than a disk
+    // whose sync latency wanders from run to run.
+    let data_root = if on_disk {
+        tempfile::Builder::new()
+            .prefix("etcdmon-bench-")
+            .tempdir()?
+    } else {
+        tempfile::Builder::new()
+            .prefix("etcdmon-bench-")
+            .tempdir_in("/dev/shm")?
+    };
+    let cluster = EtcdCluster::start(ClusterOptions {
+        data_dirs: (0..3)
+            .map(|i| Some(data_root.path().join(format!("m{i}"))))
+            .collect(),
+        ..ClusterOptions::default()
+    })?;
+    let data_root = data_root.path().to_path_buf();
     eprintln!("xtask: bench: warming up");
     put_load(
         &cluster
@@ -236,7 +258,7 @@ pub fn run(rounds: u32, seconds: u64) -> anyhow::Result<()> {
         // Rotate the order each round so drift (WAL growth, page cache) hits all alike.
         for k in 0..order.len() {
             let tracer = order[(k + round as usize) % order.len()];
-            let sample = measure(tracer, &cluster, &agent_bin, seconds)?;
+            let sample = measure(tracer, &cluster, &data_root, &agent_bin, seconds)?;
             eprintln!(
                 "xtask: bench: round {round} {:<20} {:>8.0} puts/s",
                 tracer.name(),
@@ -256,7 +278,8 @@ pub fn run(rounds: u32, seconds: u64) -> anyhow::Result<()> {
             .collect::<Vec<_>>(),
     );
     println!(
-        "\nagent-overhead: {rounds} rounds x {seconds}s, {CLIENTS} clients, {VALUE_BYTES} B values, 3-member etcd on loopback"
+        "\nagent-overhead: {rounds} rounds x {seconds}s, {CLIENTS} clients, {VALUE_BYTES} B values, 3-member etcd on loopback, data on {}",
+        if on_disk { "disk" } else { "tmpfs" }
     );
     println!(
         "{:<20} {:>10} {:>12} {:>12} {:>14}",

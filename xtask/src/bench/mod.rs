@@ -16,12 +16,19 @@ pub enum Which {
         /// Seconds of load per measurement.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Keep etcd's data on disk instead of tmpfs (adds the disk's noise).
+        #[arg(long)]
+        on_disk: bool,
     },
 }
 
 /// Runs one benchmark.
 pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
-        Which::AgentOverhead { rounds, seconds } => agent_overhead::run(rounds, seconds),
+        Which::AgentOverhead {
+            rounds,
+            seconds,
+            on_disk,
+        } => agent_overhead::run(rounds, seconds, on_disk),
     }
 }
