@@ -13,8 +13,8 @@ use etcd_monitor_agent_common::{
     EventKind,
     hist::log2_slot,
     maps::{
-        CONFIG_MIN_DURATION_NS, CONFIG_SYNC_MIN_DURATION_NS, DROP_RINGBUF_SYSCALL, DROP_START_MAP,
-        DROP_STATS_MAP,
+        CONFIG_MIN_DURATION_NS, CONFIG_SYNC_MIN_DURATION_NS, CONFIG_WAKEUP_BYTES,
+        DROP_RINGBUF_SYSCALL, DROP_START_MAP, DROP_STATS_MAP,
     },
     syscall::{FLAG_CLASS_UNKNOWN, FdKey, FileClass, Op, OpKey, OpStats, SyscallEvent},
 };
@@ -135,11 +135,30 @@ pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
                 ret,
                 bytes,
             });
-            entry.submit(0);
+            entry.submit(wakeup_flags());
         }
         None => count_drop(DROP_RINGBUF_SYSCALL),
     }
     0
+}
+
+/// `bpf_ringbuf_query` flag: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// `bpf_ringbuf_submit` flag: do not wake the reader.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+/// `bpf_ringbuf_submit` flag: wake the reader now.
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// Submit flags that wake the reader only when enough data waits (or when no threshold is
+/// set). The reader's short poll timeout collects the rest.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    let threshold = CONFIG.get(CONFIG_WAKEUP_BYTES).copied().unwrap_or(0);
+    if threshold == 0 || EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
 }
 
 /// Adds one call to the per-CPU `OP_STATS` entry of `key`, creating it when missing.

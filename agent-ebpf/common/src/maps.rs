@@ -20,6 +20,9 @@ pub const EXEC_COMM: &str = "EXEC_COMM";
 pub const CONFIG_MIN_DURATION_NS: u32 = 0;
 /// `CONFIG` index: the same for the sync family (fdatasync, fsync, sync_file_range).
 pub const CONFIG_SYNC_MIN_DURATION_NS: u32 = 1;
+/// `CONFIG` index: wake the reader only once this many bytes wait in the ring buffer (the
+/// reader also polls on a short timer), so a busy etcd does not cost a wakeup per event.
+pub const CONFIG_WAKEUP_BYTES: u32 = 2;
 /// Number of `CONFIG` entries.
 pub const CONFIG_LEN: u32 = 4;
 

@@ -92,6 +92,14 @@ impl EbpfKernel {
                 0,
             )
             .map_err(to_load(names::CONFIG))?;
+        // Wake the reader at a quarter full; its poll timeout picks up the rest.
+        self.config
+            .set(
+                names::CONFIG_WAKEUP_BYTES,
+                u64::from(options.ringbuf_bytes / 4),
+                0,
+            )
+            .map_err(to_load(names::CONFIG))?;
         let mut filter = CommFilter {
             len: 0,
             comm: [0; 16],

@@ -73,6 +73,10 @@ pub fn spawn_reader(ring: RingBuf<MapData>, ctx: ReaderContext) -> std::io::Resu
     })
 }
 
+/// Poll timeout: the longest an event waits when the kernel does not wake us (it wakes us only
+/// once the ring is a quarter full).
+const POLL_MS: i32 = 20;
+
 fn run(mut ring: RingBuf<MapData>, mut ctx: ReaderContext, stop: &AtomicBool) {
     let fd = ring.as_raw_fd();
     let syscalls = ctx.metrics.events.with_label_values(&["syscall"]);
@@ -85,7 +89,7 @@ fn run(mut ring: RingBuf<MapData>, mut ctx: ReaderContext, stop: &AtomicBool) {
             revents: 0,
         };
         // SAFETY: one valid pollfd for the duration of the call.
-        let rc = unsafe { libc::poll(&mut pollfd, 1, 200) };
+        let rc = unsafe { libc::poll(&mut pollfd, 1, POLL_MS) };
         if rc < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {
