@@ -126,6 +126,8 @@ pub fn to_proto(event: &decode::Event, node: &str, member: &str, clock: &Clock) 
         cluster: String::new(),
         timestamp_unix_nanos: clock.to_unix_nanos(timestamp),
         member_id: String::new(),
+        subscriber_lagged: 0,
+        is_leader: false,
         payload: Some(payload),
     }
 }
