@@ -23,6 +23,35 @@ pub struct ClusterOptions {
     pub extra_args: Vec<String>,
     /// Name prefix of the members (`<prefix>0`, `<prefix>1`, …).
     pub name_prefix: String,
+    /// Serve clients over TLS (https client URLs, `--client-cert-auth`) with these files.
+    pub tls: Option<ClientTls>,
+}
+
+/// PEM files of a TLS-serving cluster: the CA, the server certificate every member uses, and a
+/// client certificate signed by the same CA (for `etcdctl` and readiness checks).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// CA bundle.
+    pub ca_file: PathBuf,
+    /// Server certificate (valid for 127.0.0.1 and localhost).
+    pub server_cert_file: PathBuf,
+    /// Server key.
+    pub server_key_file: PathBuf,
+    /// Client certificate.
+    pub client_cert_file: PathBuf,
+    /// Client key.
+    pub client_key_file: PathBuf,
+}
+
+impl ClientTls {
+    /// `etcdctl` flags that present the client certificate and trust the CA.
+    pub fn etcdctl_args(&self) -> Vec<String> {
+        vec![
+            format!("--cacert={}", self.ca_file.display()),
+            format!("--cert={}", self.client_cert_file.display()),
+            format!("--key={}", self.client_key_file.display()),
+        ]
+    }
 }
 
 impl Default for ClusterOptions {
@@ -33,6 +62,7 @@ impl Default for ClusterOptions {
             data_dirs: Vec::new(),
             extra_args: Vec::new(),
             name_prefix: "member".to_string(),
+            tls: None,
         }
     }
 }
@@ -62,7 +92,9 @@ impl Member {
 
     /// `host:port` of the client URL.
     pub fn client_addr(&self) -> &str {
-        self.client_url.trim_start_matches("http://")
+        self.client_url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
     }
 
     /// Sends a signal to the member's process.
@@ -112,6 +144,8 @@ pub struct EtcdCluster {
     /// The members, in start order.
     pub members: Vec<Member>,
     dir: tempfile::TempDir,
+    /// TLS files, when clients are served over TLS.
+    pub tls: Option<ClientTls>,
 }
 
 impl EtcdCluster {
@@ -147,7 +181,12 @@ impl EtcdCluster {
                 .cloned()
                 .flatten()
                 .unwrap_or_else(|| dir.path().join(format!("{name}.etcd")));
-            let client_url = format!("http://127.0.0.1:{client}");
+            let client_scheme = if options.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let client_url = format!("{client_scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let mut args = vec![
                 format!("--name={name}"),
@@ -161,6 +200,12 @@ impl EtcdCluster {
                 "--initial-cluster-state=new".to_string(),
                 "--logger=zap".to_string(),
             ];
+            if let Some(tls) = &options.tls {
+                args.push(format!("--cert-file={}", tls.server_cert_file.display()));
+                args.push(format!("--key-file={}", tls.server_key_file.display()));
+                args.push(format!("--trusted-ca-file={}", tls.ca_file.display()));
+                args.push("--client-cert-auth".to_string());
+            }
             if let Some(q) = options.quota_backend_bytes {
                 args.push(format!("--quota-backend-bytes={q}"));
             }
@@ -177,12 +222,19 @@ impl EtcdCluster {
                 args,
             });
         }
-        let cluster = Self { members, dir };
+        let cluster = Self {
+            members,
+            dir,
+            tls: options.tls.clone(),
+        };
         for m in &cluster.members {
             wait_for(
                 &format!("etcd member {} healthy", m.name),
                 Duration::from_secs(30),
-                || m.healthy().then_some(()),
+                || match &cluster.tls {
+                    None => m.healthy().then_some(()),
+                    Some(tls) => etcdctl_health(&m.client_url, tls).then_some(()),
+                },
             )
             .with_context(|| cluster.logs_tail())?;
         }
@@ -208,6 +260,7 @@ impl EtcdCluster {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoints()))
+            .args(self.tls.iter().flat_map(ClientTls::etcdctl_args))
             .args(args)
             .output()
             .context("run etcdctl")?;
@@ -234,6 +287,7 @@ impl EtcdCluster {
             let out = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
                 .arg(format!("--endpoints={}", m.client_url))
+                .args(self.tls.iter().flat_map(ClientTls::etcdctl_args))
                 .args(["endpoint", "status", "-w", "json"])
                 .output()
                 .ok()?;
@@ -260,6 +314,18 @@ impl EtcdCluster {
         }
         out
     }
+}
+
+/// Whether `etcdctl endpoint health` succeeds against `url` over TLS.
+fn etcdctl_health(url: &str, tls: &ClientTls) -> bool {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={url}"))
+        .args(tls.etcdctl_args())
+        .args(["--command-timeout=2s", "endpoint", "health"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 fn spawn_etcd(name: &str, args: &[String], log: &Path) -> anyhow::Result<ChildGuard> {

@@ -3,12 +3,14 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod collector;
 pub mod http;
 pub mod load;
 pub mod process;
 
 pub use agent::AgentProcess;
-pub use cluster::{ClusterOptions, EtcdCluster, Member};
+pub use cluster::{ClientTls, ClusterOptions, EtcdCluster, Member};
+pub use collector::CollectorProcess;
 
 /// Whether the test process runs as root (eBPF tests need it).
 pub fn is_root() -> bool {

@@ -1,0 +1,197 @@
+//! Wiring: opens the store, starts one health loop and one scrape loop per cluster (each its own
+//! task, so one cluster's outage never stalls another), the retention task, and the HTTP server.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use crate::{
+    api::{AppState, router},
+    cluster::{
+        ClusterHandle, Clusters,
+        client::http_client,
+        health::{HealthLoop, HealthSettings},
+        now_ms,
+    },
+    config::Config,
+    scrape::ScrapeLoop,
+    store::{Store, StoreError},
+    telemetry::Telemetry,
+};
+
+/// Why the collector could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// `--run-benchmark` was given; the benchmark is built in a later stage.
+    #[error("--run-benchmark: the benchmark is not available in this build yet")]
+    BenchmarkUnavailable,
+    /// The history store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A cluster's settings could not be turned into clients.
+    #[error("cluster {cluster}: {message}")]
+    Cluster {
+        /// Cluster.
+        cluster: String,
+        /// Cause.
+        message: String,
+    },
+    /// The API address could not be bound or served.
+    #[error("--api-host/--api-port {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+/// A started collector: the address it serves on and the clusters it watches.
+pub struct Running {
+    /// The bound REST/metrics address.
+    pub addr: SocketAddr,
+    /// The clusters.
+    pub clusters: Clusters,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the server stops (on SIGINT/SIGTERM).
+    pub async fn wait(self) -> Result<(), AppError> {
+        let addr = self.addr.to_string();
+        match self.server.await {
+            Ok(result) => result.map_err(|source| AppError::Listen { addr, source }),
+            Err(e) => Err(AppError::Listen {
+                addr,
+                source: std::io::Error::other(e),
+            }),
+        }
+    }
+}
+
+/// Starts everything `config` describes.
+pub async fn start(config: Config) -> Result<Running, AppError> {
+    if config.benchmark.is_some() {
+        return Err(AppError::BenchmarkUnavailable);
+    }
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    tracing::info!(path = %store.path().display(), "History store open.");
+    let telemetry = Telemetry::new();
+    let clusters: Clusters = Arc::new(
+        config
+            .clusters
+            .iter()
+            .cloned()
+            .map(ClusterHandle::new)
+            .collect(),
+    );
+    let settings = HealthSettings {
+        interval: config.health_interval,
+        thresholds: config.thresholds,
+        probe_read: config.probe_read,
+        probe_write: config.probe_write,
+    };
+    for cluster in clusters.iter() {
+        let http = http_client(&cluster.config).map_err(|message| AppError::Cluster {
+            cluster: cluster.name().to_string(),
+            message,
+        })?;
+        tracing::info!(
+            cluster = cluster.name(),
+            endpoints = ?cluster.config.endpoints,
+            tls = cluster.config.tls.is_some(),
+            auth = cluster.config.auth.is_some(),
+            "Monitoring cluster."
+        );
+        let health = HealthLoop::new(
+            cluster.clone(),
+            settings,
+            telemetry.clone(),
+            Some(store.clone()),
+        );
+        tokio::spawn(health.run());
+        let scrape = ScrapeLoop::new(
+            cluster.clone(),
+            http,
+            telemetry.clone(),
+            Some(store.clone()),
+        );
+        tokio::spawn(scrape.run(config.metrics_interval));
+    }
+    {
+        let store = store.clone();
+        let telemetry = telemetry.clone();
+        let (max_age, max_bytes) = (config.history_retention, config.history_max_bytes);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RETENTION_EVERY);
+            loop {
+                tick.tick().await;
+                let store = store.clone();
+                let result =
+                    tokio::task::spawn_blocking(move || store.prune(now_ms(), max_age, max_bytes))
+                        .await;
+                match result {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(rows = n, "History pruned."),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => telemetry.store_failed("prune", &e.to_string()),
+                    Err(e) => telemetry.store_failed("prune", &e.to_string()),
+                }
+            }
+        });
+    }
+
+    let state = AppState {
+        clusters: clusters.clone(),
+        store: Some(store),
+        telemetry,
+        thresholds: config.thresholds,
+        cors_origins: config.cors_origins.clone(),
+    };
+    let bind = format!("{}:{}", config.api_host, config.api_port);
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: bind.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| AppError::Listen {
+        addr: bind.clone(),
+        source,
+    })?;
+    tracing::info!(%addr, "REST API and /metrics listening.");
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+    Ok(Running {
+        addr,
+        clusters,
+        server,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("Shutting down.");
+}

@@ -1,0 +1,869 @@
+//! Flags, environment variables and the optional YAML config file, validated once at start.
+//!
+//! [`Cli`] is what clap parses; [`Cli::into_config`] checks every value and returns a
+//! [`Config`] the rest of the collector trusts. Every error names the flag (or the config-file
+//! field) it is about.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use clap::{ArgAction, Parser, ValueEnum};
+use serde::Deserialize;
+
+/// Name of the cluster the command-line flags describe.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+/// Endpoint used when neither `--endpoints` nor a config file names one.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for {field}: {message}")]
+pub struct ConfigError {
+    /// The flag or config-file field, e.g. `--ca-file` or `clusters[1].endpoints`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Which kind of operations `--run-benchmark` issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchmarkType {
+    /// Puts only.
+    Write,
+    /// Linearizable reads only.
+    Read,
+    /// Half reads, half writes.
+    Mixed,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `etcd-monitor`: watches etcd clusters and serves REST, Prometheus metrics and history.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "etcd-monitor", version, about)]
+pub struct Cli {
+    /// etcd client URLs of the `default` cluster, comma-separated
+    /// (`http://HOST:PORT`, `https://HOST:PORT`, or `HOST:PORT`). Default http://127.0.0.1:2379
+    /// unless --config lists clusters.
+    #[arg(long, env = "ENDPOINTS", value_delimiter = ',')]
+    pub endpoints: Option<Vec<String>>,
+
+    /// Timeout for connecting to and each request to a member (e.g. `5s`, `500ms`).
+    #[arg(long, env = "DIAL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub dial_timeout: Duration,
+
+    /// Client certificate (PEM) presented to etcd.
+    #[arg(long, env = "CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// CA bundle (PEM) that signed the etcd members' server certificates.
+    #[arg(long, env = "CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Use TLS but do not verify the members' server certificates.
+    #[arg(long, env = "INSECURE_SKIP_TLS", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = false, default_missing_value = "true")]
+    pub insecure_skip_tls: bool,
+
+    /// etcd user name (auth enabled clusters).
+    #[arg(long, env = "ETCD_USERNAME")]
+    pub username: Option<String>,
+
+    /// Password of --username.
+    #[arg(long, env = "ETCD_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+
+    /// Address the REST API and /metrics listen on.
+    #[arg(long, env = "API_HOST", default_value = "0.0.0.0")]
+    pub api_host: String,
+
+    /// Port of the REST API and /metrics (0 picks a free port and logs it).
+    #[arg(long, env = "API_PORT", default_value_t = 8080)]
+    pub api_port: u16,
+
+    /// How often every member's Status, the member list and alarms are read.
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// How often every member's Prometheus endpoint is scraped.
+    #[arg(long, env = "METRICS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub metrics_interval: Duration,
+
+    /// Request latency (p99, milliseconds) above which latency counts as degraded.
+    #[arg(long, env = "MAX_LATENCY_MS", default_value_t = 100)]
+    pub max_latency_ms: u64,
+
+    /// Database size (MiB) above which a member's database counts as too large.
+    #[arg(long, env = "MAX_DB_SIZE_MB", default_value_t = 8192)]
+    pub max_db_size_mb: u64,
+
+    /// Fewest members that must be reachable for the cluster to count as available.
+    #[arg(long, env = "MIN_AVAILABLE_NODES", default_value_t = 2)]
+    pub min_available_nodes: usize,
+
+    /// Leader changes per hour above which leadership counts as unstable.
+    #[arg(long, env = "MAX_LEADER_CHANGES", default_value_t = 3)]
+    pub max_leader_changes: u64,
+
+    /// Run a benchmark against the cluster and exit.
+    #[arg(long, env = "RUN_BENCHMARK")]
+    pub run_benchmark: bool,
+
+    /// Operations of the benchmark.
+    #[arg(long, env = "BENCHMARK_TYPE", value_enum, default_value = "mixed")]
+    pub benchmark_type: BenchmarkType,
+
+    /// Number of benchmark operations.
+    #[arg(long, env = "BENCHMARK_OPS", default_value_t = 10_000)]
+    pub benchmark_ops: u64,
+
+    /// Port of the gRPC server (agent ingest, Subscribe stream).
+    #[arg(long, env = "GRPC_PORT", default_value_t = 9464)]
+    pub grpc_port: u16,
+
+    /// Alert rules (YAML file).
+    #[arg(long, env = "RULES")]
+    pub rules: Option<PathBuf>,
+
+    /// YAML config file listing clusters (name, endpoints, TLS, auth, metrics URLs).
+    #[arg(long, env = "ETCD_MONITOR_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Directory of the history store (`history.db`).
+    #[arg(
+        long,
+        env = "ETCD_MONITOR_DATA_DIR",
+        default_value = "etcd-monitor-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// How long history is kept.
+    #[arg(long, env = "ETCD_MONITOR_HISTORY_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub history_retention: Duration,
+
+    /// Size (MiB) above which the oldest history is deleted.
+    #[arg(long, env = "ETCD_MONITOR_HISTORY_MAX_SIZE_MB", default_value_t = 512)]
+    pub history_max_size_mb: u64,
+
+    /// Members' Prometheus URLs, comma-separated: `NAME=URL` for a member by name, or a bare URL
+    /// for the --endpoints entry at the same position. Default: `<client URL>/metrics`.
+    #[arg(long, env = "ETCD_MONITOR_METRICS_URLS", value_delimiter = ',')]
+    pub metrics_urls: Vec<String>,
+
+    /// Origins allowed by CORS, comma-separated; `*` allows any. Empty disables CORS.
+    #[arg(long, env = "ETCD_MONITOR_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Measure read latency with a linearizable read on every member each health check.
+    #[arg(long, env = "ETCD_MONITOR_PROBE_READ", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = true, default_missing_value = "true")]
+    pub probe_read: bool,
+
+    /// Measure write latency with a put to `/etcd-monitor/probe/<member>` each health check.
+    #[arg(long, env = "ETCD_MONITOR_PROBE_WRITE", action = ArgAction::Set, num_args = 0..=1,
+          default_value_t = true, default_missing_value = "true")]
+    pub probe_write: bool,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "ETCD_MONITOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// Parses a humantime duration (`30s`, `500ms`, `1m30s`) that is not zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be greater than zero"));
+    }
+    Ok(d)
+}
+
+/// TLS settings of one cluster, files already read.
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// PEM of the CA bundle, if one was given.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM of the client certificate and of its key, if given.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Do not verify server certificates.
+    pub insecure_skip_verify: bool,
+    /// Where the CA came from, for error messages.
+    pub ca_source: String,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca", &self.ca_source)
+            .field("client_identity", &self.identity.is_some())
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish()
+    }
+}
+
+/// User and password for an auth-enabled cluster.
+#[derive(Clone)]
+pub struct Auth {
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Which member a `--metrics-urls` entry belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsTarget {
+    /// The member with this `--name`.
+    Member(String),
+    /// The member reached at this endpoint.
+    Endpoint(String),
+}
+
+/// One monitored cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Name carried by every series and REST response.
+    pub name: String,
+    /// Client URLs, normalised to `http(s)://host:port`.
+    pub endpoints: Vec<String>,
+    /// TLS, when the endpoints are https.
+    pub tls: Option<TlsConfig>,
+    /// Auth, when enabled on the cluster.
+    pub auth: Option<Auth>,
+    /// Explicit Prometheus URLs.
+    pub metrics_urls: Vec<(MetricsTarget, String)>,
+    /// Connect and per-request timeout.
+    pub dial_timeout: Duration,
+}
+
+/// Thresholds the alert rules start from.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// `--max-latency-ms`.
+    pub max_latency_ms: u64,
+    /// `--max-db-size-mb`.
+    pub max_db_size_mb: u64,
+    /// `--min-available-nodes`.
+    pub min_available_nodes: usize,
+    /// `--max-leader-changes` per hour.
+    pub max_leader_changes: u64,
+}
+
+/// A benchmark requested on the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchmarkRequest {
+    /// Operations.
+    pub kind: BenchmarkType,
+    /// Count.
+    pub ops: u64,
+}
+
+/// Validated configuration of the whole collector.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Clusters, in order; the first is the one REST answers for without `?cluster=`.
+    pub clusters: Vec<ClusterConfig>,
+    /// REST and /metrics listen host.
+    pub api_host: String,
+    /// REST and /metrics listen port.
+    pub api_port: u16,
+    /// Health check period.
+    pub health_interval: Duration,
+    /// Scrape period.
+    pub metrics_interval: Duration,
+    /// Thresholds.
+    pub thresholds: Thresholds,
+    /// gRPC port (agent ingest and Subscribe).
+    pub grpc_port: u16,
+    /// Rules file.
+    pub rules: Option<PathBuf>,
+    /// History store directory.
+    pub data_dir: PathBuf,
+    /// History retention by age.
+    pub history_retention: Duration,
+    /// History retention by size, bytes.
+    pub history_max_bytes: u64,
+    /// CORS origins (`*` = any); empty = no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Read probe on.
+    pub probe_read: bool,
+    /// Write probe on.
+    pub probe_write: bool,
+    /// `--run-benchmark`.
+    pub benchmark: Option<BenchmarkRequest>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// One cluster in the YAML config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    /// Name.
+    pub name: String,
+    /// Client URLs.
+    pub endpoints: Vec<String>,
+    /// CA bundle.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Skip server certificate verification.
+    #[serde(default)]
+    pub insecure_skip_tls: bool,
+    /// User.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Prometheus URLs (same syntax as `--metrics-urls`).
+    #[serde(default)]
+    pub metrics_urls: Vec<String>,
+    /// Dial timeout (humantime); default `--dial-timeout`.
+    #[serde(default)]
+    pub dial_timeout: Option<String>,
+}
+
+/// The YAML config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Clusters to monitor besides (or instead of) the one the flags describe.
+    #[serde(default)]
+    pub clusters: Vec<FileCluster>,
+}
+
+impl FileConfig {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("--config", format!("{}: {e}", path.display())))?;
+        serde_yaml::from_str(&text)
+            .map_err(|e| ConfigError::new("--config", format!("{}: {e}", path.display())))
+    }
+}
+
+/// Raw per-cluster settings before validation, from flags or a file entry.
+struct RawCluster<'a> {
+    field: String,
+    name: String,
+    endpoints: Vec<String>,
+    ca_file: Option<&'a Path>,
+    cert_file: Option<&'a Path>,
+    key_file: Option<&'a Path>,
+    insecure: bool,
+    username: Option<String>,
+    password: Option<String>,
+    metrics_urls: &'a [String],
+    dial_timeout: Duration,
+}
+
+impl Cli {
+    /// Validates every value (reading the config file and TLS files) into a [`Config`].
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let mut clusters = Vec::new();
+        let flags_describe_cluster = self.endpoints.is_some() || file.clusters.is_empty();
+        if flags_describe_cluster {
+            let endpoints = self
+                .endpoints
+                .clone()
+                .unwrap_or_else(|| vec![DEFAULT_ENDPOINT.to_string()]);
+            clusters.push(validate_cluster(RawCluster {
+                field: String::new(),
+                name: DEFAULT_CLUSTER.to_string(),
+                endpoints,
+                ca_file: self.ca_file.as_deref(),
+                cert_file: self.cert_file.as_deref(),
+                key_file: self.key_file.as_deref(),
+                insecure: self.insecure_skip_tls,
+                username: self.username.clone(),
+                password: self.password.clone(),
+                metrics_urls: &self.metrics_urls,
+                dial_timeout: self.dial_timeout,
+            })?);
+        }
+        for (i, c) in file.clusters.iter().enumerate() {
+            let field = format!("clusters[{i}].");
+            if flags_describe_cluster && c.name == DEFAULT_CLUSTER {
+                // Flags win over the file for the cluster they describe.
+                continue;
+            }
+            let dial_timeout = match &c.dial_timeout {
+                Some(s) => parse_duration(s)
+                    .map_err(|e| ConfigError::new(format!("{field}dial_timeout"), e))?,
+                None => self.dial_timeout,
+            };
+            clusters.push(validate_cluster(RawCluster {
+                field,
+                name: c.name.clone(),
+                endpoints: c.endpoints.clone(),
+                ca_file: c.ca_file.as_deref(),
+                cert_file: c.cert_file.as_deref(),
+                key_file: c.key_file.as_deref(),
+                insecure: c.insecure_skip_tls,
+                username: c.username.clone(),
+                password: c.password.clone(),
+                metrics_urls: &c.metrics_urls,
+                dial_timeout,
+            })?);
+        }
+        for (i, c) in clusters.iter().enumerate() {
+            if clusters[..i].iter().any(|o| o.name == c.name) {
+                return Err(ConfigError::new(
+                    "--config",
+                    format!("cluster name {:?} appears twice", c.name),
+                ));
+            }
+        }
+
+        if self.min_available_nodes == 0 {
+            return Err(ConfigError::new(
+                "--min-available-nodes",
+                "must be at least 1",
+            ));
+        }
+        if self.max_latency_ms == 0 {
+            return Err(ConfigError::new("--max-latency-ms", "must be at least 1"));
+        }
+        if self.max_db_size_mb == 0 {
+            return Err(ConfigError::new("--max-db-size-mb", "must be at least 1"));
+        }
+        if self.grpc_port == 0 {
+            return Err(ConfigError::new("--grpc-port", "must be 1..65535"));
+        }
+        if self.api_port != 0 && self.grpc_port == self.api_port {
+            return Err(ConfigError::new(
+                "--grpc-port",
+                format!("{} is also --api-port", self.grpc_port),
+            ));
+        }
+        if self.api_host.trim().is_empty() {
+            return Err(ConfigError::new("--api-host", "must not be empty"));
+        }
+        if self.benchmark_ops == 0 {
+            return Err(ConfigError::new("--benchmark-ops", "must be at least 1"));
+        }
+        if self.history_max_size_mb == 0 {
+            return Err(ConfigError::new(
+                "--history-max-size-mb",
+                "must be at least 1",
+            ));
+        }
+        if let Some(rules) = &self.rules
+            && let Err(e) = std::fs::metadata(rules)
+        {
+            return Err(ConfigError::new(
+                "--rules",
+                format!("{}: {e}", rules.display()),
+            ));
+        }
+        for origin in &self.cors_origins {
+            let origin = origin.trim();
+            if origin != "*" && origin.parse::<http::HeaderValue>().is_err() {
+                return Err(ConfigError::new(
+                    "--cors-origins",
+                    format!("{origin:?} is not a valid origin"),
+                ));
+            }
+        }
+
+        Ok(Config {
+            clusters,
+            api_host: self.api_host,
+            api_port: self.api_port,
+            health_interval: self.health_check_interval,
+            metrics_interval: self.metrics_interval,
+            thresholds: Thresholds {
+                max_latency_ms: self.max_latency_ms,
+                max_db_size_mb: self.max_db_size_mb,
+                min_available_nodes: self.min_available_nodes,
+                max_leader_changes: self.max_leader_changes,
+            },
+            grpc_port: self.grpc_port,
+            rules: self.rules,
+            data_dir: self.data_dir,
+            history_retention: self.history_retention,
+            history_max_bytes: self.history_max_size_mb.saturating_mul(1024 * 1024),
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .map(|o| o.trim().to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            probe_read: self.probe_read,
+            probe_write: self.probe_write,
+            benchmark: self.run_benchmark.then_some(BenchmarkRequest {
+                kind: self.benchmark_type,
+                ops: self.benchmark_ops,
+            }),
+            log_format: self.log_format,
+        })
+    }
+}
+
+/// The flag name for a per-cluster setting: `--ca-file` for flags, `clusters[i].ca_file` in a file.
+fn field_name(prefix: &str, flag: &str) -> String {
+    if prefix.is_empty() {
+        format!("--{flag}")
+    } else {
+        format!("{prefix}{}", flag.replace('-', "_"))
+    }
+}
+
+fn read_pem(prefix: &str, flag: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let field = field_name(prefix, flag);
+    let bytes = std::fs::read(path)
+        .map_err(|e| ConfigError::new(&field, format!("{}: {e}", path.display())))?;
+    if !String::from_utf8_lossy(&bytes).contains("-----BEGIN") {
+        return Err(ConfigError::new(
+            field,
+            format!("{}: not a PEM file", path.display()),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn validate_cluster(raw: RawCluster<'_>) -> Result<ClusterConfig, ConfigError> {
+    let p = raw.field.as_str();
+    let name = raw.name.trim().to_string();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(ConfigError::new(
+            format!("{p}name"),
+            format!("{name:?}: use letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let uses_tls_files =
+        raw.ca_file.is_some() || raw.cert_file.is_some() || raw.key_file.is_some() || raw.insecure;
+    let mut endpoints = Vec::new();
+    for e in raw
+        .endpoints
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+    {
+        endpoints
+            .push(normalize_endpoint(e, uses_tls_files).map_err(|m| {
+                ConfigError::new(field_name(p, "endpoints"), format!("{e:?}: {m}"))
+            })?);
+    }
+    if endpoints.is_empty() {
+        return Err(ConfigError::new(
+            field_name(p, "endpoints"),
+            "at least one endpoint is required",
+        ));
+    }
+    let any_https = endpoints.iter().any(|e| e.starts_with("https://"));
+    let any_http = endpoints.iter().any(|e| e.starts_with("http://"));
+    if any_https && any_http {
+        return Err(ConfigError::new(
+            field_name(p, "endpoints"),
+            "mixes http:// and https:// endpoints",
+        ));
+    }
+    if uses_tls_files && any_http {
+        return Err(ConfigError::new(
+            field_name(p, "endpoints"),
+            "TLS settings are given but the endpoints are http://; use https://",
+        ));
+    }
+    let tls = if any_https {
+        let ca_pem = match raw.ca_file {
+            Some(path) => Some(read_pem(p, "ca-file", path)?),
+            None if raw.insecure => None,
+            None => {
+                return Err(ConfigError::new(
+                    field_name(p, "ca-file"),
+                    "https endpoints need a CA bundle (or --insecure-skip-tls)",
+                ));
+            }
+        };
+        let identity = match (raw.cert_file, raw.key_file) {
+            (Some(c), Some(k)) => Some((read_pem(p, "cert-file", c)?, read_pem(p, "key-file", k)?)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    field_name(p, "key-file"),
+                    "required with --cert-file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    field_name(p, "cert-file"),
+                    "required with --key-file",
+                ));
+            }
+        };
+        Some(TlsConfig {
+            ca_pem,
+            identity,
+            insecure_skip_verify: raw.insecure,
+            ca_source: raw
+                .ca_file
+                .map(|f| format!("{} {}", field_name(p, "ca-file"), f.display()))
+                .unwrap_or_else(|| "no CA (insecure)".to_string()),
+        })
+    } else {
+        None
+    };
+    let auth = match (raw.username, raw.password) {
+        (Some(u), Some(pw)) if !u.is_empty() => Some(Auth {
+            username: u,
+            password: pw,
+        }),
+        (None, None) => None,
+        (Some(_), _) => {
+            return Err(ConfigError::new(
+                field_name(p, "password"),
+                "required with --username",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                field_name(p, "username"),
+                "required with --password",
+            ));
+        }
+    };
+    let mut metrics_urls = Vec::new();
+    let mut positional = 0;
+    for entry in raw
+        .metrics_urls
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+    {
+        let field = field_name(p, "metrics-urls");
+        let (target, url) = match entry.split_once('=') {
+            Some((name, url)) if !name.contains("://") => {
+                (MetricsTarget::Member(name.to_string()), url)
+            }
+            _ => {
+                let Some(endpoint) = endpoints.get(positional) else {
+                    return Err(ConfigError::new(
+                        field,
+                        format!("{entry:?}: more bare URLs than endpoints; use NAME=URL"),
+                    ));
+                };
+                positional += 1;
+                (MetricsTarget::Endpoint(endpoint.clone()), entry)
+            }
+        };
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| ConfigError::new(&field, format!("{url:?}: {e}")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(ConfigError::new(
+                field,
+                format!("{url:?}: must be an http(s) URL"),
+            ));
+        }
+        metrics_urls.push((target, url.to_string()));
+    }
+    Ok(ClusterConfig {
+        name,
+        endpoints,
+        tls,
+        auth,
+        metrics_urls,
+        dial_timeout: raw.dial_timeout,
+    })
+}
+
+/// Normalises `e` to `scheme://host:port` (no path); a bare `host:port` gets `https://` when TLS
+/// settings are present, else `http://`.
+pub fn normalize_endpoint(e: &str, tls: bool) -> Result<String, String> {
+    let with_scheme = if e.contains("://") {
+        e.to_string()
+    } else if tls {
+        format!("https://{e}")
+    } else {
+        format!("http://{e}")
+    };
+    let uri: http::Uri = with_scheme.parse().map_err(|err| format!("{err}"))?;
+    let scheme = uri.scheme_str().unwrap_or_default();
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("scheme {scheme:?} is not http or https"));
+    }
+    let host = uri.host().ok_or("no host")?;
+    let port = uri.port_u16().ok_or("no port")?;
+    if !matches!(uri.path(), "" | "/") {
+        return Err("must not have a path".to_string());
+    }
+    Ok(format!("{scheme}://{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["etcd-monitor"];
+        all.extend_from_slice(args);
+        let cli = Cli::try_parse_from(all).map_err(|e| e.to_string())?;
+        cli.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() -> Result<(), String> {
+        let c = parse(&[])?;
+        assert_eq!(c.api_host, "0.0.0.0");
+        assert_eq!(c.api_port, 8080);
+        assert_eq!(c.health_interval, Duration::from_secs(30));
+        assert_eq!(c.metrics_interval, Duration::from_secs(10));
+        assert_eq!(c.thresholds.max_latency_ms, 100);
+        assert_eq!(c.thresholds.max_db_size_mb, 8192);
+        assert_eq!(c.thresholds.min_available_nodes, 2);
+        assert_eq!(c.thresholds.max_leader_changes, 3);
+        assert_eq!(c.grpc_port, 9464);
+        assert_eq!(c.clusters.len(), 1);
+        assert_eq!(c.clusters[0].name, DEFAULT_CLUSTER);
+        assert_eq!(c.clusters[0].endpoints, vec![DEFAULT_ENDPOINT]);
+        assert!(c.probe_read && c.probe_write);
+        Ok(())
+    }
+
+    #[test]
+    fn endpoints_are_normalised() -> Result<(), String> {
+        let c = parse(&["--endpoints", "127.0.0.1:2379,http://localhost:2380/"])?;
+        assert_eq!(
+            c.clusters[0].endpoints,
+            vec!["http://127.0.0.1:2379", "http://localhost:2380"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        for (args, flag) in [
+            (
+                vec!["--health-check-interval", "soon"],
+                "--health-check-interval",
+            ),
+            (vec!["--metrics-interval", "0s"], "--metrics-interval"),
+            (vec!["--api-port", "70000"], "--api-port"),
+            (vec!["--endpoints", "ftp://x:1"], "--endpoints"),
+            (vec!["--endpoints", "https://x:1"], "--ca-file"),
+            (
+                vec![
+                    "--endpoints",
+                    "https://x:1",
+                    "--ca-file",
+                    "/nonexistent/ca.pem",
+                ],
+                "--ca-file",
+            ),
+            (vec!["--min-available-nodes", "0"], "--min-available-nodes"),
+            (vec!["--benchmark-type", "delete"], "--benchmark-type"),
+            (vec!["--grpc-port", "0"], "--grpc-port"),
+            (vec!["--username", "root"], "--password"),
+            (vec!["--rules", "/nonexistent/rules.yaml"], "--rules"),
+            (vec!["--metrics-urls", "a,b"], "--metrics-urls"),
+        ] {
+            match parse(&args) {
+                Ok(_) => panic!("{args:?} was accepted"),
+                Err(e) => assert!(e.contains(flag), "{args:?}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn metrics_urls_by_name_and_position() -> Result<(), String> {
+        let c = parse(&[
+            "--endpoints",
+            "http://a:1,http://b:2",
+            "--metrics-urls",
+            "http://a:9/metrics,m2=http://c:3/metrics",
+        ])?;
+        assert_eq!(
+            c.clusters[0].metrics_urls,
+            vec![
+                (
+                    MetricsTarget::Endpoint("http://a:1".into()),
+                    "http://a:9/metrics".into()
+                ),
+                (
+                    MetricsTarget::Member("m2".into()),
+                    "http://c:3/metrics".into()
+                ),
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn config_file_adds_clusters_and_flags_win() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "clusters:\n  - name: default\n    endpoints: [http://ignored:1]\n  - name: east\n    endpoints: [http://e:2379]\n    dial_timeout: 2s\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let path_str = path.display().to_string();
+        let c = parse(&["--config", &path_str, "--endpoints", "http://d:2379"])?;
+        let names: Vec<_> = c.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, vec!["default", "east"]);
+        assert_eq!(c.clusters[0].endpoints, vec!["http://d:2379"]);
+        assert_eq!(c.clusters[1].dial_timeout, Duration::from_secs(2));
+        let only_file = parse(&["--config", &path_str])?;
+        assert_eq!(only_file.clusters.len(), 2);
+        assert_eq!(only_file.clusters[0].endpoints, vec!["http://ignored:1"]);
+
+        std::fs::write(&path, "clusters:\n  - name: x\n    endpoint: [a]\n")
+            .map_err(|e| e.to_string())?;
+        let err = parse(&["--config", &path_str]).err().unwrap_or_default();
+        assert!(err.contains("--config") && err.contains("c.yaml"), "{err}");
+        Ok(())
+    }
+}

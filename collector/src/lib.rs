@@ -1,0 +1,18 @@
+//! etcd-monitor, the collector: watches etcd clusters through the v3 API (each member asked
+//! directly) and their Prometheus endpoints, keeps per-member state and history, and serves it
+//! as REST, Prometheus metrics and an OpenAPI document.
+//!
+//! Module map: [`config`] (flags, env, YAML) → [`app`] (wiring) → per cluster
+//! [`cluster::health`] (Status, MemberList, AlarmList, [`probe`]s) and [`scrape`] (member
+//! /metrics) write [`cluster::ClusterState`]; [`api`] and [`exporter`] read it; [`store`] keeps
+//! history; [`telemetry`] counts the collector's own failures.
+
+pub mod api;
+pub mod app;
+pub mod cluster;
+pub mod config;
+pub mod exporter;
+pub mod probe;
+pub mod scrape;
+pub mod store;
+pub mod telemetry;
