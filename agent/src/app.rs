@@ -332,6 +332,11 @@ fn start_shipping(
                 tick.tick().await;
                 if let Ok(mut b) = batcher.lock() {
                     b.flush();
+                    let batched = b.events_batched();
+                    let counted = metrics.events_batched.get();
+                    if batched > counted {
+                        metrics.events_batched.inc_by(batched - counted);
+                    }
                 }
                 metrics.queue_batches.set(queue.len() as i64);
                 metrics.queue_bytes.set(queue.bytes() as i64);

@@ -55,6 +55,8 @@ pub struct AgentMetrics {
     pub map_errors: IntCounter,
     /// Batches handed to the gRPC stream.
     pub batches_sent: IntCounter,
+    /// Events put into batches for the collector (each either arrives or shows as a gap).
+    pub events_batched: IntCounter,
     /// Reconnection attempts to the collector.
     pub reconnects: IntCounter,
     /// 1 while the stream to the collector is open.
@@ -155,6 +157,13 @@ impl AgentMetrics {
                 "Event batches handed to the gRPC stream to the collector.",
             )?,
         );
+        let events_batched = register(
+            &registry,
+            IntCounter::new(
+                "etcdmon_agent_events_batched_total",
+                "Events put into batches for the collector; each arrives or is counted there as lost.",
+            )?,
+        );
         let reconnects = register(
             &registry,
             IntCounter::new(
@@ -195,6 +204,7 @@ impl AgentMetrics {
             member_info,
             map_errors,
             batches_sent,
+            events_batched,
             reconnects,
             connected,
             queue_batches,

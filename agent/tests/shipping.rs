@@ -37,7 +37,7 @@ impl AgentIngest for Recorder {
         }
         Ok(tonic::Response::new(PushAck {
             last_sequence: last,
-            accepted_batches: 0,
+            ..PushAck::default()
         }))
     }
 }

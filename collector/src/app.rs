@@ -12,6 +12,10 @@ use crate::{
         now_ms,
     },
     config::Config,
+    ingest::{
+        self, Pipeline,
+        server::{IngestSettings, IngestState},
+    },
     scrape::ScrapeLoop,
     store::{Store, StoreError},
     telemetry::Telemetry,
@@ -34,6 +38,9 @@ pub enum AppError {
         /// Cause.
         message: String,
     },
+    /// The gRPC server could not start.
+    #[error("{0}")]
+    Grpc(String),
     /// The API address could not be bound or served.
     #[error("--api-host/--api-port {addr}: {source}")]
     Listen {
@@ -51,6 +58,8 @@ const RETENTION_EVERY: Duration = Duration::from_secs(600);
 pub struct Running {
     /// The bound REST/metrics address.
     pub addr: SocketAddr,
+    /// The bound gRPC address.
+    pub grpc_addr: SocketAddr,
     /// The clusters.
     pub clusters: Clusters,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -141,12 +150,55 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         });
     }
 
+    let pipeline = Pipeline::with_registry(
+        config.ingest.subscriber_buffer,
+        ingest::AgentRegistry::persistent(store.clone())?,
+    );
+    let grpc_addr: SocketAddr = format!("{}:{}", config.api_host, config.grpc_port)
+        .parse()
+        .or_else(|_| format!("0.0.0.0:{}", config.grpc_port).parse())
+        .map_err(|e: std::net::AddrParseError| AppError::Listen {
+            addr: format!("{}:{}", config.api_host, config.grpc_port),
+            source: std::io::Error::other(e),
+        })?;
+    let (grpc_addr, _grpc) = ingest::server::serve(
+        grpc_addr,
+        IngestSettings {
+            max_batch_bytes: config.ingest.max_batch_bytes,
+            token: config.ingest.token.clone(),
+            tls_identity: config.ingest.tls_identity.clone(),
+            client_ca: config.ingest.client_ca.clone(),
+        },
+        IngestState {
+            registry: pipeline.registry.clone(),
+            fanout: pipeline.fanout.clone(),
+            clusters: clusters.clone(),
+            counters: pipeline.counters.clone(),
+        },
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| AppError::Grpc(e.to_string()))?;
+    for cluster in clusters.iter() {
+        for prefix in &config.ingest.watch_prefixes {
+            tracing::info!(cluster = cluster.name(), %prefix, "Watching prefix.");
+            tokio::spawn(ingest::watch::run(
+                cluster.clone(),
+                prefix.clone(),
+                config.ingest.watch_prev_kv,
+                pipeline.fanout.clone(),
+                pipeline.watches.clone(),
+            ));
+        }
+    }
+
     let state = AppState {
         clusters: clusters.clone(),
         store: Some(store),
         telemetry,
         thresholds: config.thresholds,
         cors_origins: config.cors_origins.clone(),
+        pipeline,
     };
     let bind = format!("{}:{}", config.api_host, config.api_port);
     let listener = tokio::net::TcpListener::bind(&bind)
@@ -167,6 +219,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     });
     Ok(Running {
         addr,
+        grpc_addr,
         clusters,
         server,
     })

@@ -145,6 +145,39 @@ pub struct Cli {
     #[arg(long, env = "GRPC_PORT", default_value_t = 9464)]
     pub grpc_port: u16,
 
+    /// File holding the bearer token agents and subscribers must send on gRPC (never logged).
+    #[arg(long, env = "GRPC_TOKEN_FILE")]
+    pub grpc_token_file: Option<PathBuf>,
+
+    /// PEM certificate of the gRPC server (serve TLS; needs --grpc-key-file).
+    #[arg(long, env = "GRPC_CERT_FILE")]
+    pub grpc_cert_file: Option<PathBuf>,
+
+    /// PEM key of --grpc-cert-file.
+    #[arg(long, env = "GRPC_KEY_FILE")]
+    pub grpc_key_file: Option<PathBuf>,
+
+    /// PEM CA: gRPC clients must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "GRPC_CLIENT_CA_FILE")]
+    pub grpc_client_ca_file: Option<PathBuf>,
+
+    /// Largest agent batch accepted, bytes.
+    #[arg(long, env = "GRPC_MAX_BATCH_BYTES", default_value_t = 16 << 20)]
+    pub grpc_max_batch_bytes: usize,
+
+    /// Events buffered per Subscribe stream before that subscriber starts missing events.
+    #[arg(long, env = "SUBSCRIBER_BUFFER", default_value_t = 4096)]
+    pub subscriber_buffer: usize,
+
+    /// Key prefixes to watch in every cluster and publish on the Subscribe stream
+    /// (comma-separated; none by default — watching a whole Kubernetes keyspace is costly).
+    #[arg(long = "watch-prefix", env = "WATCH_PREFIXES", value_delimiter = ',')]
+    pub watch_prefixes: Vec<String>,
+
+    /// Include previous values in watch events.
+    #[arg(long, env = "WATCH_PREV_KV")]
+    pub watch_prev_kv: bool,
+
     /// Alert rules (YAML file).
     #[arg(long, env = "RULES")]
     pub rules: Option<PathBuf>,
@@ -313,6 +346,8 @@ pub struct Config {
     pub thresholds: Thresholds,
     /// gRPC port (agent ingest and Subscribe).
     pub grpc_port: u16,
+    /// gRPC security, limits and watches.
+    pub ingest: IngestConfig,
     /// Rules file.
     pub rules: Option<PathBuf>,
     /// History store directory.
@@ -331,6 +366,25 @@ pub struct Config {
     pub benchmark: Option<BenchmarkRequest>,
     /// Log format.
     pub log_format: LogFormat,
+}
+
+/// The gRPC side's settings.
+#[derive(Debug, Clone, Default)]
+pub struct IngestConfig {
+    /// Bearer token required on every call.
+    pub token: Option<String>,
+    /// PEM certificate and key to serve TLS.
+    pub tls_identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// PEM CA for client certificates (mutual TLS).
+    pub client_ca: Option<Vec<u8>>,
+    /// Largest batch, bytes.
+    pub max_batch_bytes: usize,
+    /// Events buffered per subscriber.
+    pub subscriber_buffer: usize,
+    /// Watched prefixes.
+    pub watch_prefixes: Vec<String>,
+    /// Previous values in watch events.
+    pub watch_prev_kv: bool,
 }
 
 /// One cluster in the YAML config file.
@@ -399,6 +453,87 @@ struct RawCluster<'a> {
     password: Option<String>,
     metrics_urls: &'a [String],
     dial_timeout: Duration,
+}
+
+impl Cli {
+    /// Checks and loads the gRPC settings.
+    fn ingest_config(&self) -> Result<IngestConfig, ConfigError> {
+        let token = match &self.grpc_token_file {
+            Some(path) => {
+                let text = std::fs::read(path).map_err(|e| {
+                    ConfigError::new("--grpc-token-file", format!("{}: {e}", path.display()))
+                })?;
+                let token = String::from_utf8(text)
+                    .map_err(|_| ConfigError::new("--grpc-token-file", "is not UTF-8"))?
+                    .trim()
+                    .to_string();
+                if token.is_empty() {
+                    return Err(ConfigError::new(
+                        "--grpc-token-file",
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Some(token)
+            }
+            None => None,
+        };
+        let tls_identity = match (&self.grpc_cert_file, &self.grpc_key_file) {
+            (Some(cert), Some(key)) => Some((
+                read_pem("", "grpc-cert-file", cert)?,
+                read_pem("", "grpc-key-file", key)?,
+            )),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "--grpc-key-file",
+                    "is required with --grpc-cert-file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "--grpc-cert-file",
+                    "is required with --grpc-key-file",
+                ));
+            }
+        };
+        let client_ca = match &self.grpc_client_ca_file {
+            Some(_) if tls_identity.is_none() => {
+                return Err(ConfigError::new(
+                    "--grpc-client-ca-file",
+                    "needs --grpc-cert-file and --grpc-key-file",
+                ));
+            }
+            Some(path) => Some(read_pem("", "grpc-client-ca-file", path)?),
+            None => None,
+        };
+        if self.grpc_max_batch_bytes < 64 * 1024 {
+            return Err(ConfigError::new(
+                "--grpc-max-batch-bytes",
+                "must be at least 65536",
+            ));
+        }
+        if self.subscriber_buffer == 0 {
+            return Err(ConfigError::new(
+                "--subscriber-buffer",
+                "must be at least 1",
+            ));
+        }
+        let watch_prefixes: Vec<String> = self
+            .watch_prefixes
+            .iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        Ok(IngestConfig {
+            token,
+            tls_identity,
+            client_ca,
+            max_batch_bytes: self.grpc_max_batch_bytes,
+            subscriber_buffer: self.subscriber_buffer,
+            watch_prefixes,
+            watch_prev_kv: self.watch_prev_kv,
+        })
+    }
 }
 
 impl Cli {
@@ -487,6 +622,7 @@ impl Cli {
         if self.api_host.trim().is_empty() {
             return Err(ConfigError::new("--api-host", "must not be empty"));
         }
+        let ingest = self.ingest_config()?;
         if self.benchmark_ops == 0 {
             return Err(ConfigError::new("--benchmark-ops", "must be at least 1"));
         }
@@ -527,6 +663,7 @@ impl Cli {
                 max_leader_changes: self.max_leader_changes,
             },
             grpc_port: self.grpc_port,
+            ingest,
             rules: self.rules,
             data_dir: self.data_dir,
             history_retention: self.history_retention,

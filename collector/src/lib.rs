@@ -12,6 +12,7 @@ pub mod app;
 pub mod cluster;
 pub mod config;
 pub mod exporter;
+pub mod ingest;
 pub mod probe;
 pub mod scrape;
 pub mod store;

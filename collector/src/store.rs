@@ -177,7 +177,39 @@ CREATE TABLE IF NOT EXISTS alerts (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (cluster, ts_ms);
+CREATE TABLE IF NOT EXISTS agent_sequences (
+    node TEXT PRIMARY KEY,
+    boot_id TEXT NOT NULL,
+    last_sequence INTEGER NOT NULL,
+    expected_offset INTEGER NOT NULL,
+    batches INTEGER NOT NULL,
+    events INTEGER NOT NULL,
+    lost_events INTEGER NOT NULL,
+    lost_batches INTEGER NOT NULL
+);
 ";
+
+/// An agent's sequence bookkeeping, kept so that a collector restart still counts the events
+/// lost in transit exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentSequence {
+    /// Node name.
+    pub node: String,
+    /// Boot id of the agent run.
+    pub boot_id: String,
+    /// Highest sequence accepted.
+    pub last_sequence: u64,
+    /// Event offset the next batch should carry.
+    pub expected_offset: u64,
+    /// Batches accepted, all boots.
+    pub batches: u64,
+    /// Events accepted, all boots.
+    pub events: u64,
+    /// Events lost in transit, all boots.
+    pub lost_events: u64,
+    /// Batches lost in transit, all boots.
+    pub lost_batches: u64,
+}
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -245,6 +277,51 @@ impl Store {
         f(&mut guard).map_err(|source| StoreError::Sql {
             path: self.path.clone(),
             source,
+        })
+    }
+
+    /// Records an agent's sequence bookkeeping (one row per node).
+    pub fn save_agent_sequence(&self, a: &AgentSequence) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT INTO agent_sequences VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(node) DO UPDATE SET boot_id = ?2, last_sequence = ?3,
+                 expected_offset = ?4, batches = ?5, events = ?6, lost_events = ?7, lost_batches = ?8",
+            )?
+            .execute(rusqlite::params![
+                a.node,
+                a.boot_id,
+                to_i64(a.last_sequence),
+                to_i64(a.expected_offset),
+                to_i64(a.batches),
+                to_i64(a.events),
+                to_i64(a.lost_events),
+                to_i64(a.lost_batches),
+            ])?;
+            Ok(())
+        })
+    }
+
+    /// Every agent's saved bookkeeping.
+    pub fn agent_sequences(&self) -> Result<Vec<AgentSequence>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT node, boot_id, last_sequence, expected_offset, batches, events, lost_events, lost_batches
+                 FROM agent_sequences",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(AgentSequence {
+                    node: r.get(0)?,
+                    boot_id: r.get(1)?,
+                    last_sequence: to_u64(r.get(2)?),
+                    expected_offset: to_u64(r.get(3)?),
+                    batches: to_u64(r.get(4)?),
+                    events: to_u64(r.get(5)?),
+                    lost_events: to_u64(r.get(6)?),
+                    lost_batches: to_u64(r.get(7)?),
+                })
+            })?;
+            rows.collect()
         })
     }
 

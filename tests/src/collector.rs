@@ -13,6 +13,8 @@ use crate::{free_port, http, process::ChildGuard, wait_for};
 pub struct CollectorProcess {
     /// `http://127.0.0.1:PORT` of its REST API and `/metrics`.
     pub url: String,
+    /// `http://127.0.0.1:PORT` of its gRPC ingest and event stream.
+    pub grpc_url: String,
     /// The process.
     pub process: ChildGuard,
     /// Its log file.
@@ -23,8 +25,17 @@ impl CollectorProcess {
     /// Starts `binary` with `args` plus `--api-host=127.0.0.1 --api-port=<free>` (and
     /// `--grpc-port=<free>`), logging into `dir`, and waits until `/health` answers.
     pub fn start(binary: &Path, args: &[String], dir: &Path) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let grpc_port = free_port()?;
+        Self::start_on(binary, args, dir, free_port()?, free_port()?)
+    }
+
+    /// Like [`Self::start`] on given ports (to restart a collector where agents expect it).
+    pub fn start_on(
+        binary: &Path,
+        args: &[String],
+        dir: &Path,
+        port: u16,
+        grpc_port: u16,
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary);
         cmd.arg("--api-host=127.0.0.1")
             .arg(format!("--api-port={port}"))
@@ -35,6 +46,7 @@ impl CollectorProcess {
         let process = ChildGuard::spawn("etcd-monitor", cmd, &log)?;
         let mut collector = Self {
             url: format!("http://127.0.0.1:{port}"),
+            grpc_url: format!("http://127.0.0.1:{grpc_port}"),
             process,
             log,
         };

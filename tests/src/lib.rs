@@ -41,3 +41,23 @@ pub fn wait_for<T>(
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Path of a workspace binary built in the same profile as the running test
+/// (`cargo test --workspace` builds every binary before it runs any test).
+pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let path = target.join(profile).join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is not built; run `cargo build -p {name}` (or `cargo xtask test`, which builds the whole workspace) first",
+        path.display()
+    );
+    Ok(path)
+}

@@ -19,7 +19,8 @@ pub use self::{
 use crate::probes::{self, Probe};
 
 /// The compiled eBPF object, built by `build.rs` from `agent-ebpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/etcd-monitor-agent"));
+static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/etcd-monitor-agent-ebpf"));
 
 /// Why eBPF could not be brought up.
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,8 @@ pub struct AppState {
     pub thresholds: Thresholds,
     /// Allowed CORS origins (`*` = any; empty = none).
     pub cors_origins: Vec<String>,
+    /// Agents, subscribers and watches (the gRPC side).
+    pub pipeline: crate::ingest::Pipeline,
 }
 
 /// The OpenAPI document, generated from the handlers and their types.
@@ -47,6 +49,7 @@ pub struct AppState {
         routes::clusters,
         routes::cluster_status,
         routes::cluster_members,
+        routes::agents,
         routes::cluster_leader,
         routes::metrics_current,
         routes::metrics_latency,
@@ -95,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/clusters", get(routes::clusters))
         .route("/api/v1/cluster/status", get(routes::cluster_status))
         .route("/api/v1/cluster/members", get(routes::cluster_members))
+        .route("/api/v1/agents", get(routes::agents))
         .route("/api/v1/cluster/leader", get(routes::cluster_leader))
         .route("/api/v1/metrics/current", get(routes::metrics_current))
         .route("/api/v1/metrics/history", get(routes::metrics_history))
@@ -170,6 +174,7 @@ mod tests {
                 max_leader_changes: 3,
             },
             cors_origins: vec!["http://ui.example".into()],
+            pipeline: crate::ingest::Pipeline::default(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! REST handlers. Each reads a snapshot of one cluster (`?cluster=`, default the first
 //! configured) and answers JSON; every response names its cluster.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     Json,
@@ -18,6 +18,7 @@ use crate::{
         ClusterHandle, ClusterState, LeaderChange, LeaderInfo, MemberState, MemberStatus,
         ProbeLatency, ServerLatency, ServerMetrics, now_ms,
     },
+    ingest::join::KernelView,
     store::{AlertRecord, HistoryPoint, HistoryQuery},
 };
 
@@ -92,13 +93,62 @@ pub struct ClustersResponse {
     pub clusters: Vec<String>,
 }
 
+/// A member with what its node's agent reports about it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberView {
+    /// What the collector itself knows.
+    #[serde(flatten)]
+    pub member: MemberState,
+    /// The agent's mode on this member's node: `ebpf`, `ebpf-partial`, `client-only`, or
+    /// `none` when no agent reports this member.
+    pub agent_mode: String,
+    /// The kernel's view, when an agent reports this member.
+    pub kernel: Option<KernelView>,
+}
+
 /// `/api/v1/cluster/members`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MembersResponse {
     /// Cluster.
     pub cluster: String,
     /// Members.
-    pub members: Vec<MemberState>,
+    pub members: Vec<MemberView>,
+}
+
+/// One agent in `/api/v1/agents`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentView {
+    /// Node name.
+    pub node: String,
+    /// Current boot id.
+    pub boot_id: String,
+    /// `ebpf`, `ebpf-partial` or `client-only` (empty before its first status).
+    pub mode: String,
+    /// Why not full eBPF.
+    pub reason: String,
+    /// etcd members it traces (agent-side names).
+    pub members: Vec<String>,
+    /// Open Push streams.
+    pub connected_streams: u32,
+    /// Batches accepted.
+    pub batches: u64,
+    /// Events accepted.
+    pub events: u64,
+    /// Events lost in transit (sequence gaps), counted exactly.
+    pub lost_events: u64,
+    /// Batches lost in transit.
+    pub lost_batches: u64,
+    /// Batches refused as malformed.
+    pub rejected_batches: u64,
+    /// Last batch (Unix ms).
+    pub last_seen_ms: u64,
+}
+
+/// `/api/v1/agents`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentsResponse {
+    /// Every agent the collector has heard from.
+    pub agents: Vec<AgentView>,
 }
 
 /// `/api/v1/cluster/leader`.
@@ -163,6 +213,14 @@ pub struct MemberLatency {
     pub server: Option<ServerLatency>,
     /// Probe p99 above `--max-latency-ms`.
     pub degraded: bool,
+    /// etcd's own WAL fsync p95 (ms), from its histogram.
+    pub server_wal_fsync_p95_ms: Option<f64>,
+    /// etcd's own backend commit p95 (ms), from its histogram.
+    pub server_backend_commit_p95_ms: Option<f64>,
+    /// Agent mode on the member's node (`none` without an agent).
+    pub agent_mode: String,
+    /// Kernel-measured WAL/DB sync and write latency, bytes, peer RTT and retransmits.
+    pub kernel: Option<KernelView>,
 }
 
 /// `/api/v1/metrics/latency`.
@@ -316,10 +374,60 @@ pub async fn cluster_members(
 ) -> Result<Json<MembersResponse>, ApiError> {
     let Query(q) = q?;
     let s = pick(&state, q.cluster.as_deref())?.snapshot();
+    let registry = &state.pipeline.registry;
     Ok(Json(MembersResponse {
         cluster: s.cluster,
-        members: s.members,
+        members: s
+            .members
+            .into_iter()
+            .map(|member| {
+                let kernel = registry.kernel_view(&member);
+                MemberView {
+                    agent_mode: kernel
+                        .as_ref()
+                        .map_or_else(|| "none".to_string(), |k| k.agent_mode.clone()),
+                    kernel,
+                    member,
+                }
+            })
+            .collect(),
     }))
+}
+
+/// Every agent the collector has heard from, with its transit bookkeeping.
+#[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = AgentsResponse)))]
+pub async fn agents(State(state): State<AppState>) -> Json<AgentsResponse> {
+    let agents = state
+        .pipeline
+        .registry
+        .snapshot()
+        .into_iter()
+        .map(|r| {
+            let (mode, reason, members) = match &r.status {
+                Some((s, _)) => (
+                    s.mode.clone(),
+                    s.reason.clone(),
+                    s.members.iter().map(|m| m.name.clone()).collect(),
+                ),
+                None => (String::new(), String::new(), Vec::new()),
+            };
+            AgentView {
+                node: r.node,
+                boot_id: r.boot_id,
+                mode,
+                reason,
+                members,
+                connected_streams: r.connected_streams,
+                batches: r.batches,
+                events: r.events,
+                lost_events: r.lost_events,
+                lost_batches: r.lost_batches,
+                rejected_batches: r.rejected_batches,
+                last_seen_ms: r.last_seen_ms,
+            }
+        })
+        .collect();
+    Json(AgentsResponse { agents })
 }
 
 /// The leader of one cluster and its last changes.
@@ -386,15 +494,27 @@ pub async fn metrics_latency(
         members: s
             .members
             .into_iter()
-            .map(|m| MemberLatency {
-                member: ClusterState::member_label(&m),
-                degraded: [m.latency.read, m.latency.write]
-                    .iter()
-                    .flatten()
-                    .any(|q| q.p99_ms > max),
-                id: m.id,
-                probe: m.latency,
-                server: m.server.and_then(|s| s.server_latency),
+            .map(|m| {
+                let kernel = state.pipeline.registry.kernel_view(&m);
+                MemberLatency {
+                    member: ClusterState::member_label(&m),
+                    degraded: [m.latency.read, m.latency.write]
+                        .iter()
+                        .flatten()
+                        .any(|q| q.p99_ms > max),
+                    server_wal_fsync_p95_ms: m.server.as_ref().and_then(|s| s.wal_fsync_p95_ms),
+                    server_backend_commit_p95_ms: m
+                        .server
+                        .as_ref()
+                        .and_then(|s| s.backend_commit_p95_ms),
+                    agent_mode: kernel
+                        .as_ref()
+                        .map_or_else(|| "none".to_string(), |k| k.agent_mode.clone()),
+                    kernel,
+                    id: m.id,
+                    probe: m.latency,
+                    server: m.server.and_then(|s| s.server_latency),
+                }
             })
             .collect(),
     }))
@@ -520,7 +640,11 @@ pub async fn benchmark() -> Result<Json<()>, ApiError> {
 /// Prometheus exposition of every cluster plus self-metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = crate::exporter::render(&state.clusters, &state.telemetry);
+    let mut text = crate::exporter::render(&state.clusters, &state.telemetry);
+    text.push_str(&crate::ingest::metrics::render(
+        &state.clusters,
+        &state.pipeline,
+    ));
     (
         StatusCode::OK,
         [(
@@ -540,11 +664,6 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
 /// Known route, wrong method.
 pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
-}
-
-/// Interval helper for tests and docs: a duration in ms.
-pub fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -1,0 +1,416 @@
+//! Agent → collector pipeline end to end: real etcd, the real agent with eBPF, the real
+//! collector. The join, exact counts, peer attribution, Subscribe fan-out with a slow
+//! subscriber, malformed batches, a collector restart mid-load, and credentials.
+
+use std::{sync::Arc, time::Duration};
+
+use etcd_monitor_proto::v1::{
+    DiskOp, Event, EventBatch, ProcessEvent, SubscribeRequest,
+    agent_ingest_client::AgentIngestClient, event::Payload, event_stream_client::EventStreamClient,
+};
+use etcd_monitor_tests::{
+    AgentProcess, CollectorProcess, EtcdCluster, binary, free_port, http::prom_sum, is_root,
+    wait_for,
+};
+
+fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: the pipeline tests load eBPF programs and need root");
+    false
+}
+
+fn collector_args(cluster: &EtcdCluster, data: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        format!("--endpoints={}", cluster.endpoints()),
+        "--health-check-interval=1s".to_string(),
+        "--metrics-interval=1s".to_string(),
+        format!("--data-dir={}", data.display()),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn agent(
+    cluster: &EtcdCluster,
+    collector_grpc: &str,
+    extra: &[&str],
+) -> anyhow::Result<AgentProcess> {
+    let mut args = vec![
+        format!("--collector={collector_grpc}"),
+        "--node-name=node-a".to_string(),
+        "--status-interval=300ms".to_string(),
+        "--batch-interval=50ms".to_string(),
+        "--rescan-interval=1s".to_string(),
+        "--mode=ebpf".to_string(),
+        format!("--match={}", cluster.dir().display()),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&binary("etcd-monitor-agent")?, &args, cluster.dir(), |_| {})?;
+    let pids: Vec<u32> = cluster.members.iter().map(|m| m.pid()).collect();
+    agent.wait_tracking(&pids, Duration::from_secs(20))?;
+    Ok(agent)
+}
+
+fn members(collector: &CollectorProcess) -> anyhow::Result<Vec<serde_json::Value>> {
+    let (status, body) = collector.get_json("/api/v1/cluster/members")?;
+    anyhow::ensure!(status == 200, "members: {status} {body}");
+    Ok(body["members"].as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Result<()> {
+    if !require_root("members_join_counts_match_and_subscribers_get_joined_events") {
+        return Ok(());
+    }
+    let cluster = EtcdCluster::start3()?;
+    let data = tempfile::tempdir()?;
+    let collector = CollectorProcess::start(
+        &binary("etcd-monitor")?,
+        &collector_args(&cluster, data.path(), &["--subscriber-buffer=64"]),
+        cluster.dir(),
+    )?;
+    let agent = agent(&cluster, &collector.grpc_url, &[])?;
+
+    // Every member joined to its agent identity, in eBPF mode.
+    wait_for("all members joined", Duration::from_secs(20), || {
+        let m = members(&collector).ok()?;
+        (m.len() == 3
+            && m.iter()
+                .all(|m| m["agent_mode"] == "ebpf" && m["kernel"]["pid"].as_u64().is_some()))
+        .then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}\n{}", members(&collector), collector.log_text()))?;
+
+    // A fast subscriber for member0's WAL syncs, and one that never reads.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let member0 = cluster.members[0].name.clone();
+    let grpc = collector.grpc_url.clone();
+    let (fast_events, slow_stream) = runtime.block_on(async {
+        let mut client = EventStreamClient::connect(grpc.clone()).await?;
+        let fast = client
+            .subscribe(SubscribeRequest {
+                member: member0.clone(),
+                kinds: vec!["disk".into()],
+                ops: vec![DiskOp::Fdatasync as i32],
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let slow = client
+            .subscribe(SubscribeRequest::default())
+            .await?
+            .into_inner();
+        let received = Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
+        let sink = received.clone();
+        tokio::spawn(async move {
+            let mut fast = fast;
+            while let Some(Ok(e)) = tokio_stream::StreamExt::next(&mut fast).await {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(e);
+                }
+            }
+        });
+        anyhow::Ok((received, slow))
+    })?;
+
+    cluster.put_many("/pipeline/", 2000, 128)?;
+
+    // The collector's per-member kernel WAL counts equal the agent's own.
+    for m in &cluster.members {
+        wait_for(
+            &format!("{}: collector count == agent count", m.name),
+            Duration::from_secs(15),
+            || {
+                let agent_count = prom_sum(
+                    &agent.metrics().ok()?,
+                    "etcdmon_fsync_duration_seconds_count",
+                    &[("member", &m.name), ("file", "wal"), ("op", "fdatasync")],
+                )?;
+                let view = members(&collector)
+                    .ok()?
+                    .into_iter()
+                    .find(|v| v["name"] == m.name.as_str())?;
+                let collector_count = view["kernel"]["wal_fsync"]["count"].as_f64()?;
+                (agent_count > 100.0 && collector_count == agent_count).then_some(())
+            },
+        )?;
+    }
+    // Peer traffic attributed to member pairs, next to server-side values.
+    let names: Vec<&str> = cluster.members.iter().map(|m| m.name.as_str()).collect();
+    let view = members(&collector)?;
+    for m in &view {
+        let me = m["name"].as_str().unwrap_or_default();
+        let peers: Vec<&str> = m["kernel"]["peers"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|x| x["peer"].as_str()).collect())
+            .unwrap_or_default();
+        let mut want: Vec<&str> = names.iter().copied().filter(|n| *n != me).collect();
+        let mut got = peers.clone();
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want, "{me}'s peers");
+    }
+    let (_, latency) = collector.get_json("/api/v1/metrics/latency")?;
+    for m in latency["members"].as_array().cloned().unwrap_or_default() {
+        assert!(
+            m["kernel"]["wal_fsync"]["p99_ms"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "{m}"
+        );
+        assert!(
+            m["server_wal_fsync_p95_ms"].as_f64().is_some(),
+            "server-side value next to the kernel's: {m}"
+        );
+        assert_eq!(m["agent_mode"], "ebpf");
+    }
+    // Kernel series on the collector carry member id and leadership.
+    let text = collector.metrics()?;
+    let leader_series = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("etcdmon_fsync_duration_seconds_count{")
+                && l.contains("file=\"wal\"")
+                && l.contains("leader=\"true\"")
+        })
+        .count();
+    assert_eq!(
+        leader_series, 1,
+        "exactly one member is the leader:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("etcdmon_fsync_duration_seconds_bucket{")
+                && l.contains("member_id=\""))
+    );
+
+    // The fast subscriber got member0's syncs, joined; the slow one lags alone.
+    let got = wait_for("subscriber events", Duration::from_secs(10), || {
+        let v = fast_events.lock().ok()?;
+        (v.len() >= 50).then(|| v.clone())
+    })?;
+    assert!(
+        got.iter()
+            .all(|e| e.member == member0 && e.cluster == "default" && !e.member_id.is_empty())
+    );
+    assert!(
+        got.iter()
+            .all(|e| matches!(&e.payload, Some(Payload::Disk(d)) if d.op() == DiskOp::Fdatasync))
+    );
+    let lagged = wait_for(
+        "the idle subscriber to lag",
+        Duration::from_secs(10),
+        || {
+            let text = collector.metrics().ok()?;
+            prom_sum(&text, "etcdmon_subscriber_lagged_events_total", &[]).filter(|v| *v > 0.0)
+        },
+    )?;
+    eprintln!(
+        "fast subscriber: {} events; idle subscriber missed {lagged}",
+        got.len()
+    );
+    drop(slow_stream);
+    Ok(())
+}
+
+#[test]
+fn malformed_batches_are_refused_and_the_stream_stays_up() -> anyhow::Result<()> {
+    let cluster = EtcdCluster::start(etcd_monitor_tests::ClusterOptions {
+        members: 1,
+        ..Default::default()
+    })?;
+    let data = tempfile::tempdir()?;
+    let collector = CollectorProcess::start(
+        &binary("etcd-monitor")?,
+        &collector_args(&cluster, data.path(), &[]),
+        cluster.dir(),
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let event = || Event {
+        payload: Some(Payload::Process(ProcessEvent::default())),
+        ..Event::default()
+    };
+    let batch = |sequence: u64, offset: u64| EventBatch {
+        node: "fake-node".into(),
+        boot_id: "boot-1".into(),
+        sequence,
+        event_offset: offset,
+        events: vec![event(), event()],
+        ..EventBatch::default()
+    };
+    let mut bad = batch(2, 2);
+    bad.events[1].payload = None;
+    let ack = runtime.block_on(async {
+        let mut client = AgentIngestClient::connect(collector.grpc_url.clone()).await?;
+        let batches = vec![batch(1, 0), bad, batch(3, 4)];
+        anyhow::Ok(client.push(tokio_stream::iter(batches)).await?.into_inner())
+    })?;
+    assert_eq!(ack.rejected_batches, 1);
+    assert!(
+        ack.last_rejection.starts_with("INVALID_ARGUMENT")
+            && ack.last_rejection.contains("no payload"),
+        "{}",
+        ack.last_rejection
+    );
+    assert_eq!(
+        ack.accepted_batches, 2,
+        "the batch after the bad one was taken"
+    );
+    assert_eq!(ack.last_sequence, 3);
+    let (_, agents) = collector.get_json("/api/v1/agents")?;
+    let a = &agents["agents"][0];
+    assert_eq!(a["node"], "fake-node");
+    assert_eq!(a["rejected_batches"], 1);
+    assert_eq!(a["lost_batches"], 1, "the refused batch is a gap: {a}");
+    assert_eq!(a["lost_events"], 2);
+    Ok(())
+}
+
+#[test]
+fn collector_restart_mid_load_loses_nothing_silently() -> anyhow::Result<()> {
+    if !require_root("collector_restart_mid_load_loses_nothing_silently") {
+        return Ok(());
+    }
+    let cluster = EtcdCluster::start3()?;
+    let data = tempfile::tempdir()?;
+    let (port, grpc_port) = (free_port()?, free_port()?);
+    let bin = binary("etcd-monitor")?;
+    let args = collector_args(&cluster, data.path(), &[]);
+    let collector = CollectorProcess::start_on(&bin, &args, cluster.dir(), port, grpc_port)?;
+    let agent = agent(&cluster, &collector.grpc_url, &[])?;
+    wait_for("agent connected", Duration::from_secs(15), || {
+        let (_, a) = collector.get_json("/api/v1/agents").ok()?;
+        (a["agents"][0]["connected_streams"] == 1).then_some(())
+    })?;
+
+    // Load in the background while the collector is killed and started again.
+    let endpoints = cluster.endpoints();
+    let load = std::thread::spawn(move || {
+        etcd_monitor_tests::load::put_many(&endpoints, "/restart/", 3000, 64)
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    collector.process.signal(libc::SIGKILL)?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        agent.health()?["status"],
+        "ok",
+        "the agent keeps going without a collector"
+    );
+    let collector = CollectorProcess::start_on(&bin, &args, cluster.dir(), port, grpc_port)?;
+    load.join()
+        .map_err(|_| anyhow::anyhow!("load panicked"))??;
+
+    // Every event the agent batched either arrived (at either collector) or is counted lost.
+    let (accounted, lost) = wait_for("all events accounted for", Duration::from_secs(30), || {
+        let batched = prom_sum(
+            &agent.metrics().ok()?,
+            "etcdmon_agent_events_batched_total",
+            &[],
+        )?;
+        let (_, a) = collector.get_json("/api/v1/agents").ok()?;
+        let a = &a["agents"][0];
+        let (events, lost) = (a["events"].as_f64()?, a["lost_events"].as_f64()?);
+        (a["connected_streams"] == 1 && events + lost == batched && batched > 0.0)
+            .then_some((events + lost, lost))
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: agent {:?}, collector {:?}",
+            agent
+                .metrics()
+                .map(|t| prom_sum(&t, "etcdmon_agent_events_batched_total", &[])),
+            collector.get_json("/api/v1/agents")
+        )
+    })?;
+    let reconnects =
+        prom_sum(&agent.metrics()?, "etcdmon_agent_reconnects_total", &[]).unwrap_or(0.0);
+    assert!(reconnects >= 1.0, "the agent reconnected by itself");
+    assert_eq!(
+        prom_sum(
+            &agent.metrics()?,
+            "etcdmon_events_dropped_total",
+            &[("stage", "agent_queue")]
+        ),
+        Some(0.0)
+    );
+    let text = collector.metrics()?;
+    assert_eq!(
+        prom_sum(
+            &text,
+            "etcdmon_events_dropped_total",
+            &[("stage", "grpc"), ("node", "node-a")]
+        ),
+        Some(lost)
+    );
+    eprintln!(
+        "{accounted} events accounted for across the restart, {lost} lost in transit (counted)"
+    );
+    Ok(())
+}
+
+#[test]
+fn wrong_or_missing_token_is_unauthenticated() -> anyhow::Result<()> {
+    let cluster = EtcdCluster::start(etcd_monitor_tests::ClusterOptions {
+        members: 1,
+        ..Default::default()
+    })?;
+    let data = tempfile::tempdir()?;
+    let token_file = data.path().join("token");
+    std::fs::write(&token_file, "s3cret\n")?;
+    let token_flag = format!("--grpc-token-file={}", token_file.display());
+    let collector = CollectorProcess::start(
+        &binary("etcd-monitor")?,
+        &collector_args(&cluster, data.path(), &[&token_flag]),
+        cluster.dir(),
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (without, wrong, right) = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(collector.grpc_url.clone())?
+            .connect()
+            .await?;
+        let subscribe = |token: Option<&'static str>| {
+            let channel = channel.clone();
+            async move {
+                let mut req = tonic::Request::new(SubscribeRequest::default());
+                if let Some(t) = token {
+                    req.metadata_mut()
+                        .insert("authorization", t.parse().expect("ascii"));
+                }
+                EventStreamClient::new(channel)
+                    .subscribe(req)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| s.code())
+            }
+        };
+        anyhow::Ok((
+            subscribe(None).await,
+            subscribe(Some("Bearer nope")).await,
+            subscribe(Some("Bearer s3cret")).await,
+        ))
+    })?;
+    assert_eq!(without, Err(tonic::Code::Unauthenticated));
+    assert_eq!(wrong, Err(tonic::Code::Unauthenticated));
+    assert_eq!(right, Ok(()));
+    assert_eq!(
+        prom_sum(
+            &collector.metrics()?,
+            "etcdmon_ingest_unauthenticated_total",
+            &[]
+        ),
+        Some(2.0)
+    );
+    Ok(())
+}
