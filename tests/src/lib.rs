@@ -7,6 +7,7 @@ pub mod collector;
 pub mod http;
 pub mod load;
 pub mod process;
+pub mod tls;
 
 pub use agent::AgentProcess;
 pub use cluster::{ClientTls, ClusterOptions, EtcdCluster, Member};

@@ -119,6 +119,16 @@ fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Resu
         anyhow::Ok((received, slow))
     })?;
 
+    // member0's WAL syncs counted by the agent from now on: the fast subscriber must get them all.
+    let wal0 = |text: &str| {
+        prom_sum(
+            text,
+            "etcdmon_fsync_duration_seconds_count",
+            &[("member", &member0), ("file", "wal"), ("op", "fdatasync")],
+        )
+        .unwrap_or(0.0)
+    };
+    let baseline = wal0(&agent.metrics()?);
     cluster.put_many("/pipeline/", 2000, 128)?;
 
     // The collector's per-member kernel WAL counts equal the agent's own.
@@ -191,9 +201,20 @@ fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Resu
     );
 
     // The fast subscriber got member0's syncs, joined; the slow one lags alone.
-    let got = wait_for("subscriber events", Duration::from_secs(10), || {
-        let v = fast_events.lock().ok()?;
-        (v.len() >= 50).then(|| v.clone())
+    let synced = wal0(&agent.metrics()?) - baseline;
+    let got = wait_for(
+        "every member0 WAL sync at the fast subscriber",
+        Duration::from_secs(10),
+        || {
+            let v = fast_events.lock().ok()?;
+            (v.len() as f64 >= synced && synced > 100.0).then(|| v.clone())
+        },
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: {synced} synced, {} received",
+            fast_events.lock().map(|v| v.len()).unwrap_or(0)
+        )
     })?;
     assert!(
         got.iter()
@@ -412,5 +433,229 @@ fn wrong_or_missing_token_is_unauthenticated() -> anyhow::Result<()> {
         ),
         Some(2.0)
     );
+    Ok(())
+}
+
+#[test]
+fn watched_prefixes_reach_subscribers_once_across_an_etcd_restart() -> anyhow::Result<()> {
+    let mut cluster = EtcdCluster::start(etcd_monitor_tests::ClusterOptions {
+        members: 1,
+        ..Default::default()
+    })?;
+    let data = tempfile::tempdir()?;
+    let collector = CollectorProcess::start(
+        &binary("etcd-monitor")?,
+        &collector_args(
+            &cluster,
+            data.path(),
+            &["--watch-prefix=/watched/", "--watch-prev-kv"],
+        ),
+        cluster.dir(),
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let received = Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
+    let sink = received.clone();
+    let grpc = collector.grpc_url.clone();
+    runtime.block_on(async {
+        let mut client = EventStreamClient::connect(grpc).await?;
+        let mut stream = client
+            .subscribe(SubscribeRequest {
+                kinds: vec!["watch".into()],
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        tokio::spawn(async move {
+            while let Some(Ok(e)) = tokio_stream::StreamExt::next(&mut stream).await {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(e);
+                }
+            }
+        });
+        anyhow::Ok(())
+    })?;
+    // Let the watch start before writing.
+    wait_for("the watch to start", Duration::from_secs(10), || {
+        collector
+            .log_text()
+            .contains("Watching prefix")
+            .then_some(())
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.etcdctl(&["put", "/watched/a", "one"])?;
+    cluster.etcdctl(&["put", "/watched/a", "two"])?;
+    cluster.etcdctl(&["put", "/other/b", "ignored"])?;
+    cluster.etcdctl(&["del", "/watched/a"])?;
+    wait_for("3 watch events", Duration::from_secs(10), || {
+        (received.lock().ok()?.len() >= 3).then_some(())
+    })?;
+
+    // etcd restarts: the watch breaks and resumes after the last revision it saw.
+    cluster.members[0].restart()?;
+    wait_for("etcd back", Duration::from_secs(30), || {
+        cluster.members[0].healthy().then_some(())
+    })?;
+    for i in 0..5 {
+        cluster.etcdctl(&["put", &format!("/watched/k{i}"), "v"])?;
+    }
+    let events = wait_for("8 watch events", Duration::from_secs(20), || {
+        let v = received.lock().ok()?;
+        (v.len() >= 8).then(|| v.clone())
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: got {:?}\n{}",
+            received.lock().map(|v| v.len()),
+            collector.log_text()
+        )
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let events_now = received.lock().map(|v| v.len()).unwrap_or(0);
+    assert_eq!(events_now, 8, "no duplicates after the resume");
+    let watch: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Some(Payload::Watch(w)) => Some(w.clone()),
+            _ => None,
+        })
+        .collect();
+    let revisions: Vec<i64> = watch.iter().map(|w| w.mod_revision).collect();
+    assert!(
+        revisions.windows(2).all(|r| r[1] > r[0]),
+        "revisions strictly increase: {revisions:?}"
+    );
+    assert!(
+        watch
+            .iter()
+            .all(|w| w.key.starts_with(b"/watched/") && w.prefix == "/watched/")
+    );
+    assert_eq!(
+        watch[1].prev_value,
+        b"one".to_vec(),
+        "previous value on request"
+    );
+    assert_eq!(
+        watch[2].r#type,
+        etcd_monitor_proto::v1::watch_event::Type::Delete as i32
+    );
+    assert!(events.iter().all(|e| e.cluster == "default"));
+    let text = collector.metrics()?;
+    assert_eq!(
+        prom_sum(
+            &text,
+            "etcdmon_watch_events_total",
+            &[("prefix", "/watched/"), ("type", "put")]
+        ),
+        Some(7.0)
+    );
+    assert_eq!(
+        prom_sum(
+            &text,
+            "etcdmon_watch_events_total",
+            &[("prefix", "/watched/"), ("type", "delete")]
+        ),
+        Some(1.0)
+    );
+    assert!(prom_sum(&text, "etcdmon_watch_resumes_total", &[]).is_some_and(|n| n >= 1.0));
+    Ok(())
+}
+
+#[test]
+fn agents_ship_over_mutual_tls_and_uncertified_ones_are_refused() -> anyhow::Result<()> {
+    let cluster = EtcdCluster::start(etcd_monitor_tests::ClusterOptions {
+        members: 1,
+        ..Default::default()
+    })?;
+    let data = tempfile::tempdir()?;
+    let tls = etcd_monitor_tests::tls::make_tls(data.path(), "grpc")?;
+    let server = [
+        format!("--grpc-cert-file={}", tls.server_cert_file.display()),
+        format!("--grpc-key-file={}", tls.server_key_file.display()),
+        format!("--grpc-client-ca-file={}", tls.ca_file.display()),
+    ];
+    let server: Vec<&str> = server.iter().map(String::as_str).collect();
+    let collector = CollectorProcess::start(
+        &binary("etcd-monitor")?,
+        &collector_args(&cluster, data.path(), &server),
+        cluster.dir(),
+    )?;
+    let https = collector.grpc_url.replace("http://", "https://");
+    let client_only = |node: &str, extra: Vec<String>| -> anyhow::Result<AgentProcess> {
+        let mut args = vec![
+            format!("--collector={https}"),
+            format!("--node-name={node}"),
+            "--mode=client-only".to_string(),
+            "--status-interval=300ms".to_string(),
+            format!("--collector-ca-file={}", tls.ca_file.display()),
+            format!("--match={}", cluster.dir().display()),
+        ];
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        AgentProcess::start(&binary("etcd-monitor-agent")?, &args, cluster.dir(), |_| {})
+    };
+    let trusted = client_only(
+        "trusted",
+        vec![
+            format!("--collector-cert-file={}", tls.client_cert_file.display()),
+            format!("--collector-key-file={}", tls.client_key_file.display()),
+        ],
+    )?;
+    let stranger = client_only("stranger", vec![])?;
+    wait_for(
+        "the trusted agent's status",
+        Duration::from_secs(15),
+        || {
+            let (_, a) = collector.get_json("/api/v1/agents").ok()?;
+            a["agents"]
+                .as_array()?
+                .iter()
+                .any(|a| {
+                    a["node"] == "trusted"
+                        && a["mode"] == "client-only"
+                        && a["connected_streams"] == 1
+                })
+                .then_some(())
+        },
+    )?;
+    wait_for("the stranger to retry", Duration::from_secs(15), || {
+        prom_sum(
+            &stranger.metrics().ok()?,
+            "etcdmon_agent_reconnects_total",
+            &[],
+        )
+        .filter(|n| *n >= 2.0)
+    })?;
+    let (_, a) = collector.get_json("/api/v1/agents")?;
+    assert!(
+        !a["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["node"] == "stranger"),
+        "no certificate, no entry: {a}"
+    );
+    assert_eq!(
+        prom_sum(
+            &trusted.metrics()?,
+            "etcdmon_agent_collector_connected",
+            &[]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        prom_sum(
+            &stranger.metrics()?,
+            "etcdmon_agent_collector_connected",
+            &[]
+        ),
+        Some(0.0)
+    );
+    // The member list shows the trusted agent's mode for the member it found.
+    wait_for("member agent mode", Duration::from_secs(10), || {
+        (members(&collector).ok()?.first()?["agent_mode"] == "client-only").then_some(())
+    })?;
     Ok(())
 }
