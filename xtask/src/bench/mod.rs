@@ -1,6 +1,7 @@
 //! `cargo xtask bench <which>`: figures reported as ratios measured in one run.
 
 mod agent_overhead;
+mod collector;
 
 use clap::Subcommand;
 
@@ -20,6 +21,13 @@ pub enum Which {
         #[arg(long)]
         on_disk: bool,
     },
+    /// wrk against the collector's /api/v1/cluster/status and /metrics while it watches a
+    /// 3-member cluster, then a CPU/RSS soak.
+    Collector {
+        /// Soak length in seconds.
+        #[arg(long, default_value_t = 600)]
+        soak_secs: u64,
+    },
 }
 
 /// Runs one benchmark.
@@ -30,5 +38,8 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             seconds,
             on_disk,
         } => agent_overhead::run(rounds, seconds, on_disk),
+        Which::Collector { soak_secs } => {
+            collector::run(&crate::cmd::root(), std::time::Duration::from_secs(soak_secs))
+        }
     }
 }
