@@ -2,6 +2,7 @@
 
 mod agent_overhead;
 mod collector;
+mod pipeline;
 
 use clap::Subcommand;
 
@@ -28,6 +29,13 @@ pub enum Which {
         #[arg(long, default_value_t = 600)]
         soak_secs: u64,
     },
+    /// Synthetic events through the agent's shipping code into the collector: events/s with
+    /// zero drops, CPU per million events, and the ring buffer's own limit.
+    Pipeline {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
 }
 
 /// Runs one benchmark.
@@ -38,8 +46,10 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             seconds,
             on_disk,
         } => agent_overhead::run(rounds, seconds, on_disk),
-        Which::Collector { soak_secs } => {
-            collector::run(&crate::cmd::root(), std::time::Duration::from_secs(soak_secs))
-        }
+        Which::Pipeline { seconds } => pipeline::run(seconds),
+        Which::Collector { soak_secs } => collector::run(
+            &crate::cmd::root(),
+            std::time::Duration::from_secs(soak_secs),
+        ),
     }
 }
