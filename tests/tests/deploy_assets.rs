@@ -1128,3 +1128,52 @@ fn a_broken_expression_is_caught() -> anyhow::Result<()> {
     ensure!(promtool_check_rules(&promtool, &path).is_err());
     Ok(())
 }
+
+// --- Dockerfiles (no engine here: their structure only) -----------------------------------
+
+#[test]
+fn dockerfiles_are_multi_stage_with_the_right_toolchains() -> anyhow::Result<()> {
+    for (file, binary, needs) in [
+        (
+            "docker/Dockerfile.collector",
+            "etcd-monitor",
+            &["protobuf-compiler"][..],
+        ),
+        (
+            "docker/Dockerfile.agent",
+            "etcd-monitor-agent",
+            &[
+                "nightly",
+                "rust-src",
+                "bpf-linker",
+                "llvm-22-dev",
+                "LLVM_PREFIX=/usr/lib/llvm-22",
+                "protobuf-compiler",
+            ][..],
+        ),
+    ] {
+        let text = read(&deploy(file))?;
+        let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+        ensure!(
+            froms.len() == 2
+                && froms[0].contains(" AS builder")
+                && froms[1] == "FROM debian:bookworm-slim",
+            "{file}: a builder stage and a debian:bookworm-slim runtime: {froms:?}"
+        );
+        for needed in needs {
+            ensure!(text.contains(needed), "{file}: no {needed}");
+        }
+        ensure!(
+            text.contains(&format!("cargo build --release --locked -p {binary}"))
+                && text.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{binary}\"]")),
+            "{file}: must build and run {binary}"
+        );
+        let ignore = deploy(&format!("{file}.dockerignore"));
+        ensure!(
+            read(&ignore)?.lines().any(|l| l.trim() == "target"),
+            "{}: keep target/ out of the build context",
+            ignore.display()
+        );
+    }
+    Ok(())
+}
