@@ -4,6 +4,7 @@
 mod bench;
 mod cmd;
 mod setup;
+mod setup_deploy;
 mod test;
 
 use clap::{Parser, Subcommand};

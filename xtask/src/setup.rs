@@ -164,6 +164,7 @@ pub fn run() -> anyhow::Result<()> {
     let start = Instant::now();
     apt_packages()?;
     rust_parts()?;
+    crate::setup_deploy::ensure()?;
     tracefs();
     eprintln!(
         "xtask: setup: done in {:.1}s",
