@@ -239,13 +239,24 @@ impl<'a> Resolver<'a> {
     /// The name of the remote end: a traced member on this host, a member named in
     /// `--initial-cluster` by address and port, or `ip:port`.
     pub fn remote(&self, key: &ConnKey) -> String {
+        self.resolve_remote(key).0
+    }
+
+    /// The remote end's name and whether it is certain (a member, not just an address).
+    ///
+    /// Without a member to name, an outbound connection is named by the remote listener
+    /// (`ip:port`), an inbound one by the remote IP alone: its port is ephemeral, and a label
+    /// per ephemeral port would grow without bound.
+    pub fn resolve_remote(&self, key: &ConnKey) -> (String, bool) {
         if let Some(m) = self
             .member_listening_on(key.dport)
             .or_else(|| self.owner_of(key.dport, key.sport))
         {
-            return m.name.clone();
+            return (m.name.clone(), true);
         }
         let ip = addr(&key.daddr);
+        let inbound = self.member_listening_on(key.sport).is_some();
+        let mut by_ip = Vec::new();
         for (_, m) in &self.members {
             for (name, url) in &m.initial_cluster {
                 let host = url
@@ -253,14 +264,29 @@ impl<'a> Resolver<'a> {
                     .map_or(url.as_str(), |(_, r)| r)
                     .rsplit_once(':')
                     .map(|(h, _)| h.trim_matches(['[', ']']));
-                if url_port(url) == Some(key.dport)
-                    && host.and_then(|h| h.parse::<IpAddr>().ok()) == Some(ip)
-                {
-                    return name.clone();
+                if host.and_then(|h| h.parse::<IpAddr>().ok()) != Some(ip) {
+                    continue;
+                }
+                if url_port(url) == Some(key.dport) {
+                    return (name.clone(), true);
+                }
+                if !by_ip.contains(name) {
+                    by_ip.push(name.clone());
                 }
             }
         }
-        format!("{ip}:{}", key.dport)
+        if inbound {
+            // Only one member lives at that address: it dialed us.
+            let others: Vec<&String> = by_ip
+                .iter()
+                .filter(|n| Some(n.as_str()) != self.local(key).map(|m| m.name.as_str()))
+                .collect();
+            if let [only] = others.as_slice() {
+                return ((*only).clone(), true);
+            }
+            return (ip.to_string(), false);
+        }
+        (format!("{ip}:{}", key.dport), false)
     }
 
     /// Established connections on each member's client ports.
@@ -296,6 +322,8 @@ pub fn addr(bytes: &[u8; 16]) -> IpAddr {
 #[derive(Debug, Default)]
 pub struct NetState {
     retired: BTreeMap<(String, String), PeerTotals>,
+    /// Remote names resolved while both ends were alive, kept for when they no longer are.
+    names: HashMap<ConnKey, String>,
 }
 
 impl NetState {
@@ -325,12 +353,20 @@ impl NetState {
                 }
                 continue;
             };
-            let pair = (local.name.clone(), resolver.remote(key));
+            let remote = match resolver.resolve_remote(key) {
+                (name, true) => {
+                    self.names.insert(*key, name.clone());
+                    name
+                }
+                (fallback, false) => self.names.get(key).cloned().unwrap_or(fallback),
+            };
+            let pair = (local.name.clone(), remote);
             let totals = snapshot.peers.entry(pair.clone()).or_default();
             totals.retransmits += stats.retransmits;
             totals.rx_bytes += stats.rx_bytes;
             totals.tx_bytes += stats.tx_acked_bytes;
             if stats.closed != 0 {
+                self.names.remove(key);
                 let kept = self.retired.entry(pair).or_default();
                 kept.retransmits += stats.retransmits;
                 kept.rx_bytes += stats.rx_bytes;
@@ -340,6 +376,8 @@ impl NetState {
                 totals.srtt_us = totals.srtt_us.max(stats.srtt_last_us);
             }
         }
+        // Forget names of connections the kernel no longer has (closed or evicted).
+        self.names.retain(|k, _| conns.iter().any(|(c, _)| c == k));
         for (member, open) in resolver.open_client_connections() {
             snapshot.clients.entry(member).or_default().open = open;
         }

@@ -156,15 +156,37 @@ fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Resu
     let view = members(&collector)?;
     for m in &view {
         let me = m["name"].as_str().unwrap_or_default();
-        let peers: Vec<&str> = m["kernel"]["peers"]
-            .as_array()
-            .map(|p| p.iter().filter_map(|x| x["peer"].as_str()).collect())
-            .unwrap_or_default();
-        let mut want: Vec<&str> = names.iter().copied().filter(|n| *n != me).collect();
-        let mut got = peers.clone();
-        want.sort_unstable();
-        got.sort_unstable();
-        assert_eq!(got, want, "{me}'s peers");
+        let peers = m["kernel"]["peers"].as_array().cloned().unwrap_or_default();
+        let bytes = |p: &serde_json::Value| {
+            p["bytes_sent"].as_f64().unwrap_or(0.0) + p["bytes_received"].as_f64().unwrap_or(0.0)
+        };
+        for other in names.iter().filter(|n| **n != me) {
+            assert!(
+                peers
+                    .iter()
+                    .any(|p| p["peer"] == *other && p["rtt_ms"].as_f64().is_some_and(|r| r > 0.0)),
+                "{me} -> {other} missing: {peers:?}"
+            );
+        }
+        // Connections that closed before both ends could be seen are named by address only
+        // (never by an ephemeral port), and carry almost nothing.
+        let total: f64 = peers.iter().map(bytes).sum();
+        let named: f64 = peers
+            .iter()
+            .filter(|p| names.iter().any(|n| p["peer"] == *n))
+            .map(bytes)
+            .sum();
+        for p in &peers {
+            let label = p["peer"].as_str().unwrap_or_default();
+            assert!(
+                names.contains(&label) || !label.contains(':'),
+                "{me}: peer label {label} carries a port"
+            );
+        }
+        assert!(
+            named >= 0.95 * total,
+            "{me}: only {named} of {total} peer bytes attributed to members"
+        );
     }
     let (_, latency) = collector.get_json("/api/v1/metrics/latency")?;
     for m in latency["members"].as_array().cloned().unwrap_or_default() {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cmd;
+mod demo;
 mod setup;
 mod setup_deploy;
 mod test;
@@ -30,6 +31,16 @@ enum Command {
     },
     /// fmt --check and clippy -D warnings (host and BPF target).
     Lint,
+    /// A local 3-member etcd cluster (client ports 2379, 22379, 32379), the agent with eBPF,
+    /// the collector and a small load, until Ctrl-C; prints the URLs.
+    Demo {
+        /// Stop by itself after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// No background load.
+        #[arg(long)]
+        no_load: bool,
+    },
     /// Run a benchmark and print its figures.
     Bench {
         #[command(subcommand)]
@@ -43,6 +54,9 @@ fn main() -> std::process::ExitCode {
         Command::Setup => setup::run(),
         Command::Test { no_setup } => test::run(!no_setup),
         Command::Lint => test::lint(),
+        Command::Demo { seconds, no_load } => {
+            demo::run(seconds.map(std::time::Duration::from_secs), !no_load)
+        }
         Command::Bench { which } => bench::run(which),
     };
     match result {

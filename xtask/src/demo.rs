@@ -1,0 +1,199 @@
+//! `cargo xtask demo`: a local 3-member etcd cluster (client ports 2379, 22379, 32379), the
+//! agent with eBPF, the collector, and a small write/read load, until Ctrl-C. Everything it
+//! starts is stopped and its scratch directory removed on the way out.
+
+use std::{
+    path::Path,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use base64::Engine as _;
+use etcd_monitor_tests::{process::ChildGuard, wait_for};
+
+use crate::cmd::{root, run_with};
+
+const MEMBERS: [(&str, u16, u16); 3] = [
+    ("etcd-1", 2379, 2380),
+    ("etcd-2", 22379, 22380),
+    ("etcd-3", 32379, 32380),
+];
+
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn healthy(port: u16) -> bool {
+    etcd_monitor_tests::http::get(&format!("http://127.0.0.1:{port}/health"))
+        .map(|r| r.status == 200 && r.body.contains("true"))
+        .unwrap_or(false)
+}
+
+fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> anyhow::Result<ChildGuard> {
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("RUST_LOG", "info");
+    ChildGuard::spawn(name, cmd, &dir.join(format!("{name}.log")))
+}
+
+/// Runs the demo until Ctrl-C (or for `duration`, when given).
+pub fn run(duration: Option<Duration>, with_load: bool) -> anyhow::Result<()> {
+    crate::setup::run()?;
+    run_with(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "etcd-monitor",
+        "-p",
+        "etcd-monitor-agent",
+        "--bin",
+        "etcd-monitor",
+        "--bin",
+        "etcd-monitor-agent",
+    ]))?;
+    for port in [2379, 2380, 22379, 22380, 32379, 32380, 8080, 9464, 9465] {
+        anyhow::ensure!(
+            port_free(port),
+            "port {port} is in use; stop whatever holds it (another demo?) and try again"
+        );
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("etcd-monitor-demo-")
+        .tempdir()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc_handler(move || stop.store(true, Ordering::Relaxed))?;
+    }
+    let cluster: Vec<String> = MEMBERS
+        .iter()
+        .map(|(n, _, p)| format!("{n}=http://127.0.0.1:{p}"))
+        .collect();
+    let mut children = Vec::new();
+    for (name, client, peer) in MEMBERS {
+        let args = vec![
+            format!("--name={name}"),
+            format!("--data-dir={}", dir.path().join(name).display()),
+            format!("--listen-client-urls=http://127.0.0.1:{client}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-cluster={}", cluster.join(",")),
+            "--initial-cluster-token=etcd-monitor-demo".to_string(),
+            "--initial-cluster-state=new".to_string(),
+        ];
+        children.push(spawn(name, Path::new("etcd"), &args, dir.path())?);
+    }
+    for (name, client, _) in MEMBERS {
+        wait_for(&format!("{name} healthy"), Duration::from_secs(30), || {
+            healthy(client).then_some(())
+        })?;
+    }
+    let release = root().join("target/release");
+    let endpoints = MEMBERS
+        .iter()
+        .map(|(_, c, _)| format!("http://127.0.0.1:{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    children.push(spawn(
+        "collector",
+        &release.join("etcd-monitor"),
+        &[
+            format!("--endpoints={endpoints}"),
+            "--health-check-interval=5s".to_string(),
+            "--metrics-interval=5s".to_string(),
+            format!("--data-dir={}", dir.path().join("collector").display()),
+        ],
+        dir.path(),
+    )?);
+    wait_for("collector", Duration::from_secs(30), || {
+        etcd_monitor_tests::http::get("http://127.0.0.1:8080/health")
+            .ok()
+            .filter(|r| r.status == 200)
+    })?;
+    children.push(spawn(
+        "agent",
+        &release.join("etcd-monitor-agent"),
+        &[
+            "--collector=http://127.0.0.1:9464".to_string(),
+            "--node-name=demo-node".to_string(),
+            format!("--match={}", dir.path().display()),
+        ],
+        dir.path(),
+    )?);
+    wait_for("agent", Duration::from_secs(30), || {
+        etcd_monitor_tests::http::get("http://127.0.0.1:9465/healthz")
+            .ok()
+            .filter(|r| r.status == 200)
+    })?;
+    let mode =
+        etcd_monitor_tests::http::get("http://127.0.0.1:9465/healthz")?.json()?["mode"].clone();
+    println!("\netcd-monitor demo is running (agent mode: {mode}); Ctrl-C stops everything.\n");
+    println!("  etcd members        {endpoints}");
+    println!(
+        "  collector REST      http://127.0.0.1:8080/api/v1/cluster/status   (OpenAPI: /api/v1/openapi.json)"
+    );
+    println!("  members + kernel    http://127.0.0.1:8080/api/v1/cluster/members");
+    println!("  collector metrics   http://127.0.0.1:8080/metrics");
+    println!("  agent               http://127.0.0.1:9465/metrics  and /healthz");
+    println!(
+        "  event stream (gRPC) 127.0.0.1:9464  (grpcurl -plaintext 127.0.0.1:9464 etcdmon.v1.EventStream/Subscribe)"
+    );
+    println!("  logs                {}\n", dir.path().display());
+
+    let started = std::time::Instant::now();
+    let mut i: u64 = 0;
+    while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed() < d) {
+        if with_load {
+            let (_, port, _) = MEMBERS[(i % 3) as usize];
+            let key = etcd_monitor_tests::http::post_json(
+                &format!("http://127.0.0.1:{port}/v3/kv/put"),
+                &format!(
+                    r#"{{"key":"{}","value":"ZGVtbw=="}}"#,
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("/demo/key-{}", i % 1000))
+                ),
+            );
+            if key.is_err() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            i += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("Stopping…");
+    for mut child in children.into_iter().rev() {
+        let _ = child.terminate(Duration::from_secs(5));
+    }
+    let path = dir.path().to_path_buf();
+    dir.close()
+        .with_context(|| format!("removing {}", path.display()))?;
+    println!("Stopped; removed {}.", path.display());
+    Ok(())
+}
+
+/// Calls `f` on SIGINT or SIGTERM.
+fn ctrlc_handler(f: impl Fn() + Send + 'static) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            f();
+        });
+    });
+    Ok(())
+}
