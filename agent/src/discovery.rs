@@ -83,8 +83,11 @@ mod tests {
     fn pattern_matches_command_lines_but_never_ourselves() {
         let proc = ProcFs::new("/proc");
         let marker = format!("etcdmon-discovery-test-{}", std::process::id());
+        // `read` is a shell builtin, so the shell never forks a child that would briefly show
+        // the same command line.
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 30", &marker])
+            .args(["-c", "read _", &marker])
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .expect("spawn sh");
         let matcher = Matcher::new(Some(Regex::new(&marker).expect("regex")));

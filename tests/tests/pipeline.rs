@@ -69,7 +69,7 @@ fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Resu
     let data = tempfile::tempdir()?;
     let collector = CollectorProcess::start(
         &binary("etcd-monitor")?,
-        &collector_args(&cluster, data.path(), &["--subscriber-buffer=64"]),
+        &collector_args(&cluster, data.path(), &["--subscriber-buffer=2048"]),
         cluster.dir(),
     )?;
     let agent = agent(&cluster, &collector.grpc_url, &[])?;
@@ -84,7 +84,8 @@ fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Resu
     })
     .map_err(|e| anyhow::anyhow!("{e}: {:?}\n{}", members(&collector), collector.log_text()))?;
 
-    // A fast subscriber for member0's WAL syncs, and one that never reads.
+    // A fast subscriber for member0's WAL syncs, and one that never reads. Each has room for
+    // two full agent batches (1024 events each), so only the one that never reads falls behind.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -102,7 +103,15 @@ fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Resu
             })
             .await?
             .into_inner();
-        let slow = client
+        // The idle subscriber's own connection takes little in flight (16 KiB windows), so not
+        // reading really backs up to the collector instead of into client-side buffers.
+        let idle_channel = tonic::transport::Endpoint::from_shared(grpc.clone())?
+            .initial_stream_window_size(Some(16 * 1024))
+            .initial_connection_window_size(Some(16 * 1024))
+            .http2_adaptive_window(false)
+            .connect()
+            .await?;
+        let slow = EventStreamClient::new(idle_channel)
             .subscribe(SubscribeRequest::default())
             .await?
             .into_inner();
@@ -246,14 +255,23 @@ fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Resu
         got.iter()
             .all(|e| matches!(&e.payload, Some(Payload::Disk(d)) if d.op() == DiskOp::Fdatasync))
     );
-    let lagged = wait_for(
-        "the idle subscriber to lag",
-        Duration::from_secs(10),
-        || {
-            let text = collector.metrics().ok()?;
-            prom_sum(&text, "etcdmon_subscriber_lagged_events_total", &[]).filter(|v| *v > 0.0)
-        },
-    )?;
+    // More load until the subscriber that never reads has missed events (its buffer holds 2048).
+    let mut lagged = 0.0;
+    for round in 0..10 {
+        lagged = prom_sum(
+            &collector.metrics()?,
+            "etcdmon_subscriber_lagged_events_total",
+            &[],
+        )
+        .unwrap_or(0.0);
+        if lagged > 0.0 {
+            break;
+        }
+        cluster.put_many(&format!("/pipeline-more-{round}/"), 1000, 128)?;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(lagged > 0.0, "the idle subscriber's lag is counted");
+    assert_eq!(collector.get_json("/health")?.0, 200, "ingest goes on");
     eprintln!(
         "fast subscriber: {} events; idle subscriber missed {lagged}",
         got.len()
