@@ -5,7 +5,7 @@ mod common;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use etcd_monitor_tests::{AgentProcess, EtcdCluster, http::prom_sum, wait_for};
+use etcd_monitor_tests::{http::prom_sum, wait_for};
 
 fn label_pairs(text: &str, metric: &str) -> BTreeSet<(String, String)> {
     text.lines()
@@ -23,22 +23,7 @@ fn peer_traffic_is_attributed_to_member_pairs() -> anyhow::Result<()> {
     if !common::require_root("peer_traffic_is_attributed_to_member_pairs") {
         return Ok(());
     }
-    let cluster = EtcdCluster::start3()?;
-    let only_ours = format!("--match={}", cluster.dir().display());
-    let agent = AgentProcess::start(
-        common::agent_bin(),
-        &["--rescan-interval=1s", "--mode=ebpf", &only_ours],
-        cluster.dir(),
-        |_| {},
-    )?;
-    let pids: Vec<u32> = cluster.members.iter().map(|m| m.pid()).collect();
-    agent.wait_tracking(&pids, Duration::from_secs(20))?;
-    assert_eq!(
-        agent.health()?["mode"],
-        "ebpf",
-        "every probe attached: {}",
-        agent.health()?
-    );
+    let (cluster, agent) = common::cluster_with_agent()?;
 
     // Every put is a new HTTP connection to one member's client port (the JSON gateway).
     cluster.put_many("/net-e2e/", 600, 128)?;

@@ -13,68 +13,69 @@ use etcd_monitor_tests::{AgentProcess, http::prom_sum, wait_for};
 
 const WRITES: u64 = 200_000;
 
+/// Starts an agent with `flags` tracing a process that makes exactly `writes` one-byte
+/// write(2) calls, and returns the agent's metrics once the histogram has counted them all.
+///
+/// The process is a shell found by a marker in its argv; it waits for a line, then becomes
+/// `dd` (same pid, so it stays traced across the exec; the output file name carries the marker
+/// too, so `dd` still matches).
+fn traced_writes(tag: &str, flags: &[&str], writes: u64) -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?;
+    let marker = format!("etcdmon-{tag}-{}", std::process::id());
+    let match_flag = format!("--match={marker}");
+    let mut args = vec![
+        "--rescan-interval=200ms",
+        "--mode=ebpf",
+        match_flag.as_str(),
+    ];
+    args.extend_from_slice(flags);
+    let agent = AgentProcess::start(common::agent_bin(), &args, dir.path(), |_| {})?;
+    let out = dir.path().join(format!("{marker}.bin"));
+    let script = format!(
+        "read _go; exec dd if=/dev/zero of={} bs=1 count={writes} status=none",
+        out.display()
+    );
+    let mut writer = Command::new("sh")
+        .args(["-c", &script, &marker])
+        .stdin(Stdio::piped())
+        .spawn()?;
+    agent.wait_tracking(&[writer.id()], Duration::from_secs(10))?;
+    writer
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
+        .write_all(b"go\n")?;
+    let status = writer.wait()?;
+    anyhow::ensure!(status.success(), "dd failed: {status}");
+    // The exit (event or rescan) retires the process; its counts stay under member "default".
+    agent.wait_tracking(&[], Duration::from_secs(10))?;
+    let counted = |text: &str| {
+        prom_sum(
+            text,
+            "etcdmon_write_duration_seconds_count",
+            &[("op", "write")],
+        )
+    };
+    wait_for("write counts to settle", Duration::from_secs(5), || {
+        let text = agent.metrics().ok()?;
+        (counted(&text) == Some(writes as f64)).then_some(text)
+    })
+    .map_err(|e| {
+        let got = agent.metrics().ok().and_then(|t| counted(&t));
+        anyhow::anyhow!("{e}: histogram counted {got:?} writes, dd made {writes}")
+    })
+}
+
 #[test]
 fn tiny_ring_buffer_drops_events_but_histograms_stay_exact() -> anyhow::Result<()> {
     if !common::require_root("tiny_ring_buffer_drops_events_but_histograms_stay_exact") {
         return Ok(());
     }
-    let dir = tempfile::tempdir()?;
-    let marker = format!("etcdmon-flood-{}", std::process::id());
-    let agent = AgentProcess::start(
-        common::agent_bin(),
-        &[
-            "--ringbuf-bytes=4096",
-            "--min-duration=0s",
-            "--rescan-interval=200ms",
-            "--mode=ebpf",
-            &format!("--match={marker}"),
-        ],
-        dir.path(),
-        |_| {},
+    let text = traced_writes(
+        "flood",
+        &["--ringbuf-bytes=4096", "--min-duration=0s"],
+        WRITES,
     )?;
-
-    // A shell (found by the marker in its argv) that waits for a line, then becomes dd doing
-    // exactly WRITES one-byte write(2) calls. Same pid, so it stays traced across the exec.
-    // The output name carries the marker too, so dd still matches after the exec.
-    let out = dir.path().join(format!("{marker}.bin"));
-    let script = format!(
-        "read _go; exec dd if=/dev/zero of={} bs=1 count={WRITES} status=none",
-        out.display()
-    );
-    let mut flood = Command::new("sh")
-        .args(["-c", &script, &marker])
-        .stdin(Stdio::piped())
-        .spawn()?;
-    agent.wait_tracking(&[flood.id()], Duration::from_secs(10))?;
-    flood
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
-        .write_all(b"go\n")?;
-    let status = flood.wait()?;
-    assert!(status.success(), "dd failed: {status}");
-
-    // The exit (event or rescan) retires the process; its counts stay under member "default".
-    agent.wait_tracking(&[], Duration::from_secs(10))?;
-    let text = wait_for("write counts to settle", Duration::from_secs(5), || {
-        let text = agent.metrics().ok()?;
-        (prom_sum(
-            &text,
-            "etcdmon_write_duration_seconds_count",
-            &[("op", "write")],
-        ) == Some(WRITES as f64))
-        .then_some(text)
-    })
-    .map_err(|e| {
-        let got = agent.metrics().ok().and_then(|t| {
-            prom_sum(
-                &t,
-                "etcdmon_write_duration_seconds_count",
-                &[("op", "write")],
-            )
-        });
-        anyhow::anyhow!("{e}: histogram counted {got:?} writes, dd made {WRITES}")
-    })?;
     let dropped = prom_sum(
         &text,
         "etcdmon_events_dropped_total",
@@ -102,45 +103,7 @@ fn min_duration_cuts_events_but_not_histograms() -> anyhow::Result<()> {
     if !common::require_root("min_duration_cuts_events_but_not_histograms") {
         return Ok(());
     }
-    let dir = tempfile::tempdir()?;
-    let marker = format!("etcdmon-quiet-{}", std::process::id());
-    let agent = AgentProcess::start(
-        common::agent_bin(),
-        &[
-            "--min-duration=10s",
-            "--rescan-interval=200ms",
-            "--mode=ebpf",
-            &format!("--match={marker}"),
-        ],
-        dir.path(),
-        |_| {},
-    )?;
-    let out = dir.path().join(format!("{marker}.bin"));
-    let script = format!(
-        "read _go; exec dd if=/dev/zero of={} bs=1 count=5000 status=none",
-        out.display()
-    );
-    let mut writer = Command::new("sh")
-        .args(["-c", &script, &marker])
-        .stdin(Stdio::piped())
-        .spawn()?;
-    agent.wait_tracking(&[writer.id()], Duration::from_secs(10))?;
-    writer
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
-        .write_all(b"go\n")?;
-    assert!(writer.wait()?.success());
-    agent.wait_tracking(&[], Duration::from_secs(10))?;
-    let text = wait_for("5000 writes counted", Duration::from_secs(5), || {
-        let text = agent.metrics().ok()?;
-        (prom_sum(
-            &text,
-            "etcdmon_write_duration_seconds_count",
-            &[("op", "write")],
-        ) == Some(5000.0))
-        .then_some(text)
-    })?;
+    let text = traced_writes("quiet", &["--min-duration=10s"], 5000)?;
     let delivered =
         prom_sum(&text, "etcdmon_agent_events_total", &[("kind", "syscall")]).unwrap_or(0.0);
     // Only events on not-yet-classified fds pass the threshold (so the agent can learn them).

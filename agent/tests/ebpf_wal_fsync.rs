@@ -5,10 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use etcd_monitor_tests::{
-    AgentProcess, EtcdCluster,
-    http::{bucket_delta, histogram_quantile, prom_buckets, prom_sum},
-};
+use etcd_monitor_tests::http::{bucket_delta, histogram_quantile, prom_buckets, prom_sum};
 
 const PUTS: usize = 3000;
 
@@ -25,20 +22,7 @@ fn agent_wal_fdatasync_counts_and_p99_match_etcd() -> anyhow::Result<()> {
     if !common::require_root("agent_wal_fdatasync_counts_and_p99_match_etcd") {
         return Ok(());
     }
-    let cluster = EtcdCluster::start3()?;
-    // Only this test's members: other tests may run etcd on the same machine.
-    let only_ours = format!("--match={}", cluster.dir().display());
-    let agent = AgentProcess::start(
-        common::agent_bin(),
-        &["--rescan-interval=1s", "--mode=ebpf", &only_ours],
-        cluster.dir(),
-        |_| {},
-    )?;
-    let pids: Vec<u32> = cluster.members.iter().map(|m| m.pid()).collect();
-    agent
-        .wait_tracking(&pids, Duration::from_secs(20))
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log_text()))?;
-    assert_eq!(agent.health()?["mode"], "ebpf", "{}", agent.log_text());
+    let (cluster, agent) = common::cluster_with_agent()?;
 
     // A process that is not etcd doing fdatasync in a loop on the same disk.
     // (Outside the cluster dir, so `--match` does not pick it up.)

@@ -26,3 +26,30 @@ pub fn require_root(test: &str) -> bool {
     );
     false
 }
+
+/// A real 3-member cluster and the agent tracing exactly its members, in full eBPF mode.
+#[allow(
+    dead_code,
+    reason = "each test binary compiles this module; not all use every helper"
+)]
+pub fn cluster_with_agent() -> anyhow::Result<(
+    etcd_monitor_tests::EtcdCluster,
+    etcd_monitor_tests::AgentProcess,
+)> {
+    let cluster = etcd_monitor_tests::EtcdCluster::start3()?;
+    // Only this test's members: other tests may run etcd on the same machine.
+    let only_ours = format!("--match={}", cluster.dir().display());
+    let agent = etcd_monitor_tests::AgentProcess::start(
+        agent_bin(),
+        &["--rescan-interval=1s", "--mode=ebpf", &only_ours],
+        cluster.dir(),
+        |_| {},
+    )?;
+    let pids: Vec<u32> = cluster.members.iter().map(|m| m.pid()).collect();
+    agent
+        .wait_tracking(&pids, std::time::Duration::from_secs(20))
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log_text()))?;
+    let health = agent.health()?;
+    anyhow::ensure!(health["mode"] == "ebpf", "every probe attached: {health}");
+    Ok((cluster, agent))
+}
