@@ -1,9 +1,14 @@
 //! `cargo xtask`: what cargo alone cannot do — install prerequisites, run every check, run the
 //! demo, run benchmarks.
 
+#[cfg(feature = "full")]
 mod bench;
+mod bench_args;
 mod cmd;
+#[cfg(feature = "full")]
 mod demo;
+#[cfg(not(feature = "full"))]
+mod full;
 mod setup;
 mod setup_deploy;
 mod test;
@@ -44,7 +49,7 @@ enum Command {
     /// Run a benchmark and print its figures.
     Bench {
         #[command(subcommand)]
-        which: bench::Which,
+        which: bench_args::Which,
     },
 }
 
@@ -54,10 +59,14 @@ fn main() -> std::process::ExitCode {
         Command::Setup => setup::run(),
         Command::Test { no_setup } => test::run(!no_setup),
         Command::Lint => test::lint(),
+        #[cfg(feature = "full")]
         Command::Demo { seconds, no_load } => {
             demo::run(seconds.map(std::time::Duration::from_secs), !no_load)
         }
+        #[cfg(feature = "full")]
         Command::Bench { which } => bench::run(which),
+        #[cfg(not(feature = "full"))]
+        Command::Demo { .. } | Command::Bench { .. } => full::reexec(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

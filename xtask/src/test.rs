@@ -20,6 +20,8 @@ pub fn lint() -> anyhow::Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        "xtask/full",
         "--",
         "-D",
         "warnings",
