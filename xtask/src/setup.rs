@@ -19,6 +19,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "etcd-client",
     // gRPC code generation
     "protobuf-compiler",
+    "libprotobuf-dev",
     // eBPF inspection, Prometheus stack
     "bpftool",
     "prometheus",
