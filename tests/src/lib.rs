@@ -7,6 +7,7 @@ pub mod collector;
 pub mod http;
 pub mod load;
 pub mod process;
+pub mod proxy;
 pub mod tls;
 
 pub use agent::AgentProcess;

@@ -1,6 +1,7 @@
 //! Agent → collector pipeline end to end: real etcd, the real agent with eBPF, the real
 //! collector. The join, exact counts, peer attribution, Subscribe fan-out with a slow
-//! subscriber, malformed batches, a collector restart mid-load, and credentials.
+//! subscriber, malformed and oversized batches, a collector restart mid-load, watch resumes
+//! (after a restart and past a compaction), and credentials.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,7 +11,7 @@ use etcd_monitor_proto::v1::{
 };
 use etcd_monitor_tests::{
     AgentProcess, CollectorProcess, EtcdCluster, binary, free_port, http::prom_sum, is_root,
-    wait_for,
+    proxy::TcpProxy, wait_for,
 };
 
 fn require_root(test: &str) -> bool {
@@ -281,7 +282,7 @@ fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Resu
 }
 
 #[test]
-fn malformed_batches_are_refused_and_the_stream_stays_up() -> anyhow::Result<()> {
+fn malformed_or_oversized_batches_are_refused_and_the_stream_stays_up() -> anyhow::Result<()> {
     let cluster = EtcdCluster::start(etcd_monitor_tests::ClusterOptions {
         members: 1,
         ..Default::default()
@@ -289,7 +290,7 @@ fn malformed_batches_are_refused_and_the_stream_stays_up() -> anyhow::Result<()>
     let data = tempfile::tempdir()?;
     let collector = CollectorProcess::start(
         &binary("etcd-monitor")?,
-        &collector_args(&cluster, data.path(), &[]),
+        &collector_args(&cluster, data.path(), &["--grpc-max-batch-bytes=65536"]),
         cluster.dir(),
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -310,29 +311,45 @@ fn malformed_batches_are_refused_and_the_stream_stays_up() -> anyhow::Result<()>
     };
     let mut bad = batch(2, 2);
     bad.events[1].payload = None;
+    // Over --grpc-max-batch-bytes (64 KiB) but under the transport's own limit: refused alone.
+    let mut oversized = batch(4, 6);
+    oversized.events = (0..4000)
+        .map(|i| Event {
+            payload: Some(Payload::Process(ProcessEvent {
+                comm: format!("oversized-{i:04}"),
+                ..ProcessEvent::default()
+            })),
+            ..Event::default()
+        })
+        .collect();
     let ack = runtime.block_on(async {
         let mut client = AgentIngestClient::connect(collector.grpc_url.clone()).await?;
-        let batches = vec![batch(1, 0), bad, batch(3, 4)];
+        let batches = vec![batch(1, 0), bad, batch(3, 4), oversized, batch(5, 4006)];
         anyhow::Ok(client.push(tokio_stream::iter(batches)).await?.into_inner())
     })?;
-    assert_eq!(ack.rejected_batches, 1);
+    assert_eq!(ack.rejected_batches, 2);
     assert!(
         ack.last_rejection.starts_with("INVALID_ARGUMENT")
-            && ack.last_rejection.contains("no payload"),
+            && ack.last_rejection.contains("more than the 65536 allowed"),
         "{}",
         ack.last_rejection
     );
     assert_eq!(
-        ack.accepted_batches, 2,
-        "the batch after the bad one was taken"
+        ack.accepted_batches, 3,
+        "the batches after each bad one were taken"
     );
-    assert_eq!(ack.last_sequence, 3);
+    assert_eq!(ack.last_sequence, 5);
+    let log = collector.log_text();
+    assert!(
+        log.contains("no payload") && log.contains("--grpc-max-batch-bytes"),
+        "both refusals are logged with their reason:\n{log}"
+    );
     let (_, agents) = collector.get_json("/api/v1/agents")?;
     let a = &agents["agents"][0];
     assert_eq!(a["node"], "fake-node");
-    assert_eq!(a["rejected_batches"], 1);
-    assert_eq!(a["lost_batches"], 1, "the refused batch is a gap: {a}");
-    assert_eq!(a["lost_events"], 2);
+    assert_eq!(a["rejected_batches"], 2);
+    assert_eq!(a["lost_batches"], 2, "each refused batch is a gap: {a}");
+    assert_eq!(a["lost_events"], 4002);
     Ok(())
 }
 
@@ -697,5 +714,136 @@ fn agents_ship_over_mutual_tls_and_uncertified_ones_are_refused() -> anyhow::Res
     wait_for("member agent mode", Duration::from_secs(10), || {
         (members(&collector).ok()?.first()?["agent_mode"] == "client-only").then_some(())
     })?;
+    Ok(())
+}
+
+/// The revision etcd is at now.
+fn revision(cluster: &EtcdCluster) -> anyhow::Result<i64> {
+    let out = cluster.etcdctl(&["get", "/", "-w", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v["header"]["revision"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("no revision in {out}"))
+}
+
+#[test]
+fn a_watch_cut_off_past_a_compaction_resumes_at_the_compaction_and_counts_the_gap()
+-> anyhow::Result<()> {
+    let cluster = EtcdCluster::start(etcd_monitor_tests::ClusterOptions {
+        members: 1,
+        ..Default::default()
+    })?;
+    let target: std::net::SocketAddr = cluster.members[0]
+        .client_url
+        .trim_start_matches("http://")
+        .parse()?;
+    // The collector reaches etcd only through a proxy the test can cut.
+    let proxy = TcpProxy::start(target)?;
+    let data = tempfile::tempdir()?;
+    let collector = CollectorProcess::start(
+        &binary("etcd-monitor")?,
+        &[
+            format!("--endpoints=http://{}", proxy.addr()),
+            "--health-check-interval=1s".to_string(),
+            "--metrics-interval=1s".to_string(),
+            format!("--data-dir={}", data.path().display()),
+            "--watch-prefix=/c/".to_string(),
+        ],
+        cluster.dir(),
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let received = Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
+    let sink = received.clone();
+    let grpc = collector.grpc_url.clone();
+    runtime.block_on(async {
+        let mut client = EventStreamClient::connect(grpc).await?;
+        let mut stream = client
+            .subscribe(SubscribeRequest {
+                kinds: vec!["watch".into()],
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        tokio::spawn(async move {
+            while let Some(Ok(e)) = tokio_stream::StreamExt::next(&mut stream).await {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(e);
+                }
+            }
+        });
+        anyhow::Ok(())
+    })?;
+    wait_for("the watch to start", Duration::from_secs(10), || {
+        collector
+            .log_text()
+            .contains("Watching prefix")
+            .then_some(())
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.etcdctl(&["put", "/c/a", "1"])?;
+    wait_for("the first event", Duration::from_secs(10), || {
+        (received.lock().ok()?.len() == 1).then_some(())
+    })?;
+
+    // Partition: while the collector cannot reach etcd, /c/b is written and then compacted
+    // away; /c/c sits at the compaction revision and /c/d after it.
+    proxy.cut();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.etcdctl(&["put", "/c/b", "2"])?;
+    cluster.etcdctl(&["put", "/c/c", "3"])?;
+    let compacted = revision(&cluster)?;
+    cluster.etcdctl(&["compact", &compacted.to_string()])?;
+    cluster.etcdctl(&["put", "/c/d", "4"])?;
+    proxy.restore();
+
+    let events = wait_for("the resumed events", Duration::from_secs(30), || {
+        let v = received.lock().ok()?;
+        (v.len() >= 3).then(|| v.clone())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", collector.log_text()))?;
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        received.lock().map(|v| v.len()).unwrap_or(0),
+        3,
+        "no duplicates after the resume"
+    );
+    let keys: Vec<(String, i64)> = events
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Some(Payload::Watch(w)) => {
+                Some((String::from_utf8_lossy(&w.key).into_owned(), w.mod_revision))
+            }
+            _ => None,
+        })
+        .collect();
+    let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        ["/c/a", "/c/c", "/c/d"],
+        "/c/b was compacted away; everything from the compaction revision on arrives"
+    );
+    assert_eq!(keys[1].1, compacted);
+    let log = collector.log_text();
+    assert!(
+        log.contains("Watch history compacted"),
+        "the loss is logged:\n{log}"
+    );
+    let text = collector.metrics()?;
+    assert_eq!(
+        prom_sum(&text, "etcdmon_watch_gaps_total", &[("prefix", "/c/")]),
+        Some(1.0),
+        "the compaction gap is counted once"
+    );
+    assert_eq!(
+        prom_sum(
+            &text,
+            "etcdmon_watch_events_total",
+            &[("prefix", "/c/"), ("type", "put")]
+        ),
+        Some(3.0)
+    );
     Ok(())
 }

@@ -80,6 +80,18 @@ pub enum BatchError {
         /// Limit.
         max: usize,
     },
+    /// Larger than `--grpc-max-batch-bytes`.
+    #[error(
+        "batch from {node} is {bytes} bytes, more than the {max} allowed (--grpc-max-batch-bytes)"
+    )]
+    TooLarge {
+        /// Node.
+        node: String,
+        /// Encoded size.
+        bytes: usize,
+        /// Limit.
+        max: usize,
+    },
     /// An event without a payload.
     #[error("batch from {node}: event {index} has no payload")]
     EmptyEvent {
@@ -93,8 +105,9 @@ pub enum BatchError {
 /// Most events one batch may carry (the agent sends ≤ 65,536).
 pub const MAX_EVENTS_PER_BATCH: usize = 65_536;
 
-/// Checks a batch's shape before it touches any state.
-pub fn validate(batch: &EventBatch) -> Result<(), BatchError> {
+/// Checks a batch's shape and size (`max_bytes` encoded; 0 = no limit) before it touches any
+/// state.
+pub fn validate(batch: &EventBatch, max_bytes: usize) -> Result<(), BatchError> {
     if batch.node.is_empty() {
         return Err(BatchError::NoNode);
     }
@@ -103,6 +116,16 @@ pub fn validate(batch: &EventBatch) -> Result<(), BatchError> {
     }
     if batch.sequence == 0 {
         return Err(BatchError::ZeroSequence(batch.node.clone()));
+    }
+    if max_bytes > 0 {
+        let bytes = prost::Message::encoded_len(batch);
+        if bytes > max_bytes {
+            return Err(BatchError::TooLarge {
+                node: batch.node.clone(),
+                bytes,
+                max: max_bytes,
+            });
+        }
     }
     if batch.events.len() > MAX_EVENTS_PER_BATCH {
         return Err(BatchError::TooManyEvents {
@@ -379,17 +402,27 @@ mod tests {
     fn malformed_batches_are_named() {
         let mut b = batch("a", 1, 0, 1);
         b.node.clear();
-        assert_eq!(validate(&b), Err(BatchError::NoNode));
+        assert_eq!(validate(&b, 0), Err(BatchError::NoNode));
         let mut b = batch("a", 0, 0, 1);
-        assert!(validate(&b).unwrap_err().to_string().contains("sequence 0"));
+        assert!(
+            validate(&b, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("sequence 0")
+        );
         b.sequence = 1;
         b.events[0].payload = None;
         assert!(
-            validate(&b)
+            validate(&b, 0)
                 .unwrap_err()
                 .to_string()
                 .contains("event 0 has no payload")
         );
-        assert!(validate(&batch("a", 1, 0, 3)).is_ok());
+        assert!(validate(&batch("a", 1, 0, 3), 0).is_ok());
+        let big = batch("a", 1, 0, 3);
+        let size = prost::Message::encoded_len(&big);
+        assert!(validate(&big, size).is_ok());
+        let err = validate(&big, size - 1).unwrap_err().to_string();
+        assert!(err.contains("--grpc-max-batch-bytes"), "{err}");
     }
 }

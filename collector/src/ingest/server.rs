@@ -123,8 +123,13 @@ impl JoinCache {
     }
 }
 
+/// How many times `--grpc-max-batch-bytes` the transport accepts before cutting a stream.
+const TRANSPORT_HEADROOM: usize = 4;
+
 struct Ingest {
     state: IngestState,
+    /// Largest batch taken (`--grpc-max-batch-bytes`); larger ones are refused one by one.
+    max_batch_bytes: usize,
 }
 
 #[tonic::async_trait]
@@ -143,7 +148,7 @@ impl AgentIngest for Ingest {
                 Ok(None) => break Ok(()),
                 Err(status) => break Err(status),
             };
-            if let Err(err) = validate(&batch) {
+            if let Err(err) = validate(&batch, self.max_batch_bytes) {
                 ack.rejected_batches += 1;
                 ack.last_rejection = format!("INVALID_ARGUMENT: batch {}: {err}", batch.sequence);
                 self.state.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -292,10 +297,15 @@ pub async fn serve(
     } else {
         settings.max_batch_bytes
     };
+    // The transport's own limit sits well above the batch limit: a batch between the two is
+    // decoded and refused on its own (INVALID_ARGUMENT in the ack, the stream stays up); only
+    // a message beyond the transport limit ends the stream (OUT_OF_RANGE), so memory per
+    // message stays bounded.
     let ingest = AgentIngestServer::new(Ingest {
         state: state.clone(),
+        max_batch_bytes: max,
     })
-    .max_decoding_message_size(max);
+    .max_decoding_message_size(max.saturating_mul(TRANSPORT_HEADROOM));
     let stream = EventStreamServer::new(Stream { state });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
