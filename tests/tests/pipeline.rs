@@ -93,6 +93,7 @@ fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Resu
         .build()?;
     let member0 = cluster.members[0].name.clone();
     let grpc = collector.grpc_url.clone();
+    let idle_since = std::time::Instant::now();
     let (fast_events, slow_stream) = runtime.block_on(async {
         let mut client = EventStreamClient::connect(grpc.clone()).await?;
         let fast = client
@@ -273,9 +274,43 @@ fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Resu
     }
     assert!(lagged > 0.0, "the idle subscriber's lag is counted");
     assert_eq!(collector.get_json("/health")?.0, 200, "ingest goes on");
+
+    // The idle subscriber stays idle for 30 s in all, under load: ingest keeps taking batches,
+    // its lag keeps rising, and the fast subscriber still gets every member0 WAL sync.
+    let ingested = |text: &str| prom_sum(text, "etcdmon_ingest_events_total", &[]).unwrap_or(0.0);
+    let before = collector.metrics()?;
+    let (ingested_before, wal_before) = (ingested(&before), wal0(&agent.metrics()?));
+    let mut round = 0;
+    while idle_since.elapsed() < Duration::from_secs(30) {
+        cluster.put_many(&format!("/pipeline-idle-{round}/"), 300, 128)?;
+        round += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let synced_idle = wal0(&agent.metrics()?) - wal_before;
+    let fast_before = got.len() as f64;
+    wait_for(
+        "every later member0 WAL sync at the fast subscriber",
+        Duration::from_secs(10),
+        || {
+            let n = fast_events.lock().ok()?.len() as f64;
+            (n >= fast_before + synced_idle).then_some(())
+        },
+    )?;
+    let after = collector.metrics()?;
+    let lagged_after =
+        prom_sum(&after, "etcdmon_subscriber_lagged_events_total", &[]).unwrap_or(0.0);
+    assert!(
+        ingested(&after) > ingested_before,
+        "ingest went on while a subscriber slept"
+    );
+    assert!(
+        lagged_after > lagged,
+        "the idle subscriber's lag keeps rising: {lagged} -> {lagged_after}"
+    );
     eprintln!(
-        "fast subscriber: {} events; idle subscriber missed {lagged}",
-        got.len()
+        "fast subscriber: {} events; idle subscriber missed {lagged_after} over {:?}",
+        fast_events.lock().map(|v| v.len()).unwrap_or(0),
+        idle_since.elapsed()
     );
     drop(slow_stream);
     Ok(())
