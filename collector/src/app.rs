@@ -95,6 +95,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             .map(ClusterHandle::new)
             .collect(),
     );
+    let pipeline = Pipeline::with_registry(
+        config.ingest.subscriber_buffer,
+        ingest::AgentRegistry::persistent(store.clone())?,
+    );
     let settings = HealthSettings {
         interval: config.health_interval,
         thresholds: config.thresholds,
@@ -125,7 +129,8 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             http,
             telemetry.clone(),
             Some(store.clone()),
-        );
+        )
+        .with_registry(pipeline.registry.clone());
         tokio::spawn(scrape.run(config.metrics_interval));
     }
     {
@@ -150,10 +155,6 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         });
     }
 
-    let pipeline = Pipeline::with_registry(
-        config.ingest.subscriber_buffer,
-        ingest::AgentRegistry::persistent(store.clone())?,
-    );
     let grpc_addr: SocketAddr = format!("{}:{}", config.api_host, config.grpc_port)
         .parse()
         .or_else(|_| format!("0.0.0.0:{}", config.grpc_port).parse())

@@ -17,3 +17,4 @@ pub mod probe;
 pub mod scrape;
 pub mod store;
 pub mod telemetry;
+pub mod window;

@@ -11,8 +11,10 @@ use crate::{
         ClusterHandle, ClusterState, MemberState, Quantiles, ServerLatency, ServerMetrics, now_ms,
     },
     config::MetricsTarget,
+    ingest::AgentRegistry,
     store::{HistoryPoint, Store},
     telemetry::Telemetry,
+    window::FsyncWindows,
 };
 
 /// A scrape that could not be used.
@@ -154,6 +156,9 @@ pub fn derive(text: &str) -> Result<ServerMetrics, String> {
         has_leader: get("etcd_server_has_leader").map(|v| v > 0.0),
         grpc_kv_requests_total: kv_total,
         request_rate_per_second: None,
+        wal_fsync_buckets: merged_buckets(&scrape, "etcd_disk_wal_fsync_duration_seconds", |_| {
+            true
+        }),
         server_latency: has_handling.then(|| ServerLatency {
             read: handling(&["Range"]),
             write: handling(&["Put", "Txn", "DeleteRange"]),
@@ -198,6 +203,8 @@ pub struct ScrapeLoop {
     telemetry: Telemetry,
     store: Option<Arc<Store>>,
     previous: HashMap<String, (f64, u64)>,
+    registry: Option<Arc<AgentRegistry>>,
+    windows: FsyncWindows,
 }
 
 impl ScrapeLoop {
@@ -214,7 +221,15 @@ impl ScrapeLoop {
             telemetry,
             store,
             previous: HashMap::new(),
+            registry: None,
+            windows: FsyncWindows::default(),
         }
+    }
+
+    /// Also records each member's in-kernel WAL fsync latency (from its agent) in history.
+    pub fn with_registry(mut self, registry: Arc<AgentRegistry>) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// Runs forever.
@@ -323,7 +338,22 @@ impl ScrapeLoop {
         if let Some(store) = &self.store
             && snapshot.updated_at_ms > 0
         {
-            let points = history_points(&snapshot, now_ms());
+            let mut points = history_points(&snapshot, now_ms());
+            self.windows
+                .retain(|id| snapshot.members.iter().any(|m| m.id == id));
+            for (point, member) in points.iter_mut().zip(&snapshot.members) {
+                let server = member
+                    .server
+                    .as_ref()
+                    .map(|s| s.wal_fsync_buckets.as_slice());
+                let kernel = self
+                    .registry
+                    .as_ref()
+                    .and_then(|r| r.wal_fsync_slots(member));
+                let window = self.windows.observe(&member.id, server, kernel.as_deref());
+                point.wal_fsync_window_p99_ms = window.server_ms;
+                point.kernel_wal_fsync_window_p99_ms = window.kernel_ms;
+            }
             let store = store.clone();
             let telemetry = self.telemetry.clone();
             let joined = tokio::task::spawn_blocking(move || store.insert_points(&points)).await;
@@ -369,6 +399,9 @@ pub fn history_points(state: &ClusterState, ts_ms: u64) -> Vec<HistoryPoint> {
                 write_p99_ms: m.latency.write.map(|q| q.p99_ms),
                 request_rate_per_second: server.and_then(|s| s.request_rate_per_second),
                 leader_changes_seen_total: server.map(|s| s.leader_changes_seen_total),
+                // Filled by the scrape loop, which keeps the previous readings.
+                wal_fsync_window_p99_ms: None,
+                kernel_wal_fsync_window_p99_ms: None,
             }
         })
         .collect()

@@ -89,6 +89,10 @@ pub struct HistoryPoint {
     pub request_rate_per_second: Option<f64>,
     /// Leader changes the member has seen.
     pub leader_changes_seen_total: Option<f64>,
+    /// WAL fsync p99 over the last interval as etcd measured it, ms.
+    pub wal_fsync_window_p99_ms: Option<f64>,
+    /// WAL fdatasync p99 over the last interval as the kernel measured it, ms.
+    pub kernel_wal_fsync_window_p99_ms: Option<f64>,
 }
 
 /// An alert as recorded (written by the rules stage).
@@ -161,7 +165,9 @@ CREATE TABLE IF NOT EXISTS member_samples (
     read_p99_ms REAL,
     write_p99_ms REAL,
     request_rate_per_second REAL,
-    leader_changes_seen_total REAL
+    leader_changes_seen_total REAL,
+    wal_fsync_window_p99_ms REAL,
+    kernel_wal_fsync_window_p99_ms REAL
 );
 CREATE INDEX IF NOT EXISTS member_samples_by_time ON member_samples (cluster, ts_ms);
 CREATE TABLE IF NOT EXISTS leader_changes (
@@ -259,6 +265,7 @@ impl Store {
             .map_err(|e| open_err(e.to_string()))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| open_err(format!("cannot create tables: {e}")))?;
+        migrate(&conn).map_err(|e| open_err(format!("cannot upgrade tables: {e}")))?;
         conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
             .map_err(|e| open_err(format!("not writable: {e}")))?;
         Ok(Self {
@@ -338,7 +345,7 @@ impl Store {
             {
                 let mut st = tx.prepare_cached(
                     "INSERT INTO member_samples VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
-                     ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                     ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
                 )?;
                 for p in points {
                     st.execute(params![
@@ -362,6 +369,8 @@ impl Store {
                         p.write_p99_ms,
                         p.request_rate_per_second,
                         p.leader_changes_seen_total,
+                        p.wal_fsync_window_p99_ms,
+                        p.kernel_wal_fsync_window_p99_ms,
                     ])?;
                 }
             }
@@ -403,6 +412,8 @@ impl Store {
                             write_p99_ms: r.get(17)?,
                             request_rate_per_second: r.get(18)?,
                             leader_changes_seen_total: r.get(19)?,
+                            wal_fsync_window_p99_ms: r.get(20)?,
+                            kernel_wal_fsync_window_p99_ms: r.get(21)?,
                         })
                     },
                 )?
@@ -554,6 +565,25 @@ impl Store {
 }
 
 /// Keeps the last point per member in each `step` bucket, then the newest `limit` points.
+/// Columns added after the first release, for stores created before them.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("member_samples", "wal_fsync_window_p99_ms", "REAL"),
+    ("member_samples", "kernel_wal_fsync_window_p99_ms", "REAL"),
+];
+
+/// Adds the columns an older store lacks (SQLite appends them, so `SELECT *` order holds).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let mut st = conn.prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+        ))?;
+        if !st.exists([column])? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind};"))?;
+        }
+    }
+    Ok(())
+}
+
 fn downsample(rows: Vec<HistoryPoint>, step: Option<Duration>, limit: usize) -> Vec<HistoryPoint> {
     let mut out: Vec<HistoryPoint> = match step {
         Some(step) if step.as_millis() > 0 => {
@@ -641,6 +671,28 @@ mod tests {
         let changes = s.leader_changes("c", 100)?;
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].term, 7);
+        Ok(())
+    }
+
+    #[test]
+    fn a_store_from_before_the_window_columns_is_upgraded() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        {
+            let old_schema = SCHEMA.replace(
+                ",\n    wal_fsync_window_p99_ms REAL,\n    kernel_wal_fsync_window_p99_ms REAL",
+                "",
+            );
+            assert_ne!(old_schema, SCHEMA);
+            let c = Connection::open(dir.path().join(FILE_NAME))?;
+            c.execute_batch(&old_schema)?;
+        }
+        let s = Store::open(dir.path())?;
+        let p = HistoryPoint {
+            kernel_wal_fsync_window_p99_ms: Some(4.5),
+            ..point(1000, "a")
+        };
+        s.insert_points(std::slice::from_ref(&p))?;
+        assert_eq!(s.history(&query(0, 3000))?, vec![p]);
         Ok(())
     }
 

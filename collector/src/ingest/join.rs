@@ -128,6 +128,26 @@ fn is_write(op: DiskOp) -> bool {
     )
 }
 
+/// The agent's cumulative log2 slots of WAL `fdatasync` for `member` (agent-side name).
+pub fn wal_fsync_slots(status: &AgentStatus, member: &str) -> Option<Vec<u64>> {
+    let mut slots: Vec<u64> = Vec::new();
+    let mut any = false;
+    for h in status
+        .histograms
+        .iter()
+        .filter(|h| h.member == member && h.op() == DiskOp::Fdatasync && h.file() == FileClass::Wal)
+    {
+        any = true;
+        if slots.len() < h.log2_slots.len() {
+            slots.resize(h.log2_slots.len(), 0);
+        }
+        for (total, v) in slots.iter_mut().zip(&h.log2_slots) {
+            *total += v;
+        }
+    }
+    any.then_some(slots)
+}
+
 /// The kernel view of `identity` from its agent's `status`.
 pub fn kernel_view(
     node: &str,

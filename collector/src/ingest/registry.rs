@@ -321,6 +321,13 @@ impl AgentRegistry {
         ))
     }
 
+    /// Cumulative in-kernel WAL `fdatasync` slots of `member`, when an agent reports it.
+    pub fn wal_fsync_slots(&self, member: &MemberState) -> Option<Vec<u64>> {
+        let (record, identity) = self.find(member)?;
+        let (status, _) = record.status.as_ref()?;
+        join::wal_fsync_slots(status, &identity.name)
+    }
+
     /// The member name an agent-side name maps to in `members` (for events).
     pub fn member_for(
         &self,
