@@ -69,7 +69,7 @@ pub fn bucket_delta(
     prev.iter()
         .zip(now)
         .map(|(p, n)| {
-            (p.less_than == n.less_than && n.count >= p.count).then(|| HistogramCount {
+            (p.less_than == n.less_than && n.count >= p.count).then_some(HistogramCount {
                 less_than: n.less_than,
                 count: n.count - p.count,
             })
