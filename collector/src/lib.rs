@@ -17,4 +17,5 @@ pub mod probe;
 pub mod scrape;
 pub mod store;
 pub mod telemetry;
+pub mod ui;
 pub mod window;

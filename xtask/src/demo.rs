@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: a local 3-member etcd cluster (client ports 2379, 22379, 32379), the
-//! agent with eBPF, the collector, and a small write/read load, until Ctrl-C. Everything it
-//! starts is stopped and its scratch directory removed on the way out.
+//! agent with eBPF, the collector, Prometheus (scraping all of them with the project's scrape
+//! config and rules) and a small write/read load, until Ctrl-C. Everything it starts is stopped
+//! and its scratch directory removed on the way out.
 
 use std::{
     path::Path,
@@ -24,6 +25,56 @@ const MEMBERS: [(&str, u16, u16); 3] = [
     ("etcd-3", 32379, 32380),
 ];
 
+/// What the demo starts.
+pub struct Options {
+    /// Stop by itself after this long.
+    pub duration: Option<Duration>,
+    /// Run a small write/read load.
+    pub load: bool,
+    /// Start Prometheus.
+    pub prometheus: bool,
+}
+
+/// Prometheus' port in the demo.
+const PROMETHEUS_PORT: u16 = 9090;
+
+/// `deploy/prometheus/prometheus.yml` (written for docker-compose host names) pointed at the
+/// demo's loopback ports, with the rules file by absolute path and a 5 s scrape interval.
+fn prometheus_config(root: &Path) -> anyhow::Result<String> {
+    let path = root.join("deploy/prometheus/prometheus.yml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let rules = root.join("deploy/prometheus/etcd-monitor.rules.yml");
+    let mut out = text
+        .replace("scrape_interval: 10s", "scrape_interval: 5s")
+        .replace("evaluation_interval: 10s", "evaluation_interval: 5s")
+        .replace(
+            "- etcd-monitor.rules.yml",
+            &format!("- {}", rules.display()),
+        )
+        .replace("\"etcd-monitor:8080\"", "\"127.0.0.1:8080\"")
+        .replace("\"agent:9465\"", "\"127.0.0.1:9465\"")
+        .replace(
+            "\"localhost:9090\"",
+            &format!("\"127.0.0.1:{PROMETHEUS_PORT}\""),
+        );
+    for (i, (name, client, _)) in MEMBERS.iter().enumerate() {
+        let compose = format!("etcd{}", i + 1);
+        out = out
+            .replace(
+                &format!("\"{compose}:2379\""),
+                &format!("\"127.0.0.1:{client}\""),
+            )
+            .replace(&format!("member: {compose}"), &format!("member: {name}"));
+    }
+    anyhow::ensure!(
+        !out.contains("etcd1:") && out.contains("127.0.0.1:32379"),
+        "{} no longer has the targets the demo rewrites (etcd1:2379 … agent:9465)",
+        path.display()
+    );
+    Ok(out)
+}
+
 fn port_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
@@ -41,7 +92,12 @@ fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> anyhow::Res
 }
 
 /// Runs the demo until Ctrl-C (or for `duration`, when given).
-pub fn run(duration: Option<Duration>, with_load: bool) -> anyhow::Result<()> {
+pub fn run(options: Options) -> anyhow::Result<()> {
+    let Options {
+        duration,
+        load: with_load,
+        prometheus,
+    } = options;
     crate::setup::run()?;
     run_with(Command::new("cargo").current_dir(root()).args([
         "build",
@@ -55,7 +111,11 @@ pub fn run(duration: Option<Duration>, with_load: bool) -> anyhow::Result<()> {
         "--bin",
         "etcd-monitor-agent",
     ]))?;
-    for port in [2379, 2380, 22379, 22380, 32379, 32380, 8080, 9464, 9465] {
+    let mut ports = vec![2379, 2380, 22379, 22380, 32379, 32380, 8080, 9464, 9465];
+    if prometheus {
+        ports.push(PROMETHEUS_PORT);
+    }
+    for port in ports {
         anyhow::ensure!(
             port_free(port),
             "port {port} is in use; stop whatever holds it (another demo?) and try again"
@@ -130,9 +190,32 @@ pub fn run(duration: Option<Duration>, with_load: bool) -> anyhow::Result<()> {
             .ok()
             .filter(|r| r.status == 200)
     })?;
+    if prometheus {
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(&config, prometheus_config(&root())?)?;
+        children.push(spawn(
+            "prometheus",
+            Path::new("prometheus"),
+            &[
+                format!("--config.file={}", config.display()),
+                format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("prometheus").display()
+                ),
+                format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"),
+            ],
+            dir.path(),
+        )?);
+        wait_for("prometheus", Duration::from_secs(60), || {
+            etcd_monitor_tests::http::get(&format!("http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"))
+                .ok()
+                .filter(|r| r.status == 200)
+        })?;
+    }
     let mode =
         etcd_monitor_tests::http::get("http://127.0.0.1:9465/healthz")?.json()?["mode"].clone();
     println!("\netcd-monitor demo is running (agent mode: {mode}); Ctrl-C stops everything.\n");
+    println!("  status page         http://127.0.0.1:8080/");
     println!("  etcd members        {endpoints}");
     println!(
         "  collector REST      http://127.0.0.1:8080/api/v1/cluster/status   (OpenAPI: /api/v1/openapi.json)"
@@ -143,22 +226,30 @@ pub fn run(duration: Option<Duration>, with_load: bool) -> anyhow::Result<()> {
     println!(
         "  event stream (gRPC) 127.0.0.1:9464  (grpcurl -plaintext 127.0.0.1:9464 etcdmon.v1.EventStream/Subscribe)"
     );
+    if prometheus {
+        println!(
+            "  Prometheus          http://127.0.0.1:{PROMETHEUS_PORT}/   (targets: /targets, alerts: /alerts)"
+        );
+    }
     println!("  logs                {}\n", dir.path().display());
 
     let started = std::time::Instant::now();
     let mut i: u64 = 0;
     while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed() < d) {
         if with_load {
+            // Writes through every member in turn, and a read of a recent key after each.
             let (_, port, _) = MEMBERS[(i % 3) as usize];
-            let key = etcd_monitor_tests::http::post_json(
+            let key =
+                base64::engine::general_purpose::STANDARD.encode(format!("/demo/key-{}", i % 1000));
+            let put = etcd_monitor_tests::http::post_json(
                 &format!("http://127.0.0.1:{port}/v3/kv/put"),
-                &format!(
-                    r#"{{"key":"{}","value":"ZGVtbw=="}}"#,
-                    base64::engine::general_purpose::STANDARD
-                        .encode(format!("/demo/key-{}", i % 1000))
-                ),
+                &format!(r#"{{"key":"{key}","value":"ZGVtbw=="}}"#),
             );
-            if key.is_err() {
+            let read = etcd_monitor_tests::http::post_json(
+                &format!("http://127.0.0.1:{port}/v3/kv/range"),
+                &format!(r#"{{"key":"{key}"}}"#),
+            );
+            if put.is_err() || read.is_err() {
                 std::thread::sleep(Duration::from_millis(200));
             }
             i += 1;

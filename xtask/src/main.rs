@@ -45,6 +45,9 @@ enum Command {
         /// No background load.
         #[arg(long)]
         no_load: bool,
+        /// Do not start Prometheus.
+        #[arg(long)]
+        no_prometheus: bool,
     },
     /// Run a benchmark and print its figures.
     Bench {
@@ -60,9 +63,15 @@ fn main() -> std::process::ExitCode {
         Command::Test { no_setup } => test::run(!no_setup),
         Command::Lint => test::lint(),
         #[cfg(feature = "full")]
-        Command::Demo { seconds, no_load } => {
-            demo::run(seconds.map(std::time::Duration::from_secs), !no_load)
-        }
+        Command::Demo {
+            seconds,
+            no_load,
+            no_prometheus,
+        } => demo::run(demo::Options {
+            duration: seconds.map(std::time::Duration::from_secs),
+            load: !no_load,
+            prometheus: !no_prometheus,
+        }),
         #[cfg(feature = "full")]
         Command::Bench { which } => bench::run(which),
         #[cfg(not(feature = "full"))]

@@ -27,7 +27,8 @@ pub const APT_PACKAGES: &[&str] = &[
     // benchmarks: HTTP load and the bpftrace baseline
     "wrk",
     "bpftrace",
-    // test helpers
+    // test helpers: the status page is checked in a real headless browser
+    "chromium",
     // the non-Linux compile check: ring (TLS) builds C for the Windows target
     "gcc-mingw-w64-x86-64",
     "python3",

@@ -107,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts/history", get(routes::alerts_history))
         .route("/api/v1/performance/benchmark", post(routes::benchmark))
         .route("/api/v1/openapi.json", get(openapi))
+        .merge(crate::ui::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(state)
