@@ -4,6 +4,8 @@
 pub mod agent;
 pub mod cluster;
 pub mod collector;
+pub mod docs;
+pub mod grafana;
 pub mod http;
 pub mod load;
 pub mod process;

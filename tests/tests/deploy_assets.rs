@@ -977,35 +977,17 @@ fn compose_file_is_valid_and_complete() -> anyhow::Result<()> {
 // --- (4) Grafana dashboard -----------------------------------------------------------------
 
 fn dashboard() -> anyhow::Result<serde_json::Value> {
-    let path = deploy("grafana/etcd-monitor.json");
-    serde_json::from_str(&read(&path)?).with_context(|| format!("{} is not JSON", path.display()))
+    etcd_monitor_tests::grafana::dashboard(&root())
 }
 
-/// Every panel, rows' nested panels included.
 fn panels(d: &serde_json::Value) -> Vec<&serde_json::Value> {
-    let mut out = Vec::new();
-    for p in d["panels"].as_array().into_iter().flatten() {
-        out.push(p);
-        out.extend(p["panels"].as_array().into_iter().flatten());
-    }
-    out
+    etcd_monitor_tests::grafana::panels(d)
 }
 
-/// Each expression of the dashboard, with Grafana's variables replaced by values PromQL takes.
 fn dashboard_exprs(d: &serde_json::Value) -> Vec<String> {
-    panels(d)
-        .iter()
-        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
-        .filter_map(|t| t["expr"].as_str())
-        .map(|e| {
-            e.replace("$__rate_interval", "1m")
-                .replace("$__interval", "1m")
-                .replace("$__range", "1h")
-                .replace("${cluster}", ".*")
-                .replace("$cluster", ".*")
-                .replace("$member", ".*")
-                .replace("$file", ".*")
-        })
+    etcd_monitor_tests::grafana::exprs(d)
+        .into_iter()
+        .map(|(_, e)| e)
         .collect()
 }
 

@@ -7,6 +7,8 @@ mod bench_args;
 mod cmd;
 #[cfg(feature = "full")]
 mod demo;
+#[cfg(feature = "full")]
+mod docs;
 #[cfg(not(feature = "full"))]
 mod full;
 mod setup;
@@ -49,6 +51,8 @@ enum Command {
         #[arg(long)]
         no_prometheus: bool,
     },
+    /// Regenerate docs/configuration.md from the binaries' --help (the test run checks it).
+    Docs,
     /// Run a benchmark and print its figures.
     Bench {
         #[command(subcommand)]
@@ -74,8 +78,10 @@ fn main() -> std::process::ExitCode {
         }),
         #[cfg(feature = "full")]
         Command::Bench { which } => bench::run(which),
+        #[cfg(feature = "full")]
+        Command::Docs => docs::run(),
         #[cfg(not(feature = "full"))]
-        Command::Demo { .. } | Command::Bench { .. } => full::reexec(),
+        Command::Demo { .. } | Command::Bench { .. } | Command::Docs => full::reexec(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
