@@ -88,6 +88,16 @@ fn healthy(port: u16) -> bool {
 fn spawn(name: &str, program: &Path, args: &[String], dir: &Path) -> anyhow::Result<ChildGuard> {
     let mut cmd = Command::new(program);
     cmd.args(args).env("RUST_LOG", "info");
+    // Should the demo itself be killed outright (no chance to clean up), its children die too.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     ChildGuard::spawn(name, cmd, &dir.join(format!("{name}.log")))
 }
 

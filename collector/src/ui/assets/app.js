@@ -161,9 +161,13 @@ function renderChart(points) {
   for (const [member, series] of byMember) {
     const color = COLORS[i++ % COLORS.length];
     for (const [field, dash, kind] of [["kernel_wal_fsync_window_p99_ms", "", "kernel"], ["wal_fsync_window_p99_ms", "5 4", "etcd"]]) {
-      const pts = series.filter((p) => p[field] != null && p.ts_ms >= t0).map((p) => `${x(p.ts_ms).toFixed(1)},${y(p[field]).toFixed(1)}`);
-      if (pts.length === 0) continue;
-      add("polyline", { points: pts.join(" "), fill: "none", stroke: color, "stroke-width": 2, "stroke-dasharray": dash, "data-member": member, "data-kind": kind, class: "series" });
+      const xy = series.filter((p) => p[field] != null && p.ts_ms >= t0).map((p) => [x(p.ts_ms), y(p[field])]);
+      if (xy.length === 0) continue;
+      add("polyline", { points: xy.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" "), fill: "none", stroke: color, "stroke-width": 2, "stroke-dasharray": dash, "data-member": member, "data-kind": kind, class: "series" });
+      // Dots too, so a series of one point (a young collector) is visible.
+      for (const [a, b] of xy) {
+        add("circle", { cx: a.toFixed(1), cy: b.toFixed(1), r: kind === "kernel" ? 2.5 : 2, fill: kind === "kernel" ? color : "#fff", stroke: color, class: "point" });
+      }
     }
     legend.push(el("span", {}, el("i", { style: `background:${color}` }), member));
   }
