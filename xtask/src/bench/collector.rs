@@ -111,6 +111,14 @@ pub fn run(root: &Path, soak: Duration) -> anyhow::Result<()> {
         peak,
         (last.rss_kib as f64 - first.rss_kib as f64) / (first.rss_kib.max(1) as f64) * 100.0
     );
+    // Flat means no trend once warmed up: the least-squares slope of the second half.
+    let half = &samples[samples.len() / 2..];
+    println!();
+    println!(
+        "RSS slope over the second half of the soak: {:+.1} KiB/min ({} samples)",
+        rss_slope_kib_per_min(half),
+        half.len()
+    );
     println!();
     println!(
         "RSS samples (s, KiB): {}",
@@ -124,6 +132,22 @@ pub fn run(root: &Path, soak: Duration) -> anyhow::Result<()> {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
+}
+
+/// Least-squares slope of RSS over time, KiB per minute (0 with fewer than two samples).
+fn rss_slope_kib_per_min(samples: &[Sample]) -> f64 {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return 0.0;
+    }
+    let xs: Vec<f64> = samples.iter().map(|s| s.at.as_secs_f64() / 60.0).collect();
+    let ys: Vec<f64> = samples.iter().map(|s| s.rss_kib as f64).collect();
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return 0.0;
+    }
+    xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum::<f64>() / sxx
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
