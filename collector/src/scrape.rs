@@ -158,6 +158,7 @@ pub fn derive(text: &str) -> Result<ServerMetrics, String> {
             read: handling(&["Range"]),
             write: handling(&["Put", "Txn", "DeleteRange"]),
         }),
+        series: crate::alerting::signals::server_series(&scrape),
     })
 }
 

@@ -95,6 +95,9 @@ pub struct ServerMetrics {
     /// Server-side KV latency, when the member exposes `grpc_server_handling_seconds`
     /// (`--metrics=extensive`).
     pub server_latency: Option<ServerLatency>,
+    /// Raw cumulative series the alert rules compute windowed signals from (not serialised).
+    #[serde(skip)]
+    pub series: crate::alerting::signals::ServerSeries,
 }
 
 /// Quantiles of the server's own gRPC handling histograms, since the member started.
