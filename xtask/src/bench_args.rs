@@ -33,3 +33,4 @@ pub enum Which {
         seconds: u64,
     },
 }
+
