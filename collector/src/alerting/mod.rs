@@ -589,3 +589,119 @@ impl Alerting {
         self.inner.notifier.render(out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{ClusterHandle, MemberState};
+    use crate::config::ClusterConfig;
+
+    fn thresholds() -> Thresholds {
+        Thresholds {
+            max_latency_ms: 100,
+            max_db_size_mb: 8192,
+            min_available_nodes: 2,
+            max_leader_changes: 3,
+        }
+    }
+
+    fn cluster(reachable: [bool; 3]) -> Clusters {
+        let c = ClusterHandle::new(ClusterConfig {
+            name: "default".into(),
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            tls: None,
+            auth: None,
+            metrics_urls: vec![],
+            dial_timeout: Duration::from_secs(1),
+        });
+        c.update(|s| {
+            s.updated_at_ms = 1;
+            s.has_leader = true;
+            s.quorum_ok = true;
+            s.member_count = 3;
+            s.available_members = reachable.iter().filter(|r| **r).count();
+            s.members = (0..3)
+                .map(|i| MemberState {
+                    id: format!("{i}"),
+                    name: format!("m{i}"),
+                    reachable: reachable[i],
+                    ..MemberState::default()
+                })
+                .collect();
+        });
+        Arc::new(vec![c])
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_member_fires_and_shows_in_metrics_and_a_restart_restores_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let settings = AlertingSettings {
+            rules_path: None,
+            thresholds: thresholds(),
+            interval: Duration::from_secs(1),
+            dedup_window: lifecycle::DEDUP_WINDOW,
+        };
+        let clusters = cluster([true, false, true]);
+        let engine = Alerting::new(
+            settings.clone(),
+            clusters.clone(),
+            None,
+            Some(store.clone()),
+            Notifier::default(),
+        )
+        .unwrap();
+        engine.evaluate().await;
+        let active = engine.active("default");
+        let a = active
+            .iter()
+            .find(|a| a.name == "MemberUnavailable")
+            .expect("MemberUnavailable");
+        assert_eq!(a.state, AlertState::Firing, "for: 0s");
+        assert_eq!(a.member.as_deref(), Some("m1"));
+        assert_eq!(
+            a.annotations.get("summary").map(String::as_str),
+            Some("etcd member m1 does not answer.")
+        );
+        assert!(!active.iter().any(|a| a.member.as_deref() == Some("m0")));
+        let mut text = String::new();
+        engine.render(&mut text);
+        assert!(text.contains("alertname=\"MemberUnavailable\""), "{text}");
+        assert!(
+            text.contains("etcdmon_alerts_firing{cluster=\"default\",severity=\"critical\"} 1"),
+            "{text}"
+        );
+        let history = engine.history("default", 0, 10).await.unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].state, AlertState::Firing);
+
+        // A second engine on the same store (a restart) has it active before any evaluation.
+        let again = Alerting::new(
+            settings,
+            clusters.clone(),
+            None,
+            Some(store),
+            Notifier::default(),
+        )
+        .unwrap();
+        assert!(
+            again
+                .active("default")
+                .iter()
+                .any(|a| a.name == "MemberUnavailable")
+        );
+        clusters[0].update(|s| {
+            s.members[1].reachable = true;
+            s.available_members = 3;
+        });
+        again.evaluate().await;
+        assert!(
+            !again
+                .active("default")
+                .iter()
+                .any(|a| a.name == "MemberUnavailable")
+        );
+        let history = again.history("default", 0, 10).await.unwrap();
+        assert_eq!(history[0].state, AlertState::Resolved);
+    }
+}

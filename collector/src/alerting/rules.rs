@@ -221,7 +221,7 @@ impl<'de> Deserialize<'de> for Expr {
 }
 
 /// Variables templates may use besides `labels.NAME`.
-pub const TEMPLATE_VARS: [&str; 18] = [
+pub const TEMPLATE_VARS: [&str; 20] = [
     "alertname",
     "severity",
     "cluster",
@@ -240,6 +240,8 @@ pub const TEMPLATE_VARS: [&str; 18] = [
     "quota_bytes",
     "unreachable_members",
     "reasons",
+    "method",
+    "agent_mode",
 ];
 
 /// An annotation with `{{ var }}` placeholders, checked when parsed.
@@ -733,6 +735,22 @@ pub fn defaults(t: &Thresholds) -> Vec<Rule> {
             "etcd cluster {{ cluster }}: {{ value }}% of requests failed on {{ member }}.",
         ),
         rule(
+            "etcdGRPCRequestsSlow",
+            Critical,
+            "grpc_request_p99_seconds[5m] > 0.15",
+            600,
+            "etcd grpc requests are slow.",
+            "etcd cluster {{ cluster }}: p99 of {{ method }} requests is {{ value_ms }} ms on {{ member }}.",
+        ),
+        rule(
+            "AgentNotUsingEbpf",
+            Warning,
+            "agent_ebpf == 0",
+            900,
+            "etcd-monitor-agent traces {{ member }} without eBPF.",
+            "Cluster {{ cluster }}: the agent on the node of {{ member }} runs {{ agent_mode }}: no kernel-side fsync, write or TCP figures for it. Its /healthz says why.",
+        ),
+        rule(
             "etcdMemberCommunicationSlow",
             Warning,
             "peer_round_trip_p99_seconds[5m] > 0.15",
@@ -843,6 +861,8 @@ mod tests {
             "etcdHighNumberOfFailedGRPCRequests",
             "etcdMemberCommunicationSlow",
             "etcdHighNumberOfFailedProposals",
+            "etcdGRPCRequestsSlow",
+            "AgentNotUsingEbpf",
             "etcdHighFsyncDurations",
             "etcdHighCommitDurations",
             "etcdDatabaseQuotaLowSpace",
@@ -867,6 +887,38 @@ mod tests {
             Some(250.0)
         );
         assert_eq!(find("KernelSlowWalFsync").map(|c| c.threshold), Some(0.01));
+    }
+
+    #[test]
+    fn names_match_the_prometheus_rules_file() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/prometheus/etcd-monitor.rules.yml"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+        let ours: Vec<String> = defaults(&thresholds())
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        let mut checked = 0;
+        for group in doc["groups"].as_sequence().unwrap() {
+            for r in group["rules"].as_sequence().unwrap() {
+                let Some(name) = r["alert"].as_str() else {
+                    continue;
+                };
+                // The collector cannot alert on its own absence; Prometheus does.
+                if name == "EtcdMonitorDown" {
+                    continue;
+                }
+                assert!(
+                    ours.iter().any(|n| n == name),
+                    "{name} is in {path} but not built in"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 20, "{checked}");
     }
 
     #[test]

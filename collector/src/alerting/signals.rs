@@ -60,6 +60,9 @@ pub enum Signal {
     BackendCommitP99Seconds,
     /// p99 of `etcd_network_peer_round_trip_time_seconds` over the window, seconds.
     PeerRoundTripP99Seconds,
+    /// p99 of `grpc_server_handling_seconds` (unary, not Defragment) over the window, seconds,
+    /// per `method` (etcd exposes it with `--metrics=extensive`).
+    GrpcRequestP99Seconds,
     /// Percentage of gRPC requests failed with a server-side code over the window.
     GrpcFailedPercent,
     /// `etcd_server_proposals_failed_total` per second over the window.
@@ -87,11 +90,13 @@ pub enum Signal {
     /// Events of the member's agent lost over the window (in the kernel, the agent's queue
     /// or in transit to the collector).
     AgentLostEvents,
+    /// 1 when the member's agent traces it with eBPF, 0 when it runs client-only.
+    AgentEbpf,
 }
 
 impl Signal {
     /// Every signal, for documentation and error messages.
-    pub const ALL: [Signal; 26] = [
+    pub const ALL: [Signal; 28] = [
         Signal::ClusterHasLeader,
         Signal::ClusterQuorumOk,
         Signal::ClusterAvailableMembers,
@@ -105,6 +110,7 @@ impl Signal {
         Signal::WalFsyncP99Seconds,
         Signal::BackendCommitP99Seconds,
         Signal::PeerRoundTripP99Seconds,
+        Signal::GrpcRequestP99Seconds,
         Signal::GrpcFailedPercent,
         Signal::ProposalsFailedPerSecond,
         Signal::ProposalsPending,
@@ -118,6 +124,7 @@ impl Signal {
         Signal::WalFsyncServerKernelRatio,
         Signal::PeerRetransmitsPerSecond,
         Signal::AgentLostEvents,
+        Signal::AgentEbpf,
     ];
 
     /// The name used in rule expressions.
@@ -136,6 +143,7 @@ impl Signal {
             Signal::WalFsyncP99Seconds => "wal_fsync_p99_seconds",
             Signal::BackendCommitP99Seconds => "backend_commit_p99_seconds",
             Signal::PeerRoundTripP99Seconds => "peer_round_trip_p99_seconds",
+            Signal::GrpcRequestP99Seconds => "grpc_request_p99_seconds",
             Signal::GrpcFailedPercent => "grpc_failed_percent",
             Signal::ProposalsFailedPerSecond => "proposals_failed_per_second",
             Signal::ProposalsPending => "proposals_pending",
@@ -149,6 +157,7 @@ impl Signal {
             Signal::WalFsyncServerKernelRatio => "wal_fsync_server_kernel_ratio",
             Signal::PeerRetransmitsPerSecond => "peer_retransmits_per_second",
             Signal::AgentLostEvents => "agent_lost_events",
+            Signal::AgentEbpf => "agent_ebpf",
         }
     }
 
@@ -160,6 +169,7 @@ impl Signal {
                 | Signal::WalFsyncP99Seconds
                 | Signal::BackendCommitP99Seconds
                 | Signal::PeerRoundTripP99Seconds
+                | Signal::GrpcRequestP99Seconds
                 | Signal::GrpcFailedPercent
                 | Signal::ProposalsFailedPerSecond
                 | Signal::DbPredictedQuotaRatio
@@ -220,6 +230,8 @@ pub struct ServerSeries {
     pub backend_commit: Buckets,
     /// `etcd_network_peer_round_trip_time_seconds`, all peers.
     pub peer_round_trip: Buckets,
+    /// `grpc_server_handling_seconds` (unary, not Defragment) per method.
+    pub grpc_handling: BTreeMap<String, Buckets>,
     /// `grpc_server_handled_total` (unary).
     pub grpc_handled: f64,
     /// `grpc_server_handled_total` (unary) with a server-side failure code.
@@ -269,6 +281,22 @@ pub fn server_series(scrape: &Scrape) -> ServerSeries {
         ..ServerSeries::default()
     };
     for s in &scrape.samples {
+        if s.metric == "grpc_server_handling_seconds"
+            && s.labels.get("grpc_type") == Some("unary")
+            && let Some(method) = s.labels.get("grpc_method")
+            && method != "Defragment"
+            && let Value::Histogram(buckets) = &s.value
+        {
+            let sums = out.grpc_handling.entry(method.to_string()).or_default();
+            for b in buckets {
+                match sums.iter_mut().find(|x| x.0 == b.less_than) {
+                    Some(x) => x.1 += b.count,
+                    None => sums.push((b.less_than, b.count)),
+                }
+            }
+            sums.sort_by(|a, b| a.0.total_cmp(&b.0));
+            continue;
+        }
         let v = match &s.value {
             Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => *x,
             _ => continue,
@@ -296,6 +324,8 @@ pub fn server_series(scrape: &Scrape) -> ServerSeries {
 pub struct KernelSeries {
     /// Agent boot id: counters restart with it.
     pub boot_id: String,
+    /// Agent mode: `ebpf`, `ebpf-partial` or `client-only`.
+    pub mode: String,
     /// Log2 slots of WAL `fdatasync` durations (slot k: [2^k, 2^(k+1)) ns).
     pub wal_fsync_slots: Vec<u64>,
     /// Retransmits per peer.
@@ -358,6 +388,7 @@ fn kernel_series(registry: &AgentRegistry, member: &MemberState) -> Option<Kerne
         .map_or(0, |d| d.kernel_ringbuf + d.agent_queue + d.kernel_other);
     Some(KernelSeries {
         boot_id: record.boot_id.clone(),
+        mode: status.mode.clone(),
         wal_fsync_slots: slots,
         peer_retransmits: peers,
         lost_events: drops + record.lost_events,
@@ -621,6 +652,34 @@ pub fn samples(
                     && let Some(v) = bucket_quantile(0.99, &pick(sa), &pick(sb))
                 {
                     push(&mut out, labels, v, context);
+                }
+            }
+            Signal::GrpcRequestP99Seconds => {
+                if let Some((a, b)) = win
+                    && let (Some(sa), Some(sb)) = (&a.server, &b.server)
+                {
+                    for (method, last) in &sb.grpc_handling {
+                        let empty = Vec::new();
+                        let first = sa.grpc_handling.get(method).unwrap_or(&empty);
+                        if let Some(v) = bucket_quantile(0.99, first, last) {
+                            let mut l = labels.clone();
+                            l.insert("method".to_string(), method.clone());
+                            push(&mut out, l, v, context.clone());
+                        }
+                    }
+                }
+            }
+            Signal::AgentEbpf => {
+                if let Some((_, b)) = win
+                    && let Some(k) = &b.kernel
+                {
+                    context.insert("agent_mode".into(), k.mode.clone());
+                    push(
+                        &mut out,
+                        labels,
+                        bool_f(k.mode.starts_with("ebpf")),
+                        context,
+                    );
                 }
             }
             Signal::GrpcFailedPercent => {
