@@ -922,6 +922,26 @@ mod tests {
     }
 
     #[test]
+    fn every_built_in_rule_has_a_runbook_section() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/runbooks.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let anchors: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("### "))
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
+        for r in defaults(&thresholds()) {
+            let url = &r.annotations["runbook_url"].0;
+            let anchor = url.rsplit('#').next().unwrap_or_default();
+            assert!(
+                anchors.iter().any(|a| a == anchor),
+                "{}: no ### heading for #{anchor} in {path}",
+                r.name
+            );
+        }
+    }
+
+    #[test]
     fn expressions_parse_and_reject_nonsense() {
         let e: Expr = "wal_fsync_p99_seconds[2m] > 0.01 and wal_fsync_server_kernel_ratio >= 2"
             .parse()

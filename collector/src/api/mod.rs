@@ -308,6 +308,9 @@ mod tests {
             "/api/v1/metrics/latency",
             "/api/v1/alerts",
             "/api/v1/alerts/history",
+            "/api/v1/alerts/rules",
+            "/api/v1/alerts/silences",
+            "/api/v1/alerts/silences/{id}",
             "/api/v1/performance/benchmark",
             "/metrics",
         ] {
