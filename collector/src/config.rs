@@ -430,9 +430,10 @@ pub struct FileConfig {
     /// Clusters to monitor besides (or instead of) the one the flags describe.
     #[serde(default)]
     pub clusters: Vec<FileCluster>,
-    /// Alert notification channels (see [`crate::notify::config`]).
+    /// Alert notification channels (see [`crate::notify::config`]); checked field by field
+    /// in [`Cli::into_config`].
     #[serde(default)]
-    pub notifiers: Vec<crate::notify::ChannelSpec>,
+    pub notifiers: Vec<serde_yaml::Value>,
 }
 
 impl FileConfig {
@@ -645,10 +646,12 @@ impl Cli {
                 format!("{}: {e}", rules.display()),
             ));
         }
-        let notifiers = crate::notify::config::validate(&file.notifiers).map_err(|e| {
-            let (field, message) = e.split_once(": ").unwrap_or(("notifiers", e.as_str()));
-            ConfigError::new(field, message)
-        })?;
+        let notifiers = crate::notify::config::parse(&file.notifiers)
+            .and_then(|specs| crate::notify::config::validate(&specs))
+            .map_err(|e| {
+                let (field, message) = e.split_once(": ").unwrap_or(("notifiers", e.as_str()));
+                ConfigError::new(field, message)
+            })?;
         for origin in &self.cors_origins {
             let origin = origin.trim();
             if origin != "*" && origin.parse::<http::HeaderValue>().is_err() {

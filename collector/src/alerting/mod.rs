@@ -84,7 +84,11 @@ struct Inner {
     registry: Option<Arc<AgentRegistry>>,
     counters: Counters,
     silence_seq: AtomicU64,
+    last_refresh_ms: AtomicU64,
 }
+
+/// How often firing alerts are re-sent to Alertmanager (Prometheus re-sends every minute too).
+const REFRESH_EVERY_MS: u64 = 60_000;
 
 /// The engine (cheap to clone).
 #[derive(Clone)]
@@ -200,6 +204,7 @@ impl Alerting {
                 registry,
                 counters: Counters::default(),
                 silence_seq: AtomicU64::new(0),
+                last_refresh_ms: AtomicU64::new(now_ms()),
             }),
         })
     }
@@ -269,7 +274,7 @@ impl Alerting {
     /// Evaluates every rule once, records and notifies.
     pub async fn evaluate(&self) {
         let now = now_ms();
-        let (transitions, notify, changed, active, delivered) = {
+        let (transitions, notify, changed, active, delivered, refresh) = {
             let rules = read(&self.inner.rules).clone();
             let (candidates, mut known) = self.candidates(&rules, now);
             let names: HashSet<&str> = rules.iter().map(|r| r.name.as_str()).collect();
@@ -284,12 +289,30 @@ impl Alerting {
             let out = lc.step(now, candidates, &known, stale, |a| {
                 silences::muting(&silences, a, now).map(|s| s.id.clone())
             });
+            let last = self.inner.last_refresh_ms.load(Ordering::Relaxed);
+            let refresh: Vec<Alert> = if now.saturating_sub(last) >= REFRESH_EVERY_MS {
+                self.inner.last_refresh_ms.store(now, Ordering::Relaxed);
+                lc.active
+                    .iter()
+                    .filter(|(k, a)| {
+                        a.state == AlertState::Firing
+                            && a.silenced_by.is_none()
+                            && lc.delivered.get(*k).and_then(|d| d.state)
+                                == Some(AlertState::Firing)
+                            && !out.notify.iter().any(|n| &n.key == *k)
+                    })
+                    .map(|(_, a)| a.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             (
                 out.transitions,
                 out.notify,
                 out.changed,
                 lc.active.clone(),
                 lc.delivered.clone(),
+                refresh,
             )
         };
         self.inner
@@ -332,6 +355,9 @@ impl Alerting {
         }
         for alert in &notify {
             self.inner.notifier.notify(alert);
+        }
+        for alert in &refresh {
+            self.inner.notifier.refresh(alert);
         }
     }
 

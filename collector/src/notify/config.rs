@@ -283,6 +283,70 @@ fn http_url(field: &str, url: &str) -> Result<String, String> {
     Ok(url.to_string())
 }
 
+const COMMON_FIELDS: [&str; 6] = [
+    "type",
+    "name",
+    "timeout",
+    "retries",
+    "backoff",
+    "send_resolved",
+];
+
+fn allowed_fields(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "console" => &[],
+        "webhook" => &["url", "hmac_key"],
+        "slack" => &["url"],
+        "pagerduty" => &["routing_key", "url"],
+        "email" => &[
+            "smtp_host",
+            "smtp_port",
+            "tls",
+            "ca_file",
+            "username",
+            "password",
+            "from",
+            "to",
+        ],
+        "alertmanager" => &["url"],
+        _ => return None,
+    })
+}
+
+/// Parses the `notifiers:` entries, rejecting unknown fields (a typo such as `hmac-key` must
+/// not silently turn signing off); errors read `notifiers[i].field: reason`.
+pub fn parse(entries: &[serde_yaml::Value]) -> Result<Vec<ChannelSpec>, String> {
+    let mut out = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let p = format!("notifiers[{i}]");
+        let map = entry
+            .as_mapping()
+            .ok_or_else(|| format!("{p}: must be a mapping with a `type`"))?;
+        let kind = map.get("type").and_then(|t| t.as_str()).ok_or_else(|| {
+            format!("{p}.type: required (console, webhook, slack, pagerduty, email, alertmanager)")
+        })?;
+        let allowed = allowed_fields(kind).ok_or_else(|| {
+            format!("{p}.type: {kind:?} is not one of console, webhook, slack, pagerduty, email, alertmanager")
+        })?;
+        for key in map.keys() {
+            let key = key.as_str().unwrap_or_default();
+            if !COMMON_FIELDS.contains(&key) && !allowed.contains(&key) {
+                let mut known: Vec<&str> = allowed.to_vec();
+                known.extend(&COMMON_FIELDS[1..]);
+                return Err(format!(
+                    "{p}.{key}: unknown field for type {kind}; known: {}",
+                    known.join(", ")
+                ));
+            }
+        }
+        out.push(
+            serde_yaml::from_value::<ChannelSpec>(entry.clone())
+                .map_err(|e| format!("{p}: {e}"))?,
+        );
+    }
+    Ok(out)
+}
+
 /// Validates `specs` (reading secrets and files); errors read `notifiers[i].field: reason`.
 /// A console channel is always present (added first when not listed).
 pub fn validate(specs: &[ChannelSpec]) -> Result<Vec<ChannelConfig>, String> {
@@ -443,7 +507,24 @@ mod tests {
     use super::*;
 
     fn specs(yaml: &str) -> Vec<ChannelSpec> {
-        serde_yaml::from_str(yaml).unwrap()
+        let entries: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).unwrap();
+        parse(&entries).unwrap()
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_rejected() {
+        for (yaml, field) in [
+            (
+                "- type: webhook\n  url: http://x\n  hmac-key: k\n",
+                "notifiers[0].hmac-key",
+            ),
+            ("- type: pager\n", "notifiers[0].type"),
+            ("- url: http://x\n", "notifiers[0].type"),
+        ] {
+            let entries: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).unwrap();
+            let err = parse(&entries).unwrap_err();
+            assert!(err.starts_with(field), "{yaml}: {err}");
+        }
     }
 
     #[test]

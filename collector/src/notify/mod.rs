@@ -123,6 +123,18 @@ impl Notifier {
         }
     }
 
+    /// Re-sends a firing `alert` to the channels that forget alerts not re-sent (Alertmanager
+    /// resolves an alert on its own after its `resolve_timeout`, 5 minutes by default).
+    pub fn refresh(&self, alert: &Alert) {
+        for c in self.channels.iter() {
+            if matches!(c.config.kind, ChannelKind::Alertmanager { .. })
+                && c.queue.try_send(alert.clone()).is_err()
+            {
+                c.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Prometheus text of the per-channel counters.
     pub fn render(&self, out: &mut String) {
         if self.channels.is_empty() {
