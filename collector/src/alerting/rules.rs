@@ -448,8 +448,21 @@ pub fn parse(text: &str, defaults: Vec<Rule>) -> Result<Vec<Rule>, String> {
             .clone()
             .ok_or_else(|| format!("{at}: expr is required"))?;
         for k in r.labels.keys() {
-            if matches!(k.as_str(), "alertname" | "severity" | "cluster" | "member") {
+            if matches!(
+                k.as_str(),
+                "alertname" | "severity" | "cluster" | "member" | "alertstate"
+            ) {
                 return Err(format!("{at}: label {k:?} is set by the engine"));
+            }
+            let valid = k
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "{at}: label {k:?} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+                ));
             }
         }
         rules.push(Rule {
@@ -979,6 +992,12 @@ mod tests {
 
         let err = parse("rules:\n  - name: A\n    severity: critical\n", vec![]).unwrap_err();
         assert!(err.contains("rules[0] (A): expr is required"), "{err}");
+
+        let err = parse("rules:\n  - name: A\n    severity: critical\n    expr: member_up == 0\n    labels: {team-x: db}\n", vec![]).unwrap_err();
+        assert!(
+            err.contains("team-x") && err.contains("label name"),
+            "{err}"
+        );
     }
 
     #[test]
