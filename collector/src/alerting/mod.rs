@@ -87,6 +87,9 @@ struct Inner {
     last_refresh_ms: AtomicU64,
 }
 
+/// How often the evaluation loop looks for a finished health check.
+const POLL_EVERY: Duration = Duration::from_millis(100);
+
 /// How often firing alerts are re-sent to Alertmanager (Prometheus re-sends every minute too).
 const REFRESH_EVERY_MS: u64 = 60_000;
 
@@ -213,11 +216,28 @@ impl Alerting {
     pub fn spawn(&self) {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(me.inner.settings.interval);
+            // Evaluate as soon as a health check has published new state (so an alert fires
+            // one health round after the fault, not one round plus an interval), and at least
+            // every interval for the scraped and kernel-side signals.
+            let interval = me.inner.settings.interval;
+            let mut tick = tokio::time::interval(POLL_EVERY.min(interval));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seen = 0u64;
+            let mut last: Option<std::time::Instant> = None;
             loop {
                 tick.tick().await;
-                me.evaluate().await;
+                let newest = me
+                    .inner
+                    .clusters
+                    .iter()
+                    .map(|c| c.update(|s| s.updated_at_ms))
+                    .max()
+                    .unwrap_or(0);
+                if newest != seen || last.is_none_or(|t| t.elapsed() >= interval) {
+                    seen = newest;
+                    last = Some(std::time::Instant::now());
+                    me.evaluate().await;
+                }
             }
         });
         #[cfg(unix)]
