@@ -535,7 +535,7 @@ impl Alerting {
         let silence = body.validate(id, now).map_err(AlertingError::Invalid)?;
         if let Some(store) = self.inner.store.clone() {
             let s = silence.clone();
-            tokio::task::spawn_blocking(move || persist::put_silence(&store, &s))
+            tokio::task::spawn_blocking(move || persist::put_silence(&store, &s, now))
                 .await
                 .map_err(|e| AlertingError::Invalid(e.to_string()))??;
         }
@@ -749,5 +749,30 @@ mod tests {
         );
         let history = again.history("default", 0, 10).await.unwrap();
         assert_eq!(history[0].state, AlertState::Resolved);
+
+        // Silences survive a restart too; deleting one is remembered.
+        let body: NewSilence =
+            serde_json::from_str(r#"{"matchers": {"member": "m2"}, "duration": "1h"}"#).unwrap();
+        let silence = again.add_silence(body).await.unwrap();
+        let third = Alerting::new(
+            again.inner.settings.clone(),
+            clusters.clone(),
+            None,
+            again.inner.store.clone(),
+            Notifier::default(),
+        )
+        .unwrap();
+        assert_eq!(third.silences(), vec![silence.clone()]);
+        assert!(third.delete_silence(&silence.id).await.unwrap());
+        assert!(!third.delete_silence(&silence.id).await.unwrap());
+        let fourth = Alerting::new(
+            third.inner.settings.clone(),
+            clusters,
+            None,
+            third.inner.store.clone(),
+            Notifier::default(),
+        )
+        .unwrap();
+        assert!(fourth.silences().is_empty());
     }
 }

@@ -25,7 +25,11 @@ CREATE TABLE IF NOT EXISTS alert_transitions (
 );
 CREATE INDEX IF NOT EXISTS alert_transitions_by_cluster ON alert_transitions (cluster, id);
 CREATE TABLE IF NOT EXISTS alert_delivered (key TEXT PRIMARY KEY, json TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS alert_silences (id TEXT PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_silences (
+    id TEXT PRIMARY KEY,
+    ends_at_ms INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
 ";
 
 fn json_err(e: serde_json::Error) -> rusqlite::Error {
@@ -164,12 +168,20 @@ pub fn history(
     })
 }
 
-/// Saves a silence.
-pub fn put_silence(store: &Store, s: &Silence) -> Result<(), StoreError> {
+/// Saves a silence and forgets the ones that ended before `now_ms`.
+pub fn put_silence(store: &Store, s: &Silence, now_ms: u64) -> Result<(), StoreError> {
     store.with(|c| {
         c.execute(
-            "INSERT OR REPLACE INTO alert_silences (id, json) VALUES (?1, ?2)",
-            params![s.id, serde_json::to_string(s).map_err(json_err)?],
+            "DELETE FROM alert_silences WHERE ends_at_ms < ?1",
+            [to_i64(now_ms)],
+        )?;
+        c.execute(
+            "INSERT OR REPLACE INTO alert_silences (id, ends_at_ms, json) VALUES (?1, ?2, ?3)",
+            params![
+                s.id,
+                to_i64(s.ends_at_ms),
+                serde_json::to_string(s).map_err(json_err)?
+            ],
         )
         .map(|_| ())
     })
