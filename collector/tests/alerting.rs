@@ -803,7 +803,14 @@ fn leader_change_rule_fires_at_the_configured_count_and_not_before() -> anyhow::
                 )?,
             };
             assert_eq!(alert["severity"], "critical");
-            assert_eq!(alert["value"].as_f64(), Some(seen as f64), "{alert}");
+            // A rejoining member may force one more election meanwhile (etcd 3.4 runs without
+            // pre-vote), so the value is between what triggered it and what the collector saw.
+            let value = alert["value"].as_f64().unwrap_or_default();
+            let now = changes(&collector) as f64;
+            assert!(
+                value >= 3.0 && value <= now,
+                "value {value}, changes {now}: {alert}"
+            );
             assert!(
                 alert["annotations"]["description"]
                     .as_str()
