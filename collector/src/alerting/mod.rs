@@ -679,6 +679,77 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn windowed_server_signals_and_joined_conditions() {
+        use crate::cluster::ServerMetrics;
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("rules.yaml");
+        std::fs::write(
+            &rules,
+            "include_defaults: false\nrules:\n  - name: SlowWalFsync\n    severity: critical\n    expr: wal_fsync_p99_seconds[1m] > 0.01\n    annotations: {summary: '{{ member }} {{ value_ms }} ms'}\n  - name: SlowAndBacklogged\n    severity: warning\n    expr: wal_fsync_p99_seconds[1m] > 0.01 and proposals_pending > 3\n",
+        )
+        .unwrap();
+        let clusters = cluster([true, true, true]);
+        let engine = Alerting::new(
+            AlertingSettings {
+                rules_path: Some(rules),
+                thresholds: thresholds(),
+                interval: Duration::from_secs(1),
+                dedup_window: lifecycle::DEDUP_WINDOW,
+            },
+            clusters.clone(),
+            None,
+            None,
+            Notifier::default(),
+        )
+        .unwrap();
+        let set = |slow: [f64; 3], pending: [f64; 3]| {
+            clusters[0].update(|s| {
+                for (i, m) in s.members.iter_mut().enumerate() {
+                    let mut server = ServerMetrics {
+                        proposals_pending: pending[i],
+                        ..ServerMetrics::default()
+                    };
+                    // 1000 fast fsyncs before, `slow[i]` of 50-100 ms after.
+                    server.series.wal_fsync = vec![
+                        (0.001, 1000.0),
+                        (0.1, 1000.0 + slow[i]),
+                        (f64::INFINITY, 1000.0 + slow[i]),
+                    ];
+                    m.server = Some(server);
+                }
+            });
+        };
+        set([0.0; 3], [0.0; 3]);
+        engine.evaluate().await;
+        assert!(
+            engine.active("default").is_empty(),
+            "nothing in the window yet"
+        );
+        set([100.0, 100.0, 0.0], [5.0, 0.0, 5.0]);
+        engine.evaluate().await;
+        let active = engine.active("default");
+        let members = |name: &str| {
+            let mut m: Vec<String> = active
+                .iter()
+                .filter(|a| a.name == name && a.state == AlertState::Firing)
+                .filter_map(|a| a.member.clone())
+                .collect();
+            m.sort();
+            m
+        };
+        // Only the 100 slow calls in the window count: p99 falls in the (1 ms, 100 ms] bucket.
+        assert_eq!(members("SlowWalFsync"), vec!["m0", "m1"]);
+        assert_eq!(members("SlowAndBacklogged"), vec!["m0"]);
+        let a = active.iter().find(|a| a.name == "SlowWalFsync").unwrap();
+        assert!(a.value > 0.01 && a.value <= 0.1, "{}", a.value);
+        assert!(
+            a.annotations["summary"].ends_with(" ms"),
+            "{:?}",
+            a.annotations
+        );
+    }
+
+    #[tokio::test]
     async fn an_unreachable_member_fires_and_shows_in_metrics_and_a_restart_restores_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
