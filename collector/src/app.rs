@@ -38,6 +38,9 @@ pub enum AppError {
         /// Cause.
         message: String,
     },
+    /// The alert rules or the alerting state could not be loaded.
+    #[error(transparent)]
+    Alerting(#[from] crate::alerting::AlertingError),
     /// The gRPC server could not start.
     #[error("{0}")]
     Grpc(String),
@@ -193,8 +196,26 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         }
     }
 
+    let alerting = crate::alerting::Alerting::new(
+        crate::alerting::AlertingSettings {
+            rules_path: config.rules.clone(),
+            thresholds: config.thresholds,
+            interval: config
+                .health_interval
+                .min(config.metrics_interval)
+                .max(Duration::from_millis(200)),
+            dedup_window: crate::alerting::lifecycle::DEDUP_WINDOW,
+        },
+        clusters.clone(),
+        Some(pipeline.registry.clone()),
+        Some(store.clone()),
+        crate::notify::Notifier::start(config.notifiers.clone()),
+    )?;
+    alerting.spawn();
+
     let state = AppState {
         clusters: clusters.clone(),
+        alerting: Some(alerting),
         store: Some(store),
         telemetry,
         thresholds: config.thresholds,

@@ -350,6 +350,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Rules file.
     pub rules: Option<PathBuf>,
+    /// Alert notification channels (the config file's `notifiers:`; console always).
+    pub notifiers: Vec<crate::notify::ChannelConfig>,
     /// History store directory.
     pub data_dir: PathBuf,
     /// History retention by age.
@@ -428,6 +430,10 @@ pub struct FileConfig {
     /// Clusters to monitor besides (or instead of) the one the flags describe.
     #[serde(default)]
     pub clusters: Vec<FileCluster>,
+    /// Alert notification channels (see [`crate::notify::config`]); checked field by field
+    /// in [`Cli::into_config`].
+    #[serde(default)]
+    pub notifiers: Vec<serde_yaml::Value>,
 }
 
 impl FileConfig {
@@ -640,6 +646,12 @@ impl Cli {
                 format!("{}: {e}", rules.display()),
             ));
         }
+        let notifiers = crate::notify::config::parse(&file.notifiers)
+            .and_then(|specs| crate::notify::config::validate(&specs))
+            .map_err(|e| {
+                let (field, message) = e.split_once(": ").unwrap_or(("notifiers", e.as_str()));
+                ConfigError::new(field, message)
+            })?;
         for origin in &self.cors_origins {
             let origin = origin.trim();
             if origin != "*" && origin.parse::<http::HeaderValue>().is_err() {
@@ -665,6 +677,7 @@ impl Cli {
             grpc_port: self.grpc_port,
             ingest,
             rules: self.rules,
+            notifiers,
             data_dir: self.data_dir,
             history_retention: self.history_retention,
             history_max_bytes: self.history_max_size_mb.saturating_mul(1024 * 1024),

@@ -5,14 +5,17 @@
 //! Module map: [`config`] (flags, env, YAML) → [`app`] (wiring) → per cluster
 //! [`cluster::health`] (Status, MemberList, AlarmList, [`probe`]s) and [`scrape`] (member
 //! /metrics) write [`cluster::ClusterState`]; [`api`] and [`exporter`] read it; [`store`] keeps
-//! history; [`telemetry`] counts the collector's own failures.
+//! history; [`telemetry`] counts the collector's own failures; [`alerting`] evaluates the
+//! rules over that state and [`notify`] delivers the alerts.
 
+pub mod alerting;
 pub mod api;
 pub mod app;
 pub mod cluster;
 pub mod config;
 pub mod exporter;
 pub mod ingest;
+pub mod notify;
 pub mod probe;
 pub mod scrape;
 pub mod store;

@@ -156,13 +156,11 @@ pub fn derive(text: &str) -> Result<ServerMetrics, String> {
         has_leader: get("etcd_server_has_leader").map(|v| v > 0.0),
         grpc_kv_requests_total: kv_total,
         request_rate_per_second: None,
-        wal_fsync_buckets: merged_buckets(&scrape, "etcd_disk_wal_fsync_duration_seconds", |_| {
-            true
-        }),
         server_latency: has_handling.then(|| ServerLatency {
             read: handling(&["Range"]),
             write: handling(&["Put", "Txn", "DeleteRange"]),
         }),
+        series: crate::alerting::signals::server_series(&scrape),
     })
 }
 
@@ -345,7 +343,7 @@ impl ScrapeLoop {
                 let server = member
                     .server
                     .as_ref()
-                    .map(|s| s.wal_fsync_buckets.as_slice());
+                    .map(|s| s.series.wal_fsync.as_slice());
                 let kernel = self
                     .registry
                     .as_ref()

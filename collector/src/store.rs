@@ -279,7 +279,9 @@ impl Store {
         &self.path
     }
 
-    fn with<R>(
+    /// Runs `f` on the connection under the store's lock (for modules that keep their own
+    /// tables in the same file, such as the alerting state).
+    pub fn with<R>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<R>,
     ) -> Result<R, StoreError> {

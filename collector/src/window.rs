@@ -14,7 +14,7 @@ use crate::{ingest::join::slot_quantile_ms, scrape::histogram_quantile};
 /// Previous readings per member id, for server (etcd) and kernel (agent) WAL fsync histograms.
 #[derive(Debug, Default)]
 pub struct FsyncWindows {
-    server: HashMap<String, Vec<HistogramCount>>,
+    server: HashMap<String, Vec<(f64, f64)>>,
     kernel: HashMap<String, Vec<u64>>,
 }
 
@@ -33,7 +33,7 @@ impl FsyncWindows {
     pub fn observe(
         &mut self,
         member_id: &str,
-        server: Option<&[HistogramCount]>,
+        server: Option<&[(f64, f64)]>,
         kernel: Option<&[u64]>,
     ) -> WindowP99 {
         let server_ms = server.and_then(|now| {
@@ -58,20 +58,18 @@ impl FsyncWindows {
     }
 }
 
-/// `now - prev` bucket by bucket; `None` when the bucket layout changed or a count fell.
-pub fn bucket_delta(
-    prev: &[HistogramCount],
-    now: &[HistogramCount],
-) -> Option<Vec<HistogramCount>> {
+/// `now - prev` bucket by bucket (`(upper bound, cumulative count)`, as the scrape keeps them);
+/// `None` when the bucket layout changed or a count fell.
+pub fn bucket_delta(prev: &[(f64, f64)], now: &[(f64, f64)]) -> Option<Vec<HistogramCount>> {
     if prev.len() != now.len() {
         return None;
     }
     prev.iter()
         .zip(now)
-        .map(|(p, n)| {
-            (p.less_than == n.less_than && n.count >= p.count).then_some(HistogramCount {
-                less_than: n.less_than,
-                count: n.count - p.count,
+        .map(|(&(ple, pc), &(nle, nc))| {
+            (ple == nle && nc >= pc).then_some(HistogramCount {
+                less_than: nle,
+                count: nc - pc,
             })
         })
         .collect()
@@ -95,9 +93,12 @@ pub fn slot_delta(prev: &[u64], now: &[u64]) -> Option<Vec<u64>> {
 mod tests {
     use super::*;
 
-    fn buckets(counts: &[(f64, f64)]) -> Vec<HistogramCount> {
-        counts
-            .iter()
+    fn buckets(counts: &[(f64, f64)]) -> Vec<(f64, f64)> {
+        counts.to_vec()
+    }
+
+    fn as_counts(b: &[(f64, f64)]) -> Vec<HistogramCount> {
+        b.iter()
             .map(|&(less_than, count)| HistogramCount { less_than, count })
             .collect()
     }
@@ -111,7 +112,7 @@ mod tests {
         // Then 100 slow ones (10-100 ms): the cumulative p99 is still under 1 ms, the window's
         // is near 100 ms.
         let after = buckets(&[(0.001, 1000.0), (0.1, 1100.0), (f64::INFINITY, 1100.0)]);
-        assert!(histogram_quantile(0.99, &after).is_some_and(|s| s < 0.1));
+        assert!(histogram_quantile(0.99, &as_counts(&after)).is_some_and(|s| s < 0.1));
         let p99 = w.observe("a", Some(&after), None).server_ms;
         assert!(p99.is_some_and(|ms| ms > 90.0), "{p99:?}");
         // Nothing since: no quantile rather than a stale one.

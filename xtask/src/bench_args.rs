@@ -32,4 +32,14 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Alert latency: SIGSTOP one etcd member at a time (5-member cluster) and time the
+    /// MemberUnavailable alert to the engine and to a webhook receiver, and the resolve.
+    Alerting {
+        /// Rounds (one member each, at most 5).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// The collector's health-check interval, ms.
+        #[arg(long, default_value_t = 1000)]
+        health_ms: u64,
+    },
 }

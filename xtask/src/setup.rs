@@ -17,7 +17,7 @@ pub const APT_PACKAGES: &[&str] = &[
     // real etcd for the tests and the demo
     "etcd-server",
     "etcd-client",
-    // gRPC code generation
+    // gRPC code generation (libprotobuf-dev: the well-known .proto files etcd-client imports)
     "protobuf-compiler",
     "libprotobuf-dev",
     // eBPF inspection, Prometheus stack
@@ -33,6 +33,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "gcc-mingw-w64-x86-64",
     "python3",
     "util-linux",
+    // alerting e2e: a throttled ext4 on a loop device under one member's data dir
+    "e2fsprogs",
 ];
 
 /// The nightly toolchain aya-build compiles eBPF with.

@@ -2,6 +2,7 @@
 //! [`AppState`], so handlers are tested with `tower::ServiceExt::oneshot` and served for real
 //! by the binary. The OpenAPI document is generated from the handler annotations (utoipa).
 
+pub mod alerts;
 pub mod error;
 pub mod routes;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub cors_origins: Vec<String>,
     /// Agents, subscribers and watches (the gRPC side).
     pub pipeline: crate::ingest::Pipeline,
+    /// The alerting engine (None in tests that do not need it).
+    pub alerting: Option<crate::alerting::Alerting>,
 }
 
 /// The OpenAPI document, generated from the handlers and their types.
@@ -54,8 +57,12 @@ pub struct AppState {
         routes::metrics_current,
         routes::metrics_latency,
         routes::metrics_history,
-        routes::alerts,
-        routes::alerts_history,
+        alerts::alerts,
+        alerts::alerts_history,
+        alerts::alert_rules,
+        alerts::silences,
+        alerts::create_silence,
+        alerts::delete_silence,
         routes::benchmark,
         routes::metrics,
     ),
@@ -84,7 +91,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
             .allow_headers(Any),
     )
 }
@@ -103,8 +110,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/metrics/current", get(routes::metrics_current))
         .route("/api/v1/metrics/history", get(routes::metrics_history))
         .route("/api/v1/metrics/latency", get(routes::metrics_latency))
-        .route("/api/v1/alerts", get(routes::alerts))
-        .route("/api/v1/alerts/history", get(routes::alerts_history))
+        .route("/api/v1/alerts", get(alerts::alerts))
+        .route("/api/v1/alerts/history", get(alerts::alerts_history))
+        .route("/api/v1/alerts/rules", get(alerts::alert_rules))
+        .route(
+            "/api/v1/alerts/silences",
+            get(alerts::silences).post(alerts::create_silence),
+        )
+        .route(
+            "/api/v1/alerts/silences/{id}",
+            axum::routing::delete(alerts::delete_silence),
+        )
         .route("/api/v1/performance/benchmark", post(routes::benchmark))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(crate::ui::routes())
@@ -176,6 +192,7 @@ mod tests {
             },
             cors_origins: vec!["http://ui.example".into()],
             pipeline: crate::ingest::Pipeline::default(),
+            alerting: None,
         }
     }
 
@@ -292,6 +309,9 @@ mod tests {
             "/api/v1/metrics/latency",
             "/api/v1/alerts",
             "/api/v1/alerts/history",
+            "/api/v1/alerts/rules",
+            "/api/v1/alerts/silences",
+            "/api/v1/alerts/silences/{id}",
             "/api/v1/performance/benchmark",
             "/metrics",
         ] {

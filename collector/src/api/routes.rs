@@ -19,7 +19,7 @@ use crate::{
         ProbeLatency, ServerLatency, ServerMetrics, now_ms,
     },
     ingest::join::KernelView,
-    store::{AlertRecord, HistoryPoint, HistoryQuery},
+    store::{HistoryPoint, HistoryQuery},
 };
 
 /// Selects a cluster.
@@ -45,18 +45,6 @@ pub struct HistoryParams {
     /// Keep the last point per member in each step (`30s`, `5m`).
     pub step: Option<String>,
     /// At most this many points, newest kept (default 10000, at most 100000).
-    pub limit: Option<usize>,
-}
-
-/// Query of `/api/v1/alerts/history`.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AlertHistoryParams {
-    /// Cluster name.
-    pub cluster: Option<String>,
-    /// Start (same forms as history's `since`). Default 24h ago.
-    pub since: Option<String>,
-    /// At most this many alerts (default 1000).
     pub limit: Option<usize>,
 }
 
@@ -249,15 +237,6 @@ pub struct HistoryResponse {
     pub points: Vec<HistoryPoint>,
 }
 
-/// `/api/v1/alerts` and `/api/v1/alerts/history`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AlertsResponse {
-    /// Cluster.
-    pub cluster: String,
-    /// Alerts.
-    pub alerts: Vec<AlertRecord>,
-}
-
 /// Body of `POST /api/v1/performance/benchmark`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct BenchmarkRequestBody {
@@ -270,7 +249,7 @@ pub struct BenchmarkRequestBody {
     pub ops: Option<u64>,
 }
 
-fn pick(state: &AppState, name: Option<&str>) -> Result<Arc<ClusterHandle>, ApiError> {
+pub(crate) fn pick(state: &AppState, name: Option<&str>) -> Result<Arc<ClusterHandle>, ApiError> {
     match name {
         None | Some("") => state
             .clusters
@@ -582,52 +561,6 @@ pub async fn metrics_history(
     }))
 }
 
-/// Active alerts (the rule engine fills this in a later stage; empty until then).
-#[utoipa::path(get, path = "/api/v1/alerts", params(ClusterParam),
-    responses((status = 200, body = AlertsResponse), (status = 404, body = super::error::ErrorBody)))]
-pub async fn alerts(
-    State(state): State<AppState>,
-    q: Result<Query<ClusterParam>, QueryRejection>,
-) -> Result<Json<AlertsResponse>, ApiError> {
-    let Query(q) = q?;
-    let cluster = pick(&state, q.cluster.as_deref())?;
-    Ok(Json(AlertsResponse {
-        cluster: cluster.name().to_string(),
-        alerts: Vec::new(),
-    }))
-}
-
-/// Recorded alerts (firing and resolved), newest first.
-#[utoipa::path(get, path = "/api/v1/alerts/history", params(AlertHistoryParams),
-    responses((status = 200, body = AlertsResponse), (status = 400, body = super::error::ErrorBody),
-              (status = 404, body = super::error::ErrorBody)))]
-pub async fn alerts_history(
-    State(state): State<AppState>,
-    q: Result<Query<AlertHistoryParams>, QueryRejection>,
-) -> Result<Json<AlertsResponse>, ApiError> {
-    let Query(q) = q?;
-    let cluster = pick(&state, q.cluster.as_deref())?;
-    let now = now_ms();
-    let since = match &q.since {
-        Some(s) => parse_time(s, now).map_err(|e| ApiError::BadRequest(format!("since: {e}")))?,
-        None => now.saturating_sub(86_400_000),
-    };
-    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
-    let store = state
-        .store
-        .clone()
-        .ok_or_else(|| ApiError::Unavailable("the history store is not open".to_string()))?;
-    let name = cluster.name().to_string();
-    let alerts = tokio::task::spawn_blocking(move || store.alerts(&name, since, limit))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(AlertsResponse {
-        cluster: cluster.name().to_string(),
-        alerts,
-    }))
-}
-
 /// Runs a benchmark (not available in this build yet: answers 501).
 #[utoipa::path(post, path = "/api/v1/performance/benchmark", request_body = BenchmarkRequestBody,
     responses((status = 501, body = super::error::ErrorBody)))]
@@ -645,6 +578,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         &state.clusters,
         &state.pipeline,
     ));
+    if let Some(alerting) = &state.alerting {
+        alerting.render(&mut text);
+    }
     (
         StatusCode::OK,
         [(

@@ -95,9 +95,9 @@ pub struct ServerMetrics {
     /// Server-side KV latency, when the member exposes `grpc_server_handling_seconds`
     /// (`--metrics=extensive`).
     pub server_latency: Option<ServerLatency>,
-    /// Cumulative buckets of `etcd_disk_wal_fsync_duration_seconds`, for windowed quantiles.
+    /// Raw cumulative series the alert rules compute windowed signals from (not serialised).
     #[serde(skip)]
-    pub wal_fsync_buckets: Vec<prometheus_parse::HistogramCount>,
+    pub series: crate::alerting::signals::ServerSeries,
 }
 
 /// Quantiles of the server's own gRPC handling histograms, since the member started.

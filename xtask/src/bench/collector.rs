@@ -147,7 +147,11 @@ fn rss_slope_kib_per_min(samples: &[Sample]) -> f64 {
     if sxx == 0.0 {
         return 0.0;
     }
-    xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum::<f64>() / sxx
+    xs.iter()
+        .zip(&ys)
+        .map(|(x, y)| (x - mx) * (y - my))
+        .sum::<f64>()
+        / sxx
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

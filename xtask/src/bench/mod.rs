@@ -1,6 +1,7 @@
 //! `cargo xtask bench <which>`: figures reported as ratios measured in one run.
 
 mod agent_overhead;
+mod alerting;
 mod collector;
 mod pipeline;
 
@@ -15,6 +16,11 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             on_disk,
         } => agent_overhead::run(rounds, seconds, on_disk),
         Which::Pipeline { seconds } => pipeline::run(seconds),
+        Which::Alerting { rounds, health_ms } => alerting::run(
+            &crate::cmd::root(),
+            rounds,
+            std::time::Duration::from_millis(health_ms),
+        ),
         Which::Collector { soak_secs } => collector::run(
             &crate::cmd::root(),
             std::time::Duration::from_secs(soak_secs),

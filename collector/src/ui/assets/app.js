@@ -112,7 +112,8 @@ function renderAlerts(data) {
     const since = a.active_since_ms || a.started_at_ms || a.since_ms || a.ts_ms;
     return el("tr", { class: "alert" },
       el("td", { class: sev === "critical" ? "bad" : "warn" }, sev),
-      el("td", {}, a.name || a.rule || labels.alertname || ""),
+      el("td", { class: "alert-name" }, a.name || a.rule || labels.alertname || ""),
+      el("td", {}, a.silenced_by ? `${a.state} (silenced)` : a.state || ""),
       el("td", {}, a.member || labels.member || ""),
       el("td", {}, since ? ago(since) : ""),
       el("td", {}, ann.summary || a.summary || a.message || ""),
