@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod exporter;

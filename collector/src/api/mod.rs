@@ -2,6 +2,7 @@
 //! [`AppState`], so handlers are tested with `tower::ServiceExt::oneshot` and served for real
 //! by the binary. The OpenAPI document is generated from the handler annotations (utoipa).
 
+pub mod benchmark;
 pub mod error;
 pub mod routes;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub cors_origins: Vec<String>,
     /// Agents, subscribers and watches (the gRPC side).
     pub pipeline: crate::ingest::Pipeline,
+    /// Benchmark jobs started over REST.
+    pub benchmarks: crate::bench::jobs::BenchJobs,
 }
 
 /// The OpenAPI document, generated from the handlers and their types.
@@ -56,7 +59,8 @@ pub struct AppState {
         routes::metrics_history,
         routes::alerts,
         routes::alerts_history,
-        routes::benchmark,
+        benchmark::start,
+        benchmark::get,
         routes::metrics,
     ),
     components(schemas(error::ErrorBody))
@@ -105,7 +109,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/metrics/latency", get(routes::metrics_latency))
         .route("/api/v1/alerts", get(routes::alerts))
         .route("/api/v1/alerts/history", get(routes::alerts_history))
-        .route("/api/v1/performance/benchmark", post(routes::benchmark))
+        .route("/api/v1/performance/benchmark", post(benchmark::start))
+        .route("/api/v1/performance/benchmark/{id}", get(benchmark::get))
         .route("/api/v1/openapi.json", get(openapi))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -175,6 +180,7 @@ mod tests {
             },
             cors_origins: vec!["http://ui.example".into()],
             pipeline: crate::ingest::Pipeline::default(),
+            benchmarks: crate::bench::jobs::BenchJobs::default(),
         }
     }
 
@@ -261,7 +267,12 @@ mod tests {
             (
                 "POST",
                 "/api/v1/performance/benchmark",
-                StatusCode::NOT_IMPLEMENTED,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                "GET",
+                "/api/v1/performance/benchmark/x",
+                StatusCode::FORBIDDEN,
             ),
         ] {
             let (got, body, _) = call(app.clone(), method, uri).await;
