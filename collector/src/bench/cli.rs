@@ -40,7 +40,11 @@ pub fn main(config: Config) -> ExitCode {
         }
     };
     let spec = request.plan.spec.clone();
-    let run_id = safety::new_run_id();
+    let run_id = request
+        .plan
+        .run_id
+        .clone()
+        .unwrap_or_else(safety::new_run_id);
     let progress = Progress::new(&spec);
     let result = runtime.block_on(async {
         let watcher = progress.clone();

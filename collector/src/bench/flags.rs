@@ -77,6 +77,11 @@ pub struct BenchFlags {
     #[arg(long, env = "BENCHMARK_KEEP_KEYS")]
     pub benchmark_keep_keys: bool,
 
+    /// Benchmark: use this run id (keys under `/etcd-monitor-bench/<id>/`) instead of a fresh
+    /// one; the run still refuses to start when that prefix holds keys.
+    #[arg(long, env = "BENCHMARK_RUN_ID")]
+    pub benchmark_run_id: Option<String>,
+
     /// Benchmark SLO: exit non-zero (FAIL) when p99 latency exceeds this many milliseconds.
     #[arg(long, env = "SLO_P99_MS")]
     pub slo_p99_ms: Option<f64>,
@@ -104,6 +109,8 @@ pub struct BenchPlan {
     pub json: Option<PathBuf>,
     /// `--benchmark-csv`.
     pub csv: Option<PathBuf>,
+    /// `--benchmark-run-id`.
+    pub run_id: Option<String>,
 }
 
 /// The benchmark REST API's settings.
@@ -171,10 +178,23 @@ impl BenchFlags {
                 message: e.message,
             })?;
         spec.keep_keys = self.benchmark_keep_keys;
+        if let Some(id) = &self.benchmark_run_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            return Err(ConfigError {
+                field: "--benchmark-run-id".into(),
+                message: format!("{id:?}: use 1..=64 letters, digits, '-', '_' or '.'"),
+            });
+        }
         Ok(BenchPlan {
             spec,
             json: self.benchmark_json.clone(),
             csv: self.benchmark_csv.clone(),
+            run_id: self.benchmark_run_id.clone(),
         })
     }
 
