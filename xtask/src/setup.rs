@@ -19,6 +19,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "etcd-client",
     // gRPC code generation
     "protobuf-compiler",
+    // google/protobuf/*.proto that etcd-client's protos import
+    "libprotobuf-dev",
     // eBPF inspection, Prometheus stack
     "bpftool",
     "prometheus",

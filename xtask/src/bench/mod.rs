@@ -3,6 +3,7 @@
 mod agent_overhead;
 mod collector;
 mod pipeline;
+mod runner;
 
 pub use crate::bench_args::Which;
 
@@ -15,6 +16,12 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             on_disk,
         } => agent_overhead::run(rounds, seconds, on_disk),
         Which::Pipeline { seconds } => pipeline::run(seconds),
+        Which::Runner {
+            seconds,
+            clients,
+            perf_seconds,
+            on_disk,
+        } => runner::run(seconds, clients, perf_seconds, on_disk),
         Which::Collector { soak_secs } => collector::run(
             &crate::cmd::root(),
             std::time::Duration::from_secs(soak_secs),
