@@ -146,6 +146,19 @@ struct Shared {
     progress: Arc<Progress>,
 }
 
+/// Pause of a loop after its member could not be reached.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Whether `err` means the member could not be reached at all (as opposed to a request it
+/// answered with an error).
+fn unreachable(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
 /// The kind of a failed request, as the error distribution lists it.
 pub fn error_kind(err: &etcd_client::Error) -> String {
     let text = match err {
@@ -380,6 +393,11 @@ async fn client_loop(shared: Arc<Shared>, conn: Result<Client, String>) -> Recor
             Ok(Err(e)) => {
                 rec.error(second(t1), &error_kind(&e));
                 shared.progress.failed.fetch_add(1, Ordering::Relaxed);
+                if unreachable(&e) {
+                    // A member that refuses connections fails in microseconds; a loop bound to
+                    // it backs off instead of burning the run's operations in a tight loop.
+                    tokio::time::sleep(UNREACHABLE_BACKOFF.min(shared.timeout)).await;
+                }
             }
             Err(_) => {
                 rec.error(
