@@ -1,6 +1,7 @@
-//! One run: find the target members, check the prefix is empty, open `conns` gRPC connections,
-//! start `clients` request loops that share them, pace them when a rate is set, record every
-//! request into the loop's own [`Recorder`], then count and delete the prefix.
+//! One run: find the target members, check the prefix is empty, open `conns` gRPC connections
+//! spread over shards (threads with one single-threaded runtime each), start `clients` request
+//! loops that share them, pace them when a rate is set, record every request into the loop's
+//! own [`Recorder`], then count and delete the prefix.
 //!
 //! Requests are numbered from one shared counter, so the loops split the work exactly and a
 //! slow or failing member only slows the loops bound to it. Every request has a timeout, so a
@@ -8,7 +9,7 @@
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -139,11 +140,73 @@ struct Shared {
     workload: Workload,
     next: AtomicU64,
     limit: u64,
-    start: Instant,
-    deadline: Option<Instant>,
+    /// Set by the first shard past the start line (after every shard has connected).
+    start: OnceLock<Instant>,
+    duration: Option<Duration>,
     rate: Option<f64>,
     timeout: Duration,
     progress: Arc<Progress>,
+}
+
+/// What one shard owns: connections `j` with `j % shards == shard`, and the clients bound to
+/// them (client `c` uses connection `c % conns`).
+struct ShardPlan {
+    shard: usize,
+    shards: usize,
+    conns: usize,
+    clients: usize,
+    urls: Vec<String>,
+    cluster: ClusterConfig,
+}
+
+/// Most shards a run uses: two per core.
+fn max_shards() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
+}
+
+async fn shard_main(
+    plan: ShardPlan,
+    shared: Arc<Shared>,
+    ready: Arc<tokio::sync::Barrier>,
+) -> Recorder {
+    let timeout = shared.timeout;
+    let mut conns: Vec<(usize, Result<Client, String>)> = Vec::new();
+    for j in (plan.shard..plan.conns).step_by(plan.shards) {
+        let url = &plan.urls[j % plan.urls.len()];
+        let c = match tokio::time::timeout(timeout, connect(&plan.cluster, url)).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(format!("connect {url}: {e}")),
+            Err(_) => Err(format!("connect {url}: no answer within {timeout:?}")),
+        };
+        conns.push((j, c));
+    }
+    ready.wait().await;
+    let start = *shared.start.get_or_init(Instant::now);
+    *shared
+        .progress
+        .started
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(start);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..plan.clients {
+        let j = c % plan.conns;
+        if j % plan.shards != plan.shard {
+            continue;
+        }
+        let conn = conns
+            .iter()
+            .find(|(k, _)| *k == j)
+            .map_or_else(|| Err("no connection".to_string()), |(_, c)| c.clone());
+        tasks.spawn(client_loop(shared.clone(), conn));
+    }
+    let mut total = Recorder::new();
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(rec) => total.merge(&rec),
+            Err(e) => total.error(0, &format!("client task failed: {e}")),
+        }
+    }
+    total
 }
 
 /// Pause of a loop after its member could not be reached.
@@ -267,20 +330,10 @@ pub async fn run(
         }
     }
 
-    // Connections: the clients of one connection share its HTTP/2 channel.
-    let mut conns: Vec<Result<Client, String>> = Vec::with_capacity(spec.conns);
-    for i in 0..spec.conns {
-        let url = &urls[i % urls.len()];
-        let c = match tokio::time::timeout(timeout, connect(cluster, url)).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(format!("connect {url}: {e}")),
-            Err(_) => Err(format!("connect {url}: no answer within {timeout:?}")),
-        };
-        conns.push(c);
-    }
+    // Shards: each a thread with its own single-threaded runtime, owning a share of the
+    // connections and the clients bound to them, so a request's wakeups never cross threads
+    // (one process then scales like several processes splitting the load).
     let started_ms = now_ms();
-    let start = Instant::now();
-    *progress.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(start);
     let shared = Arc::new(Shared {
         workload: Workload::new(
             spec,
@@ -289,27 +342,66 @@ pub async fn run(
         ),
         next: AtomicU64::new(0),
         limit: spec.ops,
-        start,
-        deadline: spec.duration().map(|d| start + d),
+        start: OnceLock::new(),
+        duration: spec.duration(),
         rate: spec.rate,
         timeout,
         progress: progress.clone(),
     });
-    let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..spec.clients {
-        let conn = conns[c % conns.len()].clone();
-        tasks.spawn(client_loop(shared.clone(), conn));
+    let shards = spec.conns.min(max_shards()).max(1);
+    let ready = Arc::new(tokio::sync::Barrier::new(shards));
+    let mut receivers = Vec::with_capacity(shards);
+    for shard in 0..shards {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let plan = ShardPlan {
+            shard,
+            shards,
+            conns: spec.conns,
+            clients: spec.clients,
+            urls: urls.clone(),
+            cluster: cluster.clone(),
+        };
+        let (shared, ready_in_thread) = (shared.clone(), ready.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("bench-shard-{shard}"))
+            .spawn(move || {
+                let rec = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(shard_main(plan, shared, ready_in_thread)),
+                    Err(e) => {
+                        futures::executor::block_on(ready_in_thread.wait());
+                        let mut rec = Recorder::new();
+                        rec.error(0, &format!("benchmark shard runtime: {e}"));
+                        rec
+                    }
+                };
+                let _ = tx.send(rec);
+            });
+        if let Err(e) = spawned {
+            // Take the shard's place at the start line so the others do not wait forever.
+            let ready = ready.clone();
+            tokio::spawn(async move {
+                ready.wait().await;
+            });
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let mut rec = Recorder::new();
+            rec.error(0, &format!("benchmark shard thread: {e}"));
+            let _ = tx.send(rec);
+            receivers.push(rx);
+            continue;
+        }
+        receivers.push(rx);
     }
     let mut total = Recorder::new();
-    while let Some(result) = tasks.join_next().await {
-        match result {
+    for rx in receivers {
+        match rx.await {
             Ok(rec) => total.merge(&rec),
-            Err(e) => total.error(
-                start.elapsed().as_secs() as usize,
-                &format!("client task failed: {e}"),
-            ),
+            Err(_) => total.error(0, "benchmark shard thread failed"),
         }
     }
+    let start = *shared.start.get_or_init(Instant::now);
     let elapsed = start.elapsed();
 
     let header = ReportHeader {
@@ -355,7 +447,9 @@ async fn client_loop(shared: Arc<Shared>, conn: Result<Client, String>) -> Recor
     let mut rec = Recorder::new();
     let mut cancel = shared.progress.cancel.subscribe();
     let mut kv = conn.as_ref().ok().map(Client::kv_client);
-    let second = |at: Instant| at.saturating_duration_since(shared.start).as_secs() as usize;
+    let start = *shared.start.get_or_init(Instant::now);
+    let deadline = shared.duration.map(|d| start + d);
+    let second = |at: Instant| at.saturating_duration_since(start).as_secs() as usize;
     loop {
         if *cancel.borrow() {
             break;
@@ -365,7 +459,7 @@ async fn client_loop(shared: Arc<Shared>, conn: Result<Client, String>) -> Recor
             break;
         }
         if let Some(rate) = shared.rate {
-            let at = shared.start + Duration::from_secs_f64(i as f64 / rate);
+            let at = start + Duration::from_secs_f64(i as f64 / rate);
             if at > Instant::now() {
                 tokio::select! {
                     () = tokio::time::sleep_until(at.into()) => {}
@@ -373,7 +467,7 @@ async fn client_loop(shared: Arc<Shared>, conn: Result<Client, String>) -> Recor
                 }
             }
         }
-        if shared.deadline.is_some_and(|d| Instant::now() >= d) {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
         let Some(kv) = kv.as_mut() else {
