@@ -65,7 +65,7 @@ pub struct RawSpec {
     /// Cluster name (REST only); default the first configured.
     #[serde(default)]
     pub cluster: Option<String>,
-    /// `write`, `read`, `mixed` or `txn-put` (default `write`).
+    /// `write`, `read`, `mixed` or `txn-put` (default `mixed`, like `--benchmark-type`).
     #[serde(default, rename = "type")]
     #[schema(value_type = Option<String>)]
     pub kind: Option<BenchmarkType>,
@@ -281,7 +281,7 @@ impl RawSpec {
             }
         }
         Ok(BenchSpec {
-            kind: self.kind.unwrap_or(BenchmarkType::Write),
+            kind: self.kind.unwrap_or(BenchmarkType::Mixed),
             ops,
             duration_ms: duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             clients,
