@@ -24,9 +24,6 @@ use crate::{
 /// Why the collector could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// `--run-benchmark` was given; the benchmark is built in a later stage.
-    #[error("--run-benchmark: the benchmark is not available in this build yet")]
-    BenchmarkUnavailable,
     /// The history store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -66,13 +63,17 @@ pub struct Running {
     /// The clusters.
     pub clusters: Clusters,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    benchmarks: crate::bench::jobs::BenchJobs,
 }
 
 impl Running {
     /// Waits until the server stops (on SIGINT/SIGTERM).
     pub async fn wait(self) -> Result<(), AppError> {
         let addr = self.addr.to_string();
-        match self.server.await {
+        let served = self.server.await;
+        // Running benchmarks stop and delete their keys before the process exits.
+        self.benchmarks.shutdown(Duration::from_secs(30)).await;
+        match served {
             Ok(result) => result.map_err(|source| AppError::Listen { addr, source }),
             Err(e) => Err(AppError::Listen {
                 addr,
@@ -84,9 +85,6 @@ impl Running {
 
 /// Starts everything `config` describes.
 pub async fn start(config: Config) -> Result<Running, AppError> {
-    if config.benchmark.is_some() {
-        return Err(AppError::BenchmarkUnavailable);
-    }
     let store = Arc::new(Store::open(&config.data_dir)?);
     tracing::info!(path = %store.path().display(), "History store open.");
     let telemetry = Telemetry::new();
@@ -213,9 +211,15 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     )?;
     alerting.spawn();
 
+    let benchmarks =
+        crate::bench::jobs::BenchJobs::new(config.benchmark_api.clone(), Some(store.clone()));
+    if config.benchmark_api.enabled {
+        tracing::info!("Benchmark API enabled (admin token required).");
+    }
     let state = AppState {
         clusters: clusters.clone(),
         alerting: Some(alerting),
+        benchmarks: benchmarks.clone(),
         store: Some(store),
         telemetry,
         thresholds: config.thresholds,
@@ -244,6 +248,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         grpc_addr,
         clusters,
         server,
+        benchmarks,
     })
 }
 

@@ -10,7 +10,7 @@ use std::{
 };
 
 use clap::{ArgAction, Parser, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Name of the cluster the command-line flags describe.
 pub const DEFAULT_CLUSTER: &str = "default";
@@ -38,15 +38,18 @@ impl ConfigError {
 }
 
 /// Which kind of operations `--run-benchmark` issues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BenchmarkType {
     /// Puts only.
     Write,
-    /// Linearizable reads only.
+    /// Reads only (linearizable unless --benchmark-consistency=serializable).
     Read,
-    /// Half reads, half writes.
+    /// Reads and puts, 70 % reads unless --benchmark-read-ratio says otherwise.
     Mixed,
+    /// Transactions of one put each.
+    #[serde(rename = "txn-put")]
+    TxnPut,
 }
 
 /// Log output format.
@@ -137,9 +140,13 @@ pub struct Cli {
     #[arg(long, env = "BENCHMARK_TYPE", value_enum, default_value = "mixed")]
     pub benchmark_type: BenchmarkType,
 
-    /// Number of benchmark operations.
-    #[arg(long, env = "BENCHMARK_OPS", default_value_t = 10_000)]
-    pub benchmark_ops: u64,
+    /// Number of benchmark operations (default 10000, or the cap with --benchmark-duration).
+    #[arg(long, env = "BENCHMARK_OPS")]
+    pub benchmark_ops: Option<u64>,
+
+    /// The benchmark's other flags.
+    #[command(flatten)]
+    pub bench: crate::bench::flags::BenchFlags,
 
     /// Port of the gRPC server (agent ingest, Subscribe stream).
     #[arg(long, env = "GRPC_PORT", default_value_t = 9464)]
@@ -321,12 +328,14 @@ pub struct Thresholds {
 }
 
 /// A benchmark requested on the command line.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BenchmarkRequest {
     /// Operations.
     pub kind: BenchmarkType,
-    /// Count.
+    /// Count (the cap in a timed run).
     pub ops: u64,
+    /// Every parameter, validated.
+    pub plan: crate::bench::flags::BenchPlan,
 }
 
 /// Validated configuration of the whole collector.
@@ -366,6 +375,8 @@ pub struct Config {
     pub probe_write: bool,
     /// `--run-benchmark`.
     pub benchmark: Option<BenchmarkRequest>,
+    /// The benchmark REST API.
+    pub benchmark_api: crate::bench::flags::ApiSettings,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -629,9 +640,8 @@ impl Cli {
             return Err(ConfigError::new("--api-host", "must not be empty"));
         }
         let ingest = self.ingest_config()?;
-        if self.benchmark_ops == 0 {
-            return Err(ConfigError::new("--benchmark-ops", "must be at least 1"));
-        }
+        let bench_plan = self.bench.plan(self.benchmark_type, self.benchmark_ops)?;
+        let benchmark_api = self.bench.api_settings()?;
         if self.history_max_size_mb == 0 {
             return Err(ConfigError::new(
                 "--history-max-size-mb",
@@ -691,8 +701,10 @@ impl Cli {
             probe_write: self.probe_write,
             benchmark: self.run_benchmark.then_some(BenchmarkRequest {
                 kind: self.benchmark_type,
-                ops: self.benchmark_ops,
+                ops: bench_plan.spec.ops,
+                plan: bench_plan,
             }),
+            benchmark_api,
             log_format: self.log_format,
         })
     }
@@ -955,6 +967,11 @@ mod tests {
             ),
             (vec!["--min-available-nodes", "0"], "--min-available-nodes"),
             (vec!["--benchmark-type", "delete"], "--benchmark-type"),
+            (vec!["--benchmark-ops", "0"], "--benchmark-ops"),
+            (vec!["--benchmark-clients", "0"], "--benchmark-clients"),
+            (vec!["--benchmark-duration", "soon"], "--benchmark-duration"),
+            (vec!["--slo-p99-ms", "0"], "--slo-p99-ms"),
+            (vec!["--enable-benchmark-api"], "--admin-token-file"),
             (vec!["--grpc-port", "0"], "--grpc-port"),
             (vec!["--username", "root"], "--password"),
             (vec!["--rules", "/nonexistent/rules.yaml"], "--rules"),

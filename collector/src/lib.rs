@@ -11,6 +11,7 @@
 pub mod alerting;
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod exporter;

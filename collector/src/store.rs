@@ -189,6 +189,16 @@ CREATE TABLE IF NOT EXISTS alerts (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (cluster, ts_ms);
+CREATE TABLE IF NOT EXISTS benchmark_runs (
+    id TEXT PRIMARY KEY,
+    cluster TEXT NOT NULL,
+    workload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    finished_ms INTEGER,
+    report_json TEXT,
+    error TEXT
+);
 CREATE TABLE IF NOT EXISTS agent_sequences (
     node TEXT PRIMARY KEY,
     boot_id TEXT NOT NULL,
@@ -221,6 +231,27 @@ pub struct AgentSequence {
     pub lost_events: u64,
     /// Batches lost in transit, all boots.
     pub lost_batches: u64,
+}
+
+/// One benchmark run as stored (the report as JSON, see `bench::report::Report`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BenchmarkRun {
+    /// Run id.
+    pub id: String,
+    /// Cluster.
+    pub cluster: String,
+    /// Workload name.
+    pub workload: String,
+    /// `running`, `succeeded`, `failed` or `interrupted`.
+    pub state: String,
+    /// Start, Unix ms.
+    pub started_ms: u64,
+    /// End, Unix ms.
+    pub finished_ms: Option<u64>,
+    /// The report, JSON.
+    pub report_json: Option<String>,
+    /// Why the run failed.
+    pub error: Option<String>,
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -292,6 +323,51 @@ impl Store {
         f(&mut guard).map_err(|source| StoreError::Sql {
             path: self.path.clone(),
             source,
+        })
+    }
+
+    /// Records (or updates) a benchmark run.
+    pub fn save_benchmark_run(&self, r: &BenchmarkRun) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "INSERT INTO benchmark_runs VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(id) DO UPDATE SET state = ?4, finished_ms = ?6, report_json = ?7,
+                 error = ?8",
+            )?
+            .execute(params![
+                r.id,
+                r.cluster,
+                r.workload,
+                r.state,
+                to_i64(r.started_ms),
+                r.finished_ms.map(to_i64),
+                r.report_json,
+                r.error,
+            ])?;
+            Ok(())
+        })
+    }
+
+    /// The benchmark run `id`.
+    pub fn benchmark_run(&self, id: &str) -> Result<Option<BenchmarkRun>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT id, cluster, workload, state, started_ms, finished_ms, report_json, error
+                 FROM benchmark_runs WHERE id = ?1",
+            )?
+            .query_row(params![id], |r| {
+                Ok(BenchmarkRun {
+                    id: r.get(0)?,
+                    cluster: r.get(1)?,
+                    workload: r.get(2)?,
+                    state: r.get(3)?,
+                    started_ms: to_u64(r.get(4)?),
+                    finished_ms: r.get::<_, Option<i64>>(5)?.map(to_u64),
+                    report_json: r.get(6)?,
+                    error: r.get(7)?,
+                })
+            })
+            .optional()
         })
     }
 
@@ -542,6 +618,7 @@ impl Store {
             for table in ["member_samples", "leader_changes", "alerts"] {
                 n += c.execute(&format!("DELETE FROM {table} WHERE ts_ms < ?1"), [cutoff])?;
             }
+            n += c.execute("DELETE FROM benchmark_runs WHERE started_ms < ?1", [cutoff])?;
             Ok(n as u64)
         })?;
         for _ in 0..20 {

@@ -36,6 +36,16 @@ pub fn post_json(url: &str, body: &str) -> anyhow::Result<Response> {
 
 /// Sends one request and reads the whole response.
 pub fn request(method: &str, url: &str, body: Option<&str>) -> anyhow::Result<Response> {
+    request_with(method, url, body, &[])
+}
+
+/// Like [`request`], with extra headers (e.g. `("Authorization", "Bearer x")`).
+pub fn request_with(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Response> {
     let rest = url
         .strip_prefix("http://")
         .context("only http:// URLs are supported")?;
@@ -47,9 +57,13 @@ pub fn request(method: &str, url: &str, body: Option<&str>) -> anyhow::Result<Re
         TcpStream::connect(authority).with_context(|| format!("connect {authority}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = Vec::new();

@@ -25,6 +25,23 @@ pub enum Which {
         #[arg(long, default_value_t = 600)]
         soak_secs: u64,
     },
+    /// The benchmark runner: one `etcd-monitor --run-benchmark` process against four splitting
+    /// the same concurrency (write, serializable read), then `etcdctl check perf --load=m` and
+    /// the runner with the same load side by side.
+    Runner {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+        /// Concurrent clients in total (a multiple of 4).
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds of the runner's copy of check perf's load; 0 skips check perf and its copy.
+        #[arg(long, default_value_t = 60)]
+        perf_seconds: u64,
+        /// Keep etcd's data on disk instead of tmpfs.
+        #[arg(long)]
+        on_disk: bool,
+    },
     /// Synthetic events through the agent's shipping code into the collector: events/s with
     /// zero drops, CPU per million events, and the ring buffer's own limit.
     Pipeline {

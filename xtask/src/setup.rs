@@ -19,6 +19,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "etcd-client",
     // gRPC code generation (libprotobuf-dev: the well-known .proto files etcd-client imports)
     "protobuf-compiler",
+    // google/protobuf/*.proto that etcd-client's protos import
     "libprotobuf-dev",
     // eBPF inspection, Prometheus stack
     "bpftool",

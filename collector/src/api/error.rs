@@ -24,6 +24,12 @@ pub enum ApiError {
     /// Unknown route or cluster.
     #[error("{0}")]
     NotFound(String),
+    /// Switched off, or the credentials are missing or wrong.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Conflicts with work in progress.
+    #[error("{0}")]
+    Conflict(String),
     /// Route exists, method does not.
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -44,6 +50,8 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -3,6 +3,7 @@
 //! by the binary. The OpenAPI document is generated from the handler annotations (utoipa).
 
 pub mod alerts;
+pub mod benchmark;
 pub mod error;
 pub mod routes;
 
@@ -38,6 +39,8 @@ pub struct AppState {
     pub pipeline: crate::ingest::Pipeline,
     /// The alerting engine (None in tests that do not need it).
     pub alerting: Option<crate::alerting::Alerting>,
+    /// Benchmark jobs started over REST.
+    pub benchmarks: crate::bench::jobs::BenchJobs,
 }
 
 /// The OpenAPI document, generated from the handlers and their types.
@@ -63,7 +66,8 @@ pub struct AppState {
         alerts::silences,
         alerts::create_silence,
         alerts::delete_silence,
-        routes::benchmark,
+        benchmark::start,
+        benchmark::get,
         routes::metrics,
     ),
     components(schemas(error::ErrorBody))
@@ -121,7 +125,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/alerts/silences/{id}",
             axum::routing::delete(alerts::delete_silence),
         )
-        .route("/api/v1/performance/benchmark", post(routes::benchmark))
+        .route("/api/v1/performance/benchmark", post(benchmark::start))
+        .route("/api/v1/performance/benchmark/{id}", get(benchmark::get))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(crate::ui::routes())
         .fallback(routes::not_found)
@@ -193,6 +198,7 @@ mod tests {
             cors_origins: vec!["http://ui.example".into()],
             pipeline: crate::ingest::Pipeline::default(),
             alerting: None,
+            benchmarks: crate::bench::jobs::BenchJobs::default(),
         }
     }
 
@@ -279,7 +285,12 @@ mod tests {
             (
                 "POST",
                 "/api/v1/performance/benchmark",
-                StatusCode::NOT_IMPLEMENTED,
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                "GET",
+                "/api/v1/performance/benchmark/x",
+                StatusCode::FORBIDDEN,
             ),
         ] {
             let (got, body, _) = call(app.clone(), method, uri).await;

@@ -237,18 +237,6 @@ pub struct HistoryResponse {
     pub points: Vec<HistoryPoint>,
 }
 
-/// Body of `POST /api/v1/performance/benchmark`.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct BenchmarkRequestBody {
-    /// Cluster name.
-    pub cluster: Option<String>,
-    /// `write`, `read` or `mixed`.
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    /// Operations.
-    pub ops: Option<u64>,
-}
-
 pub(crate) fn pick(state: &AppState, name: Option<&str>) -> Result<Arc<ClusterHandle>, ApiError> {
     match name {
         None | Some("") => state
@@ -561,15 +549,6 @@ pub async fn metrics_history(
     }))
 }
 
-/// Runs a benchmark (not available in this build yet: answers 501).
-#[utoipa::path(post, path = "/api/v1/performance/benchmark", request_body = BenchmarkRequestBody,
-    responses((status = 501, body = super::error::ErrorBody)))]
-pub async fn benchmark() -> Result<Json<()>, ApiError> {
-    Err(ApiError::NotImplemented(
-        "the benchmark is not available in this build yet".to_string(),
-    ))
-}
-
 /// Prometheus exposition of every cluster plus self-metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -581,6 +560,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(alerting) = &state.alerting {
         alerting.render(&mut text);
     }
+    text.push_str(&state.benchmarks.render_metrics());
     (
         StatusCode::OK,
         [(

@@ -4,6 +4,7 @@ mod agent_overhead;
 mod alerting;
 mod collector;
 mod pipeline;
+mod runner;
 
 pub use crate::bench_args::Which;
 
@@ -21,6 +22,12 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             rounds,
             std::time::Duration::from_millis(health_ms),
         ),
+        Which::Runner {
+            seconds,
+            clients,
+            perf_seconds,
+            on_disk,
+        } => runner::run(seconds, clients, perf_seconds, on_disk),
         Which::Collector { soak_secs } => collector::run(
             &crate::cmd::root(),
             std::time::Duration::from_secs(soak_secs),
