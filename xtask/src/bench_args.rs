@@ -33,4 +33,3 @@ pub enum Which {
         seconds: u64,
     },
 }
-
