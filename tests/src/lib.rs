@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cluster;
 pub mod collector;
 pub mod http;
+pub mod inject;
 pub mod load;
 pub mod process;
 pub mod tls;
