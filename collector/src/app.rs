@@ -192,6 +192,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         }
     }
 
+    tokio::spawn(crate::diagnosis::run(
+        clusters.clone(),
+        pipeline.clone(),
+        config.diagnosis.clone(),
+    ));
     let state = AppState {
         clusters: clusters.clone(),
         store: Some(store),

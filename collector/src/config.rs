@@ -221,6 +221,10 @@ pub struct Cli {
           default_value_t = true, default_missing_value = "true")]
     pub probe_write: bool,
 
+    /// Diagnosis windows and thresholds (`--diagnosis-*`).
+    #[command(flatten)]
+    pub diagnosis: crate::diagnosis::DiagnosisArgs,
+
     /// Log format.
     #[arg(
         long,
@@ -366,6 +370,8 @@ pub struct Config {
     pub benchmark: Option<BenchmarkRequest>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Diagnosis windows and thresholds.
+    pub diagnosis: crate::diagnosis::DiagnosisConfig,
 }
 
 /// The gRPC side's settings.
@@ -650,7 +656,12 @@ impl Cli {
             }
         }
 
+        let diagnosis = self
+            .diagnosis
+            .validate()
+            .map_err(|(field, message)| ConfigError::new(field, message))?;
         Ok(Config {
+            diagnosis,
             clusters,
             api_host: self.api_host,
             api_port: self.api_port,

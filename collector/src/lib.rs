@@ -11,6 +11,7 @@ pub mod api;
 pub mod app;
 pub mod cluster;
 pub mod config;
+pub mod diagnosis;
 pub mod exporter;
 pub mod ingest;
 pub mod probe;

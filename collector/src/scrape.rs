@@ -149,6 +149,12 @@ pub fn derive(text: &str) -> Result<ServerMetrics, String> {
             .unwrap_or(0.0),
         db_total_size_in_use_bytes: get("etcd_mvcc_db_total_size_in_use_in_bytes").unwrap_or(0.0),
         wal_fsync_p95_ms: ms("etcd_disk_wal_fsync_duration_seconds"),
+        wal_fsync_buckets: merged_buckets(&scrape, "etcd_disk_wal_fsync_duration_seconds", |_| {
+            true
+        })
+        .iter()
+        .map(|b| (b.less_than, b.count))
+        .collect(),
         backend_commit_p95_ms: ms("etcd_disk_backend_commit_duration_seconds"),
         leader_changes_seen_total: get("etcd_server_leader_changes_seen_total").unwrap_or(0.0),
         has_leader: get("etcd_server_has_leader").map(|v| v > 0.0),

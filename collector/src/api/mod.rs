@@ -58,6 +58,7 @@ pub struct AppState {
         routes::alerts_history,
         routes::benchmark,
         routes::metrics,
+        crate::diagnosis::api::diagnosis,
     ),
     components(schemas(error::ErrorBody))
 )]
@@ -106,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts", get(routes::alerts))
         .route("/api/v1/alerts/history", get(routes::alerts_history))
         .route("/api/v1/performance/benchmark", post(routes::benchmark))
+        .route("/api/v1/diagnosis", get(crate::diagnosis::api::diagnosis))
         .route("/api/v1/openapi.json", get(openapi))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

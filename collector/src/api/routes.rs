@@ -645,6 +645,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         &state.clusters,
         &state.pipeline,
     ));
+    text.push_str(&crate::diagnosis::metrics::render(
+        &state.pipeline.diagnoses,
+    ));
     (
         StatusCode::OK,
         [(

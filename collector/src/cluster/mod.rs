@@ -82,6 +82,11 @@ pub struct ServerMetrics {
     pub db_total_size_in_use_bytes: f64,
     /// p95 of `etcd_disk_wal_fsync_duration_seconds` since the member started, ms.
     pub wal_fsync_p95_ms: Option<f64>,
+    /// Cumulative buckets `(upper bound in seconds, count)` of
+    /// `etcd_disk_wal_fsync_duration_seconds`, `+Inf` last, for windowed figures (the
+    /// diagnosis). Not served.
+    #[serde(skip)]
+    pub wal_fsync_buckets: Vec<(f64, f64)>,
     /// p95 of `etcd_disk_backend_commit_duration_seconds` since the member started, ms.
     pub backend_commit_p95_ms: Option<f64>,
     /// `etcd_server_leader_changes_seen_total`.
