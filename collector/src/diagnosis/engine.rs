@@ -2,8 +2,8 @@
 //! etcd-observed time (server histogram), syscall time (kernel fdatasync), device service time
 //! and scheduling delay, and name the cause.
 //!
-//! Order of reasoning, when the WAL sync is slow (etcd's or the kernel's p99 above
-//! `slow_fsync_ms`):
+//! Order of reasoning, when the WAL sync is slow (etcd's or the kernel's `quantile` — p99 by
+//! default — above `slow_fsync_ms`):
 //! 1. no agent → `inconclusive` (kernel evidence missing);
 //! 2. the device under the data dir is slow (mean request service time above
 //!    `slow_device_ms`) → `noisy_neighbor` when other processes issued more than
@@ -62,6 +62,12 @@ pub struct PeerEvidence {
 /// The numbers behind a verdict, over the window.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
 pub struct Evidence {
+    /// The quantile the slow-sync decision uses (`--diagnosis-quantile`).
+    pub quantile: f64,
+    /// etcd's WAL fsync at that quantile, ms.
+    pub etcd_wal_fsync_at_quantile_ms: Option<f64>,
+    /// Kernel WAL fdatasync at that quantile, ms.
+    pub syscall_fdatasync_at_quantile_ms: Option<f64>,
     /// WAL syncs etcd observed (server histogram).
     pub etcd_wal_syncs: u64,
     /// etcd's own WAL fsync p99 (`etcd_disk_wal_fsync_duration_seconds`), ms.
@@ -122,11 +128,15 @@ fn ms(v: Option<f64>) -> String {
 
 /// The verdict for the window from `first` to `last`.
 pub fn diagnose(first: &MemberSample, last: &MemberSample, cfg: &DiagnosisConfig) -> Verdict {
-    let mut ev = Evidence::default();
+    let mut ev = Evidence {
+        quantile: cfg.quantile,
+        ..Evidence::default()
+    };
     if let (Some(a), Some(b)) = (&first.server_wal, &last.server_wal) {
         let w = b.since(a);
         ev.etcd_wal_syncs = w.count() as u64;
         ev.etcd_wal_fsync_p99_ms = w.quantile_ms(0.99);
+        ev.etcd_wal_fsync_at_quantile_ms = w.quantile_ms(cfg.quantile);
     }
     let kernel = match (&first.agent, &last.agent) {
         (Some(a), Some(b)) => Some((a, b)),
@@ -141,6 +151,7 @@ pub fn diagnose(first: &MemberSample, last: &MemberSample, cfg: &DiagnosisConfig
         let wal = b.wal_fdatasync.since(&a.wal_fdatasync);
         ev.syscall_fdatasyncs = wal.count;
         ev.syscall_fdatasync_p99_ms = wal.quantile_ms(0.99);
+        ev.syscall_fdatasync_at_quantile_ms = wal.quantile_ms(cfg.quantile);
         ev.syscall_fdatasync_mean_ms = wal.mean_ms();
         // The slowest device under the data dir.
         for d in &b.devices {
@@ -227,8 +238,8 @@ pub fn diagnose(first: &MemberSample, last: &MemberSample, cfg: &DiagnosisConfig
 
     let enough = |n: u64| n >= cfg.min_syncs;
     let slow = |p: Option<f64>| p.is_some_and(|p| p > cfg.slow_fsync_ms);
-    let slow_sync = (enough(ev.etcd_wal_syncs) && slow(ev.etcd_wal_fsync_p99_ms))
-        || (enough(ev.syscall_fdatasyncs) && slow(ev.syscall_fdatasync_p99_ms));
+    let slow_sync = (enough(ev.etcd_wal_syncs) && slow(ev.etcd_wal_fsync_at_quantile_ms))
+        || (enough(ev.syscall_fdatasyncs) && slow(ev.syscall_fdatasync_at_quantile_ms));
     let numbers = format!(
         "etcd WAL fsync p99 {}, syscall p99 {}, device {} service mean {}, run-queue p99 {}",
         ms(ev.etcd_wal_fsync_p99_ms),

@@ -44,6 +44,9 @@ pub struct DiagnosisArgs {
         default_value_t = 10.0
     )]
     pub diagnosis_slow_fsync_ms: f64,
+    /// The quantile of WAL sync latency compared with --diagnosis-slow-fsync-ms.
+    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_QUANTILE", default_value_t = 0.99)]
+    pub diagnosis_quantile: f64,
     /// The device is slow when its mean request service time exceeds this (ms).
     #[arg(
         long,
@@ -95,8 +98,10 @@ pub struct DiagnosisConfig {
     pub window: Duration,
     /// Recompute interval.
     pub interval: Duration,
-    /// Slow WAL sync threshold (p99), ms.
+    /// Slow WAL sync threshold (at `quantile`), ms.
     pub slow_fsync_ms: f64,
+    /// Quantile of WAL sync latency that is compared with `slow_fsync_ms`.
+    pub quantile: f64,
     /// Slow device threshold (mean service time), ms.
     pub slow_device_ms: f64,
     /// Run-queue p99 threshold, ms.
@@ -119,6 +124,7 @@ impl Default for DiagnosisConfig {
             window: Duration::from_secs(30),
             interval: Duration::from_secs(5),
             slow_fsync_ms: 10.0,
+            quantile: 0.99,
             slow_device_ms: 5.0,
             runq_ms: 10.0,
             throttle_ratio: 0.1,
@@ -160,6 +166,14 @@ impl DiagnosisArgs {
             window: self.diagnosis_window,
             interval: self.diagnosis_interval,
             slow_fsync_ms: positive("--diagnosis-slow-fsync-ms", self.diagnosis_slow_fsync_ms)?,
+            quantile: if self.diagnosis_quantile > 0.0 && self.diagnosis_quantile <= 1.0 {
+                self.diagnosis_quantile
+            } else {
+                return Err((
+                    "--diagnosis-quantile",
+                    format!("{} must be in (0, 1]", self.diagnosis_quantile),
+                ));
+            },
             slow_device_ms: positive("--diagnosis-slow-device-ms", self.diagnosis_slow_device_ms)?,
             runq_ms: positive("--diagnosis-runq-ms", self.diagnosis_runq_ms)?,
             throttle_ratio: fraction("--diagnosis-throttle-ratio", self.diagnosis_throttle_ratio)?,
@@ -411,6 +425,7 @@ mod tests {
             diagnosis_window: Duration::from_secs(10),
             diagnosis_interval: Duration::from_secs(20),
             diagnosis_slow_fsync_ms: 10.0,
+            diagnosis_quantile: 0.99,
             diagnosis_slow_device_ms: 5.0,
             diagnosis_runq_ms: 10.0,
             diagnosis_throttle_ratio: 0.1,
