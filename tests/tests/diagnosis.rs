@@ -279,7 +279,7 @@ fn slow_device_is_disk_slow_and_only_for_that_member() -> anyhow::Result<()> {
         setup
             .wait_cause("member0", "healthy", Duration::from_secs(60), |_| Ok(()))
             .map_err(|e| anyhow::anyhow!("before run {run}: {e}"))?;
-        setup.disks[0].throttle_write_iops(40)?;
+        setup.disks[0].throttle_write_iops(20)?;
         let (v, took) = setup.wait_cause("member0", "disk_slow", Duration::from_secs(60), |v| {
             anyhow::ensure!(
                 v["cause"] != "cpu_starved" && v["cause"] != "noisy_neighbor",

@@ -17,8 +17,9 @@ pub const APT_PACKAGES: &[&str] = &[
     // real etcd for the tests and the demo
     "etcd-server",
     "etcd-client",
-    // gRPC code generation
+    // gRPC code generation (libprotobuf-dev: google/protobuf/*.proto that etcd-client imports)
     "protobuf-compiler",
+    "libprotobuf-dev",
     // eBPF inspection, Prometheus stack
     "bpftool",
     "prometheus",
@@ -31,6 +32,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "gcc-mingw-w64-x86-64",
     "python3",
     "util-linux",
+    // diagnosis tests: loop-device filesystems (losetup is util-linux)
+    "e2fsprogs",
 ];
 
 /// The nightly toolchain aya-build compiles eBPF with.

@@ -7,7 +7,8 @@
 //! 1. no agent → `inconclusive` (kernel evidence missing);
 //! 2. the device under the data dir is slow (mean request service time above
 //!    `slow_device_ms`) → `noisy_neighbor` when other processes issued more than
-//!    `neighbor_share` of the device's bytes in the window (named: the top one), else
+//!    `neighbor_share` of the device's I/O (bytes or bios) in the window (named: the one with
+//!    the most bios), else
 //!    `disk_slow`;
 //! 3. the member's cgroup was throttled in more than `throttle_ratio` of its CFS periods →
 //!    `cpu_starved{throttled}`; its threads' run-queue p99 is above `runq_ms` →
@@ -86,8 +87,8 @@ pub struct Evidence {
     pub device_service_mean_ms: Option<f64>,
     /// Their p99 service time, ms.
     pub device_service_p99_ms: Option<f64>,
-    /// Share of the device's bytes submitted by processes other than this member (kernel
-    /// threads such as journals excluded).
+    /// Share of the device's I/O submitted by processes other than this member, in bytes or
+    /// in bios, whichever is larger (kernel threads such as journals excluded).
     pub other_io_share: Option<f64>,
     /// Run-queue latency p99 of the member's threads, ms.
     pub runq_p99_ms: Option<f64>,
@@ -169,37 +170,49 @@ pub fn diagnose(first: &MemberSample, last: &MemberSample, cfg: &DiagnosisConfig
                 ev.device_requests = w.count;
                 ev.device_service_mean_ms = mean;
                 ev.device_service_p99_ms = w.quantile_ms(0.99);
-                // Who wrote to it in the window.
-                let delta = |pid: u32, bytes: u64| {
+                // Who wrote to it in the window, in bytes and in bios.
+                let delta = |pid: u32, bytes: u64, ios: u64| {
                     let old = a
                         .devices
                         .iter()
                         .find(|x| x.name == d.name)
-                        .and_then(|x| x.issuers.iter().find(|i| i.pid == pid))
-                        .map_or(0, |i| i.bytes);
-                    bytes.saturating_sub(old)
+                        .and_then(|x| x.issuers.iter().find(|i| i.pid == pid));
+                    (
+                        bytes.saturating_sub(old.map_or(0, |i| i.bytes)),
+                        ios.saturating_sub(old.map_or(0, |i| i.ios)),
+                    )
                 };
-                let mut own = 0u64;
-                let mut others = 0u64;
-                let mut top: Option<Neighbor> = None;
+                let (mut own, mut others) = ((0u64, 0u64), (0u64, 0u64));
+                let mut top: Option<(u64, Neighbor)> = None;
                 for i in d.issuers.iter().filter(|i| !i.kernel_thread) {
-                    let bytes = delta(i.pid, i.bytes);
+                    let (bytes, ios) = delta(i.pid, i.bytes, i.ios);
                     if i.pid == b.pid {
-                        own += bytes;
+                        own = (own.0 + bytes, own.1 + ios);
                         continue;
                     }
-                    others += bytes;
-                    if top.as_ref().is_none_or(|t| bytes > t.bytes) {
-                        top = Some(Neighbor {
-                            pid: i.pid,
-                            comm: i.comm.clone(),
-                            cgroup: i.cgroup.clone(),
-                            bytes,
-                        });
+                    others = (others.0 + bytes, others.1 + ios);
+                    if top.as_ref().is_none_or(|(t, _)| ios > *t) {
+                        top = Some((
+                            ios,
+                            Neighbor {
+                                pid: i.pid,
+                                comm: i.comm.clone(),
+                                cgroup: i.cgroup.clone(),
+                                bytes,
+                            },
+                        ));
                     }
                 }
-                ev.other_io_share =
-                    (own + others > 0).then(|| others as f64 / (own + others) as f64);
+                // A device is shared by requests (IOPS) and by bandwidth: whichever share of
+                // the two the others hold is larger.
+                let share = |own: u64, others: u64| {
+                    (own + others > 0).then(|| others as f64 / (own + others) as f64)
+                };
+                ev.other_io_share = match (share(own.0, others.0), share(own.1, others.1)) {
+                    (Some(x), Some(y)) => Some(x.max(y)),
+                    (x, y) => x.or(y),
+                };
+                let top = top.map(|(_, n)| n);
                 neighbor = top;
             }
         }

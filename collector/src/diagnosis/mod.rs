@@ -65,7 +65,7 @@ pub struct DiagnosisArgs {
     )]
     pub diagnosis_throttle_ratio: f64,
     /// A slow device is a noisy neighbour's doing when others issued more than this fraction of
-    /// its bytes.
+    /// its I/O (bytes or bios, whichever share is larger).
     #[arg(
         long,
         env = "ETCD_MONITOR_DIAGNOSIS_NEIGHBOR_SHARE",
