@@ -360,7 +360,7 @@ fn synced_writer_on_the_same_device_is_a_noisy_neighbor() -> anyhow::Result<()> 
             .wait_cause("member0", "healthy", Duration::from_secs(60), |_| Ok(()))
             .map_err(|e| anyhow::anyhow!("before run {run}: {e}"))?;
         let log = setup.cluster.dir().join(format!("noisy-{run}.log"));
-        let writer = SyncWriter::start(setup.disks[0].path(), 4, &log)?;
+        let writer = SyncWriter::start(setup.disks[0].path(), 16, &log)?;
         let (v, took) =
             setup.wait_cause("member0", "noisy_neighbor", Duration::from_secs(60), |v| {
                 anyhow::ensure!(v["cause"] != "cpu_starved", "wrong verdict: {v}");

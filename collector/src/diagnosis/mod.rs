@@ -128,7 +128,7 @@ impl Default for DiagnosisConfig {
             slow_device_ms: 5.0,
             runq_ms: 10.0,
             throttle_ratio: 0.1,
-            neighbor_share: 0.5,
+            neighbor_share: 0.3,
             peer_rtt_ms: 50.0,
             peer_retransmits: 20,
             min_syncs: 5,
