@@ -170,6 +170,16 @@ impl Kernel for EbpfKernel {
         for key in ops {
             let _ = self.op_stats.remove(&key);
         }
+        let _ = self.runq_stats.remove(&tgid);
+        let socks: Vec<FdKey> = self
+            .sock_io
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for key in socks {
+            let _ = self.sock_io.remove(&key);
+        }
         Ok(())
     }
 
