@@ -97,7 +97,8 @@ impl BlockDevice {
         format!("{}:{}", self.major, self.minor)
     }
 
-    fn from_numbers(sys: &Path, major: u32, minor: u32) -> Self {
+    /// The device `major:minor`, named from sysfs (`sys` is normally `/sys`).
+    pub fn from_numbers(sys: &Path, major: u32, minor: u32) -> Self {
         let uevent = std::fs::read_to_string(sys.join(format!("dev/block/{major}:{minor}/uevent")))
             .unwrap_or_default();
         let name = uevent
