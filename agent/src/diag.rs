@@ -347,6 +347,9 @@ pub struct DiagSnapshot {
 #[derive(Debug, Default)]
 pub struct DiagState {
     previous: HashMap<IssuerKey, u64>,
+    /// Pids seen to be kernel threads while they lived (short-lived ones such as
+    /// `ext4lazyinit` are gone from /proc by the time their I/O is ranked).
+    kthreads: std::collections::HashSet<u32>,
 }
 
 impl DiagState {
@@ -367,7 +370,17 @@ impl DiagState {
                 *issuer,
             ));
         }
+        // Only processes that issued I/O since the last call are looked up in /proc.
+        for (key, issuer) in raw {
+            let active = self.previous.get(key) != Some(&issuer.bytes);
+            if active && !self.kthreads.contains(&key.tgid) && is_kernel_thread(proc, key.tgid) {
+                self.kthreads.insert(key.tgid);
+            }
+        }
         self.previous = raw.iter().map(|(k, i)| (*k, i.bytes)).collect();
+        self.kthreads
+            .retain(|pid| raw.iter().any(|(k, _)| k.tgid == *pid));
+        let kthreads = &self.kthreads;
         by_dev
             .into_iter()
             .map(|(dev, mut list)| {
@@ -387,7 +400,7 @@ impl DiagState {
                             cgroup,
                             bytes: issuer.bytes,
                             ios: issuer.ios,
-                            kernel_thread: is_kernel_thread(proc, key.tgid),
+                            kernel_thread: kthreads.contains(&key.tgid),
                             member: member_of(key.tgid),
                         }
                     })

@@ -47,7 +47,18 @@ impl Layer {
             device,
             mount: layer_mount,
         };
-        run("mkfs.ext4", &["-q", "-F", &layer.device])?;
+        // No lazy inode-table or journal initialisation: its background writes (the
+        // ext4lazyinit kernel thread) would be a neighbour of their own on a fresh device.
+        run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=0",
+                &layer.device,
+            ],
+        )?;
         run(
             "mount",
             &[&layer.device, &layer.mount.path().to_string_lossy()],

@@ -178,6 +178,26 @@ impl Setup {
         Ok(body["members"][0].clone())
     }
 
+    /// Waits until `member` shows no fault, so an injected fault starts from a clean verdict:
+    /// `healthy`, or after 45 s also `inconclusive` (on this shared machine the nested loop
+    /// device's journal threads sometimes wait for CPU long enough to make a window's p90 slow
+    /// without the device or the member's scheduling explaining it). Up to 90 s: a throttle
+    /// that was just lifted first drains its backlog.
+    fn wait_baseline(&self, member: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        wait_for(
+            &format!("{member} without a fault verdict"),
+            Duration::from_secs(90),
+            || {
+                let v = self.verdict(member).ok()?;
+                (v["cause"] == "healthy"
+                    || (v["cause"] == "inconclusive" && start.elapsed() > Duration::from_secs(45)))
+                .then_some(())
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}: last verdict {:?}", self.verdict(member)))
+    }
+
     /// Polls member `member` until its cause is `cause` (and `check` accepts the verdict);
     /// returns the verdict and the time it took. Every verdict seen on the way is passed to
     /// `forbid`, which fails the run if it returns an error.
@@ -277,7 +297,7 @@ fn slow_device_is_disk_slow_and_only_for_that_member() -> anyhow::Result<()> {
     let mut setup = Setup::start("slowdisk", true)?;
     for run in 1..=2 {
         setup
-            .wait_cause("member0", "healthy", Duration::from_secs(60), |_| Ok(()))
+            .wait_baseline("member0")
             .map_err(|e| anyhow::anyhow!("before run {run}: {e}"))?;
         setup.disks[0].throttle_write_iops(20)?;
         let (v, took) = setup.wait_cause("member0", "disk_slow", Duration::from_secs(60), |v| {
@@ -315,7 +335,7 @@ fn cpu_quota_is_cpu_starved_not_disk_slow() -> anyhow::Result<()> {
     let pid = setup.cluster.members[0].pid();
     for run in 1..=2 {
         setup
-            .wait_cause("member0", "healthy", Duration::from_secs(60), |_| Ok(()))
+            .wait_baseline("member0")
             .map_err(|e| anyhow::anyhow!("before run {run}: {e}"))?;
         // 1 ms of CPU per 100 ms (the smallest quota cgroup v1 takes).
         let quota = CpuQuota::apply(pid, 1_000, 100_000)?;
@@ -357,7 +377,7 @@ fn synced_writer_on_the_same_device_is_a_noisy_neighbor() -> anyhow::Result<()> 
     setup.disks[0].throttle_write_iops(300)?;
     for run in 1..=2 {
         setup
-            .wait_cause("member0", "healthy", Duration::from_secs(60), |_| Ok(()))
+            .wait_baseline("member0")
             .map_err(|e| anyhow::anyhow!("before run {run}: {e}"))?;
         let log = setup.cluster.dir().join(format!("noisy-{run}.log"));
         let writer = SyncWriter::start(setup.disks[0].path(), 16, &log)?;
