@@ -54,6 +54,15 @@ fn quantile_of_delta(
     histogram_quantile(q, &delta)
 }
 
+/// Mean of a histogram over the interval between two scrapes, seconds.
+fn mean_delta(after: &str, before: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let sum = format!("{metric}_sum");
+    let d = prom_sum(after, &sum, labels).unwrap_or(0.0)
+        - prom_sum(before, &sum, labels).unwrap_or(0.0);
+    let n = count_delta(after, before, metric, labels);
+    (n > 0.0).then(|| d / n)
+}
+
 fn count_delta(after: &str, before: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
     let name = format!("{metric}_count");
     prom_sum(after, &name, labels).unwrap_or(0.0) - prom_sum(before, &name, labels).unwrap_or(0.0)
@@ -77,11 +86,11 @@ fn block_service_time_follows_the_device() -> anyhow::Result<()> {
     let t1 = agent.metrics()?;
     let fast_requests = count_delta(&t1, &t0, BLOCK, &labels);
     let fast_fsyncs = count_delta(&t1, &t0, FSYNC, &wal);
-    let fast_p50 = quantile_of_delta(&t1, &t0, BLOCK, &labels, 0.5)
+    let fast_mean = mean_delta(&t1, &t0, BLOCK, &labels)
         .ok_or_else(|| anyhow::anyhow!("no block requests seen on {device}:\n{t1}"))?;
     eprintln!(
-        "fast {device}: {fast_requests} requests for {fast_fsyncs} WAL fdatasyncs, p50 {:.3} ms",
-        fast_p50 * 1e3
+        "fast {device}: {fast_requests} requests for {fast_fsyncs} WAL fdatasyncs, mean {:.3} ms",
+        fast_mean * 1e3
     );
     // Every WAL fdatasync on ext4 reaches the device (a flush at least).
     assert!(
@@ -92,17 +101,25 @@ fn block_service_time_follows_the_device() -> anyhow::Result<()> {
     disk.throttle_write_iops(40)?;
     cluster.put_many("/blk-slow/", 30, 256)?;
     let t2 = agent.metrics()?;
-    let slow_p50 = quantile_of_delta(&t2, &t1, BLOCK, &labels, 0.5)
+    // Writes into the backing file land in its page cache; the flushes wait for the throttled
+    // device. The mean (what the diagnosis judges) carries them; the median need not.
+    let slow_mean = mean_delta(&t2, &t1, BLOCK, &labels)
         .ok_or_else(|| anyhow::anyhow!("no block requests while throttled"))?;
+    let slow_p99 = quantile_of_delta(&t2, &t1, BLOCK, &labels, 0.99).unwrap_or(0.0);
     let slow_fsync_p50 = quantile_of_delta(&t2, &t1, FSYNC, &wal, 0.5).unwrap_or(0.0);
     eprintln!(
-        "throttled {device}: block p50 {:.1} ms, WAL fdatasync p50 {:.1} ms",
-        slow_p50 * 1e3,
+        "throttled {device}: block mean {:.1} ms, p99 {:.1} ms, WAL fdatasync p50 {:.1} ms",
+        slow_mean * 1e3,
+        slow_p99 * 1e3,
         slow_fsync_p50 * 1e3
     );
     assert!(
-        slow_p50 > 0.01 && slow_p50 > 5.0 * fast_p50,
-        "service time {slow_p50}s while throttled vs {fast_p50}s before"
+        slow_mean > 0.005 && slow_mean > 5.0 * fast_mean,
+        "mean service time {slow_mean}s while throttled vs {fast_mean}s before"
+    );
+    assert!(
+        slow_p99 > 0.02,
+        "the slowest requests wait for the throttle: p99 {slow_p99}s"
     );
     // The other members' devices are not this one.
     assert!(
