@@ -2,15 +2,18 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use etcd_monitor_agent_common::{
+    diag::{
+        DOFF_LEN, IoKey, Issuer, IssuerKey, MAX_BLOCK_DEVS, MAX_ISSUERS, MAX_RQ_IN_FLIGHT, MAX_TIDS,
+    },
     maps::{
         CONFIG_LEN, CommFilter, DEFAULT_RINGBUF_BYTES, DROPS_LEN, MAX_CONNS, MAX_FDS,
-        MAX_IN_FLIGHT, MAX_OP_STATS, MAX_PORTS, MAX_TRACKED,
+        MAX_IN_FLIGHT, MAX_OP_STATS, MAX_PORTS, MAX_SOCK_IO, MAX_TRACKED,
     },
     net::{Churn, ConnKey, ConnStats, OFF_LEN},
-    syscall::{FdKey, OpKey, OpStats},
+    syscall::{FdKey, OpKey, OpStats, SockIo},
 };
 
 /// Per-record events for user space; its size is set by the agent at load time.
@@ -90,3 +93,43 @@ pub static CHURN: HashMap<u16, Churn> = HashMap::with_max_entries(MAX_PORTS, 0);
 /// Tracepoint field offsets, written by user space from tracefs.
 #[map]
 pub static NET_OFFSETS: Array<[u32; OFF_LEN as usize]> = Array::with_max_entries(1, 0);
+
+/// Bytes through each peer socket fd, per CPU.
+#[map]
+pub static SOCK_IO: LruPerCpuHashMap<FdKey, SockIo> =
+    LruPerCpuHashMap::with_max_entries(MAX_SOCK_IO, 0);
+
+/// Block and sched tracepoint field offsets, written by user space from tracefs.
+#[map]
+pub static DIAG_OFFSETS: Array<[u32; DOFF_LEN as usize]> = Array::with_max_entries(1, 0);
+
+/// Kernel dev_t of the devices under the members' data dirs.
+#[map]
+pub static BLOCK_DEVS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_BLOCK_DEVS, 0);
+
+/// Issue time of each request in flight on a watched device.
+#[map]
+pub static RQ_STARTS: LruHashMap<IoKey, u64> = LruHashMap::with_max_entries(MAX_RQ_IN_FLIGHT, 0);
+
+/// Request service time per watched device, per CPU.
+#[map]
+pub static BLOCK_STATS: PerCpuHashMap<u32, OpStats> =
+    PerCpuHashMap::with_max_entries(MAX_BLOCK_DEVS, 0);
+
+/// I/O submitted per (device, process), per CPU.
+#[map]
+pub static IO_ISSUERS: LruPerCpuHashMap<IssuerKey, Issuer> =
+    LruPerCpuHashMap::with_max_entries(MAX_ISSUERS, 0);
+
+/// Threads of the tracked members: tid → tgid.
+#[map]
+pub static TIDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TIDS, 0);
+
+/// When a member thread became runnable.
+#[map]
+pub static WAKE_TS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_TIDS, 0);
+
+/// Run-queue latency per tracked process, per CPU.
+#[map]
+pub static RUNQ_STATS: PerCpuHashMap<u32, OpStats> =
+    PerCpuHashMap::with_max_entries(MAX_TRACKED, 0);

@@ -7,6 +7,7 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    maps::PerCpuHashMap,
     programs::TracePointContext,
 };
 use etcd_monitor_agent_common::{
@@ -16,10 +17,12 @@ use etcd_monitor_agent_common::{
         CONFIG_MIN_DURATION_NS, CONFIG_SYNC_MIN_DURATION_NS, CONFIG_WAKEUP_BYTES,
         DROP_RINGBUF_SYSCALL, DROP_START_MAP, DROP_STATS_MAP,
     },
-    syscall::{FLAG_CLASS_UNKNOWN, FdKey, FileClass, Op, OpKey, OpStats, SyscallEvent},
+    syscall::{FLAG_CLASS_UNKNOWN, FdKey, FileClass, Op, OpKey, OpStats, SockIo, SyscallEvent},
 };
 
-use crate::maps::{CONFIG, EVENTS, FD_CLASS, OP_STATS, STARTS, Start, TRACKED, count_drop};
+use crate::maps::{
+    CONFIG, EVENTS, FD_CLASS, OP_STATS, SOCK_IO, STARTS, Start, TRACKED, count_drop,
+};
 
 /// Offset of the first syscall argument in a `syscalls:sys_enter_*` record.
 const ARG0: usize = 16;
@@ -91,6 +94,16 @@ pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
         Some(class) => (*class, 0u8),
         None => (FileClass::Unknown as u8, FLAG_CLASS_UNKNOWN),
     };
+    let is_receive = op.is_receive();
+    if is_receive
+        && flags & FLAG_CLASS_UNKNOWN == 0
+        && class != FileClass::SocketClient as u8
+        && class != FileClass::SocketPeer as u8
+        && class != FileClass::Socket as u8
+    {
+        // A read of the WAL, the db, a pipe…: not network traffic, not counted.
+        return 0;
+    }
     let bytes = if op.is_sync() {
         start.req_bytes
     } else if ret > 0 {
@@ -99,7 +112,12 @@ pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
         0
     };
 
+    if class == FileClass::SocketPeer as u8 && bytes > 0 {
+        record_sock_io(&fd_key, bytes, is_receive);
+    }
+
     record_stats(
+        &OP_STATS,
         &OpKey {
             tgid,
             op: op as u8,
@@ -161,16 +179,47 @@ pub fn wakeup_flags() -> u64 {
     }
 }
 
-/// Adds one call to the per-CPU `OP_STATS` entry of `key`, creating it when missing.
+/// Adds a send or receive to the per-CPU `SOCK_IO` entry of a peer socket fd.
 #[inline(always)]
-fn record_stats(key: &OpKey, duration_ns: u64, bytes: u64, failed: bool) {
-    let mut stats = OP_STATS.get_ptr_mut(key);
+fn record_sock_io(key: &FdKey, bytes: u64, receive: bool) {
+    let mut io = SOCK_IO.get_ptr_mut(key);
+    if io.is_none() {
+        if SOCK_IO.insert(key, SockIo::default(), 0).is_err() {
+            return;
+        }
+        io = SOCK_IO.get_ptr_mut(key);
+    }
+    let Some(io) = io else {
+        return;
+    };
+    // SAFETY: per-CPU value owned by this CPU while the program runs.
+    unsafe {
+        if receive {
+            (*io).rx_bytes += bytes;
+            (*io).rx_calls += 1;
+        } else {
+            (*io).tx_bytes += bytes;
+            (*io).tx_calls += 1;
+        }
+    }
+}
+
+/// Adds one sample to the per-CPU `OpStats` entry of `key` in `map`, creating it when missing.
+#[inline(always)]
+pub fn record_stats<K>(
+    map: &PerCpuHashMap<K, OpStats>,
+    key: &K,
+    duration_ns: u64,
+    bytes: u64,
+    failed: bool,
+) {
+    let mut stats = map.get_ptr_mut(key);
     if stats.is_none() {
-        if OP_STATS.insert(key, OpStats::ZERO, 0).is_err() {
+        if map.insert(key, OpStats::ZERO, 0).is_err() {
             count_drop(DROP_STATS_MAP);
             return;
         }
-        stats = OP_STATS.get_ptr_mut(key);
+        stats = map.get_ptr_mut(key);
     }
     let Some(stats) = stats else {
         count_drop(DROP_STATS_MAP);

@@ -69,6 +69,8 @@ fn bring_up_kernel(config: &Config) -> anyhow::Result<(Option<KernelParts>, Mode
             groups: config.probes.clone(),
             net_offsets: [etcd_monitor_agent_common::net::OFF_MISSING;
                 etcd_monitor_agent_common::net::OFF_LEN as usize],
+            diag_offsets: [etcd_monitor_agent_common::net::OFF_MISSING;
+                etcd_monitor_agent_common::diag::DOFF_LEN as usize],
         };
         match ebpf::load(&options) {
             Ok(Loaded {

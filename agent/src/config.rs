@@ -112,14 +112,14 @@ pub struct Config {
     #[arg(long, env = "STATUS_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s")]
     pub status_interval: Duration,
 
-    /// Probe groups to attach: sync (always), write, fd, process, net. Fewer groups cost etcd
-    /// less and show less.
+    /// Probe groups to attach: sync (always), write, fd, process, net, recv, block, sched.
+    /// Fewer groups cost etcd less and show less.
     #[arg(
         long,
         env = "PROBES",
         value_enum,
         value_delimiter = ',',
-        default_value = "sync,write,fd,process,net"
+        default_value = "sync,write,fd,process,net,recv,block,sched"
     )]
     pub probes: Vec<crate::probes::ProbeGroup>,
 

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 
 use etcd_monitor_agent_common::{
+    diag::{Issuer, IssuerKey},
     net::{Churn, ConnKey, ConnStats},
-    syscall::{FileClass, OpKey},
+    syscall::{FdKey, FileClass, OpKey, SockIo},
 };
 
 use crate::stats::OpTotals;
@@ -61,6 +62,34 @@ pub trait Kernel: Send {
     }
     /// Client connection churn per listening port.
     fn churn(&self) -> Result<Vec<(u16, Churn)>, KernelError> {
+        Ok(Vec::new())
+    }
+    /// Bytes through each peer socket fd (summed over CPUs).
+    fn sock_io(&self) -> Result<Vec<(FdKey, SockIo)>, KernelError> {
+        Ok(Vec::new())
+    }
+    /// Forgets a closed socket fd's counters (after they were harvested).
+    fn remove_sock_io(&mut self, _key: &FdKey) -> Result<(), KernelError> {
+        Ok(())
+    }
+    /// Makes the block programs watch exactly these devices (kernel `dev_t`).
+    fn set_block_devs(&mut self, _devs: &[u32]) -> Result<(), KernelError> {
+        Ok(())
+    }
+    /// Request service time per watched device.
+    fn block_stats(&self) -> Result<Vec<(u32, OpTotals)>, KernelError> {
+        Ok(Vec::new())
+    }
+    /// I/O submitted per (device, process), summed over CPUs.
+    fn issuers(&self) -> Result<Vec<(IssuerKey, Issuer)>, KernelError> {
+        Ok(Vec::new())
+    }
+    /// Makes the sched programs watch exactly these threads (tid → tgid).
+    fn set_tids(&mut self, _tids: &HashMap<u32, u32>) -> Result<(), KernelError> {
+        Ok(())
+    }
+    /// Run-queue latency per tracked process.
+    fn runq_stats(&self) -> Result<Vec<(u32, OpTotals)>, KernelError> {
         Ok(Vec::new())
     }
 }

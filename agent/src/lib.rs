@@ -5,10 +5,12 @@
 //! are etcd, and which member) · `fdclass` (WAL/DB/SNAP/socket) · `tracker` (the traced set,
 //! mirrored into the kernel through the `kernel::Kernel` trait) · `ebpf` (Linux: load, attach,
 //! maps, ring-buffer reader) · `probes` (what attaches where) · `decode` (ring-buffer records)
-//! · `stats` + `metrics` (exact kernel counters → Prometheus) · `http` · `mode`.
+//! · `stats` + `metrics` (exact kernel counters → Prometheus) · `http` · `mode` · `sockio`
+//! (syscall bytes per peer socket) · `diag` (block devices, threads, cgroup CPU throttling).
 
 pub mod config;
 pub mod decode;
+pub mod diag;
 pub mod discovery;
 #[cfg(target_os = "linux")]
 pub mod ebpf;
@@ -22,5 +24,6 @@ pub mod net;
 pub mod probes;
 pub mod procfs;
 pub mod ship;
+pub mod sockio;
 pub mod stats;
 pub mod tracker;

@@ -249,8 +249,48 @@ const PEER_BYTES: &str = "etcdmon_peer_bytes_total";
 const CLIENT_CONNS: &str = "etcdmon_client_connections";
 const CLIENT_OPENED: &str = "etcdmon_client_connections_opened_total";
 const CLIENT_CLOSED: &str = "etcdmon_client_connections_closed_total";
+const RECEIVE: &str = "etcdmon_receive_duration_seconds";
+const RECEIVED: &str = "etcdmon_received_bytes_total";
+const PEER_SYSCALL_BYTES: &str = "etcdmon_peer_syscall_bytes_total";
+const BLOCK_SERVICE: &str = "etcdmon_block_service_seconds";
+const RUNQ: &str = "etcdmon_runqueue_latency_seconds";
+const THROTTLED_PERIODS: &str = "etcdmon_cpu_throttled_periods_total";
+const CPU_PERIODS: &str = "etcdmon_cpu_periods_total";
+const THROTTLED_SECONDS: &str = "etcdmon_cpu_throttled_seconds_total";
 
-const HELP: [(&str, &str); 11] = [
+const HELP: [(&str, &str); 19] = [
+    (
+        RECEIVE,
+        "Kernel-measured duration of etcd's read/readv/recvfrom/recvmsg calls on sockets, by member, socket class and op.",
+    ),
+    (
+        RECEIVED,
+        "Bytes etcd received on its sockets (client, peer), by member, socket class and op.",
+    ),
+    (
+        PEER_SYSCALL_BYTES,
+        "Bytes a member's send (write/writev) and receive (read/readv/recvfrom/recvmsg) syscalls moved on peer sockets, by peer.",
+    ),
+    (
+        BLOCK_SERVICE,
+        "Request service time (block_rq_issue to block_rq_complete) of the device under the member's data dir.",
+    ),
+    (
+        RUNQ,
+        "Time the member's runnable threads waited for a CPU (sched_wakeup or preemption to sched_switch).",
+    ),
+    (
+        THROTTLED_PERIODS,
+        "CFS bandwidth periods in which the member's cgroup was throttled (cpu.stat nr_throttled).",
+    ),
+    (
+        CPU_PERIODS,
+        "CFS bandwidth periods of the member's cgroup (cpu.stat nr_periods).",
+    ),
+    (
+        THROTTLED_SECONDS,
+        "Time the member's cgroup was throttled by its CPU quota (cpu.stat throttled time).",
+    ),
     (
         PEER_RTT,
         "Kernel smoothed RTT (tcp_probe srtt) to each peer member, highest over the pair's open connections.",
@@ -307,8 +347,12 @@ impl KernelCollector {
             let labels: Vec<String> = match name {
                 DROPPED => vec!["stage".into(), "reason".into()],
                 PEER_RTT | PEER_RETRANS => vec!["member".into(), "peer".into()],
-                PEER_BYTES => vec!["member".into(), "peer".into(), "direction".into()],
-                CLIENT_CONNS | CLIENT_OPENED | CLIENT_CLOSED => vec!["member".into()],
+                PEER_BYTES | PEER_SYSCALL_BYTES => {
+                    vec!["member".into(), "peer".into(), "direction".into()]
+                }
+                CLIENT_CONNS | CLIENT_OPENED | CLIENT_CLOSED | RUNQ | THROTTLED_PERIODS
+                | CPU_PERIODS | THROTTLED_SECONDS => vec!["member".into()],
+                BLOCK_SERVICE => vec!["member".into(), "device".into()],
                 _ => vec!["member".into(), "file".into(), "op".into()],
             };
             descs.push(Desc::new(name.into(), help.into(), labels, HashMap::new())?);
@@ -358,6 +402,15 @@ fn counter(pairs: &[(&str, &str)], value: u64) -> proto::Metric {
     m
 }
 
+/// A counter with a fractional value (seconds).
+fn gauge_counter(pairs: &[(&str, &str)], value: f64) -> proto::Metric {
+    let mut c = proto::Counter::default();
+    c.set_value(value);
+    let mut m = proto::Metric::from_label(labels(pairs));
+    m.set_counter(c);
+    m
+}
+
 fn gauge(pairs: &[(&str, &str)], value: f64) -> proto::Metric {
     let mut g = proto::Gauge::default();
     g.set_value(value);
@@ -393,16 +446,18 @@ impl Collector for KernelCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let (snapshot, kernel_drops, net) = match self.tracker.lock() {
+        let (snapshot, kernel_drops, net, diag) = match self.tracker.lock() {
             Ok(mut tracker) => (
                 tracker.snapshot().unwrap_or_default(),
                 tracker.kernel_drops().unwrap_or_default(),
                 tracker.net_snapshot().unwrap_or_default(),
+                tracker.diag_snapshot(false).unwrap_or_default(),
             ),
             Err(_) => return Vec::new(),
         };
         let (mut fsync, mut write, mut bytes, mut errors) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut receive, mut received) = (Vec::new(), Vec::new());
         for (member, ops) in &snapshot {
             for ((op, class), totals) in ops {
                 let pairs = [
@@ -412,6 +467,12 @@ impl Collector for KernelCollector {
                 ];
                 let mut m = proto::Metric::from_label(labels(&pairs));
                 m.set_histogram(histogram(totals));
+                if op.is_receive() {
+                    receive.push(m);
+                    received.push(counter(&pairs, totals.bytes));
+                    errors.push(counter(&pairs, totals.errors));
+                    continue;
+                }
                 if op.is_sync() {
                     fsync.push(m)
                 } else {
@@ -467,7 +528,48 @@ impl Collector for KernelCollector {
             opened.push(counter(&m, c.opened));
             closed.push(counter(&m, c.closed));
         }
+        let mut peer_syscall = Vec::new();
+        for ((member, peer), b) in &net.syscall {
+            let pair = [("member", member.as_str()), ("peer", peer.as_str())];
+            peer_syscall.push(counter(
+                &[pair[0], pair[1], ("direction", "received")],
+                b.received,
+            ));
+            peer_syscall.push(counter(&[pair[0], pair[1], ("direction", "sent")], b.sent));
+        }
+        let mut block = Vec::new();
+        for d in &diag.devices {
+            for member in &d.members {
+                let mut m = proto::Metric::from_label(labels(&[
+                    ("member", member.as_str()),
+                    ("device", d.device.name.as_str()),
+                ]));
+                m.set_histogram(histogram(&d.service));
+                block.push(m);
+            }
+        }
+        let (mut runq, mut throttled, mut periods, mut throttled_s) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for s in &diag.sched {
+            let m = [("member", s.member.as_str())];
+            let mut h = proto::Metric::from_label(labels(&m));
+            h.set_histogram(histogram(&s.runq));
+            runq.push(h);
+            if let Some(t) = s.throttle {
+                throttled.push(counter(&m, t.nr_throttled));
+                periods.push(counter(&m, t.nr_periods));
+                throttled_s.push(gauge_counter(&m, t.throttled_ns as f64 / 1e9));
+            }
+        }
         vec![
+            family(RECEIVE, MetricType::HISTOGRAM, receive),
+            family(RECEIVED, MetricType::COUNTER, received),
+            family(PEER_SYSCALL_BYTES, MetricType::COUNTER, peer_syscall),
+            family(BLOCK_SERVICE, MetricType::HISTOGRAM, block),
+            family(RUNQ, MetricType::HISTOGRAM, runq),
+            family(THROTTLED_PERIODS, MetricType::COUNTER, throttled),
+            family(CPU_PERIODS, MetricType::COUNTER, periods),
+            family(THROTTLED_SECONDS, MetricType::COUNTER, throttled_s),
             family(PEER_RTT, MetricType::GAUGE, rtt),
             family(PEER_RETRANS, MetricType::COUNTER, retrans),
             family(PEER_BYTES, MetricType::COUNTER, peer_bytes),

@@ -150,6 +150,8 @@ pub struct NetSnapshot {
     pub peers: BTreeMap<(String, String), PeerTotals>,
     /// member → client figures.
     pub clients: BTreeMap<String, ClientTotals>,
+    /// (member, peer) → bytes the member's send/receive syscalls moved on peer sockets.
+    pub syscall: BTreeMap<(String, String), crate::sockio::SyscallBytes>,
 }
 
 /// Finds which traced member owns each end of a connection.
@@ -338,6 +340,7 @@ impl NetState {
         let mut snapshot = NetSnapshot {
             peers: self.retired.clone(),
             clients: BTreeMap::new(),
+            syscall: BTreeMap::new(),
         };
         let mut closed = Vec::new();
         for (key, stats) in conns {

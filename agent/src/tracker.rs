@@ -4,17 +4,19 @@
 //! fds) and retires gone ones (moving their final counters into per-member totals). `learn_fd`
 //! classifies an fd the kernel reported as unknown. `snapshot` gives per-member totals.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use etcd_monitor_agent_common::syscall::{FileClass, Op};
 
 use crate::{
+    diag::{self, CgroupMounts, DeviceView, DiagSnapshot, DiagState, SchedView},
     discovery::{self, EtcdProcess, Matcher},
     fdclass::{self, PortRoles},
     identity::MemberIdentity,
     kernel::{Kernel, KernelDrops, KernelError},
     net::{self, NetSnapshot, NetState, Resolver},
     procfs::{ProcFs, TcpSocket},
+    sockio::SockIoState,
     stats::{self, Snapshot},
 };
 
@@ -47,6 +49,11 @@ pub struct Tracker {
     processes: HashMap<u32, Tracked>,
     retired: Snapshot,
     net: NetState,
+    sockio: SockIoState,
+    diag: DiagState,
+    cgroups: CgroupMounts,
+    /// kernel dev_t → (device, members on it), refreshed on every rescan.
+    devices: BTreeMap<u32, (diag::BlockDevice, Vec<String>)>,
     kernel: Option<Box<dyn Kernel>>,
 }
 
@@ -59,6 +66,10 @@ impl Tracker {
             processes: HashMap::new(),
             retired: Snapshot::new(),
             net: NetState::default(),
+            sockio: SockIoState::default(),
+            diag: DiagState::default(),
+            cgroups: CgroupMounts::detect(),
+            devices: BTreeMap::new(),
             kernel,
         }
     }
@@ -76,7 +87,116 @@ impl Tracker {
     /// Brings the traced set in line with `/proc`.
     pub fn rescan(&mut self) -> RescanReport {
         let found = discovery::scan(&self.proc, &self.matcher);
-        self.apply(found)
+        let mut report = self.apply(found);
+        if let Err(e) = self.sync_diag() {
+            report.errors.push(e.to_string());
+        }
+        report
+    }
+
+    /// Tells the kernel which devices (those under the members' data dirs) and which threads
+    /// (the members') the block and sched programs watch.
+    fn sync_diag(&mut self) -> Result<(), KernelError> {
+        let mut devices: BTreeMap<u32, (diag::BlockDevice, Vec<String>)> = BTreeMap::new();
+        let mut tids = HashMap::new();
+        for (pid, t) in &self.processes {
+            let data_dir = if t.identity.data_dir.is_absolute() {
+                self.proc.path(*pid, "root").join(
+                    t.identity
+                        .data_dir
+                        .strip_prefix("/")
+                        .unwrap_or(&t.identity.data_dir),
+                )
+            } else {
+                t.identity.data_dir.clone()
+            };
+            for device in diag::devices_under(&data_dir, std::path::Path::new("/sys")) {
+                let entry = devices
+                    .entry(device.kernel_dev())
+                    .or_insert_with(|| (device, Vec::new()));
+                if !entry.1.contains(&t.identity.name) {
+                    entry.1.push(t.identity.name.clone());
+                }
+            }
+            for tid in diag::threads(&self.proc, *pid) {
+                tids.insert(tid, *pid);
+            }
+        }
+        let devs: Vec<u32> = devices.keys().copied().collect();
+        self.devices = devices;
+        if let Some(kernel) = self.kernel.as_mut() {
+            kernel.set_block_devs(&devs)?;
+            kernel.set_tids(&tids)?;
+        }
+        Ok(())
+    }
+
+    /// Block-device and scheduler evidence for the diagnosis. `with_issuers` ranks each
+    /// device's issuers by activity since the previous ranking (the shipping path does; a
+    /// `/metrics` scrape does not, so it does not disturb that ranking).
+    pub fn diag_snapshot(&mut self, with_issuers: bool) -> Result<DiagSnapshot, KernelError> {
+        let Some(kernel) = self.kernel.as_ref() else {
+            return Ok(DiagSnapshot::default());
+        };
+        let block = kernel.block_stats()?;
+        let issuers = if with_issuers {
+            kernel.issuers()?
+        } else {
+            Vec::new()
+        };
+        let runq = kernel.runq_stats()?;
+        let names: HashMap<u32, String> = self
+            .processes
+            .iter()
+            .map(|(pid, t)| (*pid, t.identity.name.clone()))
+            .collect();
+        let mut by_dev = if with_issuers {
+            self.diag
+                .issuers(&issuers, &self.proc, |pid| names.get(&pid).cloned())
+        } else {
+            BTreeMap::new()
+        };
+        let devices = self
+            .devices
+            .iter()
+            .map(|(dev, (device, members))| DeviceView {
+                device: device.clone(),
+                members: members.clone(),
+                service: block
+                    .iter()
+                    .find(|(d, _)| d == dev)
+                    .map(|(_, t)| *t)
+                    .unwrap_or_default(),
+                issuers: by_dev.remove(dev).unwrap_or_default(),
+            })
+            .collect();
+        let mut sched: Vec<SchedView> = self
+            .processes
+            .iter()
+            .map(|(pid, t)| {
+                let (cgroup, throttle) = match self.cgroups.cpu_stat_path(&self.proc, *pid) {
+                    Some((file, path, v2)) => (
+                        path,
+                        std::fs::read_to_string(file)
+                            .ok()
+                            .and_then(|text| diag::parse_cpu_stat(&text, v2)),
+                    ),
+                    None => (String::new(), None),
+                };
+                SchedView {
+                    member: t.identity.name.clone(),
+                    runq: runq
+                        .iter()
+                        .find(|(tgid, _)| tgid == pid)
+                        .map(|(_, t)| *t)
+                        .unwrap_or_default(),
+                    cgroup,
+                    throttle,
+                }
+            })
+            .collect();
+        sched.sort_by(|a, b| a.member.cmp(&b.member));
+        Ok(DiagSnapshot { devices, sched })
     }
 
     /// Brings the traced set in line with `found`.
@@ -139,10 +259,16 @@ impl Tracker {
             .map(|(pid, t)| (*pid, &t.identity))
             .collect();
         let resolver = Resolver::new(&self.proc, members);
-        let (snapshot, closed) = self.net.harvest(&conns, &churn, &resolver);
+        let (mut snapshot, closed) = self.net.harvest(&conns, &churn, &resolver);
+        let sock_io = kernel.sock_io()?;
+        let (syscall, gone_fds) = self.sockio.harvest(&sock_io, &self.proc, &resolver);
+        snapshot.syscall = syscall;
         if let Some(kernel) = self.kernel.as_mut() {
             for key in closed {
                 let _ = kernel.remove_conn(&key);
+            }
+            for key in gone_fds {
+                let _ = kernel.remove_sock_io(&key);
             }
         }
         Ok(snapshot)

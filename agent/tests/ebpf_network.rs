@@ -186,3 +186,99 @@ fn peer_traffic_is_attributed_to_member_pairs() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn peer_receives_match_peer_sends() -> anyhow::Result<()> {
+    if !common::require_root("peer_receives_match_peer_sends") {
+        return Ok(());
+    }
+    let (cluster, agent) = common::cluster_with_agent()?;
+    cluster.put_many("/recv-e2e/", 400, 512)?;
+    let names: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();
+    let syscall = |text: &str, member: &str, peer: &str, direction: &str| {
+        prom_sum(
+            text,
+            "etcdmon_peer_syscall_bytes_total",
+            &[("member", member), ("peer", peer), ("direction", direction)],
+        )
+        .unwrap_or(0.0)
+    };
+    // Let the heartbeats of a quiet cluster settle what was in flight, then compare one
+    // snapshot: what A's reads took from B is what B's writes gave to A.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = wait_for(
+        "syscall bytes for every pair",
+        Duration::from_secs(20),
+        || {
+            let text = agent.metrics().ok()?;
+            names
+                .iter()
+                .flat_map(|a| names.iter().map(move |b| (a, b)))
+                .filter(|(a, b)| a != b)
+                .all(|(a, b)| syscall(&text, a, b, "received") > 0.0)
+                .then_some(text)
+        },
+    )?;
+    let mut total_received = 0.0;
+    for a in &names {
+        for b in names.iter().filter(|b| *b != a) {
+            let received = syscall(&text, a, b, "received");
+            let sent = syscall(&text, b, a, "sent");
+            eprintln!("{a} received {received} B from {b}; {b} sent {sent} B to {a}");
+            total_received += received;
+            // Both ends are read in the same scrape; heartbeats in flight between the two
+            // readings are a few hundred bytes.
+            assert!(
+                (received - sent).abs() <= 0.02 * sent.max(received) + 4096.0,
+                "{a} received {received} B from {b}, which sent {sent} B"
+            );
+        }
+    }
+    // 400 puts of 512 B travel from the leader to both followers: at least that much.
+    assert!(
+        total_received > 2.0 * 400.0 * 512.0,
+        "peer receives total {total_received} B"
+    );
+    // Receives are counted on sockets only: never under a file class.
+    for line in text.lines() {
+        if line.starts_with("etcdmon_received_bytes_total{") {
+            assert!(
+                line.contains("file=\"socket_peer\"")
+                    || line.contains("file=\"socket_client\"")
+                    || line.contains("file=\"socket\"")
+                    || line.contains("file=\"unknown\""),
+                "receive counted on a non-socket: {line}"
+            );
+        }
+    }
+    let client: f64 = names
+        .iter()
+        .filter_map(|m| {
+            prom_sum(
+                &text,
+                "etcdmon_received_bytes_total",
+                &[("member", m), ("file", "socket_client")],
+            )
+        })
+        .sum();
+    // Each put's HTTP request body carries its 512-byte value (base64) to a client port.
+    assert!(
+        client > 400.0 * 512.0,
+        "client sockets received {client} B for 400 puts"
+    );
+    let peer_class: f64 = names
+        .iter()
+        .filter_map(|m| {
+            prom_sum(
+                &text,
+                "etcdmon_received_bytes_total",
+                &[("member", m), ("file", "socket_peer")],
+            )
+        })
+        .sum();
+    assert!(
+        peer_class >= total_received * 0.99,
+        "per-class peer receives {peer_class} B below the per-pair sum {total_received} B"
+    );
+    Ok(())
+}

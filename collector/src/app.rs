@@ -209,6 +209,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         Some(store.clone()),
         crate::notify::Notifier::start(config.notifiers.clone()),
     )?;
+    alerting.attach_diagnoses(pipeline.diagnoses.clone());
     alerting.spawn();
 
     let benchmarks =
@@ -216,6 +217,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     if config.benchmark_api.enabled {
         tracing::info!("Benchmark API enabled (admin token required).");
     }
+    tokio::spawn(crate::diagnosis::run(
+        clusters.clone(),
+        pipeline.clone(),
+        config.diagnosis.clone(),
+    ));
     let state = AppState {
         clusters: clusters.clone(),
         alerting: Some(alerting),

@@ -228,6 +228,10 @@ pub struct Cli {
           default_value_t = true, default_missing_value = "true")]
     pub probe_write: bool,
 
+    /// Diagnosis windows and thresholds (`--diagnosis-*`).
+    #[command(flatten)]
+    pub diagnosis: crate::diagnosis::DiagnosisArgs,
+
     /// Log format.
     #[arg(
         long,
@@ -379,6 +383,8 @@ pub struct Config {
     pub benchmark_api: crate::bench::flags::ApiSettings,
     /// Log format.
     pub log_format: LogFormat,
+    /// Diagnosis windows and thresholds.
+    pub diagnosis: crate::diagnosis::DiagnosisConfig,
 }
 
 /// The gRPC side's settings.
@@ -672,7 +678,12 @@ impl Cli {
             }
         }
 
+        let diagnosis = self
+            .diagnosis
+            .validate()
+            .map_err(|(field, message)| ConfigError::new(field, message))?;
         Ok(Config {
+            diagnosis,
             clusters,
             api_host: self.api_host,
             api_port: self.api_port,

@@ -14,6 +14,7 @@ pub mod app;
 pub mod bench;
 pub mod cluster;
 pub mod config;
+pub mod diagnosis;
 pub mod exporter;
 pub mod ingest;
 pub mod notify;

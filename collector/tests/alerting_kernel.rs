@@ -134,6 +134,8 @@ fn slow_disk_under_one_member_fires_the_kernel_rule_for_that_member_only() -> an
             "--health-check-interval=1s",
             "--metrics-interval=1s",
             "--dial-timeout=2s",
+            "--diagnosis-window=8s",
+            "--diagnosis-interval=1s",
         ],
     )?;
     let match_arg = format!("--match={}", base.path().display());
@@ -209,6 +211,30 @@ fn slow_disk_under_one_member_fires_the_kernel_rule_for_that_member_only() -> an
             "kernel p99 in the annotation: {summary}"
         );
         assert!(summary.contains(&slow_name), "{summary}");
+        // The diagnosis engine's verdict for that member rides along in the annotations
+        // (which verdict depends on where this throttle sits; that it is there is the point).
+        let diagnosis = wait_for("a diagnosis on the alert", Duration::from_secs(30), || {
+            let (_, body) = collector.get_json("/api/v1/alerts").ok()?;
+            body["alerts"].as_array()?.iter().find(|a| {
+                    a["name"] == "KernelSlowWalFsync" && a["member"] == slow_name.as_str()
+                })?["annotations"]["diagnosis"]
+                    .as_str()
+                    .map(str::to_string)
+        })?;
+        let (_, verdicts) = collector.get_json(&format!("/api/v1/diagnosis?member={slow_name}"))?;
+        eprintln!("diagnosis annotation: {diagnosis}\nGET /api/v1/diagnosis: {verdicts}");
+        let causes = [
+            "disk_slow",
+            "noisy_neighbor",
+            "cpu_starved",
+            "peer_network_slow",
+            "healthy",
+            "inconclusive",
+        ];
+        assert!(
+            causes.iter().any(|c| diagnosis.starts_with(c)),
+            "{diagnosis}"
+        );
         // Keep writing a while longer: the fast members never fire.
         std::thread::sleep(Duration::from_secs(5));
         let (_, body) = collector.get_json("/api/v1/alerts")?;

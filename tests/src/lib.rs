@@ -7,6 +7,7 @@ pub mod collector;
 pub mod docs;
 pub mod grafana;
 pub mod http;
+pub mod inject;
 pub mod load;
 pub mod process;
 pub mod proxy;

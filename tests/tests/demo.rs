@@ -201,9 +201,22 @@ fn the_demo_shows_everything_and_ctrl_c_leaves_nothing_behind() -> anyhow::Resul
             let dom = chromium(&["--dump-dom", "http://127.0.0.1:8080/"]).ok()?;
             // Both sides of the fsync chart need two metrics intervals of samples.
             let kernel_series = !is_root() || dom.contains("data-kind=\"kernel\"");
+            // Every member has a diagnosis verdict (with an agent, a real one).
+            let verdicts = [
+                "healthy",
+                "inconclusive",
+                "disk_slow",
+                "noisy_neighbor",
+                "cpu_starved",
+                "peer_network_slow",
+            ]
+            .iter()
+            .map(|c| dom.matches(&format!("\">{c}")).count())
+            .sum::<usize>();
             (dom.matches("class=\"num raft-index\">").count() >= 3
                 && dom.contains("data-kind=\"etcd\"")
-                && kernel_series)
+                && kernel_series
+                && verdicts >= 3)
                 .then_some(dom)
         },
     )?;

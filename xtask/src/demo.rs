@@ -176,6 +176,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             format!("--endpoints={endpoints}"),
             "--health-check-interval=5s".to_string(),
             "--metrics-interval=5s".to_string(),
+            // Verdicts within seconds rather than the default 30 s window.
+            "--diagnosis-window=15s".to_string(),
+            "--diagnosis-interval=5s".to_string(),
             format!("--data-dir={}", dir.path().join("collector").display()),
         ],
         dir.path(),

@@ -17,9 +17,8 @@ pub const APT_PACKAGES: &[&str] = &[
     // real etcd for the tests and the demo
     "etcd-server",
     "etcd-client",
-    // gRPC code generation (libprotobuf-dev: the well-known .proto files etcd-client imports)
+    // gRPC code generation (libprotobuf-dev: google/protobuf/*.proto that etcd-client imports)
     "protobuf-compiler",
-    // google/protobuf/*.proto that etcd-client's protos import
     "libprotobuf-dev",
     // eBPF inspection, Prometheus stack
     "bpftool",
@@ -34,7 +33,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "gcc-mingw-w64-x86-64",
     "python3",
     "util-linux",
-    // alerting e2e: a throttled ext4 on a loop device under one member's data dir
+    // alerting and diagnosis e2e: throttled ext4 filesystems on loop devices
     "e2fsprogs",
 ];
 

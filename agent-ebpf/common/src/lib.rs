@@ -6,6 +6,7 @@
 //! feature is on, which adds `aya::Pod` impls for the map key and value types.
 #![no_std]
 
+pub mod diag;
 pub mod hist;
 pub mod maps;
 pub mod net;

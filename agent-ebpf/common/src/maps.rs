@@ -74,3 +74,8 @@ pub const NET_OFFSETS: &str = "NET_OFFSETS";
 pub const MAX_PORTS: u32 = 1024;
 /// Capacity of `CONNS`.
 pub const MAX_CONNS: u32 = 16_384;
+
+/// `LruPerCpuHashMap<FdKey, SockIo>`: bytes through each peer socket fd of a tracked process.
+pub const SOCK_IO: &str = "SOCK_IO";
+/// Capacity of `SOCK_IO` (peer sockets only: a few per member pair).
+pub const MAX_SOCK_IO: u32 = 4_096;

@@ -20,10 +20,18 @@ pub enum Op {
     Writev = 5,
     /// `pwritev(2)`.
     Pwritev = 6,
+    /// `read(2)` on a socket (reads of other fds are not counted).
+    Read = 7,
+    /// `readv(2)` on a socket.
+    Readv = 8,
+    /// `recvfrom(2)` on a socket.
+    Recvfrom = 9,
+    /// `recvmsg(2)` on a socket.
+    Recvmsg = 10,
 }
 
 /// Number of [`Op`] variants.
-pub const OP_COUNT: usize = 7;
+pub const OP_COUNT: usize = 11;
 
 impl Op {
     /// Every op, in discriminant order.
@@ -35,6 +43,10 @@ impl Op {
         Op::Pwrite64,
         Op::Writev,
         Op::Pwritev,
+        Op::Read,
+        Op::Readv,
+        Op::Recvfrom,
+        Op::Recvmsg,
     ];
 
     /// Decodes a discriminant.
@@ -47,6 +59,10 @@ impl Op {
             4 => Some(Op::Pwrite64),
             5 => Some(Op::Writev),
             6 => Some(Op::Pwritev),
+            7 => Some(Op::Read),
+            8 => Some(Op::Readv),
+            9 => Some(Op::Recvfrom),
+            10 => Some(Op::Recvmsg),
             _ => None,
         }
     }
@@ -61,7 +77,17 @@ impl Op {
             Op::Pwrite64 => "pwrite64",
             Op::Writev => "writev",
             Op::Pwritev => "pwritev",
+            Op::Read => "read",
+            Op::Readv => "readv",
+            Op::Recvfrom => "recvfrom",
+            Op::Recvmsg => "recvmsg",
         }
+    }
+
+    /// Whether the op receives from a socket (`etcdmon_receive_duration_seconds`). Receive
+    /// ops are only counted on socket fds: the kernel skips them on WAL, db and other files.
+    pub const fn is_receive(self) -> bool {
+        matches!(self, Op::Read | Op::Readv | Op::Recvfrom | Op::Recvmsg)
     }
 
     /// Whether the op makes data durable (`etcdmon_fsync_duration_seconds`) rather than
@@ -92,6 +118,16 @@ pub enum FileClass {
     Socket = 6,
     /// Anything else (logs, pipes, files outside the data dir).
     Other = 7,
+}
+
+impl FileClass {
+    /// Whether the class is a socket (client, peer or other).
+    pub const fn is_socket(self) -> bool {
+        matches!(
+            self,
+            FileClass::SocketClient | FileClass::SocketPeer | FileClass::Socket
+        )
+    }
 }
 
 /// Number of [`FileClass`] variants.
@@ -155,7 +191,8 @@ pub struct SyscallEvent {
     pub duration_ns: u64,
     /// The syscall's return value (negative errno on failure).
     pub ret: i64,
-    /// Bytes written (writes: the return value when positive; `sync_file_range`: the range).
+    /// Bytes written or received (writes and receives: the return value when positive;
+    /// `sync_file_range`: the range).
     pub bytes: u64,
 }
 
@@ -220,6 +257,22 @@ mod pod {
     unsafe impl aya::Pod for super::FdKey {}
     unsafe impl aya::Pod for super::OpKey {}
     unsafe impl aya::Pod for super::OpStats {}
+    unsafe impl aya::Pod for super::SockIo {}
+}
+
+/// Bytes moved through one peer socket fd by the traced syscalls (sends and receives),
+/// per CPU; user space resolves the fd to its connection and so to a (member, peer) pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockIo {
+    /// Bytes received (read/readv/recvfrom/recvmsg return values).
+    pub rx_bytes: u64,
+    /// Bytes sent (write/writev return values).
+    pub tx_bytes: u64,
+    /// Receive calls that returned data.
+    pub rx_calls: u64,
+    /// Send calls that wrote data.
+    pub tx_calls: u64,
 }
 
 #[cfg(test)]

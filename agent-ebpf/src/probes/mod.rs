@@ -1,8 +1,11 @@
 //! One module per hooked event; `agent/src/probes/` attaches them by the same names.
 
 pub mod accept;
+pub mod block;
 pub mod close;
 pub mod process;
+pub mod receive;
+pub mod sched;
 pub mod sync;
 pub mod tcp;
 pub mod write;

@@ -4,12 +4,13 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
 };
+use etcd_monitor_agent_common::diag::{self as diag_abi, Issuer, IssuerKey};
 use std::collections::HashMap as StdHashMap;
 
 use etcd_monitor_agent_common::{
     maps::{self as names, CommFilter},
     net::{Churn, ConnKey, ConnStats},
-    syscall::{FdKey, FileClass, OpKey, OpStats},
+    syscall::{FdKey, FileClass, OpKey, OpStats, SockIo},
 };
 
 use super::{LoadError, LoadOptions};
@@ -30,6 +31,13 @@ pub struct EbpfKernel {
     conns: HashMap<MapData, ConnKey, ConnStats>,
     churn: HashMap<MapData, u16, Churn>,
     net_offsets: Array<MapData, [u32; etcd_monitor_agent_common::net::OFF_LEN as usize]>,
+    sock_io: PerCpuHashMap<MapData, FdKey, SockIo>,
+    diag_offsets: Array<MapData, [u32; diag_abi::DOFF_LEN as usize]>,
+    block_devs: HashMap<MapData, u32, u8>,
+    block_stats: PerCpuHashMap<MapData, u32, OpStats>,
+    issuers: PerCpuHashMap<MapData, IssuerKey, Issuer>,
+    tids: HashMap<MapData, u32, u32>,
+    runq_stats: PerCpuHashMap<MapData, u32, OpStats>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
@@ -71,6 +79,13 @@ impl EbpfKernel {
             conns: take(ebpf, names::CONNS)?,
             churn: take(ebpf, names::CHURN)?,
             net_offsets: take(ebpf, names::NET_OFFSETS)?,
+            sock_io: take(ebpf, names::SOCK_IO)?,
+            diag_offsets: take(ebpf, diag_abi::DIAG_OFFSETS)?,
+            block_devs: take(ebpf, diag_abi::BLOCK_DEVS)?,
+            block_stats: take(ebpf, diag_abi::BLOCK_STATS)?,
+            issuers: take(ebpf, diag_abi::IO_ISSUERS)?,
+            tids: take(ebpf, diag_abi::TIDS)?,
+            runq_stats: take(ebpf, diag_abi::RUNQ_STATS)?,
         })
     }
 
@@ -114,6 +129,9 @@ impl EbpfKernel {
         self.net_offsets
             .set(0, options.net_offsets, 0)
             .map_err(to_load(names::NET_OFFSETS))?;
+        self.diag_offsets
+            .set(0, options.diag_offsets, 0)
+            .map_err(to_load(diag_abi::DIAG_OFFSETS))?;
         Ok(())
     }
 
@@ -151,6 +169,16 @@ impl Kernel for EbpfKernel {
             .collect();
         for key in ops {
             let _ = self.op_stats.remove(&key);
+        }
+        let _ = self.runq_stats.remove(&tgid);
+        let socks: Vec<FdKey> = self
+            .sock_io
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for key in socks {
+            let _ = self.sock_io.remove(&key);
         }
         Ok(())
     }
@@ -222,5 +250,89 @@ impl Kernel for EbpfKernel {
             .iter()
             .map(|e| e.map_err(map_error(names::CHURN, "iterate")))
             .collect()
+    }
+
+    fn sock_io(&self) -> Result<Vec<(FdKey, SockIo)>, KernelError> {
+        let mut out = Vec::new();
+        for entry in self.sock_io.iter() {
+            let (key, per_cpu) = entry.map_err(map_error(names::SOCK_IO, "iterate"))?;
+            out.push((key, crate::sockio::sum_per_cpu(per_cpu.iter())));
+        }
+        Ok(out)
+    }
+
+    fn remove_sock_io(&mut self, key: &FdKey) -> Result<(), KernelError> {
+        self.sock_io
+            .remove(key)
+            .map_err(map_error(names::SOCK_IO, "remove"))
+    }
+
+    fn set_block_devs(&mut self, devs: &[u32]) -> Result<(), KernelError> {
+        let stale: Vec<u32> = self
+            .block_devs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|d| !devs.contains(d))
+            .collect();
+        for dev in stale {
+            let _ = self.block_devs.remove(&dev);
+        }
+        for dev in devs {
+            self.block_devs
+                .insert(*dev, 1, 0)
+                .map_err(map_error(diag_abi::BLOCK_DEVS, "insert"))?;
+        }
+        Ok(())
+    }
+
+    fn block_stats(&self) -> Result<Vec<(u32, OpTotals)>, KernelError> {
+        let mut out = Vec::new();
+        for entry in self.block_stats.iter() {
+            let (key, per_cpu) = entry.map_err(map_error(diag_abi::BLOCK_STATS, "iterate"))?;
+            out.push((key, OpTotals::from_per_cpu(per_cpu.iter())));
+        }
+        Ok(out)
+    }
+
+    fn issuers(&self) -> Result<Vec<(IssuerKey, Issuer)>, KernelError> {
+        let mut out = Vec::new();
+        for entry in self.issuers.iter() {
+            let (key, per_cpu) = entry.map_err(map_error(diag_abi::IO_ISSUERS, "iterate"))?;
+            if let Some(total) = crate::diag::sum_issuer(per_cpu.iter()) {
+                out.push((key, total));
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_tids(&mut self, tids: &StdHashMap<u32, u32>) -> Result<(), KernelError> {
+        let stale: Vec<u32> = self
+            .tids
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|t| !tids.contains_key(t))
+            .collect();
+        for tid in stale {
+            let _ = self.tids.remove(&tid);
+        }
+        for (tid, tgid) in tids {
+            // An entry the kernel already added (sched_wakeup_new) is left as it is.
+            if self.tids.get(tid, 0).is_ok() {
+                continue;
+            }
+            self.tids
+                .insert(*tid, *tgid, 0)
+                .map_err(map_error(diag_abi::TIDS, "insert"))?;
+        }
+        Ok(())
+    }
+
+    fn runq_stats(&self) -> Result<Vec<(u32, OpTotals)>, KernelError> {
+        let mut out = Vec::new();
+        for entry in self.runq_stats.iter() {
+            let (key, per_cpu) = entry.map_err(map_error(diag_abi::RUNQ_STATS, "iterate"))?;
+            out.push((key, OpTotals::from_per_cpu(per_cpu.iter())));
+        }
+        Ok(out)
     }
 }

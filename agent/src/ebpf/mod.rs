@@ -71,6 +71,8 @@ pub struct LoadOptions {
     pub groups: Vec<crate::probes::ProbeGroup>,
     /// Tracepoint field offsets for the TCP programs (see `net::read_offsets`).
     pub net_offsets: [u32; etcd_monitor_agent_common::net::OFF_LEN as usize],
+    /// Tracepoint field offsets for the block and sched programs (see `diag::read_offsets`).
+    pub diag_offsets: [u32; etcd_monitor_agent_common::diag::DOFF_LEN as usize],
 }
 
 /// An optional probe that did not attach.
@@ -157,6 +159,18 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
             Path::new("/sys/kernel/debug/tracing")
         };
         options.net_offsets = crate::net::read_offsets(root);
+    }
+    if options
+        .diag_offsets
+        .iter()
+        .all(|o| *o == etcd_monitor_agent_common::net::OFF_MISSING)
+    {
+        let root = if Path::new("/sys/kernel/tracing/events").exists() {
+            Path::new("/sys/kernel/tracing")
+        } else {
+            Path::new("/sys/kernel/debug/tracing")
+        };
+        options.diag_offsets = crate::diag::read_offsets(root);
     }
     let options = &options;
     let mut ebpf = EbpfLoader::new()

@@ -2,8 +2,11 @@
 //! `agent-ebpf/src/probes/`.
 
 pub mod accept;
+pub mod block;
 pub mod close;
 pub mod process;
+pub mod receive;
+pub mod sched;
 pub mod sync;
 pub mod tcp;
 pub mod write;
@@ -22,16 +25,25 @@ pub enum ProbeGroup {
     Process,
     /// TCP state, retransmits and RTT on the members' ports.
     Net,
+    /// read, readv, recvfrom, recvmsg on the members' sockets: bytes received.
+    Recv,
+    /// Block requests on the devices under the members' data dirs, and who issues them.
+    Block,
+    /// Run-queue latency of the members' threads (sched_wakeup, sched_switch).
+    Sched,
 }
 
 impl ProbeGroup {
     /// Every group.
-    pub const ALL: [ProbeGroup; 5] = [
+    pub const ALL: [ProbeGroup; 8] = [
         ProbeGroup::Sync,
         ProbeGroup::Write,
         ProbeGroup::Fd,
         ProbeGroup::Process,
         ProbeGroup::Net,
+        ProbeGroup::Recv,
+        ProbeGroup::Block,
+        ProbeGroup::Sched,
     ];
 }
 
@@ -85,6 +97,9 @@ pub fn all() -> Vec<Probe> {
     probes.extend_from_slice(sync::PROBES);
     probes.extend_from_slice(write::PROBES);
     probes.extend_from_slice(tcp::PROBES);
+    probes.extend_from_slice(receive::PROBES);
+    probes.extend_from_slice(block::PROBES);
+    probes.extend_from_slice(sched::PROBES);
     probes
 }
 

@@ -67,6 +67,10 @@ pub fn disk_op(op: Op) -> pb::DiskOp {
         Op::Pwrite64 => pb::DiskOp::Pwrite64,
         Op::Writev => pb::DiskOp::Writev,
         Op::Pwritev => pb::DiskOp::Pwritev,
+        Op::Read => pb::DiskOp::Read,
+        Op::Readv => pb::DiskOp::Readv,
+        Op::Recvfrom => pb::DiskOp::Recvfrom,
+        Op::Recvmsg => pb::DiskOp::Recvmsg,
     }
 }
 

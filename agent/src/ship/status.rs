@@ -1,7 +1,8 @@
 //! The periodic `AgentStatus` snapshot: mode, members and the exact kernel counters.
 
 use etcd_monitor_proto::v1::{
-    AgentStatus, ClientConnStats, DropCounters, KernelHistogram, MemberIdentity, PeerStats,
+    AgentStatus, ClientConnStats, DeviceStats, DropCounters, IoIssuer, KernelHistogram,
+    MemberIdentity, PeerStats, SchedStats,
 };
 
 use super::convert::{disk_op, file_class};
@@ -12,8 +13,54 @@ pub fn snapshot(tracker: &mut Tracker, mode: &ModeStatus, agent_queue_drops: u64
     let stats = tracker.snapshot().unwrap_or_default();
     let drops = tracker.kernel_drops().unwrap_or_default();
     let net = tracker.net_snapshot().unwrap_or_default();
+    let diag = tracker.diag_snapshot(true).unwrap_or_default();
     let mut status = build(tracker, mode, &stats, &drops, agent_queue_drops);
-    status.peers = net
+    status.devices = diag
+        .devices
+        .iter()
+        .map(|d| DeviceStats {
+            device: d.device.id(),
+            name: d.device.name.clone(),
+            members: d.members.clone(),
+            count: d.service.count,
+            sum_nanos: d.service.sum_ns,
+            errors: d.service.errors,
+            log2_slots: d.service.slots.to_vec(),
+            issuers: d
+                .issuers
+                .iter()
+                .map(|i| IoIssuer {
+                    pid: i.pid,
+                    comm: i.comm.clone(),
+                    cgroup: i.cgroup.clone(),
+                    bytes: i.bytes,
+                    ios: i.ios,
+                    kernel_thread: i.kernel_thread,
+                    member: i.member.clone().unwrap_or_default(),
+                })
+                .collect(),
+        })
+        .collect();
+    status.sched = diag
+        .sched
+        .iter()
+        .map(|s| {
+            let t = s.throttle.unwrap_or_default();
+            SchedStats {
+                member: s.member.clone(),
+                runq_count: s.runq.count,
+                runq_sum_nanos: s.runq.sum_ns,
+                runq_log2_slots: s.runq.slots.to_vec(),
+                cgroup: s.cgroup.clone(),
+                has_throttle: s.throttle.is_some(),
+                nr_periods: t.nr_periods,
+                nr_throttled: t.nr_throttled,
+                throttled_nanos: t.throttled_ns,
+                cgroup_v2: t.v2,
+            }
+        })
+        .collect();
+    let mut peers: Vec<PeerStats> = net
         .peers
         .iter()
         .map(|((member, peer), t)| PeerStats {
@@ -28,8 +75,34 @@ pub fn snapshot(tracker: &mut Tracker, mode: &ModeStatus, agent_queue_drops: u64
             retransmits: t.retransmits,
             bytes_sent: t.tx_bytes,
             bytes_received: t.rx_bytes,
+            syscall_bytes_sent: net
+                .syscall
+                .get(&(member.clone(), peer.clone()))
+                .map_or(0, |b| b.sent),
+            syscall_bytes_received: net
+                .syscall
+                .get(&(member.clone(), peer.clone()))
+                .map_or(0, |b| b.received),
         })
         .collect();
+    // Pairs only the syscalls saw (no TCP sample yet).
+    for ((member, peer), b) in &net.syscall {
+        if !net.peers.contains_key(&(member.clone(), peer.clone())) {
+            peers.push(PeerStats {
+                member: member.clone(),
+                peer_addr: peer.clone(),
+                peer_member: if peer.contains(':') {
+                    String::new()
+                } else {
+                    peer.clone()
+                },
+                syscall_bytes_sent: b.sent,
+                syscall_bytes_received: b.received,
+                ..PeerStats::default()
+            });
+        }
+    }
+    status.peers = peers;
     status.clients = net
         .clients
         .iter()
@@ -91,5 +164,7 @@ fn build(
         }),
         peers: Vec::new(),
         clients: Vec::new(),
+        devices: Vec::new(),
+        sched: Vec::new(),
     }
 }

@@ -85,7 +85,21 @@ struct Inner {
     counters: Counters,
     silence_seq: AtomicU64,
     last_refresh_ms: AtomicU64,
+    /// Verdicts of the diagnosis engine, attached to the disk-path alerts.
+    diagnoses: std::sync::OnceLock<Arc<crate::diagnosis::Diagnoses>>,
 }
+
+/// Rules about a slow WAL sync or backend commit: their alerts carry the member's diagnosis
+/// (`annotations.diagnosis`, and `{{ diagnosis }}` in templates), so the page an operator gets
+/// already says whether the disk, a neighbour, the CPU or the network is to blame.
+pub const DIAGNOSED_RULES: &[&str] = &[
+    "SlowWalFsync",
+    "KernelSlowWalFsync",
+    "FsyncSlowButKernelFast",
+    "SlowBackendCommit",
+    "etcdHighFsyncDurations",
+    "etcdHighCommitDurations",
+];
 
 /// How often the evaluation loop looks for a finished health check.
 const POLL_EVERY: Duration = Duration::from_millis(100);
@@ -208,6 +222,7 @@ impl Alerting {
                 counters: Counters::default(),
                 silence_seq: AtomicU64::new(0),
                 last_refresh_ms: AtomicU64::new(now_ms()),
+                diagnoses: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -381,6 +396,25 @@ impl Alerting {
         }
     }
 
+    /// Attaches the diagnosis engine's verdicts (see [`DIAGNOSED_RULES`]).
+    pub fn attach_diagnoses(&self, diagnoses: Arc<crate::diagnosis::Diagnoses>) {
+        let _ = self.inner.diagnoses.set(diagnoses);
+    }
+
+    /// The member's verdict for an alert of `rule`, when the rule is about the disk path.
+    fn diagnosis_for(
+        &self,
+        rule: &str,
+        cluster: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        if !DIAGNOSED_RULES.contains(&rule) {
+            return None;
+        }
+        let member = labels.get("member")?;
+        crate::diagnosis::verdict_text(self.inner.diagnoses.get()?, cluster, member)
+    }
+
     /// Candidates whose conditions hold, and every key that was evaluated.
     fn candidates(&self, rules: &[Rule], now: u64) -> (Vec<Candidate>, HashSet<String>) {
         let mut out = Vec::new();
@@ -453,11 +487,18 @@ impl Alerting {
                         "for".into(),
                         humantime::format_duration(rule.for_).to_string(),
                     );
-                    let annotations = rule
+                    let diagnosis = self.diagnosis_for(&rule.name, &state.cluster, &labels);
+                    if let Some(text) = &diagnosis {
+                        vars.insert("diagnosis".into(), text.clone());
+                    }
+                    let mut annotations: BTreeMap<String, String> = rule
                         .annotations
                         .iter()
                         .map(|(k, t)| (k.clone(), t.render(&vars)))
                         .collect();
+                    if let Some(text) = diagnosis {
+                        annotations.entry("diagnosis".into()).or_insert(text);
+                    }
                     out.push(Candidate {
                         alert: Alert {
                             key,

@@ -221,7 +221,7 @@ impl<'de> Deserialize<'de> for Expr {
 }
 
 /// Variables templates may use besides `labels.NAME`.
-pub const TEMPLATE_VARS: [&str; 20] = [
+pub const TEMPLATE_VARS: [&str; 21] = [
     "alertname",
     "severity",
     "cluster",
@@ -242,6 +242,7 @@ pub const TEMPLATE_VARS: [&str; 20] = [
     "reasons",
     "method",
     "agent_mode",
+    "diagnosis",
 ];
 
 /// An annotation with `{{ var }}` placeholders, checked when parsed.

@@ -69,6 +69,7 @@ pub struct AppState {
         benchmark::start,
         benchmark::get,
         routes::metrics,
+        crate::diagnosis::api::diagnosis,
     ),
     components(schemas(error::ErrorBody))
 )]
@@ -127,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/performance/benchmark", post(benchmark::start))
         .route("/api/v1/performance/benchmark/{id}", get(benchmark::get))
+        .route("/api/v1/diagnosis", get(crate::diagnosis::api::diagnosis))
         .route("/api/v1/openapi.json", get(openapi))
         .merge(crate::ui::routes())
         .fallback(routes::not_found)

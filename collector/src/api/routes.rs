@@ -561,6 +561,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         alerting.render(&mut text);
     }
     text.push_str(&state.benchmarks.render_metrics());
+    text.push_str(&crate::diagnosis::metrics::render(
+        &state.pipeline.diagnoses,
+    ));
     (
         StatusCode::OK,
         [(

@@ -100,6 +100,10 @@ fn op_name(op: DiskOp) -> &'static str {
         DiskOp::Pwrite64 => "pwrite64",
         DiskOp::Writev => "writev",
         DiskOp::Pwritev => "pwritev",
+        DiskOp::Read => "read",
+        DiskOp::Readv => "readv",
+        DiskOp::Recvfrom => "recvfrom",
+        DiskOp::Recvmsg => "recvmsg",
         DiskOp::Unspecified => "unspecified",
     }
 }
@@ -170,6 +174,25 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline) -> String {
                 ];
                 let mut m = proto::Metric::from_label(label_pairs(&labels));
                 m.set_histogram(histogram(&h.log2_slots, h.sum_nanos));
+                if matches!(
+                    op,
+                    DiskOp::Read | DiskOp::Readv | DiskOp::Recvfrom | DiskOp::Recvmsg
+                ) {
+                    f.push(
+                        "etcdmon_receive_duration_seconds",
+                        MetricType::HISTOGRAM,
+                        "Kernel-measured duration of etcd's socket receives, from the member's node agent.",
+                        m,
+                    );
+                    f.value(
+                        "etcdmon_received_bytes_total",
+                        MetricType::COUNTER,
+                        "Bytes etcd received on its sockets, by member, socket class and op.",
+                        &labels,
+                        h.bytes as f64,
+                    );
+                    continue;
+                }
                 if sync {
                     f.push(
                         "etcdmon_fsync_duration_seconds",

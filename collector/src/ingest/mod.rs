@@ -30,6 +30,8 @@ pub struct Pipeline {
     pub counters: Arc<server::IngestCounters>,
     /// Watch counters.
     pub watches: Arc<watch::WatchCounters>,
+    /// The latest diagnosis of every member (written by the diagnosis task).
+    pub diagnoses: Arc<crate::diagnosis::Diagnoses>,
 }
 
 impl Pipeline {
@@ -45,6 +47,7 @@ impl Pipeline {
             fanout: Arc::new(Fanout::new(subscriber_buffer)),
             counters: Arc::new(server::IngestCounters::default()),
             watches: Arc::new(watch::WatchCounters::default()),
+            diagnoses: Arc::new(crate::diagnosis::Diagnoses::default()),
         }
     }
 }

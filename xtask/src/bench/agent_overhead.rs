@@ -26,7 +26,9 @@ const VALUE_BYTES: usize = 256;
 const KEY_SPACE: u64 = 10_000;
 
 /// Every probe group.
-const FULL: &str = "sync,write,fd,process,net";
+const FULL: &str = "sync,write,fd,process,net,recv,block,sched";
+/// The groups before the diagnosis probes (recv, block, sched) were added.
+const BEFORE_DIAG: &str = "sync,write,fd,process,net";
 
 /// A tracer under test.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -248,9 +250,13 @@ pub fn run(rounds: u32, seconds: u64, on_disk: bool) -> anyhow::Result<()> {
     let order = [
         Tracer::None,
         Tracer::Agent(FULL),
+        Tracer::Agent(BEFORE_DIAG),
         Tracer::Agent("sync"),
         Tracer::Agent("sync,write,fd"),
         Tracer::Agent("sync,process,net"),
+        Tracer::Agent("sync,recv"),
+        Tracer::Agent("sync,block"),
+        Tracer::Agent("sync,sched"),
         Tracer::Bpftrace,
     ];
     let mut results: Vec<(Tracer, Vec<Sample>)> = order.iter().map(|t| (*t, Vec::new())).collect();

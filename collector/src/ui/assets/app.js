@@ -76,9 +76,7 @@ function renderSummary(s) {
 
 function renderMembers(members, diagnosis) {
   const verdicts = new Map();
-  for (const d of (diagnosis && (diagnosis.members || diagnosis.diagnoses)) || []) {
-    verdicts.set(d.member || d.name, d.verdict || d.cause);
-  }
+  for (const d of (diagnosis && diagnosis.members) || []) verdicts.set(d.member, d);
   const rows = members.map((m) => {
     const label = m.name || m.id;
     const mode = m.agent_mode || "none";
@@ -97,10 +95,22 @@ function renderMembers(members, diagnosis) {
       el("td", { class: "num kernel-fsync" }, ms(kernel)),
       el("td", { class: "num" }, ms(lat.read ? lat.read.p99_ms : null)),
       el("td", { class: "num" }, ms(lat.write ? lat.write.p99_ms : null)),
-      el("td", { class: "diagnosis" }, verdict ? (typeof verdict === "string" ? verdict : JSON.stringify(verdict)) : "–"),
+      diagnosisCell(verdict),
     );
   });
   $("#member-table tbody").replaceChildren(...rows);
+}
+
+// The diagnosis engine's verdict: the cause (with the neighbour, reason or peer), the numbers
+// behind it on hover.
+function diagnosisCell(d) {
+  if (!d) return el("td", { class: "diagnosis muted" }, "–");
+  let text = d.cause;
+  if (d.reason) text += ` (${d.reason})`;
+  if (d.neighbor) text += ` (pid ${d.neighbor.pid} ${d.neighbor.comm})`;
+  if (d.peer) text += ` (peer ${d.peer})`;
+  const cls = d.cause === "healthy" ? "ok" : d.cause === "inconclusive" ? "muted" : "bad";
+  return el("td", { class: `diagnosis ${cls}`, title: d.summary || "" }, text);
 }
 
 function renderAlerts(data) {

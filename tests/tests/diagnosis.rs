@@ -1,0 +1,399 @@
+//! Diagnosis end to end: real etcd members on their own loop devices, the real agent (eBPF),
+//! the real collector. Faults are injected for real — a throttled device under one member's
+//! data dir, a CPU quota on one member's cgroup, a process hammering a member's device with
+//! synced writes — and `GET /api/v1/diagnosis` must name the cause, several times in a row.
+//!
+//! Each scenario prints one line per run (`DIAGNOSIS <scenario> run <n>: <verdict> after <s>`),
+//! the figures reported for accuracy and time to verdict. Scenarios run one at a time (a lock),
+//! since a CPU quota or a throttled device on a shared 2-core machine would disturb the others.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use etcd_monitor_tests::{
+    AgentProcess, ClusterOptions, CollectorProcess, EtcdCluster, binary,
+    http::prom_sum,
+    inject::{CpuQuota, LoopDisk, SyncWriter},
+    is_root, wait_for,
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Diagnosis window of these tests (the default is 30 s; short windows make the tests
+/// quicker and are what time-to-verdict is measured with).
+const WINDOW: &str = "--diagnosis-window=8s";
+/// Slow-sync rule of these tests: p90 above 40 ms instead of the default p99 above 10 ms. This
+/// machine's two cores are shared with other builds (load average 10-15), where the journal
+/// and loop-device kernel threads of a perfectly healthy member wait for CPU and its p99
+/// reaches 30-100 ms while its p90 stays under 20 ms. The injected faults push p90 to hundreds
+/// of milliseconds.
+const SLOW_FSYNC: [&str; 2] = ["--diagnosis-slow-fsync-ms=40", "--diagnosis-quantile=0.9"];
+/// Run-queue rule of these tests: p99 above 25 ms (default 10 ms); with a load average of
+/// 10-20 on two cores every process here waits 10 ms for a CPU now and then.
+const RUNQ: &str = "--diagnosis-runq-ms=25";
+
+fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED {test}: the diagnosis tests load eBPF programs, loop devices and cgroups, and need root"
+    );
+    false
+}
+
+/// A cluster whose members each have their own loop-device filesystem, with the agent and the
+/// collector, and a steady trickle of puts.
+struct Setup {
+    load_stop: Arc<AtomicBool>,
+    load: Option<std::thread::JoinHandle<()>>,
+    collector: CollectorProcess,
+    _agent: AgentProcess,
+    cluster: EtcdCluster,
+    disks: Vec<LoopDisk>,
+}
+
+impl Setup {
+    fn start(tag: &str, throttleable_member0: bool) -> anyhow::Result<Self> {
+        let mut disks = Vec::new();
+        for i in 0..3 {
+            let name = format!("{tag}{i}");
+            disks.push(if i == 0 && throttleable_member0 {
+                LoopDisk::throttleable(&name)?
+            } else {
+                LoopDisk::fast(&name)?
+            });
+        }
+        let options = ClusterOptions {
+            data_dirs: disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| Some(d.path().join(format!("member{i}.etcd"))))
+                .collect(),
+            ..ClusterOptions::default()
+        };
+        let cluster = EtcdCluster::start(options)?;
+        let data = cluster.dir().join("collector-data");
+        std::fs::create_dir_all(&data)?;
+        let collector = CollectorProcess::start(
+            &binary("etcd-monitor")?,
+            &[
+                format!("--endpoints={}", cluster.endpoints()),
+                "--health-check-interval=1s".to_string(),
+                "--metrics-interval=1s".to_string(),
+                format!("--data-dir={}", data.display()),
+                WINDOW.to_string(),
+                "--diagnosis-interval=1s".to_string(),
+                SLOW_FSYNC[0].to_string(),
+                SLOW_FSYNC[1].to_string(),
+                RUNQ.to_string(),
+            ],
+            cluster.dir(),
+        )?;
+        let pattern = format!(
+            "--match={}",
+            disks
+                .iter()
+                .map(|d| d.path().display().to_string())
+                .collect::<Vec<_>>()
+                .join("|")
+        );
+        let args = [
+            format!("--collector={}", collector.grpc_url),
+            "--node-name=node-a".to_string(),
+            "--status-interval=500ms".to_string(),
+            "--rescan-interval=1s".to_string(),
+            "--mode=ebpf".to_string(),
+            pattern,
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agent =
+            AgentProcess::start(&binary("etcd-monitor-agent")?, &args, cluster.dir(), |_| {})?;
+        let pids: Vec<u32> = cluster.members.iter().map(|m| m.pid()).collect();
+        agent.wait_tracking(&pids, Duration::from_secs(30))?;
+
+        let load_stop = Arc::new(AtomicBool::new(false));
+        let stop = load_stop.clone();
+        let endpoints = cluster.endpoints();
+        let load = std::thread::spawn(move || {
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // ~40 puts a second: enough WAL syncs per window, far from saturating.
+                let _ = etcd_monitor_tests::load::put_many(
+                    &endpoints,
+                    &format!("/diag/{round}/"),
+                    8,
+                    256,
+                );
+                round += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let setup = Self {
+            load_stop,
+            load: Some(load),
+            collector,
+            _agent: agent,
+            cluster,
+            disks,
+        };
+        // Every member has a verdict over a full window.
+        wait_for(
+            "first full-window verdicts",
+            Duration::from_secs(60),
+            || {
+                let d = setup.diagnoses().ok()?;
+                (d.len() == 3
+                    && d.iter()
+                        .all(|m| m["window_seconds"].as_f64().unwrap_or(0.0) >= 5.0))
+                .then_some(())
+            },
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: {:?}\n{}",
+                setup.diagnoses(),
+                setup.collector.log_text()
+            )
+        })?;
+        Ok(setup)
+    }
+
+    fn diagnoses(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let (status, body) = self.collector.get_json("/api/v1/diagnosis")?;
+        anyhow::ensure!(status == 200, "diagnosis: {status} {body}");
+        Ok(body["members"].as_array().cloned().unwrap_or_default())
+    }
+
+    fn verdict(&self, member: &str) -> anyhow::Result<serde_json::Value> {
+        let (status, body) = self
+            .collector
+            .get_json(&format!("/api/v1/diagnosis?member={member}"))?;
+        anyhow::ensure!(status == 200, "diagnosis of {member}: {status} {body}");
+        Ok(body["members"][0].clone())
+    }
+
+    /// Waits until `member` shows no fault, so an injected fault starts from a clean verdict:
+    /// `healthy`, or after 45 s also `inconclusive` (on this shared machine the nested loop
+    /// device's journal threads sometimes wait for CPU long enough to make a window's p90 slow
+    /// without the device or the member's scheduling explaining it). Up to 90 s: a throttle
+    /// that was just lifted first drains its backlog.
+    fn wait_baseline(&self, member: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        wait_for(
+            &format!("{member} without a fault verdict"),
+            Duration::from_secs(90),
+            || {
+                let v = self.verdict(member).ok()?;
+                (v["cause"] == "healthy"
+                    || (v["cause"] == "inconclusive" && start.elapsed() > Duration::from_secs(45)))
+                .then_some(())
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}: last verdict {:?}", self.verdict(member)))
+    }
+
+    /// Polls member `member` until its cause is `cause` (and `check` accepts the verdict);
+    /// returns the verdict and the time it took. Every verdict seen on the way is passed to
+    /// `forbid`, which fails the run if it returns an error.
+    fn wait_cause(
+        &self,
+        member: &str,
+        cause: &str,
+        timeout: Duration,
+        forbid: impl Fn(&serde_json::Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(serde_json::Value, Duration)> {
+        let start = Instant::now();
+        loop {
+            let v = self.verdict(member)?;
+            forbid(&v)?;
+            if v["cause"] == cause {
+                return Ok((v, start.elapsed()));
+            }
+            if start.elapsed() > timeout {
+                anyhow::bail!("{member} not {cause} after {timeout:?}; last verdict {v}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.load_stop.store(true, Ordering::Relaxed);
+        if let Some(load) = self.load.take() {
+            let _ = load.join();
+        }
+    }
+}
+
+fn report(scenario: &str, run: usize, verdict: &serde_json::Value, took: Duration) {
+    eprintln!(
+        "DIAGNOSIS {scenario} run {run}: {} after {:.1}s — {}\n  evidence {}",
+        verdict["cause"],
+        took.as_secs_f64(),
+        verdict["summary"].as_str().unwrap_or_default(),
+        verdict["evidence"]
+    );
+}
+
+#[test]
+fn healthy_cluster_under_load_stays_healthy() -> anyhow::Result<()> {
+    if !require_root("healthy_cluster_under_load_stays_healthy") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let setup = Setup::start("healthy", false)?;
+    // Three back-to-back windows: every member healthy in every one.
+    let mut checks = 0;
+    for run in 1..=3 {
+        std::thread::sleep(Duration::from_secs(8));
+        for d in setup.diagnoses()? {
+            checks += 1;
+            assert_eq!(d["cause"], "healthy", "window {run}: false verdict {d}");
+            assert!(
+                d["evidence"]["etcd_wal_syncs"].as_u64().unwrap_or(0) >= 5,
+                "window {run}: the load produced WAL syncs: {d}"
+            );
+        }
+        eprintln!("DIAGNOSIS healthy window {run}: 3/3 members healthy");
+    }
+    assert_eq!(checks, 9);
+    let metrics = setup.collector.metrics()?;
+    for m in &setup.cluster.members {
+        assert_eq!(
+            prom_sum(
+                &metrics,
+                "etcdmon_diagnosis",
+                &[("member", m.name.as_str()), ("cause", "healthy")]
+            ),
+            Some(1.0),
+            "etcdmon_diagnosis for {}",
+            m.name
+        );
+    }
+    let (status, body) = setup.collector.get_json("/api/v1/diagnosis?cluster=nope")?;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cluster")
+    );
+    Ok(())
+}
+
+#[test]
+fn slow_device_is_disk_slow_and_only_for_that_member() -> anyhow::Result<()> {
+    if !require_root("slow_device_is_disk_slow_and_only_for_that_member") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut setup = Setup::start("slowdisk", true)?;
+    for run in 1..=2 {
+        setup
+            .wait_baseline("member0")
+            .map_err(|e| anyhow::anyhow!("before run {run}: {e}"))?;
+        setup.disks[0].throttle_write_iops(20)?;
+        let (v, took) = setup.wait_cause("member0", "disk_slow", Duration::from_secs(60), |v| {
+            anyhow::ensure!(
+                v["cause"] != "cpu_starved" && v["cause"] != "noisy_neighbor",
+                "wrong verdict for a slow device: {v}"
+            );
+            Ok(())
+        })?;
+        report("disk_slow", run, &v, took);
+        assert!(
+            v["evidence"]["device_service_mean_ms"]
+                .as_f64()
+                .unwrap_or(0.0)
+                > 5.0,
+            "{v}"
+        );
+        for other in ["member1", "member2"] {
+            let o = setup.verdict(other)?;
+            assert_ne!(o["cause"], "disk_slow", "{other} is on a fast device: {o}");
+            assert_ne!(o["cause"], "cpu_starved", "{other}: {o}");
+        }
+        setup.disks[0].throttle_write_iops(0)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn cpu_quota_is_cpu_starved_not_disk_slow() -> anyhow::Result<()> {
+    if !require_root("cpu_quota_is_cpu_starved_not_disk_slow") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let setup = Setup::start("cpu", false)?;
+    let pid = setup.cluster.members[0].pid();
+    for run in 1..=2 {
+        setup
+            .wait_baseline("member0")
+            .map_err(|e| anyhow::anyhow!("before run {run}: {e}"))?;
+        // 1 ms of CPU per 100 ms (the smallest quota cgroup v1 takes).
+        let quota = CpuQuota::apply(pid, 1_000, 100_000)?;
+        let (v, took) =
+            setup.wait_cause("member0", "cpu_starved", Duration::from_secs(60), |v| {
+                anyhow::ensure!(
+                    v["cause"] != "disk_slow" && v["cause"] != "noisy_neighbor",
+                    "a CPU-starved member on a fast disk diagnosed as {v}"
+                );
+                Ok(())
+            })?;
+        report("cpu_starved", run, &v, took);
+        assert_eq!(v["reason"], "throttled", "{v}");
+        // etcd's own fsync histogram says "slow disk" — the device says otherwise.
+        let etcd_p99 = v["evidence"]["etcd_wal_fsync_p99_ms"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let device = v["evidence"]["device_service_mean_ms"]
+            .as_f64()
+            .unwrap_or(f64::MAX);
+        eprintln!(
+            "cpu_starved run {run}: etcd WAL fsync p99 {etcd_p99:.1} ms, device mean {device:.2} ms"
+        );
+        assert!(device < 5.0, "the device stayed fast: {v}");
+        assert!(etcd_p99 > 40.0, "etcd's own histogram looked slow: {v}");
+        drop(quota);
+    }
+    Ok(())
+}
+
+#[test]
+fn synced_writer_on_the_same_device_is_a_noisy_neighbor() -> anyhow::Result<()> {
+    if !require_root("synced_writer_on_the_same_device_is_a_noisy_neighbor") {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut setup = Setup::start("noisy", true)?;
+    // A device with a fixed I/O budget that etcd alone stays well within.
+    setup.disks[0].throttle_write_iops(300)?;
+    for run in 1..=2 {
+        setup
+            .wait_baseline("member0")
+            .map_err(|e| anyhow::anyhow!("before run {run}: {e}"))?;
+        let log = setup.cluster.dir().join(format!("noisy-{run}.log"));
+        let writer = SyncWriter::start(setup.disks[0].path(), 16, &log)?;
+        let (v, took) =
+            setup.wait_cause("member0", "noisy_neighbor", Duration::from_secs(60), |v| {
+                anyhow::ensure!(v["cause"] != "cpu_starved", "wrong verdict: {v}");
+                Ok(())
+            })?;
+        report("noisy_neighbor", run, &v, took);
+        assert_eq!(v["neighbor"]["comm"], "dd", "{v}");
+        assert_eq!(
+            v["neighbor"]["pid"].as_u64(),
+            Some(u64::from(writer.pid())),
+            "{v}"
+        );
+        drop(writer);
+    }
+    Ok(())
+}
