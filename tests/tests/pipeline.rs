@@ -548,27 +548,7 @@ fn watched_prefixes_reach_subscribers_once_across_an_etcd_restart() -> anyhow::R
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let received = Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
-    let sink = received.clone();
-    let grpc = collector.grpc_url.clone();
-    runtime.block_on(async {
-        let mut client = EventStreamClient::connect(grpc).await?;
-        let mut stream = client
-            .subscribe(SubscribeRequest {
-                kinds: vec!["watch".into()],
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        tokio::spawn(async move {
-            while let Some(Ok(e)) = tokio_stream::StreamExt::next(&mut stream).await {
-                if let Ok(mut v) = sink.lock() {
-                    v.push(e);
-                }
-            }
-        });
-        anyhow::Ok(())
-    })?;
+    let received = subscribe_to_watch_events(&runtime, &collector)?;
     // Let the watch start before writing.
     wait_for("the watch to start", Duration::from_secs(10), || {
         collector
@@ -752,6 +732,35 @@ fn agents_ship_over_mutual_tls_and_uncertified_ones_are_refused() -> anyhow::Res
     Ok(())
 }
 
+/// Subscribes to the collector's watch events; they pile up in the returned list.
+fn subscribe_to_watch_events(
+    runtime: &tokio::runtime::Runtime,
+    collector: &CollectorProcess,
+) -> anyhow::Result<Arc<std::sync::Mutex<Vec<Event>>>> {
+    let received = Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
+    let sink = received.clone();
+    let grpc = collector.grpc_url.clone();
+    runtime.block_on(async {
+        let mut client = EventStreamClient::connect(grpc).await?;
+        let mut stream = client
+            .subscribe(SubscribeRequest {
+                kinds: vec!["watch".into()],
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        tokio::spawn(async move {
+            while let Some(Ok(e)) = tokio_stream::StreamExt::next(&mut stream).await {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(e);
+                }
+            }
+        });
+        anyhow::Ok(())
+    })?;
+    Ok(received)
+}
+
 /// The revision etcd is at now.
 fn revision(cluster: &EtcdCluster) -> anyhow::Result<i64> {
     let out = cluster.etcdctl(&["get", "/", "-w", "json"])?;
@@ -790,27 +799,7 @@ fn a_watch_cut_off_past_a_compaction_resumes_at_the_compaction_and_counts_the_ga
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let received = Arc::new(std::sync::Mutex::new(Vec::<Event>::new()));
-    let sink = received.clone();
-    let grpc = collector.grpc_url.clone();
-    runtime.block_on(async {
-        let mut client = EventStreamClient::connect(grpc).await?;
-        let mut stream = client
-            .subscribe(SubscribeRequest {
-                kinds: vec!["watch".into()],
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        tokio::spawn(async move {
-            while let Some(Ok(e)) = tokio_stream::StreamExt::next(&mut stream).await {
-                if let Ok(mut v) = sink.lock() {
-                    v.push(e);
-                }
-            }
-        });
-        anyhow::Ok(())
-    })?;
+    let received = subscribe_to_watch_events(&runtime, &collector)?;
     wait_for("the watch to start", Duration::from_secs(10), || {
         collector
             .log_text()

@@ -13,6 +13,45 @@ pub fn root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
+/// Where cargo puts builds: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root().join(p) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Builds the collector and agent binaries (`cargo build [--release] … extra`) and returns
+/// the directory they are in.
+pub fn build_binaries(release: bool, extra: &[&str]) -> anyhow::Result<PathBuf> {
+    let mut args = vec!["build"];
+    if release {
+        args.push("--release");
+    }
+    args.extend([
+        "-p",
+        "etcd-monitor",
+        "-p",
+        "etcd-monitor-agent",
+        "--bin",
+        "etcd-monitor",
+        "--bin",
+        "etcd-monitor-agent",
+    ]);
+    args.extend(extra);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    run_with(Command::new(cargo).current_dir(root()).args(&args))?;
+    let dir = target_dir().join(if release { "release" } else { "debug" });
+    for name in ["etcd-monitor", "etcd-monitor-agent"] {
+        anyhow::ensure!(
+            dir.join(name).exists(),
+            "{name} was not built in {}",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
 /// Prints and runs `program args`, failing unless it exits 0.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     run_with(Command::new(program).args(args))

@@ -17,7 +17,7 @@ use anyhow::Context;
 use base64::Engine as _;
 use etcd_monitor_tests::{process::ChildGuard, wait_for};
 
-use crate::cmd::{root, run_with};
+use crate::cmd::root;
 
 const MEMBERS: [(&str, u16, u16); 3] = [
     ("etcd-1", 2379, 2380),
@@ -109,18 +109,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         prometheus,
     } = options;
     crate::setup::run()?;
-    run_with(Command::new("cargo").current_dir(root()).args([
-        "build",
-        "--release",
-        "-p",
-        "etcd-monitor",
-        "-p",
-        "etcd-monitor-agent",
-        "--bin",
-        "etcd-monitor",
-        "--bin",
-        "etcd-monitor-agent",
-    ]))?;
+    crate::cmd::build_binaries(true, &[])?;
     let mut ports = vec![2379, 2380, 22379, 22380, 32379, 32380, 8080, 9464, 9465];
     if prometheus {
         ports.push(PROMETHEUS_PORT);

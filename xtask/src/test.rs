@@ -61,18 +61,7 @@ pub fn run(with_setup: bool) -> anyhow::Result<()> {
     ]))?;
     // The demo test runs `cargo xtask demo`, which uses release binaries and the `full` xtask:
     // build them now rather than inside a test while other tests run.
-    run_with(&mut cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "etcd-monitor",
-        "-p",
-        "etcd-monitor-agent",
-        "--bin",
-        "etcd-monitor",
-        "--bin",
-        "etcd-monitor-agent",
-    ]))?;
+    crate::cmd::build_binaries(true, &[])?;
     run_with(&mut cargo(&["build", "-p", "xtask", "--features", "full"]))?;
     // The end-to-end tests start etcd clusters; two at a time is what two cores take.
     run_with(&mut cargo(&[

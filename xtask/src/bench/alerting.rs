@@ -9,13 +9,10 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpListener,
-    path::{Path, PathBuf},
-    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context;
 use etcd_monitor_tests::{ClusterOptions, CollectorProcess, EtcdCluster, wait_for};
 
 type Inbox = Arc<Mutex<Vec<(Instant, serde_json::Value)>>>;
@@ -72,26 +69,6 @@ fn received(inbox: &Inbox, member: &str, status: &str) -> Option<Instant> {
     })
 }
 
-fn build(root: &Path) -> anyhow::Result<PathBuf> {
-    eprintln!("xtask: bench alerting: cargo build --release -p etcd-monitor");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
-        .current_dir(root)
-        .args(["build", "--release", "-p", "etcd-monitor"])
-        .status()
-        .context("run cargo build")?;
-    anyhow::ensure!(
-        status.success(),
-        "cargo build --release -p etcd-monitor failed"
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
-        .unwrap_or_else(|| root.join("target"));
-    let binary = target.join("release").join("etcd-monitor");
-    anyhow::ensure!(binary.exists(), "{} was not built", binary.display());
-    Ok(binary)
-}
-
 fn summary(name: &str, mut v: Vec<f64>) {
     v.sort_by(f64::total_cmp);
     let median = v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
@@ -105,8 +82,8 @@ fn summary(name: &str, mut v: Vec<f64>) {
 
 /// Runs `rounds` stop/continue rounds (at most 5, one per member) with `health` as the
 /// collector's health interval.
-pub fn run(root: &Path, rounds: usize, health: Duration) -> anyhow::Result<()> {
-    let binary = build(root)?;
+pub fn run(rounds: usize, health: Duration) -> anyhow::Result<()> {
+    let binary = crate::cmd::build_binaries(true, &[])?.join("etcd-monitor");
     let (port, inbox) = receiver()?;
     eprintln!("xtask: bench alerting: starting a 5-member etcd cluster");
     let cluster = EtcdCluster::start(ClusterOptions {

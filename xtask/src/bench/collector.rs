@@ -5,7 +5,7 @@
 //! Figures only: nothing here fails on a threshold except a collector that dies.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -30,8 +30,8 @@ struct Sample {
 }
 
 /// Runs the benchmark from the workspace at `root`, with a soak of `soak`.
-pub fn run(root: &Path, soak: Duration) -> anyhow::Result<()> {
-    let binary = build(root)?;
+pub fn run(soak: Duration) -> anyhow::Result<()> {
+    let binary = crate::cmd::build_binaries(true, &[])?.join("etcd-monitor");
     eprintln!("xtask: bench collector: starting a 3-member etcd cluster");
     let cluster = EtcdCluster::start3()?;
     let scratch = tempfile_dir()?;
@@ -158,27 +158,6 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("etcdmon-bench-collector-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     Ok(dir)
-}
-
-/// Builds the collector in release mode and returns the binary.
-fn build(root: &Path) -> anyhow::Result<PathBuf> {
-    eprintln!("xtask: bench collector: cargo build --release -p etcd-monitor");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
-        .current_dir(root)
-        .args(["build", "--release", "-p", "etcd-monitor"])
-        .status()
-        .context("run cargo build")?;
-    anyhow::ensure!(
-        status.success(),
-        "cargo build --release -p etcd-monitor failed"
-    );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { root.join(p) })
-        .unwrap_or_else(|| root.join("target"));
-    let binary = target.join("release").join("etcd-monitor");
-    anyhow::ensure!(binary.exists(), "{} was not built", binary.display());
-    Ok(binary)
 }
 
 fn run_wrk(base: &str, path: &'static str, duration: Duration) -> anyhow::Result<WrkResult> {

@@ -17,20 +17,15 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             on_disk,
         } => agent_overhead::run(rounds, seconds, on_disk),
         Which::Pipeline { seconds } => pipeline::run(seconds),
-        Which::Alerting { rounds, health_ms } => alerting::run(
-            &crate::cmd::root(),
-            rounds,
-            std::time::Duration::from_millis(health_ms),
-        ),
+        Which::Alerting { rounds, health_ms } => {
+            alerting::run(rounds, std::time::Duration::from_millis(health_ms))
+        }
         Which::Runner {
             seconds,
             clients,
             perf_seconds,
             on_disk,
         } => runner::run(seconds, clients, perf_seconds, on_disk),
-        Which::Collector { soak_secs } => collector::run(
-            &crate::cmd::root(),
-            std::time::Duration::from_secs(soak_secs),
-        ),
+        Which::Collector { soak_secs } => collector::run(std::time::Duration::from_secs(soak_secs)),
     }
 }

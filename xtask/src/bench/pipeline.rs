@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context;
 use etcd_monitor_tests::{AgentProcess, CollectorProcess, http::prom_sum, wait_for};
 
-use crate::cmd::{root, run_with};
+use crate::cmd::root;
 
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -158,20 +158,7 @@ fn ring_buffer_limit(dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// Runs the benchmark.
 pub fn run(seconds: u64) -> anyhow::Result<()> {
-    run_with(Command::new("cargo").current_dir(root()).args([
-        "build",
-        "--release",
-        "-p",
-        "etcd-monitor",
-        "-p",
-        "etcd-monitor-agent",
-        "--bin",
-        "etcd-monitor",
-        "--bin",
-        "etcd-monitor-agent",
-        "--example",
-        "pipeline_load",
-    ]))?;
+    crate::cmd::build_binaries(true, &["--example", "pipeline_load"])?;
     let dir = tempfile::tempdir()?;
     let collector = CollectorProcess::start(
         &root().join("target/release/etcd-monitor"),
