@@ -80,6 +80,10 @@ fn peer_traffic_is_attributed_to_member_pairs() -> anyhow::Result<()> {
         named >= 0.95 * total,
         "only {named} of {total} peer bytes attributed to member pairs"
     );
+    let leader = cluster
+        .leader_index()
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    let leader = names[leader].as_str();
     for (member, peer) in &expected {
         let sent = prom_sum(
             &text,
@@ -107,7 +111,13 @@ fn peer_traffic_is_attributed_to_member_pairs() -> anyhow::Result<()> {
             "{member} -> {peer}: sent {sent} B, received {received} B, srtt {:.0} us",
             rtt * 1e6
         );
-        assert!(sent + received > 0.0, "{member}->{peer} moved no bytes");
+        // Raft traffic flows between the leader and each follower; two followers may
+        // exchange nothing in a short window (their connection exists, as the RTT shows).
+        let with_leader = leader == member.as_str() || leader == peer.as_str();
+        assert!(
+            !with_leader || sent + received > 0.0,
+            "{member}->{peer} (one of them the leader) moved no bytes"
+        );
         assert!(
             rtt > 0.0 && rtt < 0.1,
             "{member}->{peer}: loopback RTT {rtt}s"
@@ -122,10 +132,6 @@ fn peer_traffic_is_attributed_to_member_pairs() -> anyhow::Result<()> {
         );
     }
     // The leader sends the log: to each follower it sends more than it gets back.
-    let leader = cluster
-        .leader_index()
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
-    let leader = names[leader].as_str();
     for follower in names.iter().filter(|n| n.as_str() != leader) {
         let out = prom_sum(
             &text,
