@@ -1,5 +1,6 @@
 //! The history store: an embedded SQLite file (`<data-dir>/history.db`, WAL mode) holding one
-//! row per member per metrics interval, the leader changes and (from the rules stage on) alerts.
+//! row per member per metrics interval and the leader changes; the alerting, the benchmark
+//! jobs and the agent registry keep their own tables in the same file.
 //! Retention by age and size. Calls are blocking; async callers use `spawn_blocking`.
 
 use std::{
@@ -95,25 +96,6 @@ pub struct HistoryPoint {
     pub kernel_wal_fsync_window_p99_ms: Option<f64>,
 }
 
-/// An alert as recorded (written by the rules stage).
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct AlertRecord {
-    /// Unix ms.
-    pub ts_ms: u64,
-    /// Cluster.
-    pub cluster: String,
-    /// Rule name.
-    pub name: String,
-    /// `critical` or `warning`.
-    pub severity: String,
-    /// `firing` or `resolved`.
-    pub state: String,
-    /// Member, when per member.
-    pub member: Option<String>,
-    /// Message.
-    pub message: String,
-}
-
 /// Which history to read.
 #[derive(Debug, Clone)]
 pub struct HistoryQuery {
@@ -179,16 +161,6 @@ CREATE TABLE IF NOT EXISTS leader_changes (
     term INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS leader_changes_by_time ON leader_changes (cluster, ts_ms);
-CREATE TABLE IF NOT EXISTS alerts (
-    ts_ms INTEGER NOT NULL,
-    cluster TEXT NOT NULL,
-    name TEXT NOT NULL,
-    severity TEXT NOT NULL,
-    state TEXT NOT NULL,
-    member TEXT,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (cluster, ts_ms);
 CREATE TABLE IF NOT EXISTS benchmark_runs (
     id TEXT PRIMARY KEY,
     cluster TEXT NOT NULL,
@@ -549,55 +521,6 @@ impl Store {
         Ok(rows)
     }
 
-    /// Records an alert.
-    pub fn insert_alert(&self, alert: &AlertRecord) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO alerts VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    to_i64(alert.ts_ms),
-                    alert.cluster,
-                    alert.name,
-                    alert.severity,
-                    alert.state,
-                    alert.member,
-                    alert.message
-                ],
-            )
-            .map(|_| ())
-        })
-    }
-
-    /// Alerts of `cluster` since `since_ms`, newest first, at most `limit`.
-    pub fn alerts(
-        &self,
-        cluster: &str,
-        since_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<AlertRecord>, StoreError> {
-        self.with(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT ts_ms, cluster, name, severity, state, member, message FROM alerts
-                 WHERE cluster = ?1 AND ts_ms >= ?2 ORDER BY ts_ms DESC LIMIT ?3",
-            )?;
-            st.query_map(
-                params![cluster, to_i64(since_ms), to_i64(limit as u64)],
-                |r| {
-                    Ok(AlertRecord {
-                        ts_ms: to_u64(r.get(0)?),
-                        cluster: r.get(1)?,
-                        name: r.get(2)?,
-                        severity: r.get(3)?,
-                        state: r.get(4)?,
-                        member: r.get(5)?,
-                        message: r.get(6)?,
-                    })
-                },
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()
-        })
-    }
-
     /// Bytes the data occupies (pages in use × page size).
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
         self.with(|c| {
@@ -615,7 +538,7 @@ impl Store {
             to_i64(now_ms.saturating_sub(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX)));
         let mut deleted = self.with(|c| {
             let mut n = 0;
-            for table in ["member_samples", "leader_changes", "alerts"] {
+            for table in ["member_samples", "leader_changes"] {
                 n += c.execute(&format!("DELETE FROM {table} WHERE ts_ms < ?1"), [cutoff])?;
             }
             n += c.execute("DELETE FROM benchmark_runs WHERE started_ms < ?1", [cutoff])?;
