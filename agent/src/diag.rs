@@ -12,7 +12,7 @@ use std::{
 
 use etcd_monitor_agent_common::diag::{self as abi, Issuer, IssuerKey, kernel_dev};
 
-use crate::{net::parse_format, procfs::ProcFs, stats::OpTotals};
+use crate::{procfs::ProcFs, stats::OpTotals};
 
 /// Issuers shipped per device: the most active since the previous snapshot.
 pub const TOP_ISSUERS: usize = 16;
@@ -61,17 +61,7 @@ pub fn read_offsets(tracefs: &Path) -> [u32; abi::DOFF_LEN as usize] {
             ],
         ),
     ];
-    for (file, fields) in wanted {
-        let Ok(text) = std::fs::read_to_string(tracefs.join(file)) else {
-            continue;
-        };
-        let parsed = parse_format(&text);
-        for (index, name) in fields {
-            if let Some(offset) = parsed.get(*name) {
-                offsets[*index as usize] = *offset;
-            }
-        }
-    }
+    crate::net::fill_offsets(tracefs, &wanted, &mut offsets);
     offsets
 }
 

@@ -80,18 +80,27 @@ pub fn read_offsets(tracefs: &Path) -> [u32; abi::OFF_LEN as usize] {
             ],
         ),
     ];
+    fill_offsets(tracefs, &wanted, &mut offsets);
+    offsets
+}
+
+/// Reads each tracepoint `format` file of `wanted` under `tracefs` and stores the offset of
+/// each named field at its index in `offsets`; a missing file or field leaves its slot as it
+/// was (`OFF_MISSING`), and the probe that needs it reads nothing.
+pub fn fill_offsets(tracefs: &Path, wanted: &[(&str, &[(u32, &str)])], offsets: &mut [u32]) {
     for (file, fields) in wanted {
         let Ok(text) = std::fs::read_to_string(tracefs.join(file)) else {
             continue;
         };
         let parsed = parse_format(&text);
-        for (index, name) in fields {
-            if let Some(offset) = parsed.get(*name) {
-                offsets[*index as usize] = *offset;
+        for (index, name) in *fields {
+            if let (Some(offset), Some(slot)) =
+                (parsed.get(*name), offsets.get_mut(*index as usize))
+            {
+                *slot = *offset;
             }
         }
     }
-    offsets
 }
 
 /// The ports whose connections the kernel should watch, with their role bits.
