@@ -73,7 +73,7 @@ fn scalar(v: &Value) -> Option<f64> {
 }
 
 /// Sums cumulative buckets of every series of histogram `name` whose labels pass `keep`.
-fn merged_buckets(
+pub(crate) fn merged_buckets(
     scrape: &Scrape,
     name: &str,
     keep: impl Fn(&prometheus_parse::Labels) -> bool,

@@ -254,22 +254,10 @@ const FAILED_CODES: [&str; 7] = [
 ];
 
 fn merged(scrape: &Scrape, name: &str) -> Buckets {
-    let mut sums: Buckets = Vec::new();
-    for s in &scrape.samples {
-        if s.metric != name {
-            continue;
-        }
-        if let Value::Histogram(buckets) = &s.value {
-            for b in buckets {
-                match sums.iter_mut().find(|x| x.0 == b.less_than) {
-                    Some(x) => x.1 += b.count,
-                    None => sums.push((b.less_than, b.count)),
-                }
-            }
-        }
-    }
-    sums.sort_by(|a, b| a.0.total_cmp(&b.0));
-    sums
+    crate::scrape::merged_buckets(scrape, name, |_| true)
+        .into_iter()
+        .map(|b| (b.less_than, b.count))
+        .collect()
 }
 
 /// Extracts the [`ServerSeries`] of a parsed /metrics page (called by the scraper).
