@@ -178,7 +178,9 @@ fn the_demo_shows_everything_and_ctrl_c_leaves_nothing_behind() -> anyhow::Resul
                     .filter(|t| t["labels"]["job"] == job && t["health"] == "up")
                     .count()
             };
-            (up("etcd") == 3 && up("etcd-monitor") == 1 && up("etcd-monitor-agent") == 1)
+            // Prometheus' own job too: every target up, not only the ones named here.
+            let all_up = active.iter().all(|t| t["health"] == "up");
+            (all_up && up("etcd") == 3 && up("etcd-monitor") == 1 && up("etcd-monitor-agent") == 1)
                 .then_some(active)
         },
     )?;
