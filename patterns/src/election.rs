@@ -1,6 +1,11 @@
 //! `Election`: leader election with proclaim, resign, observe and a leader-only task.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
 
 use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use tokio::sync::watch;
@@ -162,8 +167,11 @@ impl Election {
         LeaderObserver {
             client: self.client.clone(),
             prefix: self.prefix.clone(),
+            candidates: BTreeMap::new(),
+            next_rev: 0,
+            stream: None,
+            pending: VecDeque::new(),
             last: None,
-            started: false,
         }
     }
 }
@@ -321,64 +329,135 @@ impl Drop for LeaderTerm {
     }
 }
 
-/// Leader changes of an election, from [`Election::observe`].
+/// Leader changes of an election, from [`Election::observe`], in revision order.
+///
+/// The observer keeps the election's candidate keys in a local map, fed by one watch on the
+/// prefix, and reports the leader (lowest create revision) every time it changes: no change is
+/// skipped, however short a term. After a stream error it resumes from the last revision seen;
+/// if that was compacted it re-reads the candidates.
 #[derive(Debug)]
 pub struct LeaderObserver {
     client: crate::queue::Etcd,
     prefix: String,
-    last: Option<Leader>,
-    started: bool,
+    candidates: BTreeMap<String, (i64, Vec<u8>)>,
+    next_rev: i64,
+    stream: Option<etcd_client::WatchStream>,
+    pending: VecDeque<Option<Leader>>,
+    last: Option<Option<Leader>>,
 }
 
 impl LeaderObserver {
-    /// The next leader (or `None` for a vacancy) that differs from the last one returned.
-    /// Errors are retried; the call returns only with a change.
+    /// The next leader (`None` for a vacancy) that differs from the last one returned; the
+    /// first call returns the current state. Errors are retried; the call returns with a change.
     pub async fn next(&mut self) -> Option<Leader> {
         loop {
-            let step = async {
-                let (first, rev) = queue::first_key(&self.client, &self.prefix).await?;
-                let now = first.map(|(key, value, revision)| Leader {
-                    key,
-                    value,
-                    revision,
-                });
-                if !self.started || now != self.last {
-                    return Ok::<_, Error>(Some(now));
-                }
-                // Wait for any change under the prefix after what was read.
-                let mut stream = self
-                    .client
-                    .watch_client()
-                    .watch(
-                        self.prefix.as_str(),
-                        Some(
-                            WatchOptions::new()
-                                .with_prefix()
-                                .with_start_revision(rev + 1),
-                        ),
-                    )
-                    .await
-                    .op("observe election")?;
-                while let Some(resp) = stream.message().await.op("observe election")? {
-                    if resp.canceled() || !resp.events().is_empty() {
-                        break;
-                    }
-                }
-                Ok(None)
+            if let Some(change) = self.pending.pop_front() {
+                return change;
+            }
+            let step = if self.last.is_none() || self.next_rev == 0 {
+                self.resync().await
+            } else {
+                self.poll().await
             };
-            match step.await {
-                Ok(Some(now)) => {
-                    self.started = true;
-                    self.last = now.clone();
-                    return now;
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    crate::stats::watch_resume();
-                    tracing::debug!(prefix = %self.prefix, %error, "Observing the election failed; retrying.");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+            if let Err(error) = step {
+                crate::stats::watch_resume();
+                tracing::debug!(prefix = %self.prefix, %error, "Observing the election failed; resuming.");
+                self.stream = None;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+
+    fn current(&self) -> Option<Leader> {
+        self.candidates
+            .iter()
+            .min_by_key(|(_, (create, _))| *create)
+            .map(|(key, (create, value))| Leader {
+                key: key.clone(),
+                value: value.clone(),
+                revision: *create,
+            })
+    }
+
+    fn emit_if_changed(&mut self) {
+        let now = self.current();
+        if self.last.as_ref() != Some(&now) {
+            self.last = Some(now.clone());
+            self.pending.push_back(now);
+        }
+    }
+
+    async fn resync(&mut self) -> Result<()> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(
+                self.prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .op("observe election")?;
+        self.candidates = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    (kv.create_revision(), kv.value().to_vec()),
+                )
+            })
+            .collect();
+        self.next_rev = resp.header().map(|h| h.revision()).unwrap_or(0) + 1;
+        self.stream = None;
+        self.emit_if_changed();
+        Ok(())
+    }
+
+    async fn poll(&mut self) -> Result<()> {
+        if self.stream.is_none() {
+            let stream = self
+                .client
+                .watch_client()
+                .watch(
+                    self.prefix.as_str(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(self.next_rev),
+                    ),
+                )
+                .await
+                .op("observe election")?;
+            self.stream = Some(stream);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        let Some(resp) = stream.message().await.op("observe election")? else {
+            self.stream = None;
+            return Ok(());
+        };
+        if resp.canceled() {
+            // Compacted or refused: start over from a fresh read.
+            self.next_rev = 0;
+            self.stream = None;
+            return Ok(());
+        }
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            self.next_rev = self.next_rev.max(kv.mod_revision() + 1);
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match event.event_type() {
+                EventType::Put => {
+                    self.candidates
+                        .insert(key, (kv.create_revision(), kv.value().to_vec()));
+                }
+                EventType::Delete => {
+                    self.candidates.remove(&key);
+                }
+            }
+            self.emit_if_changed();
+        }
+        Ok(())
     }
 }

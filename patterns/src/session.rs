@@ -16,11 +16,13 @@ use crate::error::{Error, EtcdContext, Result};
 ///
 /// The session is **lost** — [`Session::lost`] is cancelled, for good — when any of these happen:
 /// - etcd answers a keep-alive with TTL 0 (the lease expired or was revoked);
-/// - no keep-alive has succeeded for the TTL: the local deadline is `sent + ttl`, where `sent` is
-///   when the last *successful* keep-alive request left this process. etcd started that lease
-///   period no earlier than `sent`, so the local deadline always passes before etcd can expire the
-///   lease and hand what it protected to someone else (up to clock-rate drift between the hosts).
-///   This is what makes a holder cut off from etcd stop acting before a successor can start.
+/// - no keep-alive has succeeded for the TTL: the local deadline is `sent + ttl - margin`, where
+///   `sent` is when the last *successful* keep-alive request left this process and `margin` is a
+///   tenth of the TTL (at least 500 ms, at most half of it). etcd started that lease period no
+///   earlier than `sent`, so the local deadline passes before etcd can expire the lease and hand
+///   what it protected to someone else; the margin absorbs a loaded scheduler and clock-rate
+///   drift between the hosts. This is what makes a holder cut off from etcd stop acting before a
+///   successor can start.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), etcd_monitor_patterns::Error> {
@@ -67,12 +69,12 @@ impl Session {
         let granted = Duration::from_secs(grant.ttl().max(1) as u64);
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
-        let (deadline_tx, deadline) = watch::channel(sent + granted);
+        let (deadline_tx, deadline) = watch::channel(sent + granted - safety_margin(granted));
         tokio::spawn(keep_alive_loop(
             client.clone(),
             lease_id,
             granted,
-            sent + granted,
+            sent + granted - safety_margin(granted),
             lost.clone(),
             stop.clone(),
             deadline_tx,
@@ -143,6 +145,11 @@ impl Drop for Session {
     }
 }
 
+/// How long before the lease can expire in etcd the session gives up locally.
+fn safety_margin(ttl: Duration) -> Duration {
+    (ttl / 10).max(Duration::from_millis(500)).min(ttl / 2)
+}
+
 async fn keep_alive_loop(
     client: Client,
     lease_id: i64,
@@ -183,7 +190,8 @@ async fn keep_alive_loop(
         };
         match outcome {
             Ok(Ok(Some(left))) if left > 0 => {
-                deadline = sent + Duration::from_secs(left as u64);
+                let left = Duration::from_secs(left as u64);
+                deadline = sent + left - safety_margin(left);
                 deadline_tx.send_replace(deadline);
                 next = sent + interval;
             }
