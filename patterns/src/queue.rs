@@ -99,10 +99,10 @@ pub(crate) async fn last_before(
         .await
         .op("list waiters")?;
     let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let key = match resp.kvs().first() {
-        Some(kv) => Some(String::from_utf8_lossy(kv.key()).into_owned()),
-        None => None,
-    };
+    let key = resp
+        .kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned());
     Ok((key, rev))
 }
 
