@@ -223,3 +223,51 @@ async fn leader_cut_off_from_etcd_steps_down_before_the_successor_starts() -> an
     b.abort();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paused_leader_process_steps_down_when_it_resumes() -> anyhow::Result<()> {
+    // The leader itself is frozen (SIGSTOP), as in a long GC pause or a stopped container: etcd
+    // expires its lease, B takes over; when the old leader resumes it must notice at once that its
+    // term is over (its local deadline passed), without needing etcd to tell it.
+    let cluster = common::one_member()?;
+    let endpoints = cluster.endpoints();
+    let ttl_s = 3;
+    let (leader, _) = common::ChildProc::start(
+        &["lead", &endpoints, "/test/paused", &ttl_s.to_string()],
+        "LEADING",
+    )?;
+    let sb = Session::new(connect(&endpoints).await?, Duration::from_secs(5)).await?;
+    let b_span = span();
+    let b = leader_task(
+        Election::new(&sb, "/test/paused"),
+        "b",
+        b_span.clone(),
+        None,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    leader.signal(libc::SIGSTOP)?;
+    let stopped = Instant::now();
+    let b_start =
+        etcd_monitor_tests::wait_for("B to lead", Duration::from_secs(30), || read(&b_span).start)?;
+    println!(
+        "MEASURED failover from a frozen leader process: {:?} (TTL {ttl_s} s)",
+        b_start.duration_since(stopped)
+    );
+    leader.signal(libc::SIGCONT)?;
+    let resumed = Instant::now();
+    let line = tokio::task::spawn_blocking(move || {
+        let line = leader.next_line(Duration::from_secs(10));
+        (line, leader)
+    })
+    .await?;
+    let noticed = resumed.elapsed();
+    assert_eq!(
+        line.0.as_deref(),
+        Some("LOST"),
+        "the resumed old leader did not step down"
+    );
+    println!("MEASURED resumed old leader stepped down {noticed:?} after SIGCONT");
+    assert!(noticed <= Duration::from_secs(5));
+    b.abort();
+    Ok(())
+}

@@ -4,7 +4,8 @@
 //! ```text
 //! etcd-patterns-child lock     ENDPOINTS PREFIX TTL_S            -> "LOCKED <fencing token>"
 //! etcd-patterns-child register ENDPOINTS PREFIX SERVICE ID TTL_S -> "REGISTERED <id>"
-//! etcd-patterns-child lead     ENDPOINTS ELECTION TTL_S          -> "LEADING <revision>"
+//! etcd-patterns-child lead     ENDPOINTS ELECTION TTL_S          -> "LEADING <revision>", then
+//!                                                                    "LOST" when the term ends
 //! ```
 
 use std::{io::Write, time::Duration};
@@ -78,6 +79,8 @@ async fn run(args: &[String]) -> etcd_monitor_patterns::Result<()> {
                 .await?;
             say(format!("LEADING {}", term.revision()));
             term.lost().cancelled().await;
+            say("LOST".to_string());
+            std::future::pending::<()>().await;
         }
         _ => usage(),
     }

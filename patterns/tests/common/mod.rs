@@ -60,6 +60,19 @@ impl ChildProc {
         Ok((proc, rest))
     }
 
+    /// The next stdout line, if one comes within `timeout`.
+    pub fn next_line(&self, timeout: Duration) -> Option<String> {
+        self.lines.recv_timeout(timeout).ok()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`).
+    pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        // SAFETY: kill has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        anyhow::ensure!(rc == 0, "kill -{signal} {} failed", self.child.id());
+        Ok(())
+    }
+
     /// SIGKILL, then reap.
     pub fn kill9(&mut self) -> anyhow::Result<()> {
         // SAFETY: kill has no memory-safety preconditions.
