@@ -222,3 +222,28 @@ async fn keep_alive_loop(
     tracing::warn!(lease_id, "Session lost: its lease is no longer kept alive.");
     lost.cancel();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safety_margin_is_a_tenth_within_bounds() {
+        assert_eq!(
+            safety_margin(Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            safety_margin(Duration::from_secs(3)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            safety_margin(Duration::from_secs(1)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            safety_margin(Duration::from_secs(60)),
+            Duration::from_secs(6)
+        );
+    }
+}

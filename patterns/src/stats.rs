@@ -1,5 +1,5 @@
 //! Process-wide counters of every retry, loss and resume the patterns go through, so that an
-//! embedding binary can export them as metrics (the collector maps them to `etcdmon_patterns_*`).
+//! embedding binary can export them as metrics (e.g. as `etcdmon_patterns_*` counters).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -271,3 +271,43 @@ async fn paused_leader_process_steps_down_when_it_resumes() -> anyhow::Result<()
     b.abort();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_the_leader_key_cancels_the_leader_task() -> anyhow::Result<()> {
+    let cluster = common::one_member()?;
+    let sa = Session::new(
+        connect(&cluster.endpoints()).await?,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let ea = Election::new(&sa, "/test/deleted");
+    let mut leading = ea.is_leader();
+    let a_span = span();
+    let a = leader_task(ea.clone(), "a", a_span.clone(), None);
+    etcd_monitor_tests::wait_for("A to lead", Duration::from_secs(30), || read(&a_span).start)?;
+    let key = ea
+        .leader()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no leader key"))?
+        .key;
+    let deleted = Instant::now();
+    cluster.etcdctl(&["del", &key])?;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), a).await??;
+    assert!(
+        matches!(outcome, Err(etcd_monitor_patterns::Error::NotLeader { .. })),
+        "{outcome:?}"
+    );
+    let ended = read(&a_span)
+        .end
+        .ok_or_else(|| anyhow::anyhow!("A's task never ended"))?;
+    println!(
+        "MEASURED leader task cancelled {:?} after its key was deleted",
+        ended.duration_since(deleted)
+    );
+    assert!(!*leading.borrow_and_update());
+    // The session outlives the term: the same candidate can campaign again.
+    assert!(sa.is_alive());
+    let term = tokio::time::timeout(Duration::from_secs(10), ea.campaign("a-again")).await??;
+    assert!(term.is_leader());
+    Ok(())
+}
