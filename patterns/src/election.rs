@@ -185,50 +185,7 @@ async fn watch_term(
     session_lost: CancellationToken,
     state: Arc<watch::Sender<bool>>,
 ) {
-    let mut from = rev;
-    let deleted = async {
-        loop {
-            let attempt = async {
-                let mut stream = client
-                    .watch_client()
-                    .watch(
-                        key.as_str(),
-                        Some(WatchOptions::new().with_start_revision(from)),
-                    )
-                    .await
-                    .op("watch leader key")?;
-                while let Some(resp) = stream.message().await.op("watch leader key")? {
-                    if resp.canceled() {
-                        break;
-                    }
-                    for event in resp.events() {
-                        if let Some(kv) = event.kv() {
-                            from = from.max(kv.mod_revision() + 1);
-                        }
-                        if event.event_type() == EventType::Delete {
-                            return Ok::<bool, Error>(true);
-                        }
-                    }
-                }
-                Ok(false)
-            };
-            match attempt.await {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::debug!(%key, %error, "Watching the leader key failed; retrying.");
-                }
-            }
-            crate::stats::watch_resume();
-            // The stream ended: ask etcd directly whether the key is still ours.
-            if let Ok(resp) = client.kv_client().get(key.as_str(), None).await
-                && resp.kvs().first().map(|kv| kv.create_revision()) != Some(rev)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
+    let deleted = crate::queue::until_deleted(&client, &key, rev);
     let by_delete = tokio::select! {
         biased;
         _ = lost.cancelled() => false,
@@ -313,7 +270,7 @@ impl LeaderTerm {
         self.lost.cancel();
         self.election.state.send_replace(false);
         match self.owned.take() {
-            Some(owned) => owned.release().await,
+            Some(mut owned) => owned.release().await,
             None => Ok(()),
         }
     }

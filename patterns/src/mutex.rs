@@ -25,7 +25,7 @@ use crate::{
 /// lease expired harmless.
 ///
 /// **Failure.** If the holder dies its lease expires after the TTL and the key goes with it. If
-/// the session is lost while holding, [`MutexGuard::lost`] is cancelled.
+/// the session is lost or the key deleted while holding, [`MutexGuard::lost`] is cancelled.
 ///
 /// ```no_run
 /// # async fn demo(client: etcd_client::Client) -> etcd_monitor_patterns::Result<()> {
@@ -73,7 +73,7 @@ impl Mutex {
     /// Takes the lock if nobody holds it or waits for it; fails with [`Error::Locked`] otherwise
     /// (never waits).
     pub async fn try_lock(&self) -> Result<MutexGuard> {
-        let owned = self.enqueue().await?;
+        let mut owned = self.enqueue().await?;
         let (before, _) = queue::last_before(&self.client, &self.prefix, owned.rev()).await?;
         if before.is_some() {
             owned.release().await?;
@@ -96,10 +96,14 @@ impl Mutex {
     }
 
     fn guard(&self, owned: queue::OwnedKey) -> MutexGuard {
-        MutexGuard {
-            owned,
-            lost: self.lost.child_token(),
-        }
+        let lost = self.lost.child_token();
+        queue::cancel_on_delete(
+            self.client.clone(),
+            owned.key().to_string(),
+            owned.rev(),
+            lost.clone(),
+        );
+        MutexGuard { owned, lost }
     }
 }
 
@@ -123,13 +127,22 @@ impl MutexGuard {
         self.owned.key()
     }
 
-    /// Cancelled when the session behind the lock is lost: stop using the resource.
+    /// Cancelled when the lock is lost — the session behind it is lost, or the lock key was
+    /// deleted (e.g. by an operator) — and when the guard is released: stop using the resource.
     pub fn lost(&self) -> CancellationToken {
         self.lost.clone()
     }
 
     /// Releases the lock.
-    pub async fn unlock(self) -> Result<()> {
+    pub async fn unlock(mut self) -> Result<()> {
+        self.lost.cancel();
         self.owned.release().await
+    }
+}
+
+impl Drop for MutexGuard {
+    fn drop(&mut self) {
+        // Ends the key watcher; the owned key deletes itself.
+        self.lost.cancel();
     }
 }

@@ -219,7 +219,7 @@ impl OwnedKey {
         self.rev
     }
 
-    pub(crate) async fn release(mut self) -> Result<()> {
+    pub(crate) async fn release(&mut self) -> Result<()> {
         match self.key.take() {
             Some(key) => delete_own(&self.client, &key, self.rev).await,
             None => Ok(()),
@@ -250,4 +250,62 @@ impl std::ops::Deref for Etcd {
     fn deref(&self) -> &Client {
         &self.0
     }
+}
+
+/// Returns once `key` (created at `rev`) is deleted or replaced; retries through stream errors
+/// (re-watching from the last revision seen, and checking the key directly after each break).
+pub(crate) async fn until_deleted(client: &Client, key: &str, rev: i64) {
+    let mut from = rev;
+    loop {
+        let attempt = async {
+            let mut stream = client
+                .watch_client()
+                .watch(key, Some(WatchOptions::new().with_start_revision(from)))
+                .await
+                .op("watch owned key")?;
+            while let Some(resp) = stream.message().await.op("watch owned key")? {
+                if resp.canceled() {
+                    break;
+                }
+                for event in resp.events() {
+                    if let Some(kv) = event.kv() {
+                        from = from.max(kv.mod_revision() + 1);
+                    }
+                    if event.event_type() == EventType::Delete {
+                        return Ok::<bool, Error>(true);
+                    }
+                }
+            }
+            Ok(false)
+        };
+        match attempt.await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(error) => {
+                tracing::debug!(%key, %error, "Watching an owned key failed; retrying.");
+            }
+        }
+        crate::stats::watch_resume();
+        // The stream ended: ask etcd directly whether the key is still ours.
+        if let Ok(resp) = client.kv_client().get(key, None).await
+            && resp.kvs().first().map(|kv| kv.create_revision()) != Some(rev)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Cancels `lost` when `key` is deleted; ends when `lost` is cancelled for another reason.
+pub(crate) fn cancel_on_delete(client: Etcd, key: String, rev: i64, lost: CancellationToken) {
+    tokio::spawn(async move {
+        tokio::select! {
+            biased;
+            _ = lost.cancelled() => {}
+            _ = until_deleted(&client, &key, rev) => {
+                tracing::warn!(%key, "An owned key was deleted by someone else.");
+                lost.cancel();
+            }
+        }
+    });
 }

@@ -99,7 +99,7 @@ impl RwLockGuard {
     }
 
     /// Releases the hold.
-    pub async fn unlock(self) -> Result<()> {
+    pub async fn unlock(mut self) -> Result<()> {
         self.owned.release().await
     }
 }

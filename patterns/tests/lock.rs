@@ -188,3 +188,24 @@ async fn rwlock_readers_share_writer_excludes_in_revision_order() -> anyhow::Res
     late.unlock().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_the_lock_key_tells_the_holder() -> anyhow::Result<()> {
+    let cluster = common::one_member()?;
+    let session = Session::new(
+        connect(&cluster.endpoints()).await?,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let guard = Mutex::new(&session, "/test/deleted-lock").lock().await?;
+    let lost = guard.lost();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!lost.is_cancelled());
+    cluster.etcdctl(&["del", guard.key()])?;
+    tokio::time::timeout(Duration::from_secs(10), lost.cancelled()).await?;
+    assert!(
+        session.is_alive(),
+        "the session outlives a deleted lock key"
+    );
+    Ok(())
+}
