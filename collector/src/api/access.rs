@@ -457,16 +457,20 @@ mod tests {
         assert!(access.check_read(&headers(&[])).is_ok());
     }
 
-    #[test]
-    fn tokens_roles_and_reasons() {
-        let access = Access::new(
+    fn policy() -> Access {
+        Access::new(
             vec![
                 ApiToken::new("ops", Role::Admin, "a-secret"),
                 ApiToken::new("grafana", Role::Viewer, "v-secret"),
             ],
             &["https://ui.example".to_string(), "*".to_string()],
             1,
-        );
+        )
+    }
+
+    #[test]
+    fn tokens_roles_and_reasons() {
+        let access = policy();
         let lo = peer("127.0.0.1");
         let p = access
             .check_admin(&headers(&[("authorization", "Bearer a-secret")]), lo)
@@ -486,6 +490,7 @@ mod tests {
                 "foreign_origin",
             ),
         ] {
+            let access = policy();
             let err = access.check_admin(&headers(&h), lo).unwrap_err();
             assert_eq!(err.status(), status, "{h:?}: {err}");
             let mut text = String::new();

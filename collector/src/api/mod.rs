@@ -481,6 +481,98 @@ mod tests {
         assert_eq!(body["points"].as_array().map(Vec::len), Some(0));
     }
 
+    /// Every change the document lists is refused to a caller that is neither an admin nor on
+    /// loopback, and declares bearerAuth and 401/403: a new mutating route that forgets
+    /// [`access::RequireAdmin`] fails here.
+    #[tokio::test]
+    async fn every_mutating_route_needs_the_admin_role() {
+        let doc = document(&SilenceLimits::default(), 1_700_000_000_000);
+        let mut checked = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                if !matches!(method.as_str(), "post" | "put" | "patch" | "delete") {
+                    continue;
+                }
+                assert_eq!(
+                    op["security"],
+                    json!([{"bearerAuth": []}]),
+                    "{method} {path}"
+                );
+                assert!(op["responses"]["401"].is_object(), "{method} {path}");
+                assert!(op["responses"]["403"].is_object(), "{method} {path}");
+                let uri = path.replace("{id}", "x");
+                for peer in [None, Some("10.9.8.7:5000")] {
+                    let mut req = Request::builder()
+                        .method(method.to_uppercase().as_str())
+                        .uri(&uri)
+                        .header("content-type", "application/json")
+                        .body(Body::from("{}"))
+                        .unwrap();
+                    if let Some(p) = peer {
+                        req.extensions_mut().insert(axum::extract::ConnectInfo(
+                            p.parse::<std::net::SocketAddr>().unwrap(),
+                        ));
+                    }
+                    let resp = router(state(None)).oneshot(req).await.unwrap();
+                    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{method} {path}");
+                    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    assert!(
+                        body["error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("--admin-token-file")),
+                        "{method} {path}: {body}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "{checked}");
+        // The silence body's bounds are declared.
+        let s = &doc["components"]["schemas"]["NewSilence"];
+        assert_eq!(s["properties"]["matchers"]["minProperties"], 1);
+        assert!(s["properties"]["created_by"].is_null());
+        assert_eq!(
+            doc["paths"]["/api/v1/metrics/history"]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "limit")
+                .unwrap()["schema"]["minimum"],
+            1
+        );
+        let pattern = silence_duration_pattern(&SilenceLimits::default());
+        assert!(pattern.ends_with("|7)d)$"), "{pattern}");
+    }
+
+    #[tokio::test]
+    async fn viewer_tokens_close_reads_but_not_health() {
+        let mut st = state(None);
+        st.access = access::Access::new(
+            vec![access::ApiToken::new(
+                "grafana",
+                access::Role::Viewer,
+                "viewer-secret-0123",
+            )],
+            &[],
+            0,
+        );
+        let app = router(st);
+        let (code, body, headers) = call(app.clone(), "GET", "/api/v1/cluster/status").await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(headers.get("www-authenticate").is_some());
+        let (code, _, _) = call(app.clone(), "GET", "/metrics").await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        let (code, _, _) = call(app.clone(), "GET", "/health").await;
+        assert_eq!(code, StatusCode::OK);
+        let req = Request::builder()
+            .uri("/api/v1/cluster/status")
+            .header("authorization", "Bearer viewer-secret-0123")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(app.oneshot(req).await.unwrap().status(), StatusCode::OK);
+    }
+
     #[tokio::test]
     async fn openapi_lists_every_route_and_metrics_has_contract_names() {
         let app = router(state(None));
