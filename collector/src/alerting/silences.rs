@@ -96,11 +96,29 @@ pub struct NewSilence {
     pub duration: Option<String>,
     /// End (Unix ms), in the future and at most `--silence-max-duration` from now; or give
     /// `duration`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral_ms")]
     pub ends_at_ms: Option<u64>,
     /// Why (at most 4096 bytes).
     #[serde(default)]
     pub comment: Option<String>,
+}
+
+/// An optional Unix-ms time: an integer, or a number with no fractional part (JSON Schema
+/// calls `1.0` an integer too); negative or fractional values are refused.
+fn integral_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(v) = n.as_u64() {
+        return Ok(Some(v));
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 1.8e19 => Ok(Some(f as u64)),
+        _ => Err(D::Error::custom(format!(
+            "{n} is not a non-negative integer (Unix ms)"
+        ))),
+    }
 }
 
 impl NewSilence {
@@ -235,6 +253,25 @@ mod tests {
             .validate("s2".into(), 1_000, "ops", &SilenceLimits::default())
             .unwrap();
         assert!(muting(&[other], &alert(), 2_000).is_none());
+    }
+
+    #[test]
+    fn ends_at_ms_may_be_written_as_a_float_with_no_fraction() {
+        let body: NewSilence =
+            serde_json::from_str(r#"{"matchers": {"a": "b"}, "ends_at_ms": 1796129252207.0}"#)
+                .unwrap();
+        assert_eq!(body.ends_at_ms, Some(1_796_129_252_207));
+        for bad in ["1.5", "-1", "\"soon\""] {
+            let err = serde_json::from_str::<NewSilence>(&format!(
+                r#"{{"matchers": {{"a": "b"}}, "ends_at_ms": {bad}}}"#
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("non-negative integer") || err.contains("invalid type"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
