@@ -938,4 +938,64 @@ mod tests {
         .unwrap();
         assert!(fourth.silences().is_empty());
     }
+
+    #[tokio::test]
+    async fn silences_are_bounded_in_count_and_ended_ones_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let engine = Alerting::new(
+            AlertingSettings {
+                rules_path: None,
+                thresholds: thresholds(),
+                interval: Duration::from_secs(1),
+                dedup_window: lifecycle::DEDUP_WINDOW,
+            },
+            cluster([true, true, true]),
+            None,
+            Some(store.clone()),
+            Notifier::default(),
+        )
+        .unwrap();
+        let limits = silences::SilenceLimits {
+            max_active: 2,
+            ..silences::SilenceLimits::default()
+        };
+        let body = |m: &str| -> NewSilence {
+            serde_json::from_str(&format!(
+                r#"{{"matchers": {{"member": "{m}"}}, "duration": "1h"}}"#
+            ))
+            .unwrap()
+        };
+        engine
+            .add_silence(body("m0"), "ops", &limits)
+            .await
+            .unwrap();
+        let second = engine
+            .add_silence(body("m1"), "ops", &limits)
+            .await
+            .unwrap();
+        let err = engine
+            .add_silence(body("m2"), "ops", &limits)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, AlertingError::Refused(m) if m.contains("--max-silences")),
+            "{err}"
+        );
+        // Deleting one makes room.
+        assert!(engine.delete_silence(&second.id).await.unwrap());
+        engine
+            .add_silence(body("m2"), "ops", &limits)
+            .await
+            .unwrap();
+        // An ended silence is forgotten by the pruning pass, in memory and in the store.
+        {
+            let mut all = write(&engine.inner.silences);
+            all[0].ends_at_ms = 1;
+            persist::put_silence(&store, &all[0], 0).unwrap();
+        }
+        engine.prune_silences().await;
+        assert_eq!(read(&engine.inner.silences).len(), 1);
+        assert_eq!(persist::load(&store).unwrap().silences.len(), 1);
+    }
 }
