@@ -546,6 +546,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn cors_never_lets_a_page_change_anything() {
+        let app = router(state(None));
+        let req = Request::builder()
+            .method("OPTIONS")
+            .uri("/api/v1/alerts/silences")
+            .header("origin", "http://ui.example")
+            .header("access-control-request-method", "POST")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let methods = resp
+            .headers()
+            .get("access-control-allow-methods")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(methods.contains("GET"), "{methods}");
+        assert!(
+            !methods.contains("POST") && !methods.contains("DELETE"),
+            "{methods}"
+        );
+    }
+
+    #[tokio::test]
     async fn viewer_tokens_close_reads_but_not_health() {
         let mut st = state(None);
         st.access = access::Access::new(
