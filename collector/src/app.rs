@@ -222,6 +222,29 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         pipeline.clone(),
         config.diagnosis.clone(),
     ));
+    for path in &config.rest.insecure_token_files {
+        tracing::warn!(
+            path = %path.display(),
+            "Token file is readable by group or others; chmod 600 it (counted in etcdmon_api_token_files_insecure)."
+        );
+    }
+    let access = crate::api::access::Access::new(
+        config.rest.tokens.clone(),
+        &config.cors_origins,
+        config.rest.insecure_token_files.len() as u64,
+    );
+    tracing::info!(
+        admin_tokens = access.has_admin_tokens(),
+        reads_closed = access.reads_closed(),
+        tls = config.rest.tls.is_some(),
+        "REST access: changes need {}.",
+        if access.has_admin_tokens() {
+            "an admin token"
+        } else {
+            "a loopback peer (no --admin-token-file)"
+        }
+    );
+    let tls_failures = access.tls_handshake_failures();
     let state = AppState {
         clusters: clusters.clone(),
         alerting: Some(alerting),
@@ -231,6 +254,8 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         thresholds: config.thresholds,
         cors_origins: config.cors_origins.clone(),
         pipeline,
+        access,
+        silence_limits: config.rest.silences,
     };
     let bind = format!("{}:{}", config.api_host, config.api_port);
     let listener = tokio::net::TcpListener::bind(&bind)
@@ -243,12 +268,38 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         addr: bind.clone(),
         source,
     })?;
-    tracing::info!(%addr, "REST API and /metrics listening.");
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-    });
+    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = match &config.rest.tls {
+        Some(tls) => {
+            let tls_config =
+                crate::api::tls::server_config(&tls.cert_pem, &tls.key_pem).map_err(|e| {
+                    AppError::Listen {
+                        addr: bind.clone(),
+                        source: std::io::Error::other(e),
+                    }
+                })?;
+            let listener = crate::api::tls::TlsListener::new(listener, tls_config, tls_failures)
+                .map_err(|source| AppError::Listen {
+                    addr: bind.clone(),
+                    source,
+                })?;
+            tracing::info!(%addr, "REST API and /metrics listening (HTTPS).");
+            tokio::spawn(async move {
+                use axum::serve::ListenerExt;
+                axum::serve(listener.tap_io(|_| {}), service)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+            })
+        }
+        None => {
+            tracing::info!(%addr, "REST API and /metrics listening.");
+            tokio::spawn(async move {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+            })
+        }
+    };
     Ok(Running {
         addr,
         grpc_addr,

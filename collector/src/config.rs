@@ -214,10 +214,49 @@ pub struct Cli {
     #[arg(long, env = "ETCD_MONITOR_METRICS_URLS", value_delimiter = ',')]
     pub metrics_urls: Vec<String>,
 
-    /// Origins allowed by CORS, comma-separated; `*` allows any. Empty disables CORS.
+    /// Origins allowed by CORS, comma-separated; `*` allows any. CORS allows reads only; a
+    /// change whose `Origin` is neither this server nor listed here (`*` does not count) is
+    /// refused. Empty disables CORS.
     #[arg(long, env = "ETCD_MONITOR_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
+    // --- REST access control, TLS and silence bounds (see `RestConfig`) ---
+    /// Admin token file, `NAME=PATH` (repeatable, or comma-separated); a bare `PATH` is named
+    /// `admin`. Changes (silences, benchmarks) need `Authorization: Bearer <token>`; the name is
+    /// recorded as `created_by`. Without any, changes are accepted from loopback only.
+    #[arg(
+        long = "admin-token-file",
+        env = "ADMIN_TOKEN_FILE",
+        value_delimiter = ','
+    )]
+    pub admin_token_files: Vec<String>,
+
+    /// Viewer token file, `NAME=PATH` (repeatable, or comma-separated). When any is given,
+    /// reads (every route but /health, the OpenAPI document and the status page's files) need
+    /// a viewer or admin token too; Prometheus scrapes /metrics with one as bearer token.
+    #[arg(
+        long = "viewer-token-file",
+        env = "VIEWER_TOKEN_FILE",
+        value_delimiter = ','
+    )]
+    pub viewer_token_files: Vec<String>,
+
+    /// PEM certificate chain of the REST API and /metrics: serve HTTPS (needs --api-key-file).
+    #[arg(long, env = "API_CERT_FILE")]
+    pub api_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --api-cert-file.
+    #[arg(long, env = "API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Longest a silence may last.
+    #[arg(long, env = "SILENCE_MAX_DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub silence_max_duration: Duration,
+
+    /// Most silences active at once; further ones are refused (409) until one ends.
+    #[arg(long, env = "MAX_SILENCES", default_value_t = crate::alerting::silences::DEFAULT_MAX_ACTIVE)]
+    pub max_silences: usize,
+    // --- end of REST access control ---
     /// Measure read latency with a linearizable read on every member each health check.
     #[arg(long, env = "ETCD_MONITOR_PROBE_READ", action = ArgAction::Set, num_args = 0..=1,
           default_value_t = true, default_missing_value = "true")]
@@ -373,6 +412,8 @@ pub struct Config {
     pub history_max_bytes: u64,
     /// CORS origins (`*` = any); empty = no CORS headers.
     pub cors_origins: Vec<String>,
+    /// REST access control, TLS and silence bounds.
+    pub rest: RestConfig,
     /// Read probe on.
     pub probe_read: bool,
     /// Write probe on.
@@ -385,6 +426,169 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Diagnosis windows and thresholds.
     pub diagnosis: crate::diagnosis::DiagnosisConfig,
+}
+
+/// The REST API's access control, TLS and silence bounds, files already read.
+#[derive(Debug, Clone, Default)]
+pub struct RestConfig {
+    /// Named tokens (secrets kept as digests only).
+    pub tokens: Vec<crate::api::access::ApiToken>,
+    /// Token files readable by group or others (warned about at start, and a gauge).
+    pub insecure_token_files: Vec<PathBuf>,
+    /// PEM certificate chain and key to serve HTTPS.
+    pub tls: Option<RestTls>,
+    /// `--silence-max-duration`, `--max-silences`.
+    pub silences: crate::alerting::silences::SilenceLimits,
+}
+
+/// PEM files of the REST server's TLS.
+#[derive(Clone)]
+pub struct RestTls {
+    /// Certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// Private key.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for RestTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestTls")
+            .field("cert_bytes", &self.cert_pem.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Whether a token name is usable: 1 to 64 of `[A-Za-z0-9_.@-]`.
+fn valid_token_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.@-".contains(c))
+}
+
+/// Whether `path` can be read by group or others.
+#[cfg(unix)]
+fn loosely_readable(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o077 != 0
+}
+
+#[cfg(not(unix))]
+fn loosely_readable(_meta: &std::fs::Metadata) -> bool {
+    false
+}
+
+impl Cli {
+    /// Reads the token files, the REST TLS files and the silence bounds.
+    fn rest_config(&self) -> Result<RestConfig, ConfigError> {
+        use crate::api::access::{ApiToken, Role};
+        let mut rest = RestConfig::default();
+        let mut secrets: Vec<(String, String)> = Vec::new();
+        for (flag, role, entries) in [
+            ("--admin-token-file", Role::Admin, &self.admin_token_files),
+            (
+                "--viewer-token-file",
+                Role::Viewer,
+                &self.viewer_token_files,
+            ),
+        ] {
+            for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+                let (name, path) = match entry.split_once('=') {
+                    Some((name, path)) if valid_token_name(name) => (name.to_string(), path),
+                    Some((name, _)) if !name.contains('/') => {
+                        return Err(ConfigError::new(
+                            flag,
+                            format!(
+                                "{name:?} is not a token name (1 to 64 of A-Z a-z 0-9 _ . @ -)"
+                            ),
+                        ));
+                    }
+                    _ => (role.as_str().to_string(), entry),
+                };
+                let path = PathBuf::from(path);
+                let meta = std::fs::metadata(&path)
+                    .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
+                let secret = text.trim().to_string();
+                if secret.len() < 16 {
+                    return Err(ConfigError::new(
+                        flag,
+                        format!(
+                            "{}: the token must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+                            path.display()
+                        ),
+                    ));
+                }
+                if rest.tokens.iter().any(|t| t.name == name) {
+                    return Err(ConfigError::new(
+                        flag,
+                        format!("the token name {name:?} is used twice; use NAME=PATH"),
+                    ));
+                }
+                if secrets.iter().any(|(_, s)| *s == secret) {
+                    return Err(ConfigError::new(
+                        flag,
+                        format!("{}: the same token is in two files", path.display()),
+                    ));
+                }
+                if loosely_readable(&meta) {
+                    rest.insecure_token_files.push(path.clone());
+                }
+                rest.tokens.push(ApiToken::new(name.clone(), role, &secret));
+                secrets.push((name, secret));
+            }
+        }
+        rest.tls = match (&self.api_cert_file, &self.api_key_file) {
+            (Some(cert), Some(key)) => {
+                let tls = RestTls {
+                    cert_pem: read_pem("", "api-cert-file", cert)?,
+                    key_pem: read_pem("", "api-key-file", key)?,
+                };
+                crate::api::tls::server_config(&tls.cert_pem, &tls.key_pem).map_err(|e| {
+                    let text = e.to_string();
+                    let (field, message) =
+                        text.split_once(": ").unwrap_or(("--api-cert-file", &text));
+                    ConfigError::new(field, message)
+                })?;
+                Some(tls)
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "--api-key-file",
+                    "is required with --api-cert-file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "--api-cert-file",
+                    "is required with --api-key-file",
+                ));
+            }
+        };
+        if self.silence_max_duration < Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                "--silence-max-duration",
+                "must be at least 1h",
+            ));
+        }
+        if self.silence_max_duration > Duration::from_secs(366 * 86_400) {
+            return Err(ConfigError::new(
+                "--silence-max-duration",
+                "must be at most 366d",
+            ));
+        }
+        if self.max_silences == 0 || self.max_silences > 100_000 {
+            return Err(ConfigError::new("--max-silences", "must be 1..=100000"));
+        }
+        rest.silences = crate::alerting::silences::SilenceLimits {
+            max_duration: self.silence_max_duration,
+            max_active: self.max_silences,
+        };
+        Ok(rest)
+    }
 }
 
 /// The gRPC side's settings.
@@ -647,7 +851,8 @@ impl Cli {
         }
         let ingest = self.ingest_config()?;
         let bench_plan = self.bench.plan(self.benchmark_type, self.benchmark_ops)?;
-        let benchmark_api = self.bench.api_settings()?;
+        let benchmark_api = self.bench.api_settings();
+        let rest = self.rest_config()?;
         if self.history_max_size_mb == 0 {
             return Err(ConfigError::new(
                 "--history-max-size-mb",
@@ -708,6 +913,7 @@ impl Cli {
                 .map(|o| o.trim().to_string())
                 .filter(|o| !o.is_empty())
                 .collect(),
+            rest,
             probe_read: self.probe_read,
             probe_write: self.probe_write,
             benchmark: self.run_benchmark.then_some(BenchmarkRequest {
@@ -982,7 +1188,30 @@ mod tests {
             (vec!["--benchmark-clients", "0"], "--benchmark-clients"),
             (vec!["--benchmark-duration", "soon"], "--benchmark-duration"),
             (vec!["--slo-p99-ms", "0"], "--slo-p99-ms"),
-            (vec!["--enable-benchmark-api"], "--admin-token-file"),
+            (
+                vec!["--admin-token-file", "/nonexistent/token"],
+                "--admin-token-file",
+            ),
+            (
+                vec!["--viewer-token-file", "bad name=/x"],
+                "--viewer-token-file",
+            ),
+            (vec!["--api-cert-file", "/x.pem"], "--api-key-file"),
+            (vec!["--api-key-file", "/x.pem"], "--api-cert-file"),
+            (
+                vec![
+                    "--api-cert-file",
+                    "/nonexistent/c.pem",
+                    "--api-key-file",
+                    "/x",
+                ],
+                "--api-cert-file",
+            ),
+            (
+                vec!["--silence-max-duration", "1m"],
+                "--silence-max-duration",
+            ),
+            (vec!["--max-silences", "0"], "--max-silences"),
             (vec!["--grpc-port", "0"], "--grpc-port"),
             (vec!["--username", "root"], "--password"),
             (vec!["--rules", "/nonexistent/rules.yaml"], "--rules"),
@@ -993,6 +1222,51 @@ mod tests {
                 Err(e) => assert!(e.contains(flag), "{args:?}: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn named_token_files() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let admin = dir.path().join("ops-token");
+        let viewer = dir.path().join("grafana-token");
+        std::fs::write(&admin, "0123456789abcdef-admin\n").map_err(|e| e.to_string())?;
+        std::fs::write(&viewer, "0123456789abcdef-viewer\n").map_err(|e| e.to_string())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+            std::fs::set_permissions(&viewer, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| e.to_string())?;
+        }
+        let a = format!("ops={}", admin.display());
+        let v = format!("grafana={}", viewer.display());
+        let c = parse(&["--admin-token-file", &a, "--viewer-token-file", &v])?;
+        let names: Vec<_> = c.rest.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, vec!["ops", "grafana"]);
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        #[cfg(unix)]
+        assert_eq!(c.rest.insecure_token_files, vec![viewer.clone()]);
+        // The single-path form of earlier releases: named `admin`.
+        let bare = admin.display().to_string();
+        let c = parse(&["--admin-token-file", &bare])?;
+        assert_eq!(c.rest.tokens[0].name, "admin");
+        // One secret under two names, or a short secret, is refused.
+        let err = parse(&[
+            "--admin-token-file",
+            &a,
+            "--viewer-token-file",
+            &format!("x={}", admin.display()),
+        ])
+        .err()
+        .unwrap_or_default();
+        assert!(err.contains("--viewer-token-file"), "{err}");
+        std::fs::write(&viewer, "short").map_err(|e| e.to_string())?;
+        let err = parse(&["--viewer-token-file", &v])
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("at least 16"), "{err}");
+        Ok(())
     }
 
     #[test]

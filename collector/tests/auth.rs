@@ -1,5 +1,6 @@
 //! etcd with authentication on: the collector signs in with --username/--password; a wrong
-//! password leaves every member unreachable with a message that says why.
+//! password leaves every member unreachable with a message that says why. And the collector's
+//! own REST access flags (token files, TLS pair) are checked at start.
 
 mod common;
 
@@ -68,5 +69,94 @@ fn monitors_an_auth_enabled_cluster_and_explains_a_wrong_password() -> anyhow::R
         reason.contains("auth") || reason.contains("password") || reason.contains("credential"),
         "reason: {reason}\n{status}"
     );
+    Ok(())
+}
+
+/// Runs the collector with `args` expecting it to refuse to start; returns its stderr.
+fn refused_at_start(dir: &std::path::Path, args: &[String]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(common::collector_bin())
+        .arg(format!("--data-dir={}", dir.join("refused").display()))
+        .arg("--api-host=127.0.0.1")
+        .arg(format!("--api-port={}", etcd_monitor_tests::free_port()?))
+        .args(args)
+        .output()?;
+    anyhow::ensure!(!out.status.success(), "{args:?} was accepted");
+    Ok(String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// The REST access flags: a group-readable token file starts with a warning and a gauge; bad
+/// token files or a half TLS pair refuse to start, naming the flag.
+#[test]
+fn rest_token_files_and_tls_flags_are_checked_at_start() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    // Nothing listens there: the collector runs, the cluster is simply unreachable.
+    let endpoints = format!(
+        "--endpoints=http://127.0.0.1:{}",
+        etcd_monitor_tests::free_port()?
+    );
+    let loose = dir.path().join("loose.token");
+    std::fs::write(&loose, "a-token-of-at-least-16-chars\n")?;
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644))?;
+    let token_flag = format!("--admin-token-file=ops={}", loose.display());
+    let collector = start_collector(dir.path(), &[endpoints.as_str(), token_flag.as_str()])?;
+    let gauge = common::metric(&collector, "etcdmon_api_token_files_insecure", &[]);
+    assert_eq!(gauge, Some(1.0));
+    assert!(
+        collector
+            .log_text()
+            .contains("Token file is readable by group or others"),
+        "{}",
+        collector.log_text()
+    );
+    drop(collector);
+
+    let short = dir.path().join("short.token");
+    std::fs::write(&short, "short\n")?;
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nnot really\n-----END CERTIFICATE-----\n",
+    )?;
+    for (args, flag) in [
+        (
+            vec![format!("--admin-token-file={}", short.display())],
+            "--admin-token-file",
+        ),
+        (
+            vec![format!(
+                "--viewer-token-file=v={}",
+                dir.path().join("missing").display()
+            )],
+            "--viewer-token-file",
+        ),
+        (
+            vec![
+                format!("--admin-token-file=a={}", loose.display()),
+                format!("--admin-token-file=a={}", loose.display()),
+            ],
+            "--admin-token-file",
+        ),
+        (
+            vec![format!("--api-cert-file={}", cert.display())],
+            "--api-key-file",
+        ),
+        (
+            vec![
+                format!("--api-cert-file={}", cert.display()),
+                format!("--api-key-file={}", cert.display()),
+            ],
+            "--api-",
+        ),
+        (
+            vec!["--silence-max-duration=30s".to_string()],
+            "--silence-max-duration",
+        ),
+    ] {
+        let mut all = vec![endpoints.clone()];
+        all.extend(args.iter().cloned());
+        let stderr = refused_at_start(dir.path(), &all)?;
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
     Ok(())
 }

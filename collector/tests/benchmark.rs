@@ -363,8 +363,8 @@ fn rest_jobs_token_bad_input_and_the_server_side_view() -> anyhow::Result<()> {
     drop(plain);
 
     let token_file = dir.path().join("admin-token");
-    std::fs::write(&token_file, "s3cret-token\n")?;
-    let token_flag = format!("--admin-token-file={}", token_file.display());
+    std::fs::write(&token_file, "s3cret-token-0123456789\n")?;
+    let token_flag = format!("--admin-token-file=bench-ops={}", token_file.display());
     let mut collector = start_collector(
         dir.path(),
         &[
@@ -386,15 +386,15 @@ fn rest_jobs_token_bad_input_and_the_server_side_view() -> anyhow::Result<()> {
             token,
         )
     };
-    // Without the token, or with a wrong one: 403.
+    // Without the token, or with a wrong one: 401.
     let (code, body) = post(r#"{"ops":10}"#, None)?;
-    assert_eq!(code, 403, "{body}");
+    assert_eq!(code, 401, "{body}");
     assert!(
         body["error"].as_str().is_some_and(|e| e.contains("Bearer")),
         "{body}"
     );
     let (code, _) = post(r#"{"ops":10}"#, Some("wrong"))?;
-    assert_eq!(code, 403);
+    assert_eq!(code, 401);
     // Bad parameters: 400 naming the field.
     for (bad, field) in [
         (r#"{"ops":0}"#, "ops"),
@@ -405,12 +405,12 @@ fn rest_jobs_token_bad_input_and_the_server_side_view() -> anyhow::Result<()> {
         (r#"{"opps":10}"#, "opps"),
         (r#"{"ops":99999999}"#, "ops"),
     ] {
-        let (code, body) = post(bad, Some("s3cret-token"))?;
+        let (code, body) = post(bad, Some("s3cret-token-0123456789"))?;
         assert_eq!(code, 400, "{bad}: {body}");
         let e = body["error"].as_str().unwrap_or_default();
         assert!(e.contains(field), "{bad}: {e}");
     }
-    let (code, body) = post(r#"{"cluster":"nope"}"#, Some("s3cret-token"))?;
+    let (code, body) = post(r#"{"cluster":"nope"}"#, Some("s3cret-token-0123456789"))?;
     assert_eq!(code, 404, "{body}");
 
     // A timed write job on the leader.
@@ -419,13 +419,13 @@ fn rest_jobs_token_bad_input_and_the_server_side_view() -> anyhow::Result<()> {
         .unwrap_or(0);
     let (code, started) = post(
         r#"{"type":"write","duration":"5s","clients":4,"conns":2}"#,
-        Some("s3cret-token"),
+        Some("s3cret-token-0123456789"),
     )?;
     assert_eq!(code, 202, "{started}");
     let id = started["id"].as_str().unwrap_or_default().to_string();
     let path = format!("/api/v1/performance/benchmark/{id}");
     // A second job while one runs: 409.
-    let (code, _) = post(r#"{"ops":10}"#, Some("s3cret-token"))?;
+    let (code, _) = post(r#"{"ops":10}"#, Some("s3cret-token-0123456789"))?;
     assert_eq!(code, 409);
     // Progress while running, and monitoring goes on meanwhile.
     let mut health_ticks = std::collections::BTreeSet::new();
@@ -433,7 +433,14 @@ fn rest_jobs_token_bad_input_and_the_server_side_view() -> anyhow::Result<()> {
         "the benchmark job to finish",
         Duration::from_secs(120),
         || {
-            let (_, v) = api(&collector, "GET", &path, None, Some("s3cret-token")).ok()?;
+            let (_, v) = api(
+                &collector,
+                "GET",
+                &path,
+                None,
+                Some("s3cret-token-0123456789"),
+            )
+            .ok()?;
             if v["state"] == "running" {
                 if let Ok(s) = collector.status(None) {
                     health_ticks.insert(s["updated_at_ms"].as_u64().unwrap_or(0));
@@ -445,12 +452,14 @@ fn rest_jobs_token_bad_input_and_the_server_side_view() -> anyhow::Result<()> {
         },
     )?;
     assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["created_by"], "bench-ops", "{job}");
     assert!(
         health_ticks.iter().filter(|t| **t > before).count() >= 2,
         "health checks did not go on during the benchmark: {health_ticks:?}"
     );
+    // Following a job is a read: open while no viewer token is configured.
     let (code, _) = api(&collector, "GET", &path, None, None)?;
-    assert_eq!(code, 403);
+    assert_eq!(code, 200);
     let report = &job["report"];
     let succeeded = u(&report["summary"]["succeeded"]);
     assert!(succeeded > 100, "{}", report["summary"]);
@@ -522,7 +531,7 @@ fn rest_jobs_token_bad_input_and_the_server_side_view() -> anyhow::Result<()> {
     // A collector stopped mid-benchmark deletes the run's keys before it exits.
     let (code, started) = post(
         r#"{"type":"write","duration":"60s","clients":4}"#,
-        Some("s3cret-token"),
+        Some("s3cret-token-0123456789"),
     )?;
     assert_eq!(code, 202, "{started}");
     let path = format!(
@@ -530,7 +539,14 @@ fn rest_jobs_token_bad_input_and_the_server_side_view() -> anyhow::Result<()> {
         started["id"].as_str().unwrap_or_default()
     );
     wait_for("the second job to write", Duration::from_secs(30), || {
-        let (_, v) = api(&collector, "GET", &path, None, Some("s3cret-token")).ok()?;
+        let (_, v) = api(
+            &collector,
+            "GET",
+            &path,
+            None,
+            Some("s3cret-token-0123456789"),
+        )
+        .ok()?;
         (u(&v["progress"]["done"]) > 50 && u(&v["progress"]["done"]) != u64::MAX).then_some(())
     })?;
     assert!(etcd_count(&cluster, "/etcd-monitor-bench/")? > 0);

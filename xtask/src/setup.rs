@@ -32,10 +32,51 @@ pub const APT_PACKAGES: &[&str] = &[
     // the non-Linux compile check: ring (TLS) builds C for the Windows target
     "gcc-mingw-w64-x86-64",
     "python3",
+    // PyPI test tools (PYPI_PACKAGES) are installed with pip
+    "python3-pip",
     "util-linux",
     // alerting and diagnosis e2e: throttled ext4 filesystems on loop devices
     "e2fsprogs",
 ];
+
+/// PyPI tools the tests run: (requirement, command that proves it is installed).
+/// Schemathesis checks the collector's OpenAPI document against the live server
+/// (`collector/tests/schemathesis.rs`; its CLI flags are those of major version 4).
+pub const PYPI_PACKAGES: &[(&str, &str)] = &[("schemathesis>=4,<5", "schemathesis")];
+
+/// Installs the missing [`PYPI_PACKAGES`] with `python3 -m pip` (retrying with
+/// `--break-system-packages` where the system Python is marked externally managed, as on
+/// Debian 12; the tools are test-only).
+fn pypi_packages() -> anyhow::Result<()> {
+    for (requirement, probe) in PYPI_PACKAGES {
+        if output(probe, &["--version"]).is_some() {
+            eprintln!("xtask: setup: {probe} present");
+            continue;
+        }
+        eprintln!("xtask: setup: installing {requirement} from PyPI");
+        let base = [
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            requirement,
+        ];
+        if run_with(Command::new("python3").args(base)).is_err() {
+            run_with(
+                Command::new("python3")
+                    .args(base)
+                    .arg("--break-system-packages"),
+            )
+            .with_context(|| format!("pip install {requirement}"))?;
+        }
+        if output(probe, &["--version"]).is_none() {
+            bail!("{requirement} was installed but `{probe}` is not on PATH");
+        }
+    }
+    Ok(())
+}
 
 /// The nightly toolchain aya-build compiles eBPF with.
 const NIGHTLY: &str = "nightly";
@@ -168,6 +209,7 @@ pub fn run() -> anyhow::Result<()> {
     let start = Instant::now();
     apt_packages()?;
     rust_parts()?;
+    pypi_packages()?;
     crate::setup_deploy::ensure()?;
     tracefs();
     eprintln!(

@@ -49,6 +49,9 @@ pub enum AlertingError {
     /// A request was invalid (the message names the field).
     #[error("{0}")]
     Invalid(String),
+    /// A request was valid but a bound refuses it (e.g. `--max-silences`).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// How the engine runs.
@@ -106,6 +109,9 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 
 /// How often firing alerts are re-sent to Alertmanager (Prometheus re-sends every minute too).
 const REFRESH_EVERY_MS: u64 = 60_000;
+
+/// How often ended silences are forgotten (in memory and in the store).
+const SILENCE_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// The engine (cheap to clone).
 #[derive(Clone)]
@@ -239,8 +245,13 @@ impl Alerting {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut seen = 0u64;
             let mut last: Option<std::time::Instant> = None;
+            let mut pruned = std::time::Instant::now();
             loop {
                 tick.tick().await;
+                if pruned.elapsed() >= SILENCE_PRUNE_EVERY {
+                    pruned = std::time::Instant::now();
+                    me.prune_silences().await;
+                }
                 let newest = me
                     .inner
                     .clusters
@@ -568,12 +579,28 @@ impl Alerting {
             .collect()
     }
 
-    /// Adds a silence.
-    pub async fn add_silence(&self, body: NewSilence) -> Result<Silence, AlertingError> {
+    /// Adds a silence on behalf of `created_by`, within `limits`.
+    pub async fn add_silence(
+        &self,
+        body: NewSilence,
+        created_by: &str,
+        limits: &silences::SilenceLimits,
+    ) -> Result<Silence, AlertingError> {
         let now = now_ms();
         let seq = self.inner.silence_seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{:x}{:04x}", now, seq & 0xffff);
-        let silence = body.validate(id, now).map_err(AlertingError::Invalid)?;
+        let silence = body
+            .validate(id, now, created_by, limits)
+            .map_err(AlertingError::Invalid)?;
+        {
+            let all = read(&self.inner.silences);
+            let active = all.iter().filter(|s| s.ends_at_ms > now).count();
+            if active >= limits.max_active {
+                return Err(AlertingError::Refused(format!(
+                    "matchers: {active} silences are active, the most --max-silences allows; delete one or wait until one ends"
+                )));
+            }
+        }
         if let Some(store) = self.inner.store.clone() {
             let s = silence.clone();
             tokio::task::spawn_blocking(move || persist::put_silence(&store, &s, now))
@@ -583,8 +610,28 @@ impl Alerting {
         let mut all = write(&self.inner.silences);
         all.retain(|s| s.ends_at_ms > now);
         all.push(silence.clone());
-        tracing::info!(id = %silence.id, matchers = ?silence.matchers, ends_at_ms = silence.ends_at_ms, "Silence added.");
+        tracing::info!(id = %silence.id, matchers = ?silence.matchers, ends_at_ms = silence.ends_at_ms, created_by = %silence.created_by, "Silence added.");
         Ok(silence)
+    }
+
+    /// Forgets the silences that have ended, in memory and in the store.
+    pub async fn prune_silences(&self) {
+        let now = now_ms();
+        write(&self.inner.silences).retain(|s| s.ends_at_ms > now);
+        if let Some(store) = self.inner.store.clone() {
+            match tokio::task::spawn_blocking(move || persist::prune_silences(&store, now)).await {
+                Ok(Ok(n)) if n > 0 => tracing::info!(silences = n, "Ended silences pruned."),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    self.inner
+                        .counters
+                        .store_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "Ended silences not pruned from the store.");
+                }
+                Err(e) => tracing::warn!(error = %e, "Ended silences not pruned from the store."),
+            }
+        }
     }
 
     /// Deletes a silence; whether it existed.
@@ -865,7 +912,11 @@ mod tests {
         // Silences survive a restart too; deleting one is remembered.
         let body: NewSilence =
             serde_json::from_str(r#"{"matchers": {"member": "m2"}, "duration": "1h"}"#).unwrap();
-        let silence = again.add_silence(body).await.unwrap();
+        let silence = again
+            .add_silence(body, "ops", &silences::SilenceLimits::default())
+            .await
+            .unwrap();
+        assert_eq!(silence.created_by, "ops");
         let third = Alerting::new(
             again.inner.settings.clone(),
             clusters.clone(),
@@ -886,5 +937,65 @@ mod tests {
         )
         .unwrap();
         assert!(fourth.silences().is_empty());
+    }
+
+    #[tokio::test]
+    async fn silences_are_bounded_in_count_and_ended_ones_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let engine = Alerting::new(
+            AlertingSettings {
+                rules_path: None,
+                thresholds: thresholds(),
+                interval: Duration::from_secs(1),
+                dedup_window: lifecycle::DEDUP_WINDOW,
+            },
+            cluster([true, true, true]),
+            None,
+            Some(store.clone()),
+            Notifier::default(),
+        )
+        .unwrap();
+        let limits = silences::SilenceLimits {
+            max_active: 2,
+            ..silences::SilenceLimits::default()
+        };
+        let body = |m: &str| -> NewSilence {
+            serde_json::from_str(&format!(
+                r#"{{"matchers": {{"member": "{m}"}}, "duration": "1h"}}"#
+            ))
+            .unwrap()
+        };
+        engine
+            .add_silence(body("m0"), "ops", &limits)
+            .await
+            .unwrap();
+        let second = engine
+            .add_silence(body("m1"), "ops", &limits)
+            .await
+            .unwrap();
+        let err = engine
+            .add_silence(body("m2"), "ops", &limits)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, AlertingError::Refused(m) if m.contains("--max-silences")),
+            "{err}"
+        );
+        // Deleting one makes room.
+        assert!(engine.delete_silence(&second.id).await.unwrap());
+        engine
+            .add_silence(body("m2"), "ops", &limits)
+            .await
+            .unwrap();
+        // An ended silence is forgotten by the pruning pass, in memory and in the store.
+        {
+            let mut all = write(&engine.inner.silences);
+            all[0].ends_at_ms = 1;
+            persist::put_silence(&store, &all[0], 0).unwrap();
+        }
+        engine.prune_silences().await;
+        assert_eq!(read(&engine.inner.silences).len(), 1);
+        assert_eq!(persist::load(&store).unwrap().silences.len(), 1);
     }
 }

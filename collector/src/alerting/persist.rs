@@ -187,6 +187,16 @@ pub fn put_silence(store: &Store, s: &Silence, now_ms: u64) -> Result<(), StoreE
     })
 }
 
+/// Forgets the silences that ended before `now_ms`; how many.
+pub fn prune_silences(store: &Store, now_ms: u64) -> Result<usize, StoreError> {
+    store.with(|c| {
+        c.execute(
+            "DELETE FROM alert_silences WHERE ends_at_ms < ?1",
+            [to_i64(now_ms)],
+        )
+    })
+}
+
 /// Deletes a silence; whether it existed.
 pub fn delete_silence(store: &Store, id: &str) -> Result<bool, StoreError> {
     store.with(|c| {

@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{
     AppState,
+    access::RequireAdmin,
     error::ApiError,
     routes::{ClusterParam, parse_time, pick},
 };
@@ -85,6 +86,7 @@ impl From<AlertingError> for ApiError {
     fn from(e: AlertingError) -> Self {
         match e {
             AlertingError::Invalid(m) => ApiError::BadRequest(m),
+            AlertingError::Refused(m) => ApiError::Conflict(m),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -164,27 +166,46 @@ pub async fn silences(State(state): State<AppState>) -> Result<Json<SilencesResp
 }
 
 /// Creates a silence: alerts whose labels match every matcher are not notified until it ends.
+/// Needs the admin role; `created_by` is the name of the token that authorised the request
+/// (`loopback` when no admin token is configured), never taken from the body (a body naming
+/// `created_by` is refused with 400).
 #[utoipa::path(post, path = "/api/v1/alerts/silences", request_body = NewSilence,
+    security(("bearerAuth" = [])),
     responses((status = 201, body = Silence), (status = 400, body = super::error::ErrorBody),
+              (status = 401, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody),
+              (status = 409, description = "--max-silences silences are already active", body = super::error::ErrorBody),
               (status = 503, body = super::error::ErrorBody)))]
 pub async fn create_silence(
     State(state): State<AppState>,
+    RequireAdmin(principal): RequireAdmin,
     body: Result<Json<NewSilence>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body?;
-    let silence = engine(&state)?.add_silence(body).await?;
-    Ok((StatusCode::CREATED, Json(silence)).into_response())
+    let Json(body) = body.inspect_err(|_| state.access.silence_refused(false))?;
+    let result = engine(&state)?
+        .add_silence(body, &principal.name, &state.silence_limits)
+        .await;
+    match &result {
+        Err(AlertingError::Refused(_)) => state.access.silence_refused(true),
+        Err(AlertingError::Invalid(_)) => state.access.silence_refused(false),
+        _ => {}
+    }
+    Ok((StatusCode::CREATED, Json(result?)).into_response())
 }
 
-/// Deletes a silence.
+/// Deletes a silence (needs the admin role).
 #[utoipa::path(delete, path = "/api/v1/alerts/silences/{id}",
     params(("id" = String, Path, description = "Silence id")),
-    responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
+    security(("bearerAuth" = [])),
+    responses((status = 204), (status = 401, body = super::error::ErrorBody),
+              (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
+              (status = 503, body = super::error::ErrorBody)))]
 pub async fn delete_silence(
     State(state): State<AppState>,
+    RequireAdmin(principal): RequireAdmin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if engine(&state)?.delete_silence(&id).await? {
+        tracing::info!(%id, by = %principal.name, "Silence deleted over REST.");
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("no silence with id {id:?}")))

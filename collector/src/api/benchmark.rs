@@ -1,16 +1,16 @@
 //! `POST /api/v1/performance/benchmark` and `GET /api/v1/performance/benchmark/{id}`: start a
-//! benchmark job and follow it. Both need `--enable-benchmark-api` and the admin token; the
-//! logic lives in `crate::bench::jobs`.
+//! benchmark job and follow it. Both need `--enable-benchmark-api`; starting one needs the admin
+//! role ([`RequireAdmin`]), following one is a read. The logic lives in `crate::bench::jobs`.
 
 use axum::{
     Json,
     extract::{Path, State, rejection::JsonRejection},
-    http::{HeaderMap, StatusCode, header},
+    http::StatusCode,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{AppState, error::ApiError};
+use super::{AppState, access::RequireAdmin, error::ApiError};
 use crate::bench::{
     RawSpec,
     jobs::{JobError, JobView},
@@ -37,26 +37,21 @@ impl From<JobError> for ApiError {
     }
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    Ok(state.benchmarks.authorize(auth)?)
-}
-
 /// Starts a benchmark (disabled unless the collector runs with `--enable-benchmark-api`; needs
-/// `Authorization: Bearer <admin token>`). Keys are written only under
-/// `/etcd-monitor-bench/<id>/` and deleted afterwards.
+/// the admin role). Keys are written only under `/etcd-monitor-bench/<id>/` and deleted
+/// afterwards; the job records the token's name as `created_by`.
 #[utoipa::path(post, path = "/api/v1/performance/benchmark", request_body = RawSpec,
+    security(("bearerAuth" = [])),
     responses((status = 202, body = StartedResponse), (status = 400, body = super::error::ErrorBody),
+              (status = 401, body = super::error::ErrorBody),
               (status = 403, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody),
               (status = 409, body = super::error::ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    RequireAdmin(principal): RequireAdmin,
     body: Result<Json<RawSpec>, JsonRejection>,
 ) -> Result<(StatusCode, Json<StartedResponse>), ApiError> {
-    authorize(&state, &headers)?;
+    state.benchmarks.check_enabled()?;
     let Json(raw) = body?;
     let spec = raw
         .validate(&|f: &str| f.to_string(), state.benchmarks.max_ops())
@@ -71,7 +66,9 @@ pub async fn start(
             raw.cluster.unwrap_or_default()
         ))
     })?;
-    let id = state.benchmarks.start(cluster.config.clone(), spec)?;
+    let id = state
+        .benchmarks
+        .start(cluster.config.clone(), spec, &principal.name)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(StartedResponse {
@@ -82,17 +79,18 @@ pub async fn start(
     ))
 }
 
-/// Progress and, when finished, the report of benchmark `id` (same authorization as POST).
+/// Progress and, when finished, the report of benchmark `id` (a read; 403 while the
+/// benchmark API is disabled).
 #[utoipa::path(get, path = "/api/v1/performance/benchmark/{id}",
     params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = JobView), (status = 403, body = super::error::ErrorBody),
+    responses((status = 200, body = JobView), (status = 401, body = super::error::ErrorBody),
+              (status = 403, body = super::error::ErrorBody),
               (status = 404, body = super::error::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    authorize(&state, &headers)?;
+    state.benchmarks.check_enabled()?;
     let jobs = state.benchmarks.clone();
     let lookup = id.clone();
     let view = tokio::task::spawn_blocking(move || jobs.get(&lookup))

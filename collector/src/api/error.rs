@@ -24,7 +24,10 @@ pub enum ApiError {
     /// Unknown route or cluster.
     #[error("{0}")]
     NotFound(String),
-    /// Switched off, or the credentials are missing or wrong.
+    /// No credentials, or credentials that match nothing (401, `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Switched off, or the credentials do not allow this.
     #[error("{0}")]
     Forbidden(String),
     /// Conflicts with work in progress.
@@ -50,6 +53,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -66,13 +70,20 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self, status = status.as_u16(), "Request failed.");
         }
-        (
+        let mut response = (
             status,
             Json(ErrorBody {
                 error: self.to_string(),
             }),
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"etcd-monitor\""),
+            );
+        }
+        response
     }
 }
 

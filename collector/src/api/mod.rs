@@ -1,26 +1,38 @@
 //! The REST API and `/metrics` (axum): [`router`] builds the whole service from an
 //! [`AppState`], so handlers are tested with `tower::ServiceExt::oneshot` and served for real
-//! by the binary. The OpenAPI document is generated from the handler annotations (utoipa).
+//! by the binary. The OpenAPI document is generated from the handler annotations (utoipa), then
+//! given the bounds the server enforces ([`document`]). Who may call what is [`access`].
 
+pub mod access;
 pub mod alerts;
 pub mod benchmark;
 pub mod error;
 pub mod routes;
+pub mod tls;
 
 use std::sync::Arc;
 
 use axum::{
     Json, Router,
+    extract::State,
     http::{HeaderValue, Method},
+    middleware,
     routing::{get, post},
 };
+use serde_json::{Value, json};
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
     trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer},
 };
 use utoipa::OpenApi;
 
-use crate::{cluster::Clusters, config::Thresholds, store::Store, telemetry::Telemetry};
+use crate::{
+    alerting::silences::{self, SilenceLimits},
+    cluster::{Clusters, now_ms},
+    config::Thresholds,
+    store::Store,
+    telemetry::Telemetry,
+};
 
 /// What handlers read.
 #[derive(Clone)]
@@ -33,7 +45,7 @@ pub struct AppState {
     pub telemetry: Telemetry,
     /// Thresholds.
     pub thresholds: Thresholds,
-    /// Allowed CORS origins (`*` = any; empty = none).
+    /// Allowed CORS origins (`*` = any, for reads only; empty = none).
     pub cors_origins: Vec<String>,
     /// Agents, subscribers and watches (the gRPC side).
     pub pipeline: crate::ingest::Pipeline,
@@ -41,6 +53,10 @@ pub struct AppState {
     pub alerting: Option<crate::alerting::Alerting>,
     /// Benchmark jobs started over REST.
     pub benchmarks: crate::bench::jobs::BenchJobs,
+    /// Tokens, roles and the refusal counters.
+    pub access: access::Access,
+    /// `--silence-max-duration` and `--max-silences`.
+    pub silence_limits: SilenceLimits,
 }
 
 /// The OpenAPI document, generated from the handlers and their types.
@@ -48,7 +64,7 @@ pub struct AppState {
 #[openapi(
     info(
         title = "etcd-monitor",
-        description = "etcd cluster monitor: health, members, leader, metrics, history."
+        description = "etcd cluster monitor: health, members, leader, metrics, history. Reads are open unless viewer tokens are configured; every change needs the admin role (bearer token, or loopback when no admin token is configured)."
     ),
     paths(
         routes::health,
@@ -75,10 +91,162 @@ pub struct AppState {
 )]
 pub struct ApiDoc;
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// How long the `ends_at_ms` bounds of a served document stay valid, ms: the minimum is this
+/// far after the document was served, the maximum this far before the longest silence ends.
+const DOC_VALIDITY_MS: u64 = 600_000;
+
+/// Forms of a time in `since`/`until`: Unix seconds, an RFC 3339 UTC time, or a duration ago.
+const TIME_PATTERN: &str = r"^([0-9]{1,10}|(19[7-9][0-9]|20[0-9][0-9])-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z|[1-9][0-9]{0,3}(s|m|h|d))$";
+
+/// A step or duration (`30s`, `5m`).
+const STEP_PATTERN: &str = r"^[1-9][0-9]{0,3}(ms|s|m|h)$";
+
+/// A regex alternation of the integers `1..=n`.
+fn one_to(n: u64) -> String {
+    (1..=n.max(1))
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
+/// The durations a silence may have under `limits` (whole minutes, hours or days).
+fn silence_duration_pattern(limits: &SilenceLimits) -> String {
+    let secs = limits.max_duration.as_secs();
+    let mut forms = vec![format!("({})m", one_to((secs / 60).min(59)))];
+    if secs >= 3600 {
+        forms.push(format!("({})h", one_to((secs / 3600).min(23))));
+    }
+    if secs >= 86_400 {
+        forms.push(format!("({})d", one_to((secs / 86_400).min(99))));
+    }
+    format!("^({})$", forms.join("|"))
+}
+
+fn set_param(doc: &mut Value, path: &str, method: &str, name: &str, schema: Value) {
+    if let Some(params) = doc["paths"][path][method]["parameters"].as_array_mut() {
+        for p in params {
+            if p["name"] == name {
+                p["schema"] = schema.clone();
+            }
+        }
+    }
+}
+
+/// The OpenAPI document with the bounds the server enforces at `now` under `limits`: query
+/// formats and ranges, the silence body's constraints, the security scheme of the mutating
+/// routes and the 401/403 every route may answer.
+pub fn document(limits: &SilenceLimits, now: u64) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    doc["components"]["securitySchemes"]["bearerAuth"] = json!({
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A token from --admin-token-file (changes) or --viewer-token-file (reads, when viewer tokens are configured)."
+    });
+    let time = json!({"type": "string", "pattern": TIME_PATTERN});
+    let step = json!({"type": "string", "pattern": STEP_PATTERN});
+    set_param(
+        &mut doc,
+        "/api/v1/metrics/history",
+        "get",
+        "since",
+        time.clone(),
+    );
+    set_param(
+        &mut doc,
+        "/api/v1/metrics/history",
+        "get",
+        "until",
+        time.clone(),
+    );
+    set_param(&mut doc, "/api/v1/metrics/history", "get", "step", step);
+    set_param(
+        &mut doc,
+        "/api/v1/metrics/history",
+        "get",
+        "limit",
+        json!({"type": "integer", "minimum": 1, "maximum": routes::HISTORY_LIMIT_MAX}),
+    );
+    set_param(&mut doc, "/api/v1/alerts/history", "get", "since", time);
+    set_param(
+        &mut doc,
+        "/api/v1/alerts/history",
+        "get",
+        "limit",
+        json!({"type": "integer", "minimum": 1, "maximum": alerts::HISTORY_MAX}),
+    );
+    let max_ms = u64::try_from(limits.max_duration.as_millis()).unwrap_or(u64::MAX);
+    let earliest = now.saturating_add(DOC_VALIDITY_MS);
+    let latest = now
+        .saturating_add(max_ms.saturating_sub(DOC_VALIDITY_MS))
+        .max(earliest);
+    doc["components"]["schemas"]["NewSilence"] = json!({
+        "type": "object",
+        "description": "A silence: alerts whose labels match every matcher are not notified until it ends. Give exactly one of duration and ends_at_ms. created_by is not accepted: the collector records the token's name.",
+        "additionalProperties": false,
+        "required": ["matchers"],
+        "properties": {
+            "matchers": {
+                "type": "object",
+                "description": "Labels an alert must all have, with these values.",
+                "minProperties": 1,
+                "maxProperties": silences::MAX_MATCHERS,
+                "propertyNames": {"pattern": format!("^[a-zA-Z_][a-zA-Z0-9_]{{0,{}}}$", silences::MAX_NAME_LEN - 1)},
+                "additionalProperties": {"type": "string", "minLength": 1, "maxLength": silences::MAX_VALUE_LEN}
+            },
+            "duration": {
+                "type": "string",
+                "description": "How long, at most --silence-max-duration (the pattern lists whole minutes, hours and days; other humantime forms are accepted too).",
+                "pattern": silence_duration_pattern(limits)
+            },
+            "ends_at_ms": {
+                "type": "integer",
+                "format": "int64",
+                "description": "End (Unix ms): in the future and at most --silence-max-duration from now (the bounds here were computed when this document was served).",
+                "minimum": earliest,
+                "maximum": latest
+            },
+            "comment": {"type": "string", "maxLength": silences::MAX_COMMENT_LEN}
+        },
+        "oneOf": [{"required": ["duration"]}, {"required": ["ends_at_ms"]}]
+    });
+    let error = json!({
+        "description": "Refused by the access policy",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            let Some(ops) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, op) in ops.iter_mut() {
+                let mutating = matches!(method.as_str(), "post" | "put" | "patch" | "delete");
+                if path == "/health" {
+                    continue;
+                }
+                if mutating {
+                    op["security"] = json!([{"bearerAuth": []}]);
+                } else {
+                    // Open unless viewer tokens are configured.
+                    op["security"] = json!([{}, {"bearerAuth": []}]);
+                }
+                for code in ["401", "403"] {
+                    if op["responses"][code].is_null() {
+                        op["responses"][code] = error.clone();
+                    }
+                }
+            }
+        }
+    }
+    doc
+}
+
+async fn openapi(State(state): State<AppState>) -> Json<Value> {
+    Json(document(&state.silence_limits, now_ms()))
+}
+
+/// CORS for the configured origins: reads only. No foreign origin is ever allowed to change
+/// anything (the browser refuses the preflight, and [`access::RequireAdmin`] refuses the
+/// request itself when a foreign `Origin` is present).
 fn cors(origins: &[String]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
@@ -96,16 +264,18 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+            .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
             .allow_headers(Any),
     )
 }
 
-/// The whole HTTP service.
+/// The whole HTTP service. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`:
+/// without the peer address no request counts as loopback.
 pub fn router(state: AppState) -> Router {
     let cors = cors(&state.cors_origins);
-    let router = Router::new()
-        .route("/health", get(routes::health))
+    // Everything but /health, the OpenAPI document and the status page's files: closed to
+    // callers without a token when viewer tokens are configured.
+    let guarded = Router::new()
         .route("/metrics", get(routes::metrics))
         .route("/api/v1/clusters", get(routes::clusters))
         .route("/api/v1/cluster/status", get(routes::cluster_status))
@@ -129,7 +299,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/performance/benchmark", post(benchmark::start))
         .route("/api/v1/performance/benchmark/{id}", get(benchmark::get))
         .route("/api/v1/diagnosis", get(crate::diagnosis::api::diagnosis))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::require_viewer,
+        ));
+    let router = Router::new()
+        .route("/health", get(routes::health))
         .route("/api/v1/openapi.json", get(openapi))
+        .merge(guarded)
         .merge(crate::ui::routes())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -201,6 +378,8 @@ mod tests {
             pipeline: crate::ingest::Pipeline::default(),
             alerting: None,
             benchmarks: crate::bench::jobs::BenchJobs::default(),
+            access: access::Access::new(vec![], &["http://ui.example".into()], 0),
+            silence_limits: SilenceLimits::default(),
         }
     }
 
@@ -276,11 +455,6 @@ mod tests {
             ),
             (
                 "GET",
-                "/api/v1/metrics/history?since=10&until=5",
-                StatusCode::BAD_REQUEST,
-            ),
-            (
-                "GET",
                 "/api/v1/metrics/history?step=fast",
                 StatusCode::BAD_REQUEST,
             ),
@@ -305,6 +479,122 @@ mod tests {
         let (code, body, _) = call(app, "GET", "/api/v1/metrics/history?since=1h").await;
         assert_eq!(code, StatusCode::OK, "{body}");
         assert_eq!(body["points"].as_array().map(Vec::len), Some(0));
+    }
+
+    /// Every change the document lists is refused to a caller that is neither an admin nor on
+    /// loopback, and declares bearerAuth and 401/403: a new mutating route that forgets
+    /// [`access::RequireAdmin`] fails here.
+    #[tokio::test]
+    async fn every_mutating_route_needs_the_admin_role() {
+        let doc = document(&SilenceLimits::default(), 1_700_000_000_000);
+        let mut checked = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                if !matches!(method.as_str(), "post" | "put" | "patch" | "delete") {
+                    continue;
+                }
+                assert_eq!(
+                    op["security"],
+                    json!([{"bearerAuth": []}]),
+                    "{method} {path}"
+                );
+                assert!(op["responses"]["401"].is_object(), "{method} {path}");
+                assert!(op["responses"]["403"].is_object(), "{method} {path}");
+                let uri = path.replace("{id}", "x");
+                for peer in [None, Some("10.9.8.7:5000")] {
+                    let mut req = Request::builder()
+                        .method(method.to_uppercase().as_str())
+                        .uri(&uri)
+                        .header("content-type", "application/json")
+                        .body(Body::from("{}"))
+                        .unwrap();
+                    if let Some(p) = peer {
+                        req.extensions_mut().insert(axum::extract::ConnectInfo(
+                            p.parse::<std::net::SocketAddr>().unwrap(),
+                        ));
+                    }
+                    let resp = router(state(None)).oneshot(req).await.unwrap();
+                    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{method} {path}");
+                    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    assert!(
+                        body["error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("--admin-token-file")),
+                        "{method} {path}: {body}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "{checked}");
+        // The silence body's bounds are declared.
+        let s = &doc["components"]["schemas"]["NewSilence"];
+        assert_eq!(s["properties"]["matchers"]["minProperties"], 1);
+        assert!(s["properties"]["created_by"].is_null());
+        assert_eq!(
+            doc["paths"]["/api/v1/metrics/history"]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "limit")
+                .unwrap()["schema"]["minimum"],
+            1
+        );
+        let pattern = silence_duration_pattern(&SilenceLimits::default());
+        assert!(pattern.ends_with("|7)d)$"), "{pattern}");
+    }
+
+    #[tokio::test]
+    async fn cors_never_lets_a_page_change_anything() {
+        let app = router(state(None));
+        let req = Request::builder()
+            .method("OPTIONS")
+            .uri("/api/v1/alerts/silences")
+            .header("origin", "http://ui.example")
+            .header("access-control-request-method", "POST")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let methods = resp
+            .headers()
+            .get("access-control-allow-methods")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(methods.contains("GET"), "{methods}");
+        assert!(
+            !methods.contains("POST") && !methods.contains("DELETE"),
+            "{methods}"
+        );
+    }
+
+    #[tokio::test]
+    async fn viewer_tokens_close_reads_but_not_health() {
+        let mut st = state(None);
+        st.access = access::Access::new(
+            vec![access::ApiToken::new(
+                "grafana",
+                access::Role::Viewer,
+                "viewer-secret-0123",
+            )],
+            &[],
+            0,
+        );
+        let app = router(st);
+        let (code, body, headers) = call(app.clone(), "GET", "/api/v1/cluster/status").await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(headers.get("www-authenticate").is_some());
+        let (code, _, _) = call(app.clone(), "GET", "/metrics").await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED);
+        let (code, _, _) = call(app.clone(), "GET", "/health").await;
+        assert_eq!(code, StatusCode::OK);
+        let req = Request::builder()
+            .uri("/api/v1/cluster/status")
+            .header("authorization", "Bearer viewer-secret-0123")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(app.oneshot(req).await.unwrap().status(), StatusCode::OK);
     }
 
     #[tokio::test]

@@ -30,6 +30,9 @@ pub struct ClusterParam {
     pub cluster: Option<String>,
 }
 
+/// Largest `limit` of `/api/v1/metrics/history`.
+pub const HISTORY_LIMIT_MAX: usize = 100_000;
+
 /// Query of `/api/v1/metrics/history`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -40,7 +43,7 @@ pub struct HistoryParams {
     pub member: Option<String>,
     /// Start: RFC 3339 time, Unix seconds, or a duration ago (`15m`). Default 1h ago.
     pub since: Option<String>,
-    /// End: same forms as `since`. Default now.
+    /// End: same forms as `since`. Default now. Before `since`: an empty range.
     pub until: Option<String>,
     /// Keep the last point per member in each step (`30s`, `5m`).
     pub step: Option<String>,
@@ -506,11 +509,8 @@ pub async fn metrics_history(
         Some(s) => parse_time(s, now).map_err(|e| ApiError::BadRequest(format!("until: {e}")))?,
         None => now,
     };
-    if since_ms > until_ms {
-        return Err(ApiError::BadRequest(format!(
-            "since ({since_ms} ms) is after until ({until_ms} ms)"
-        )));
-    }
+    // `since` after `until` is an empty range: no points (OpenAPI cannot state a bound that
+    // ties two parameters, so the server does not refuse what the document allows).
     let step = match &q.step {
         Some(s) => Some(
             crate::config::parse_duration(s)
@@ -519,9 +519,9 @@ pub async fn metrics_history(
         None => None,
     };
     let limit = q.limit.unwrap_or(10_000);
-    if limit == 0 || limit > 100_000 {
+    if limit == 0 || limit > HISTORY_LIMIT_MAX {
         return Err(ApiError::BadRequest(format!(
-            "limit: {limit} is not in 1..=100000"
+            "limit: {limit} is not in 1..={HISTORY_LIMIT_MAX}"
         )));
     }
     let store = state
@@ -561,6 +561,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         alerting.render(&mut text);
     }
     text.push_str(&state.benchmarks.render_metrics());
+    state.access.render(&mut text);
     text.push_str(&crate::diagnosis::metrics::render(
         &state.pipeline.diagnoses,
     ));

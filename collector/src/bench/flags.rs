@@ -90,14 +90,11 @@ pub struct BenchFlags {
     #[arg(long, env = "SLO_MIN_RPS")]
     pub slo_min_rps: Option<f64>,
 
-    /// Allow `POST /api/v1/performance/benchmark` (needs --admin-token-file).
+    /// Allow `POST /api/v1/performance/benchmark` (admin role: a token from
+    /// --admin-token-file, or loopback when no admin token is configured).
     #[arg(long, env = "ENABLE_BENCHMARK_API", action = ArgAction::Set, num_args = 0..=1,
           default_value_t = false, default_missing_value = "true")]
     pub enable_benchmark_api: bool,
-
-    /// File holding the admin token benchmark API calls must send as `Authorization: Bearer`.
-    #[arg(long, env = "ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<PathBuf>,
 }
 
 /// A validated `--run-benchmark`.
@@ -118,8 +115,6 @@ pub struct BenchPlan {
 pub struct ApiSettings {
     /// `--enable-benchmark-api`.
     pub enabled: bool,
-    /// The admin token (never logged).
-    pub token: Option<String>,
     /// `--benchmark-max-ops`.
     pub max_ops: u64,
 }
@@ -128,7 +123,6 @@ impl std::fmt::Debug for ApiSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiSettings")
             .field("enabled", &self.enabled)
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("max_ops", &self.max_ops)
             .finish()
     }
@@ -198,32 +192,12 @@ impl BenchFlags {
         })
     }
 
-    /// The REST API's settings: enabled only with a readable, non-empty admin token.
-    pub fn api_settings(&self) -> Result<ApiSettings, ConfigError> {
-        let err = |message: String| ConfigError {
-            field: "--admin-token-file".into(),
-            message,
-        };
-        let token = match &self.admin_token_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| err(format!("{}: {e}", path.display())))?;
-                let token = text.trim().to_string();
-                if token.is_empty() {
-                    return Err(err(format!("{}: the file is empty", path.display())));
-                }
-                Some(token)
-            }
-            None if self.enable_benchmark_api => {
-                return Err(err("required with --enable-benchmark-api".into()));
-            }
-            None => None,
-        };
-        Ok(ApiSettings {
+    /// The REST API's settings.
+    pub fn api_settings(&self) -> ApiSettings {
+        ApiSettings {
             enabled: self.enable_benchmark_api,
-            token,
             max_ops: self.benchmark_max_ops,
-        })
+        }
     }
 }
 

@@ -49,6 +49,9 @@ pub struct JobView {
     pub cluster: String,
     /// Workload.
     pub workload: String,
+    /// Name of the token that started it (`loopback` without admin tokens); absent for runs
+    /// read back from the store.
+    pub created_by: Option<String>,
     /// `running`, `succeeded`, `failed` or `interrupted`.
     pub state: String,
     /// Start, Unix ms.
@@ -67,6 +70,7 @@ pub struct JobView {
 struct Job {
     cluster: String,
     workload: String,
+    created_by: String,
     started_ms: u64,
     finished_ms: Option<u64>,
     progress: Arc<Progress>,
@@ -118,30 +122,26 @@ impl BenchJobs {
         self.inner.settings.max_ops.max(1)
     }
 
-    /// Checks that the API is on and `authorization` carries the admin token.
-    pub fn authorize(&self, authorization: Option<&str>) -> Result<(), JobError> {
-        let s = &self.inner.settings;
-        let Some(token) = s.token.as_deref().filter(|_| s.enabled) else {
-            return Err(JobError::Forbidden(
-                "the benchmark API is disabled; start the collector with --enable-benchmark-api and --admin-token-file"
+    /// Checks that the API is on (`--enable-benchmark-api`); who may call it is the access
+    /// policy's business (`crate::api::access`).
+    pub fn check_enabled(&self) -> Result<(), JobError> {
+        if self.inner.settings.enabled {
+            Ok(())
+        } else {
+            Err(JobError::Forbidden(
+                "the benchmark API is disabled; start the collector with --enable-benchmark-api"
                     .into(),
-            ));
-        };
-        let given = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim);
-        match given {
-            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
-            Some(_) => Err(JobError::Forbidden("the admin token is wrong".into())),
-            None => Err(JobError::Forbidden(
-                "the benchmark API needs the admin token: send Authorization: Bearer <token from --admin-token-file>"
-                    .into(),
-            )),
+            ))
         }
     }
 
-    /// Starts `spec` against `cluster`; returns the job id.
-    pub fn start(&self, cluster: ClusterConfig, spec: BenchSpec) -> Result<String, JobError> {
+    /// Starts `spec` against `cluster` on behalf of `created_by`; returns the job id.
+    pub fn start(
+        &self,
+        cluster: ClusterConfig,
+        spec: BenchSpec,
+        created_by: &str,
+    ) -> Result<String, JobError> {
         let id = safety::new_run_id();
         let progress = Progress::new(&spec);
         {
@@ -154,6 +154,7 @@ impl BenchJobs {
                 Job {
                     cluster: cluster.name.clone(),
                     workload: spec.kind_name().to_string(),
+                    created_by: created_by.to_string(),
                     started_ms: now_ms(),
                     finished_ms: None,
                     progress: progress.clone(),
@@ -194,7 +195,7 @@ impl BenchJobs {
                 let mut threads = self.inner.threads.lock().unwrap_or_else(|p| p.into_inner());
                 threads.retain(|t| !t.is_finished());
                 threads.push(handle);
-                tracing::info!(%id, "Benchmark started.");
+                tracing::info!(%id, %created_by, "Benchmark started.");
                 Ok(id)
             }
             Err(e) => {
@@ -255,6 +256,7 @@ impl BenchJobs {
                 id: id.to_string(),
                 cluster: j.cluster.clone(),
                 workload: j.workload.clone(),
+                created_by: Some(j.created_by.clone()),
                 state: j.state().to_string(),
                 started_ms: j.started_ms,
                 finished_ms: j.finished_ms,
@@ -268,6 +270,7 @@ impl BenchJobs {
             id: run.id,
             cluster: run.cluster,
             workload: run.workload,
+            created_by: None,
             state: run.state,
             started_ms: run.started_ms,
             finished_ms: run.finished_ms,
@@ -402,32 +405,24 @@ impl BenchJobs {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn disabled_and_token_checks() {
+    fn disabled_unless_enabled() {
         let off = BenchJobs::default();
         assert!(
-            matches!(off.authorize(Some("Bearer x")), Err(JobError::Forbidden(m)) if m.contains("--enable-benchmark-api"))
+            matches!(off.check_enabled(), Err(JobError::Forbidden(m)) if m.contains("--enable-benchmark-api"))
         );
         let on = BenchJobs::new(
             ApiSettings {
                 enabled: true,
-                token: Some("s3cret".into()),
                 max_ops: 10,
             },
             None,
         );
-        assert!(on.authorize(Some("Bearer s3cret")).is_ok());
-        assert!(on.authorize(Some("Bearer nope")).is_err());
-        assert!(on.authorize(None).is_err());
-        assert!(on.authorize(Some("s3cret")).is_err());
+        assert!(on.check_enabled().is_ok());
         assert!(on.render_metrics().contains("etcdmon_benchmark_running 0"));
     }
 }
