@@ -20,7 +20,7 @@ use serde_yaml::Value;
 /// Where every alert's `runbook_url` must point, followed by `#anchor`.
 const RUNBOOK_BASE: &str = "https://example.invalid/etcd-monitor/blob/main/docs/runbooks.md#";
 
-/// Alerts the rules must define: the etcd mixin's, DESIGN.md §4's and the kernel-side ones.
+/// Alerts the rules must define: the etcd mixin's, docs/contracts.md's and the kernel-side ones.
 const REQUIRED_ALERTS: &[&str] = &[
     "etcdMembersDown",
     "etcdInsufficientMembers",
@@ -70,7 +70,7 @@ const THRESHOLDS: &[(&str, &str, &str)] = &[
     ("SlowBackendCommit", "warning", "> 0.025"),
 ];
 
-/// Series of the collector's contract (DESIGN.md §4) the dashboard must show.
+/// Series of the collector's contract (docs/contracts.md) the dashboard must show.
 const CONTRACT_SERIES: &[&str] = &[
     "etcd_cluster_healthy",
     "etcd_cluster_has_leader",
