@@ -13,6 +13,7 @@ mod docs;
 mod full;
 mod setup;
 mod setup_deploy;
+mod checks;
 mod test;
 
 use clap::{Parser, Subcommand};
