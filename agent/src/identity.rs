@@ -89,7 +89,8 @@ fn from_env(env: &[(String, String)]) -> Settings {
 /// Reads the same keys from an etcd YAML config file.
 fn from_config_file(text: &str) -> Settings {
     let mut settings: Settings = Default::default();
-    let Ok(serde_yaml_ng::Value::Mapping(map)) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+    let Ok(serde_yaml_ng::Value::Mapping(map)) =
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
     else {
         return settings;
     };

@@ -4,6 +4,7 @@
 #[cfg(feature = "full")]
 mod bench;
 mod bench_args;
+mod checks;
 mod cmd;
 #[cfg(feature = "full")]
 mod demo;
@@ -13,7 +14,6 @@ mod docs;
 mod full;
 mod setup;
 mod setup_deploy;
-mod checks;
 mod test;
 
 use clap::{Parser, Subcommand};
