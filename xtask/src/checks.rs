@@ -1,5 +1,6 @@
 //! Repository checks `cargo xtask test` runs before it builds anything: no merge-conflict
-//! markers in tracked files, no import cycle among any crate's modules, no unused dependency.
+//! markers in tracked files, no Markdown link to a file that does not exist, no import cycle
+//! among any crate's modules, no unused dependency.
 //!
 //! **Module graph.** A node is a source file (`modules = files`): an inline module folds into
 //! the file that holds it, and `#[cfg(test)]` items (unit-test modules) are left out, since the
@@ -35,6 +36,9 @@ pub fn run() -> anyhow::Result<()> {
     if let Err(e) = conflict_markers(&root) {
         failures.push(format!("{e:#}"));
     }
+    if let Err(e) = dead_links(&root) {
+        failures.push(format!("{e:#}"));
+    }
     if let Err(e) = acyclic_modules(&root) {
         failures.push(format!("{e:#}"));
     }
@@ -43,7 +47,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     if failures.is_empty() {
         eprintln!(
-            "xtask: checks: no conflict markers, no new module cycles, no unused dependencies"
+            "xtask: checks: no conflict markers, no dead links, no new module cycles, no unused dependencies"
         );
         Ok(())
     } else {
@@ -56,20 +60,8 @@ pub fn run() -> anyhow::Result<()> {
 
 /// Fails naming `file:line` of every conflict marker in a tracked text file.
 pub fn conflict_markers(root: &Path) -> anyhow::Result<()> {
-    let listing = Command::new("git")
-        .current_dir(root)
-        .args(["ls-files", "-z"])
-        .output()
-        .context("running git ls-files")?;
-    if !listing.status.success() {
-        bail!(
-            "git ls-files failed: {}",
-            String::from_utf8_lossy(&listing.stderr)
-        );
-    }
     let mut found = Vec::new();
-    for name in listing.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let name = String::from_utf8_lossy(name).into_owned();
+    for name in tracked(root)? {
         if name.ends_with(".lock") {
             continue;
         }
@@ -91,6 +83,74 @@ pub fn conflict_markers(root: &Path) -> anyhow::Result<()> {
             found.join("\n  ")
         )
     }
+}
+
+/// Fails naming `file:line: target` of every relative Markdown link (`[text](path)`) in a
+/// tracked `.md` file whose target does not exist.
+pub fn dead_links(root: &Path) -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    for name in tracked(root)?.iter().filter(|n| n.ends_with(".md")) {
+        let Ok(text) = std::fs::read_to_string(root.join(name)) else {
+            continue;
+        };
+        let dir = root.join(name);
+        let dir = dir.parent().unwrap_or(root);
+        for (line, target) in link_targets(&text) {
+            if !dir.join(&target).exists() {
+                found.push(format!("{name}:{line}: {target}"));
+            }
+        }
+    }
+    if found.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "links to files that do not exist:\n  {}",
+            found.join("\n  ")
+        )
+    }
+}
+
+/// (1-based line, path) of the relative link targets in Markdown text, anchors dropped.
+fn link_targets(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut rest = line;
+        while let Some(at) = rest.find("](") {
+            let after = &rest[at + 2..];
+            let Some(end) = after.find(')') else {
+                break;
+            };
+            let target = after[..end].split('#').next().unwrap_or("").trim();
+            let external = target.contains("://") || target.starts_with("mailto:");
+            if !target.is_empty() && !external && !target.contains(' ') {
+                out.push((i + 1, target.to_owned()));
+            }
+            rest = &after[end..];
+        }
+    }
+    out
+}
+
+/// Tracked files, relative to `root`.
+fn tracked(root: &Path) -> anyhow::Result<Vec<String>> {
+    let listing = Command::new("git")
+        .current_dir(root)
+        .args(["ls-files", "-z"])
+        .output()
+        .context("running git ls-files")?;
+    if !listing.status.success() {
+        bail!(
+            "git ls-files failed: {}",
+            String::from_utf8_lossy(&listing.stderr)
+        );
+    }
+    Ok(listing
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect())
 }
 
 /// 1-based line numbers of the conflict markers in a file; none for a binary file (a NUL byte).
@@ -1098,6 +1158,15 @@ mod tests {
     }
 
     #[test]
+    fn markdown_link_targets() {
+        let text = "See [a](docs/a.md#x) and [b](https://e.invalid/b.md), [c](#local).\n[d](../d.txt) [e](mailto:x@y)";
+        assert_eq!(
+            link_targets(text),
+            vec![(1, "docs/a.md".to_owned()), (2, "../d.txt".to_owned())]
+        );
+    }
+
+    #[test]
     fn workspace_dependency_names() {
         let manifest = "[workspace]\nmembers = []\n[workspace.dependencies]\n# c\nfoo = \"1\"\nbar-baz = { version = \"2\" }\n\n[profile.release]\nx = 1\n";
         assert_eq!(workspace_dependencies(manifest), vec!["foo", "bar-baz"]);
@@ -1158,5 +1227,6 @@ mod graph_text {
     fn this_workspace_passes() {
         acyclic_modules(&root()).expect("no module cycle outside CYCLES_PENDING");
         conflict_markers(&root()).expect("no conflict markers");
+        dead_links(&root()).expect("no dead links");
     }
 }
