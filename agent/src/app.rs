@@ -237,7 +237,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("--listen={}: cannot bind", config.listen))?;
     tracing::info!(listen = %config.listen, "Serving /metrics and /healthz.");
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(etcd_monitor_runtime::shutdown_signal())
         .await
         .context("HTTP server failed")?;
     rescan_task.abort();
@@ -458,26 +458,4 @@ async fn rescan_loop(
             }
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    tracing::info!("Shutting down.");
 }

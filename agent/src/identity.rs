@@ -89,14 +89,15 @@ fn from_env(env: &[(String, String)]) -> Settings {
 /// Reads the same keys from an etcd YAML config file.
 fn from_config_file(text: &str) -> Settings {
     let mut settings: Settings = Default::default();
-    let Ok(serde_yaml::Value::Mapping(map)) = serde_yaml::from_str::<serde_yaml::Value>(text)
+    let Ok(serde_yaml_ng::Value::Mapping(map)) =
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
     else {
         return settings;
     };
     for (index, key) in KEYS.iter().enumerate() {
         settings[index] = match map.get(*key) {
-            Some(serde_yaml::Value::String(s)) => Some(s.clone()),
-            Some(serde_yaml::Value::Number(n)) => Some(n.to_string()),
+            Some(serde_yaml_ng::Value::String(s)) => Some(s.clone()),
+            Some(serde_yaml_ng::Value::Number(n)) => Some(n.to_string()),
             _ => None,
         };
     }

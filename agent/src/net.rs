@@ -160,7 +160,16 @@ pub struct NetSnapshot {
     /// member → client figures.
     pub clients: BTreeMap<String, ClientTotals>,
     /// (member, peer) → bytes the member's send/receive syscalls moved on peer sockets.
-    pub syscall: BTreeMap<(String, String), crate::sockio::SyscallBytes>,
+    pub syscall: BTreeMap<(String, String), SyscallBytes>,
+}
+
+/// Syscall bytes of one (member, peer) pair.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyscallBytes {
+    /// Bytes received by the member from the peer (read/readv/recvfrom/recvmsg).
+    pub received: u64,
+    /// Bytes sent by the member to the peer (write/writev).
+    pub sent: u64,
 }
 
 /// Finds which traced member owns each end of a connection.

@@ -14,16 +14,10 @@ use etcd_monitor_agent_common::{
     syscall::{FdKey, SockIo},
 };
 
-use crate::{net::Resolver, procfs::ProcFs};
-
-/// Syscall bytes of one (member, peer) pair.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SyscallBytes {
-    /// Bytes received by the member from the peer (read/readv/recvfrom/recvmsg).
-    pub received: u64,
-    /// Bytes sent by the member to the peer (write/writev).
-    pub sent: u64,
-}
+use crate::{
+    net::{Resolver, SyscallBytes},
+    procfs::ProcFs,
+};
 
 #[derive(Debug, Clone)]
 struct FdSeen {

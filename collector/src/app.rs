@@ -177,7 +177,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             clusters: clusters.clone(),
             counters: pipeline.counters.clone(),
         },
-        shutdown_signal(),
+        etcd_monitor_runtime::shutdown_signal(),
     )
     .await
     .map_err(|e| AppError::Grpc(e.to_string()))?;
@@ -287,7 +287,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             tokio::spawn(async move {
                 use axum::serve::ListenerExt;
                 axum::serve(listener.tap_io(|_| {}), service)
-                    .with_graceful_shutdown(shutdown_signal())
+                    .with_graceful_shutdown(etcd_monitor_runtime::shutdown_signal())
                     .await
             })
         }
@@ -295,7 +295,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             tracing::info!(%addr, "REST API and /metrics listening.");
             tokio::spawn(async move {
                 axum::serve(listener, service)
-                    .with_graceful_shutdown(shutdown_signal())
+                    .with_graceful_shutdown(etcd_monitor_runtime::shutdown_signal())
                     .await
             })
         }
@@ -307,28 +307,4 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         server,
         benchmarks,
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("Shutting down.");
 }

@@ -654,7 +654,7 @@ pub struct FileConfig {
     /// Alert notification channels (see [`crate::notify::config`]); checked field by field
     /// in [`Cli::into_config`].
     #[serde(default)]
-    pub notifiers: Vec<serde_yaml::Value>,
+    pub notifiers: Vec<serde_yaml_ng::Value>,
 }
 
 impl FileConfig {
@@ -662,7 +662,7 @@ impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new("--config", format!("{}: {e}", path.display())))?;
-        serde_yaml::from_str(&text)
+        serde_yaml_ng::from_str(&text)
             .map_err(|e| ConfigError::new("--config", format!("{}: {e}", path.display())))
     }
 }

@@ -1,12 +1,14 @@
-//! A minimal blocking HTTP/1.1 client for loopback test servers (no TLS, no keep-alive).
+//! A blocking HTTP client for loopback test servers (reqwest) and Prometheus text helpers
+//! (prometheus-parse).
+//!
+//! Every call runs on its own short-lived thread, so tests may call these from inside a Tokio
+//! runtime too (reqwest's blocking client must not run on a runtime thread). No connection is
+//! reused between calls, as test servers come and go on the same ports, and no proxy is used.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use prometheus_parse::{Sample, Scrape, Value};
 
 /// A response: status code and body.
 #[derive(Debug, Clone)]
@@ -34,7 +36,8 @@ pub fn post_json(url: &str, body: &str) -> anyhow::Result<Response> {
     request("POST", url, Some(body))
 }
 
-/// Sends one request and reads the whole response.
+/// Sends one request and reads the whole response. A non-2xx status is a response, not an
+/// error; an error means no response (refused, timed out after 30 s, malformed).
 pub fn request(method: &str, url: &str, body: Option<&str>) -> anyhow::Result<Response> {
     request_with(method, url, body, &[])
 }
@@ -46,92 +49,118 @@ pub fn request_with(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<Response> {
-    let rest = url
-        .strip_prefix("http://")
-        .context("only http:// URLs are supported")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let mut stream =
-        TcpStream::connect(authority).with_context(|| format!("connect {authority}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.unwrap_or("");
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let Some((head, payload)) = text.split_once("\r\n\r\n") else {
-        bail!("malformed response from {url}: {text}");
-    };
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {head}"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(payload)
-    } else {
-        payload.to_string()
-    };
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .with_context(|| format!("bad HTTP method {method:?}"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| send(method, url, body, headers))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the HTTP client thread panicked ({url})"))?
+    })
+}
+
+fn send(
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Response> {
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+    let mut req = client
+        .request(method.clone(), url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.unwrap_or("").to_owned());
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let response = req.send().with_context(|| format!("{method} {url}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .text()
+        .with_context(|| format!("reading the body of {method} {url}"))?;
     Ok(Response { status, body })
 }
 
-fn dechunk(mut payload: &str) -> String {
-    let mut out = String::new();
-    while let Some((size_line, rest)) = payload.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
+fn parse(text: &str) -> Vec<Sample> {
+    // Reading from a string cannot fail, so neither can the parse.
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .map(|s| s.samples)
+        .unwrap_or_default()
+}
+
+fn has_labels(sample: &Sample, labels: &[(&str, &str)]) -> bool {
+    labels.iter().all(|(k, v)| sample.labels.get(k) == Some(*v))
+}
+
+fn parse_le(le: &str) -> Option<f64> {
+    match le {
+        "+Inf" => Some(f64::INFINITY),
+        other => other.parse().ok(),
+    }
+}
+
+/// `(le, cumulative count)` of every histogram series named `name` (without `_bucket`) whose
+/// labels contain `labels`, whether the text declared it `# TYPE … histogram` or not.
+fn bucket_counts(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let bucket_name = format!("{name}_bucket");
+    let mut out = Vec::new();
+    for s in samples.iter().filter(|s| has_labels(s, labels)) {
+        match &s.value {
+            Value::Histogram(counts) if s.metric == name => {
+                out.extend(counts.iter().map(|c| (c.less_than, c.count)));
+            }
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) if s.metric == bucket_name => {
+                if let Some(le) = s.labels.get("le").and_then(parse_le) {
+                    out.push((le, *v));
+                }
+            }
+            _ => {}
         }
-        out.push_str(&rest[..size]);
-        payload = rest[size..].trim_start_matches("\r\n");
     }
     out
 }
 
-/// Value of the first Prometheus sample named `name` whose labels contain every `label="value"`
-/// pair in `labels`, summed over all matching series.
+/// Value of the Prometheus samples named `name` whose labels contain every `label="value"`
+/// pair in `labels`, summed over all matching series; `None` when no series matches.
 pub fn prom_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let samples = parse(text);
     let mut found = false;
     let mut sum = 0.0;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(pair) => pair,
-            None => continue,
-        };
-        let (metric, label_text) = match series.split_once('{') {
-            Some((m, l)) => (m, l.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if metric != name {
-            continue;
-        }
-        let wanted = labels.iter().all(|(k, v)| {
-            label_text
-                .split(',')
-                .any(|pair| pair == format!("{k}=\"{v}\""))
-        });
-        if wanted && let Ok(v) = value.parse::<f64>() {
+    for s in samples
+        .iter()
+        .filter(|s| s.metric == name && has_labels(s, labels))
+    {
+        if let Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) = s.value {
             found = true;
             sum += v;
+        }
+    }
+    // `NAME_bucket{le="…"}` of a declared histogram: prometheus-parse folds those lines into
+    // the histogram, so look there too.
+    if let Some(base) = name.strip_suffix("_bucket") {
+        let wanted_le = labels
+            .iter()
+            .find(|(k, _)| *k == "le")
+            .and_then(|(_, v)| parse_le(v));
+        let others: Vec<(&str, &str)> =
+            labels.iter().copied().filter(|(k, _)| *k != "le").collect();
+        for s in samples
+            .iter()
+            .filter(|s| s.metric == base && has_labels(s, &others))
+        {
+            if let Value::Histogram(counts) = &s.value {
+                for c in counts {
+                    if wanted_le.is_none_or(|le| le == c.less_than) {
+                        found = true;
+                        sum += c.count;
+                    }
+                }
+            }
         }
     }
     found.then_some(sum)
@@ -140,44 +169,8 @@ pub fn prom_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> 
 /// Buckets `(le, cumulative count)` of histogram `name` (without `_bucket`) for series whose
 /// labels contain `labels`, summed over matching series, sorted by `le` (`+Inf` last).
 pub fn prom_buckets(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
-    let bucket_name = format!("{name}_bucket");
     let mut sums: Vec<(f64, f64)> = Vec::new();
-    for line in text.lines() {
-        if line.starts_with('#') || !line.starts_with(&bucket_name) {
-            continue;
-        }
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Some((metric, label_text)) = series.split_once('{') else {
-            continue;
-        };
-        if metric != bucket_name {
-            continue;
-        }
-        let label_text = label_text.trim_end_matches('}');
-        let pairs: Vec<&str> = label_text.split(',').collect();
-        if !labels
-            .iter()
-            .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()))
-        {
-            continue;
-        }
-        let Some(le) = pairs
-            .iter()
-            .find_map(|p| p.strip_prefix("le=\""))
-            .map(|s| s.trim_end_matches('"'))
-        else {
-            continue;
-        };
-        let le = if le == "+Inf" {
-            f64::INFINITY
-        } else {
-            le.parse().unwrap_or(f64::NAN)
-        };
-        let Ok(v) = value.parse::<f64>() else {
-            continue;
-        };
+    for (le, v) in bucket_counts(&parse(text), name, labels) {
         match sums.iter_mut().find(|(l, _)| *l == le) {
             Some((_, total)) => *total += v,
             None => sums.push((le, v)),
@@ -228,4 +221,120 @@ pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
         prev_count = *count;
     }
     Some(prev_le)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead, BufReader, Read, Write},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    const TEXT: &str = "\
+# HELP lat Latency.
+# TYPE lat histogram
+lat_bucket{member=\"a\",le=\"0.1\"} 1
+lat_bucket{member=\"a\",le=\"1\"} 3
+lat_bucket{member=\"a\",le=\"+Inf\"} 4
+lat_bucket{member=\"b\",le=\"0.1\"} 2
+lat_bucket{member=\"b\",le=\"1\"} 2
+lat_bucket{member=\"b\",le=\"+Inf\"} 2
+lat_sum{member=\"a\"} 2.5
+lat_count{member=\"a\"} 4
+# TYPE up gauge
+up{member=\"a\"} 1
+up{member=\"b\"} 0
+untyped_bucket{le=\"5\"} 7
+untyped_bucket{le=\"+Inf\"} 9
+";
+
+    #[test]
+    fn sums_series_matching_the_labels() {
+        assert_eq!(prom_sum(TEXT, "up", &[]), Some(1.0));
+        assert_eq!(prom_sum(TEXT, "up", &[("member", "b")]), Some(0.0));
+        assert_eq!(prom_sum(TEXT, "up", &[("member", "c")]), None);
+        assert_eq!(prom_sum(TEXT, "lat_count", &[("member", "a")]), Some(4.0));
+        assert_eq!(prom_sum(TEXT, "missing", &[]), None);
+        // Bucket lines of a declared histogram are still samples by name.
+        assert_eq!(prom_sum(TEXT, "lat_bucket", &[("le", "1")]), Some(5.0));
+        assert_eq!(prom_sum(TEXT, "untyped_bucket", &[("le", "5")]), Some(7.0));
+    }
+
+    #[test]
+    fn buckets_are_summed_per_bound_and_sorted() {
+        assert_eq!(
+            prom_buckets(TEXT, "lat", &[]),
+            vec![(0.1, 3.0), (1.0, 5.0), (f64::INFINITY, 6.0)]
+        );
+        assert_eq!(
+            prom_buckets(TEXT, "lat", &[("member", "a")]),
+            vec![(0.1, 1.0), (1.0, 3.0), (f64::INFINITY, 4.0)]
+        );
+        assert_eq!(
+            prom_buckets(TEXT, "untyped", &[]),
+            vec![(5.0, 7.0), (f64::INFINITY, 9.0)]
+        );
+        assert!(prom_buckets(TEXT, "lat", &[("member", "c")]).is_empty());
+    }
+
+    /// Serves one canned response and returns the request it read.
+    fn serve_once(response: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let url = format!("http://{}", listener.local_addr().expect("local address"));
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("read the request");
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().expect("content length");
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).expect("read the body");
+            let mut stream = reader.into_inner();
+            stream.write_all(response.as_bytes()).expect("write");
+            head + &String::from_utf8_lossy(&body)
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn posts_with_headers_and_reads_a_chunked_error_response() {
+        let (url, server) = serve_once(
+            "HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             5\r\n{\"err\r\n9\r\nor\": \"x\"}\r\n0\r\n\r\n",
+        );
+        let r = request_with(
+            "POST",
+            &format!("{url}/p?q=1"),
+            Some("{}"),
+            &[("X-Test", "yes")],
+        )
+        .expect("a response");
+        let seen = server.join().expect("server thread");
+        assert_eq!(r.status, 400);
+        assert_eq!(r.json().expect("JSON body")["error"], "x");
+        assert!(seen.starts_with("POST /p?q=1 HTTP/1.1\r\n"), "{seen}");
+        assert!(seen.to_ascii_lowercase().contains("x-test: yes"), "{seen}");
+        assert!(seen.ends_with("{}"), "{seen}");
+    }
+
+    #[test]
+    fn a_refused_connection_is_an_error() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        assert!(get(&format!("http://127.0.0.1:{port}/")).is_err());
+    }
 }

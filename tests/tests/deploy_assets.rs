@@ -15,12 +15,12 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 /// Where every alert's `runbook_url` must point, followed by `#anchor`.
 const RUNBOOK_BASE: &str = "https://example.invalid/etcd-monitor/blob/main/docs/runbooks.md#";
 
-/// Alerts the rules must define: the etcd mixin's, DESIGN.md §4's and the kernel-side ones.
+/// Alerts the rules must define: the etcd mixin's, docs/contracts.md's and the kernel-side ones.
 const REQUIRED_ALERTS: &[&str] = &[
     "etcdMembersDown",
     "etcdInsufficientMembers",
@@ -70,7 +70,7 @@ const THRESHOLDS: &[(&str, &str, &str)] = &[
     ("SlowBackendCommit", "warning", "> 0.025"),
 ];
 
-/// Series of the collector's contract (DESIGN.md §4) the dashboard must show.
+/// Series of the collector's contract (docs/contracts.md) the dashboard must show.
 const CONTRACT_SERIES: &[&str] = &[
     "etcd_cluster_healthy",
     "etcd_cluster_has_leader",
@@ -168,13 +168,13 @@ fn read(path: &Path) -> anyhow::Result<String> {
 }
 
 fn yaml(path: &Path) -> anyhow::Result<Value> {
-    serde_yaml::from_str(&read(path)?).with_context(|| format!("{} is not YAML", path.display()))
+    serde_yaml_ng::from_str(&read(path)?).with_context(|| format!("{} is not YAML", path.display()))
 }
 
 fn yaml_docs(text: &str) -> anyhow::Result<Vec<Value>> {
     use serde::Deserialize as _;
     let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
         let v = Value::deserialize(doc)?;
         if !v.is_null() {
             docs.push(v);
@@ -409,7 +409,7 @@ fn every_alert_has_severity_annotations_runbook_and_unit_tests() -> anyhow::Resu
 #[test]
 fn kubernetes_copies_of_the_rules_match_the_rules_file() -> anyhow::Result<()> {
     let rules_text = read(&deploy("prometheus/etcd-monitor.rules.yml"))?;
-    let rules: Value = serde_yaml::from_str(&rules_text)?;
+    let rules: Value = serde_yaml_ng::from_str(&rules_text)?;
     let pr = yaml(&deploy("kubernetes/base/prometheusrule.yaml"))?;
     ensure!(
         s(&pr, "apiVersion") == "monitoring.coreos.com/v1" && s(&pr, "kind") == "PrometheusRule"
@@ -557,7 +557,7 @@ fn kubernetes_manifests_render_and_validate_offline() -> anyhow::Result<()> {
             let file = dir.path().join(format!("{}.yaml", label.replace('/', "-")));
             let text = objects
                 .iter()
-                .map(serde_yaml::to_string)
+                .map(serde_yaml_ng::to_string)
                 .collect::<Result<Vec<_>, _>>()?
                 .join("---\n");
             std::fs::write(&file, text)?;
@@ -1086,7 +1086,7 @@ fn every_dashboard_expression_parses() -> anyhow::Result<()> {
     let file = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("dashboard-exprs.rules.yml");
-    std::fs::write(&path, serde_yaml::to_string(&file)?)?;
+    std::fs::write(&path, serde_yaml_ng::to_string(&file)?)?;
     let out = promtool_check_rules(&promtool, &path)?;
     ensure!(
         out.contains(&format!("SUCCESS: {} rules found", exprs.len())),

@@ -4,6 +4,7 @@
 #[cfg(feature = "full")]
 mod bench;
 mod bench_args;
+mod checks;
 mod cmd;
 #[cfg(feature = "full")]
 mod demo;

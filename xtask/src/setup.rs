@@ -182,6 +182,11 @@ fn rust_parts() -> anyhow::Result<()> {
     } else {
         eprintln!("xtask: setup: bpf-linker present");
     }
+    // `cargo xtask test` fails on unused dependencies with it (about 3 minutes to build, once).
+    if output("cargo-machete", &["--version"]).is_none() {
+        eprintln!("xtask: setup: installing cargo-machete");
+        cmd::run("cargo", &["install", "cargo-machete", "--locked"])?;
+    }
     Ok(())
 }
 

@@ -51,6 +51,7 @@ pub fn run(with_setup: bool) -> anyhow::Result<()> {
     if with_setup {
         setup::run()?;
     }
+    crate::checks::run()?;
     lint()?;
     run_with(&mut cargo(&[
         "check",

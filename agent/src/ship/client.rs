@@ -11,6 +11,7 @@ use std::{
 };
 
 use etcd_monitor_proto::v1::agent_ingest_client::AgentIngestClient;
+use etcd_monitor_runtime::Backoff;
 use prometheus::{IntCounter, IntGauge};
 use tonic::{
     metadata::MetadataValue,
@@ -92,13 +93,6 @@ impl ShipperConfig {
     }
 }
 
-/// Backoff between connection attempts: doubles from 100 ms to 10 s, ±20 % jitter.
-pub fn backoff(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1u64 << attempt.min(7)).min(10_000);
-    let jitter = rand::random_range(0.8..1.2);
-    Duration::from_millis((base as f64 * jitter) as u64)
-}
-
 /// Streams batches from `queue` to the collector until `stop` is set.
 pub async fn run(
     config: ShipperConfig,
@@ -113,11 +107,14 @@ pub async fn run(
         }
         None => None,
     };
+    // Between connection attempts: doubling from 100 ms to 10 s, ±20 % jitter.
+    let mut backoff =
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).with_jitter(0.2);
     let mut attempt: u32 = 0;
     while !stop.load(Ordering::Relaxed) {
         if attempt > 0 {
             metrics.reconnects.inc();
-            tokio::time::sleep(backoff(attempt - 1)).await;
+            tokio::time::sleep(backoff.next_delay()).await;
         }
         attempt = attempt.saturating_add(1);
         let channel: Channel = match endpoint.connect().await {
@@ -154,6 +151,7 @@ pub async fn run(
                     "Collector closed the stream."
                 );
                 attempt = 1;
+                backoff.reset();
             }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "Stream to the collector broke; reconnecting.");
@@ -163,6 +161,7 @@ pub async fn run(
                     );
                 }
                 attempt = 1;
+                backoff.reset();
             }
         }
     }
@@ -188,17 +187,6 @@ fn futures_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_caps_with_jitter() {
-        for _ in 0..50 {
-            let first = backoff(0).as_millis();
-            assert!((80..=120).contains(&first), "{first}");
-            let late = backoff(30).as_millis();
-            assert!((8_000..=12_000).contains(&late), "{late}");
-        }
-        assert!(backoff(3) > backoff(0));
-    }
 
     #[test]
     fn bad_urls_are_rejected_with_the_flag() {

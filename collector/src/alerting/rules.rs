@@ -1,5 +1,5 @@
 //! Alert rules: name, severity, an expression over named [`Signal`]s, a `for` duration, labels
-//! and templated annotations. [`defaults`] builds the built-in set (DESIGN.md §4, the etcd
+//! and templated annotations. [`defaults`] builds the built-in set (docs/contracts.md, the etcd
 //! mixin's alerts with its thresholds, and the kernel-side rules) from the seed flags;
 //! [`load`] reads a YAML rules file and merges it over the defaults.
 //!
@@ -552,7 +552,7 @@ pub fn defaults(t: &Thresholds) -> Vec<Rule> {
     use Severity::{Critical, Warning};
     let max_db = t.max_db_size_mb as f64 * 1024.0 * 1024.0;
     vec![
-        // DESIGN.md §4, critical.
+        // The original design's list (docs/contracts.md), critical.
         rule(
             "NoLeader",
             Critical,
@@ -625,7 +625,7 @@ pub fn defaults(t: &Thresholds) -> Vec<Rule> {
             "etcd members disagree on the leader or the cluster.",
             "Cluster {{ cluster }}: {{ reasons }}.",
         ),
-        // DESIGN.md §4, warning.
+        // The original design's list (docs/contracts.md), warning.
         rule(
             "HighProposalFailureRate",
             Warning,

@@ -13,6 +13,7 @@ use std::{
 };
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_monitor_runtime::Backoff;
 use hyper_util::rt::TokioIo;
 
 use crate::config::{ClusterConfig, TlsConfig};
@@ -98,7 +99,7 @@ pub fn explain(err: &etcd_client::Error, tls: Option<&TlsConfig>) -> String {
 struct Slot {
     client: Option<Client>,
     next_attempt: Instant,
-    backoff: Duration,
+    backoff: Backoff,
     last_error: String,
 }
 
@@ -130,7 +131,7 @@ impl ClientPool {
             let slot = self.slots.entry(url.clone()).or_insert(Slot {
                 client: None,
                 next_attempt: now,
-                backoff: MIN_BACKOFF,
+                backoff: Backoff::new(MIN_BACKOFF, self.max_backoff),
                 last_error: String::new(),
             });
             if slot.client.is_none() && now >= slot.next_attempt {
@@ -161,12 +162,11 @@ impl ClientPool {
             match result {
                 Ok(client) => {
                     slot.client = Some(client);
-                    slot.backoff = MIN_BACKOFF;
+                    slot.backoff.reset();
                 }
                 Err(e) => {
                     slot.last_error = e.to_string();
-                    slot.next_attempt = now + slot.backoff;
-                    slot.backoff = (slot.backoff * 2).min(self.max_backoff);
+                    slot.next_attempt = now + slot.backoff.next_delay();
                     fresh.insert(url, e);
                 }
             }

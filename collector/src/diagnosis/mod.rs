@@ -91,7 +91,7 @@ pub struct DiagnosisArgs {
     pub diagnosis_min_syncs: u64,
 }
 
-/// Validated diagnosis settings (see ARCHITECTURE.md for how the defaults were chosen).
+/// Validated diagnosis settings (see docs/design-notes.md for how the defaults were chosen).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiagnosisConfig {
     /// Look-back window.

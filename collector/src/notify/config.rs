@@ -315,7 +315,7 @@ fn allowed_fields(kind: &str) -> Option<&'static [&'static str]> {
 
 /// Parses the `notifiers:` entries, rejecting unknown fields (a typo such as `hmac-key` must
 /// not silently turn signing off); errors read `notifiers[i].field: reason`.
-pub fn parse(entries: &[serde_yaml::Value]) -> Result<Vec<ChannelSpec>, String> {
+pub fn parse(entries: &[serde_yaml_ng::Value]) -> Result<Vec<ChannelSpec>, String> {
     let mut out = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let p = format!("notifiers[{i}]");
@@ -340,7 +340,7 @@ pub fn parse(entries: &[serde_yaml::Value]) -> Result<Vec<ChannelSpec>, String> 
             }
         }
         out.push(
-            serde_yaml::from_value::<ChannelSpec>(entry.clone())
+            serde_yaml_ng::from_value::<ChannelSpec>(entry.clone())
                 .map_err(|e| format!("{p}: {e}"))?,
         );
     }
@@ -507,7 +507,7 @@ mod tests {
     use super::*;
 
     fn specs(yaml: &str) -> Vec<ChannelSpec> {
-        let entries: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).unwrap();
+        let entries: Vec<serde_yaml_ng::Value> = serde_yaml_ng::from_str(yaml).unwrap();
         parse(&entries).unwrap()
     }
 
@@ -521,7 +521,7 @@ mod tests {
             ("- type: pager\n", "notifiers[0].type"),
             ("- url: http://x\n", "notifiers[0].type"),
         ] {
-            let entries: Vec<serde_yaml::Value> = serde_yaml::from_str(yaml).unwrap();
+            let entries: Vec<serde_yaml_ng::Value> = serde_yaml_ng::from_str(yaml).unwrap();
             let err = parse(&entries).unwrap_err();
             assert!(err.starts_with(field), "{yaml}: {err}");
         }

@@ -25,6 +25,7 @@ use std::{
     time::Duration,
 };
 
+use etcd_monitor_runtime::Backoff;
 use tokio::sync::mpsc;
 
 pub use config::{ChannelConfig, ChannelKind, ChannelSpec, Secret};
@@ -196,7 +197,7 @@ async fn worker(
         {
             continue;
         }
-        let mut delay = config.backoff;
+        let mut backoff = Backoff::new(config.backoff, Duration::from_secs(30));
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -234,6 +235,7 @@ async fn worker(
                         );
                         break;
                     }
+                    let delay = backoff.next_delay();
                     tracing::warn!(
                         channel = %config.name,
                         alert = %alert.name,
@@ -243,7 +245,6 @@ async fn worker(
                         "Notification failed; retrying."
                     );
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
         }
