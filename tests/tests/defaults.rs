@@ -24,7 +24,7 @@ struct HelpFlag {
 fn parse_help(help: &str) -> BTreeMap<String, HelpFlag> {
     let mut flags = BTreeMap::new();
     let mut current: Option<(String, String)> = None;
-    let mut finish = |entry: Option<(String, String)>, flags: &mut BTreeMap<String, HelpFlag>| {
+    let finish = |entry: Option<(String, String)>, flags: &mut BTreeMap<String, HelpFlag>| {
         if let Some((name, text)) = entry {
             let default = text.find("[default: ").and_then(|start| {
                 let rest = &text[start + "[default: ".len()..];
@@ -132,7 +132,7 @@ fn parse_readme(text: &str) -> Vec<Documented> {
                 break;
             };
             let flag = &joined[start + 3..start + 1 + close];
-            if !flag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            if flag.ends_with('-') || !flag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
                 continue;
             }
             let after = joined[start + 2 + close..].trim_start();
@@ -226,7 +226,8 @@ fn duration(s: &str) -> Option<Duration> {
 /// with `--help`'s; `None` when it is not a value (`none`, `host name`, `` `--dial-timeout` ``).
 fn readme_value(raw: &str) -> Option<String> {
     let v = raw.trim();
-    let quoted = v.len() > 2 && v.starts_with('`') && v.ends_with('`') && !v[1..].contains("`");
+    let quoted =
+        v.len() > 2 && v.starts_with('`') && v.ends_with('`') && !v[1..v.len() - 1].contains('`');
     let v = if quoted { &v[1..v.len() - 1] } else { v };
     if v.starts_with("--") || (!quoted && !v.starts_with(|c: char| c.is_ascii_digit())) {
         return None;

@@ -8,7 +8,9 @@
 
 use std::{process::Command, sync::Arc, time::Duration};
 
-use etcd_monitor_proto::v1::{Event, SubscribeRequest, event::Payload, event_stream_client::EventStreamClient};
+use etcd_monitor_proto::v1::{
+    Event, SubscribeRequest, event::Payload, event_stream_client::EventStreamClient,
+};
 use etcd_monitor_tests::{
     AgentProcess, CollectorProcess, EtcdCluster, binary, free_port, http::prom_sum, is_root,
     process::ChildGuard, wait_for,
@@ -98,7 +100,9 @@ fn every_streamed_event_names_a_member_or_is_collector_made() -> anyhow::Result<
         let members = body["members"].as_array()?.clone();
         (status == 200
             && members.len() == 3
-            && members.iter().all(|m| m["kernel"]["pid"].as_u64().is_some()))
+            && members
+                .iter()
+                .all(|m| m["kernel"]["pid"].as_u64().is_some()))
         .then_some(members)
     })
     .map_err(|e| anyhow::anyhow!("{e}\n{}", collector.log_text()))?;
