@@ -1007,7 +1007,9 @@ fn run_healthcheck(argv: &[String], from: &str, to: &str) -> bool {
 #[test]
 fn compose_healthchecks_gate_the_dependents() -> anyhow::Result<()> {
     let file = deploy("docker/docker-compose-full.yml");
-    let doc = yaml(&file)?;
+    let mut doc = yaml(&file)?;
+    // The etcd services take their healthcheck from the `x-etcd` anchor (`<<: *etcd`).
+    doc.apply_merge()?;
     let services = at(&doc, &["services"]);
     for (name, what) in COMPOSE_HEALTHCHECKS {
         let svc = &services[*name];
