@@ -307,7 +307,7 @@ pub async fn serve(
         counters: state.counters.clone(),
     };
     let max = if settings.max_batch_bytes == 0 {
-        16 << 20
+        crate::config::DEFAULT_GRPC_MAX_BATCH_BYTES
     } else {
         settings.max_batch_bytes
     };
