@@ -1,8 +1,60 @@
 //! Command-line flags and environment of `etcd-monitor-agent`, validated once at start-up.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
+    sync::OnceLock,
+    time::Duration,
+};
 
 use clap::{Parser, ValueEnum};
+
+// Every default is written once, here: clap shows it in `--help` (and so in
+// docs/configuration.md) from the same constant the agent runs with.
+
+/// `--listen`.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9465));
+/// `--rescan-interval`.
+pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+/// `--min-duration`.
+pub const DEFAULT_MIN_DURATION: Duration = Duration::from_millis(1);
+/// `--sync-min-duration`: every sync goes through.
+pub const DEFAULT_SYNC_MIN_DURATION: Duration = Duration::ZERO;
+/// `--ringbuf-bytes`: 4 MiB.
+pub const DEFAULT_RINGBUF_BYTES: u32 = 1 << 22;
+/// `--proc-root`.
+pub const DEFAULT_PROC_ROOT: &str = "/proc";
+/// `--batch-max-events`.
+pub const DEFAULT_BATCH_MAX_EVENTS: u32 = 1024;
+/// `--batch-interval`.
+pub const DEFAULT_BATCH_INTERVAL: Duration = Duration::from_millis(200);
+/// `--queue-bytes`: 64 MiB.
+pub const DEFAULT_QUEUE_BYTES: u64 = 64 << 20;
+/// `--status-interval`.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The `[default: …]` text of a duration flag, formatted once (humantime) from its constant.
+macro_rules! duration_default {
+    ($d:expr) => {{
+        static TEXT: OnceLock<String> = OnceLock::new();
+        TEXT.get_or_init(|| humantime::format_duration($d).to_string())
+            .as_str()
+    }};
+}
+
+/// `--probes`' default: every group of [`crate::probes::ProbeGroup::ALL`], comma-separated.
+fn default_probes() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        crate::probes::ProbeGroup::ALL
+            .iter()
+            .filter_map(|g| g.to_possible_value())
+            .map(|v| v.get_name().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
 
 /// How much of the kernel side to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,7 +93,7 @@ pub struct Config {
     pub node_name: Option<String>,
 
     /// auto | ebpf | client-only.
-    #[arg(long, env = "AGENT_MODE", value_enum, default_value = "auto")]
+    #[arg(long, env = "AGENT_MODE", value_enum, default_value_t = ModeRequest::Auto)]
     pub mode: ModeRequest,
 
     /// Regular expression matched against a process's full command line to find etcd processes
@@ -50,29 +102,29 @@ pub struct Config {
     pub match_pattern: Option<String>,
 
     /// Address for `/metrics` and `/healthz`.
-    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:9465")]
+    #[arg(long, env = "LISTEN", default_value_t = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
     /// How often to rescan /proc for etcd processes (exec/exit events also trigger a rescan).
-    #[arg(long, env = "RESCAN_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
+    #[arg(long, env = "RESCAN_INTERVAL", value_parser = humantime::parse_duration, default_value = duration_default!(DEFAULT_RESCAN_INTERVAL))]
     pub rescan_interval: Duration,
 
     /// Write-family events (write, pwrite64, writev, pwritev) shorter than this skip the ring
     /// buffer, so per-event detail costs little; histograms still count every call.
-    #[arg(long, env = "MIN_DURATION", value_parser = humantime::parse_duration, default_value = "1ms")]
+    #[arg(long, env = "MIN_DURATION", value_parser = humantime::parse_duration, default_value = duration_default!(DEFAULT_MIN_DURATION))]
     pub min_duration: Duration,
 
     /// The same threshold for the sync family (fdatasync, fsync, sync_file_range): by default
     /// every sync goes through.
-    #[arg(long, env = "SYNC_MIN_DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
+    #[arg(long, env = "SYNC_MIN_DURATION", value_parser = humantime::parse_duration, default_value = duration_default!(DEFAULT_SYNC_MIN_DURATION))]
     pub sync_min_duration: Duration,
 
     /// Ring buffer size in bytes: a power of two and a multiple of the page size.
-    #[arg(long, env = "RINGBUF_BYTES", default_value_t = 1 << 22)]
+    #[arg(long, env = "RINGBUF_BYTES", default_value_t = DEFAULT_RINGBUF_BYTES)]
     pub ringbuf_bytes: u32,
 
     /// Root of the proc filesystem to read (a host mount in a container).
-    #[arg(long, env = "PROC_ROOT", default_value = "/proc")]
+    #[arg(long, env = "PROC_ROOT", default_value = DEFAULT_PROC_ROOT)]
     pub proc_root: PathBuf,
 
     /// PEM CA bundle to verify the collector's certificate (enables TLS).
@@ -96,20 +148,20 @@ pub struct Config {
     pub collector_token_file: Option<PathBuf>,
 
     /// Events per batch at most.
-    #[arg(long, env = "BATCH_MAX_EVENTS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    #[arg(long, env = "BATCH_MAX_EVENTS", default_value_t = DEFAULT_BATCH_MAX_EVENTS, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch_max_events: u32,
 
     /// A batch leaves after this long even when not full.
-    #[arg(long, env = "BATCH_INTERVAL", value_parser = humantime::parse_duration, default_value = "200ms")]
+    #[arg(long, env = "BATCH_INTERVAL", value_parser = humantime::parse_duration, default_value = duration_default!(DEFAULT_BATCH_INTERVAL))]
     pub batch_interval: Duration,
 
     /// Memory cap of the queue of batches waiting for the collector; the oldest are dropped
     /// (and counted) beyond it.
-    #[arg(long, env = "QUEUE_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(65_536..))]
+    #[arg(long, env = "QUEUE_BYTES", default_value_t = DEFAULT_QUEUE_BYTES, value_parser = clap::value_parser!(u64).range(65_536..))]
     pub queue_bytes: u64,
 
     /// How often the exact kernel counters are sent to the collector.
-    #[arg(long, env = "STATUS_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s")]
+    #[arg(long, env = "STATUS_INTERVAL", value_parser = humantime::parse_duration, default_value = duration_default!(DEFAULT_STATUS_INTERVAL))]
     pub status_interval: Duration,
 
     /// Probe groups to attach: sync (always), write, fd, process, net, recv, block, sched.
@@ -119,12 +171,12 @@ pub struct Config {
         env = "PROBES",
         value_enum,
         value_delimiter = ',',
-        default_value = "sync,write,fd,process,net,recv,block,sched"
+        default_value = default_probes()
     )]
     pub probes: Vec<crate::probes::ProbeGroup>,
 
     /// text | json.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
 
@@ -239,7 +291,12 @@ mod tests {
         let config = parse(&[]).expect("defaults");
         assert_eq!(config.mode, ModeRequest::Auto);
         assert_eq!(config.listen.port(), 9465);
-        assert_eq!(config.rescan_interval, Duration::from_secs(5));
+        assert_eq!(config.rescan_interval, DEFAULT_RESCAN_INTERVAL);
+        assert_eq!(config.listen, DEFAULT_LISTEN);
+        assert_eq!(config.sync_min_duration, Duration::ZERO);
+        assert_eq!(config.batch_interval, DEFAULT_BATCH_INTERVAL);
+        assert_eq!(config.queue_bytes, DEFAULT_QUEUE_BYTES);
+        assert_eq!(config.probes, crate::probes::ProbeGroup::ALL.to_vec());
     }
 
     #[test]

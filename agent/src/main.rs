@@ -2,15 +2,26 @@
 
 mod app;
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use etcd_monitor_agent::config::{Config, LogFormat};
+
+/// Colour escapes only when the logs go to a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>): never into a pipe, a file, journald or a JSON line.
+fn colour(format: LogFormat, is_terminal: bool) -> bool {
+    format == LogFormat::Text
+        && is_terminal
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour(format, std::io::stderr().is_terminal()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -18,6 +18,51 @@ pub const DEFAULT_CLUSTER: &str = "default";
 /// Endpoint used when neither `--endpoints` nor a config file names one.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
 
+// Every default below is written once: clap shows it in `--help` (and so in
+// docs/configuration.md) and the engine uses the same constant.
+
+/// `--dial-timeout`.
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// `--api-host`.
+pub const DEFAULT_API_HOST: &str = "0.0.0.0";
+/// `--api-port`.
+pub const DEFAULT_API_PORT: u16 = 8080;
+/// `--health-check-interval`.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// `--metrics-interval`.
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(10);
+/// `--grpc-port`.
+pub const DEFAULT_GRPC_PORT: u16 = 9464;
+/// `--grpc-max-batch-bytes`.
+pub const DEFAULT_GRPC_MAX_BATCH_BYTES: usize = 16 << 20;
+/// `--subscriber-buffer`.
+pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 4096;
+/// `--data-dir`.
+pub const DEFAULT_DATA_DIR: &str = "etcd-monitor-data";
+/// `--history-retention`.
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// `--history-max-size-mb`.
+pub const DEFAULT_HISTORY_MAX_SIZE_MB: u64 = 512;
+
+/// A flag's `[default: …]` text computed once from the constant the engine uses (for values
+/// `default_value_t` cannot show: durations, and defaults of `Option` flags).
+macro_rules! default_text {
+    ($text:expr) => {{
+        static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        TEXT.get_or_init(|| $text).as_str()
+    }};
+}
+pub(crate) use default_text;
+
+/// The `[default: …]` text of a duration flag, formatted (humantime) from its `Duration`
+/// constant, so `--help` cannot state another value.
+macro_rules! duration_default {
+    ($d:expr) => {
+        crate::config::default_text!(humantime::format_duration($d).to_string())
+    };
+}
+pub(crate) use duration_default;
+
 /// A configuration value that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid value for {field}: {message}")]
@@ -72,7 +117,7 @@ pub struct Cli {
     pub endpoints: Option<Vec<String>>,
 
     /// Timeout for connecting to and each request to a member (e.g. `5s`, `500ms`).
-    #[arg(long, env = "DIAL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "DIAL_TIMEOUT", default_value = duration_default!(DEFAULT_DIAL_TIMEOUT), value_parser = parse_duration)]
     pub dial_timeout: Duration,
 
     /// Client certificate (PEM) presented to etcd.
@@ -101,35 +146,35 @@ pub struct Cli {
     pub password: Option<String>,
 
     /// Address the REST API and /metrics listen on.
-    #[arg(long, env = "API_HOST", default_value = "0.0.0.0")]
+    #[arg(long, env = "API_HOST", default_value = DEFAULT_API_HOST)]
     pub api_host: String,
 
     /// Port of the REST API and /metrics (0 picks a free port and logs it).
-    #[arg(long, env = "API_PORT", default_value_t = 8080)]
+    #[arg(long, env = "API_PORT", default_value_t = DEFAULT_API_PORT)]
     pub api_port: u16,
 
     /// How often every member's Status, the member list and alarms are read.
-    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = duration_default!(DEFAULT_HEALTH_CHECK_INTERVAL), value_parser = parse_duration)]
     pub health_check_interval: Duration,
 
     /// How often every member's Prometheus endpoint is scraped.
-    #[arg(long, env = "METRICS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "METRICS_INTERVAL", default_value = duration_default!(DEFAULT_METRICS_INTERVAL), value_parser = parse_duration)]
     pub metrics_interval: Duration,
 
     /// Request latency (p99, milliseconds) above which latency counts as degraded.
-    #[arg(long, env = "MAX_LATENCY_MS", default_value_t = 100)]
+    #[arg(long, env = "MAX_LATENCY_MS", default_value_t = Thresholds::DEFAULT.max_latency_ms)]
     pub max_latency_ms: u64,
 
     /// Database size (MiB) above which a member's database counts as too large.
-    #[arg(long, env = "MAX_DB_SIZE_MB", default_value_t = 8192)]
+    #[arg(long, env = "MAX_DB_SIZE_MB", default_value_t = Thresholds::DEFAULT.max_db_size_mb)]
     pub max_db_size_mb: u64,
 
     /// Fewest members that must be reachable for the cluster to count as available.
-    #[arg(long, env = "MIN_AVAILABLE_NODES", default_value_t = 2)]
+    #[arg(long, env = "MIN_AVAILABLE_NODES", default_value_t = Thresholds::DEFAULT.min_available_nodes)]
     pub min_available_nodes: usize,
 
     /// Leader changes per hour above which leadership counts as unstable.
-    #[arg(long, env = "MAX_LEADER_CHANGES", default_value_t = 3)]
+    #[arg(long, env = "MAX_LEADER_CHANGES", default_value_t = Thresholds::DEFAULT.max_leader_changes)]
     pub max_leader_changes: u64,
 
     /// Run a benchmark against the cluster and exit.
@@ -137,11 +182,11 @@ pub struct Cli {
     pub run_benchmark: bool,
 
     /// Operations of the benchmark.
-    #[arg(long, env = "BENCHMARK_TYPE", value_enum, default_value = "mixed")]
+    #[arg(long, env = "BENCHMARK_TYPE", value_enum, default_value_t = crate::bench::spec::DEFAULT_KIND)]
     pub benchmark_type: BenchmarkType,
 
-    /// Number of benchmark operations (default 10000, or the cap with --benchmark-duration).
-    #[arg(long, env = "BENCHMARK_OPS")]
+    /// Number of benchmark operations (the help text states the default from `DEFAULT_OPS`).
+    #[arg(long, env = "BENCHMARK_OPS", help = benchmark_ops_help())]
     pub benchmark_ops: Option<u64>,
 
     /// The benchmark's other flags.
@@ -149,7 +194,7 @@ pub struct Cli {
     pub bench: crate::bench::flags::BenchFlags,
 
     /// Port of the gRPC server (agent ingest, Subscribe stream).
-    #[arg(long, env = "GRPC_PORT", default_value_t = 9464)]
+    #[arg(long, env = "GRPC_PORT", default_value_t = DEFAULT_GRPC_PORT)]
     pub grpc_port: u16,
 
     /// File holding the bearer token agents and subscribers must send on gRPC (never logged).
@@ -169,11 +214,11 @@ pub struct Cli {
     pub grpc_client_ca_file: Option<PathBuf>,
 
     /// Largest agent batch accepted, bytes.
-    #[arg(long, env = "GRPC_MAX_BATCH_BYTES", default_value_t = 16 << 20)]
+    #[arg(long, env = "GRPC_MAX_BATCH_BYTES", default_value_t = DEFAULT_GRPC_MAX_BATCH_BYTES)]
     pub grpc_max_batch_bytes: usize,
 
     /// Events buffered per Subscribe stream before that subscriber starts missing events.
-    #[arg(long, env = "SUBSCRIBER_BUFFER", default_value_t = 4096)]
+    #[arg(long, env = "SUBSCRIBER_BUFFER", default_value_t = DEFAULT_SUBSCRIBER_BUFFER)]
     pub subscriber_buffer: usize,
 
     /// Key prefixes to watch in every cluster and publish on the Subscribe stream
@@ -197,16 +242,16 @@ pub struct Cli {
     #[arg(
         long,
         env = "ETCD_MONITOR_DATA_DIR",
-        default_value = "etcd-monitor-data"
+        default_value = DEFAULT_DATA_DIR
     )]
     pub data_dir: PathBuf,
 
     /// How long history is kept.
-    #[arg(long, env = "ETCD_MONITOR_HISTORY_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    #[arg(long, env = "ETCD_MONITOR_HISTORY_RETENTION", default_value = duration_default!(DEFAULT_HISTORY_RETENTION), value_parser = parse_duration)]
     pub history_retention: Duration,
 
     /// Size (MiB) above which the oldest history is deleted.
-    #[arg(long, env = "ETCD_MONITOR_HISTORY_MAX_SIZE_MB", default_value_t = 512)]
+    #[arg(long, env = "ETCD_MONITOR_HISTORY_MAX_SIZE_MB", default_value_t = DEFAULT_HISTORY_MAX_SIZE_MB)]
     pub history_max_size_mb: u64,
 
     /// Members' Prometheus URLs, comma-separated: `NAME=URL` for a member by name, or a bare URL
@@ -279,6 +324,17 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+}
+
+/// `--benchmark-ops`' help, its default written from [`crate::bench::spec::DEFAULT_OPS`].
+fn benchmark_ops_help() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "Number of benchmark operations (default {}, or the cap with --benchmark-duration)",
+            crate::bench::spec::DEFAULT_OPS
+        )
+    })
 }
 
 /// Parses a humantime duration (`30s`, `500ms`, `1m30s`) that is not zero.
@@ -368,6 +424,22 @@ pub struct Thresholds {
     pub min_available_nodes: usize,
     /// `--max-leader-changes` per hour.
     pub max_leader_changes: u64,
+}
+
+impl Thresholds {
+    /// The flags' defaults: p99 100 ms, 8 GiB database, 2 members, 3 leader changes an hour.
+    pub const DEFAULT: Self = Self {
+        max_latency_ms: 100,
+        max_db_size_mb: 8192,
+        min_available_nodes: 2,
+        max_leader_changes: 3,
+    };
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 /// A benchmark requested on the command line.
@@ -592,7 +664,7 @@ impl Cli {
 }
 
 /// The gRPC side's settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct IngestConfig {
     /// Bearer token required on every call.
     pub token: Option<String>,
@@ -608,6 +680,21 @@ pub struct IngestConfig {
     pub watch_prefixes: Vec<String>,
     /// Previous values in watch events.
     pub watch_prev_kv: bool,
+}
+
+impl Default for IngestConfig {
+    /// No security, no watches, and the flags' default limits.
+    fn default() -> Self {
+        Self {
+            token: None,
+            tls_identity: None,
+            client_ca: None,
+            max_batch_bytes: DEFAULT_GRPC_MAX_BATCH_BYTES,
+            subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
+            watch_prefixes: Vec::new(),
+            watch_prev_kv: false,
+        }
+    }
 }
 
 /// One cluster in the YAML config file.
@@ -1149,6 +1236,35 @@ mod tests {
         assert_eq!(c.clusters[0].name, DEFAULT_CLUSTER);
         assert_eq!(c.clusters[0].endpoints, vec![DEFAULT_ENDPOINT]);
         assert!(c.probe_read && c.probe_write);
+        Ok(())
+    }
+
+    /// The flags' defaults are the engine's: what `--help` says is what runs.
+    #[test]
+    fn flag_defaults_are_the_config_types_defaults() -> Result<(), String> {
+        let c = parse(&[])?;
+        assert_eq!(c.diagnosis, crate::diagnosis::DiagnosisConfig::default());
+        assert_eq!(c.diagnosis.neighbor_share, 0.3);
+        let t = Thresholds::default();
+        assert_eq!(
+            (
+                c.thresholds.max_latency_ms,
+                c.thresholds.max_db_size_mb,
+                c.thresholds.min_available_nodes,
+                c.thresholds.max_leader_changes
+            ),
+            (
+                t.max_latency_ms,
+                t.max_db_size_mb,
+                t.min_available_nodes,
+                t.max_leader_changes
+            )
+        );
+        let i = IngestConfig::default();
+        assert_eq!(c.ingest.max_batch_bytes, i.max_batch_bytes);
+        assert_eq!(c.ingest.subscriber_buffer, i.subscriber_buffer);
+        assert_eq!(c.history_retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.clusters[0].dial_timeout, DEFAULT_DIAL_TIMEOUT);
         Ok(())
     }
 

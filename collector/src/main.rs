@@ -1,12 +1,27 @@
 //! `etcd-monitor`: parse and validate the configuration, then run the collector.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use etcd_monitor::config::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// Colour escapes only when the logs go to a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>): never into a pipe, a file, journald or a JSON line.
+fn colour(format: LogFormat, is_terminal: bool) -> bool {
+    format == LogFormat::Text
+        && is_terminal
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // The logs go to stdout (tracing_subscriber's default writer).
+    let ansi = colour(format, std::io::stdout().is_terminal());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -974,6 +974,177 @@ fn compose_file_is_valid_and_complete() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The compose healthchecks: what each checks, with a tool its image has, and dependents
+/// waiting on them.
+const COMPOSE_HEALTHCHECKS: &[(&str, &str)] = &[
+    ("etcd1", "endpoint health"),
+    ("etcd2", "endpoint health"),
+    ("etcd3", "endpoint health"),
+    ("etcd-monitor", "/dev/tcp/127.0.0.1/8080"),
+    ("agent", "/dev/tcp/127.0.0.1/9465"),
+    ("prometheus", "http://127.0.0.1:9090/-/ready"),
+];
+
+/// A healthcheck's `test` as argv (`["CMD", argv…]`).
+fn healthcheck_argv(service: &Value) -> Vec<String> {
+    let test = seq(&service["healthcheck"], "test");
+    test.iter()
+        .filter_map(Value::as_str)
+        .skip_while(|w| *w == "CMD")
+        .map(String::from)
+        .collect()
+}
+
+/// Runs a compose healthcheck's argv on this host, with the container's address replaced.
+fn run_healthcheck(argv: &[String], from: &str, to: &str) -> bool {
+    let argv: Vec<String> = argv.iter().map(|a| a.replace(from, to)).collect();
+    Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn compose_healthchecks_gate_the_dependents() -> anyhow::Result<()> {
+    let file = deploy("docker/docker-compose-full.yml");
+    let mut doc = yaml(&file)?;
+    // The etcd services take their healthcheck from the `x-etcd` anchor (`<<: *etcd`).
+    doc.apply_merge()?;
+    let services = at(&doc, &["services"]);
+    for (name, what) in COMPOSE_HEALTHCHECKS {
+        let svc = &services[*name];
+        let argv = healthcheck_argv(svc);
+        ensure!(
+            argv.join(" ").contains(what),
+            "{name}: the healthcheck must check {what}: {argv:?}"
+        );
+        let hc = &svc["healthcheck"];
+        for key in ["interval", "timeout", "retries"] {
+            ensure!(hc.get(key).is_some(), "{name}: healthcheck without {key}");
+        }
+        // The program is in the image: etcdctl in etcd's (distroless, no shell), bash in the
+        // Debian images built here (no curl, no wget), wget in Prometheus's busybox.
+        let program = argv.first().map(String::as_str).unwrap_or_default();
+        match svc.get("build") {
+            Some(build) => {
+                let dockerfile = read(
+                    &file.with_file_name(
+                        Path::new(s(build, "dockerfile"))
+                            .file_name()
+                            .context("dockerfile")?,
+                    ),
+                )?;
+                let last_from = dockerfile
+                    .lines()
+                    .rfind(|l| l.starts_with("FROM "))
+                    .unwrap_or_default();
+                ensure!(
+                    program == "bash" && last_from.contains("debian"),
+                    "{name}: {program} in an image {last_from:?}"
+                );
+            }
+            None => {
+                let image = s(svc, "image");
+                let expected = if image.starts_with("quay.io/coreos/etcd:") {
+                    "/usr/local/bin/etcdctl"
+                } else if image.starts_with("prom/prometheus:") {
+                    "wget"
+                } else {
+                    bail!("{name}: no known tools in image {image}")
+                };
+                ensure!(program == expected, "{name}: {program} in {image}");
+            }
+        }
+    }
+    // Everything a service depends on that has a healthcheck is waited on until healthy.
+    for (name, svc) in services.as_mapping().context("services")? {
+        let name = name.as_str().unwrap_or_default();
+        let Some(deps) = svc.get("depends_on") else {
+            continue;
+        };
+        let deps = deps
+            .as_mapping()
+            .with_context(|| format!("{name}: depends_on must be a map with conditions"))?;
+        for (dep, how) in deps {
+            let dep = dep.as_str().unwrap_or_default();
+            ensure!(
+                services[dep].get("healthcheck").is_some(),
+                "{name} depends on {dep}, which has no healthcheck"
+            );
+            ensure!(
+                s(how, "condition") == "service_healthy",
+                "{name} must wait until {dep} is healthy: {how:?}"
+            );
+        }
+    }
+    for (name, deps) in [
+        ("etcd-monitor", &["etcd1", "etcd2", "etcd3"][..]),
+        ("agent", &["etcd-monitor"]),
+        ("prometheus", &["etcd-monitor", "agent"]),
+        ("grafana", &["prometheus"]),
+    ] {
+        for dep in deps {
+            ensure!(
+                services[name]["depends_on"].get(*dep).is_some(),
+                "{name} must depend on {dep}"
+            );
+        }
+    }
+
+    // The collector's, the agent's and etcd's checks succeed against the real binaries (on free
+    // loopback ports instead of the containers' fixed ones) and fail when nothing answers.
+    let dir = tempfile::tempdir()?;
+    let cluster = etcd_monitor_tests::EtcdCluster::start(etcd_monitor_tests::ClusterOptions {
+        members: 1,
+        ..Default::default()
+    })?;
+    let member = cluster.members[0].client_url.clone();
+    let collector = etcd_monitor_tests::CollectorProcess::start(
+        &etcd_monitor_tests::binary("etcd-monitor")?,
+        &[
+            format!("--endpoints={member}"),
+            format!("--data-dir={}", dir.path().join("data").display()),
+        ],
+        dir.path(),
+    )?;
+    let agent = etcd_monitor_tests::AgentProcess::start(
+        &etcd_monitor_tests::binary("etcd-monitor-agent")?,
+        &["--mode=client-only"],
+        dir.path(),
+        |_| {},
+    )?;
+    let port_of = |url: &str| url.rsplit(':').next().unwrap_or_default().to_string();
+    let closed = etcd_monitor_tests::free_port()?.to_string();
+    let etcd = healthcheck_argv(&services["etcd1"]);
+    let etcdctl = which("etcdctl").context("etcdctl")?;
+    let etcd: Vec<String> = std::iter::once(etcdctl.display().to_string())
+        .chain(etcd.into_iter().skip(1))
+        .collect();
+    for (argv, from, port) in [
+        (
+            healthcheck_argv(&services["etcd-monitor"]),
+            "/8080",
+            port_of(&collector.url),
+        ),
+        (
+            healthcheck_argv(&services["agent"]),
+            "/9465",
+            port_of(&agent.url),
+        ),
+        (etcd, ":2379", port_of(&member)),
+    ] {
+        ensure!(
+            run_healthcheck(&argv, from, &format!("{}{port}", &from[..1])),
+            "{argv:?} failed against the real process on port {port}"
+        );
+        ensure!(
+            !run_healthcheck(&argv, from, &format!("{}{closed}", &from[..1])),
+            "{argv:?} succeeded with nothing listening on {closed}"
+        );
+    }
+    Ok(())
+}
+
 // --- (4) Grafana dashboard -----------------------------------------------------------------
 
 fn dashboard() -> anyhow::Result<serde_json::Value> {

@@ -3,22 +3,33 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args};
+use clap::{ArgAction, Args, ValueEnum};
 
 use crate::{
-    bench::spec::{BenchSpec, Consistency, DEFAULT_MAX_OPS, KeyOrder, RawSpec, Target},
-    config::{BenchmarkType, ConfigError},
+    bench::spec::{
+        BenchSpec, Consistency, DEFAULT_CLIENTS, DEFAULT_CONNS, DEFAULT_CONSISTENCY,
+        DEFAULT_KEY_ORDER, DEFAULT_KEY_SIZE, DEFAULT_KEY_SPACE, DEFAULT_MAX_OPS,
+        DEFAULT_READ_RATIO, DEFAULT_TARGET, DEFAULT_VALUE_SIZE, KeyOrder, RawSpec, Target,
+    },
+    config::{BenchmarkType, ConfigError, default_text},
 };
+
+/// The command-line spelling of an enum default.
+fn value_name(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
 
 /// Flags of `--run-benchmark` and of the benchmark REST API.
 #[derive(Debug, Clone, Args)]
 pub struct BenchFlags {
     /// Benchmark: concurrent requests in flight.
-    #[arg(long, env = "BENCHMARK_CLIENTS")]
+    #[arg(long, env = "BENCHMARK_CLIENTS", default_value = default_text!(DEFAULT_CLIENTS.to_string()))]
     pub benchmark_clients: Option<usize>,
 
     /// Benchmark: gRPC connections the clients share.
-    #[arg(long, env = "BENCHMARK_CONNS")]
+    #[arg(long, env = "BENCHMARK_CONNS", default_value = default_text!(DEFAULT_CONNS.to_string()))]
     pub benchmark_conns: Option<usize>,
 
     /// Benchmark: run this long (`30s`) instead of --benchmark-ops operations.
@@ -29,32 +40,32 @@ pub struct BenchFlags {
     #[arg(long, env = "BENCHMARK_RATE")]
     pub benchmark_rate: Option<f64>,
 
-    /// Benchmark: bytes of each key after the run's prefix (default 8).
-    #[arg(long, env = "BENCHMARK_KEY_SIZE")]
+    /// Benchmark: bytes of each key after the run's prefix.
+    #[arg(long, env = "BENCHMARK_KEY_SIZE", default_value = default_text!(DEFAULT_KEY_SIZE.to_string()))]
     pub benchmark_key_size: Option<usize>,
 
-    /// Benchmark: bytes of each value (default 8).
-    #[arg(long, env = "BENCHMARK_VALUE_SIZE")]
+    /// Benchmark: bytes of each value.
+    #[arg(long, env = "BENCHMARK_VALUE_SIZE", default_value = default_text!(DEFAULT_VALUE_SIZE.to_string()))]
     pub benchmark_value_size: Option<usize>,
 
-    /// Benchmark: distinct keys (default 100000).
-    #[arg(long, env = "BENCHMARK_KEY_SPACE")]
+    /// Benchmark: distinct keys.
+    #[arg(long, env = "BENCHMARK_KEY_SPACE", default_value = default_text!(DEFAULT_KEY_SPACE.to_string()))]
     pub benchmark_key_space: Option<u64>,
 
     /// Benchmark: key order.
-    #[arg(long, env = "BENCHMARK_KEY_ORDER", value_enum)]
+    #[arg(long, env = "BENCHMARK_KEY_ORDER", value_enum, default_value = default_text!(value_name(DEFAULT_KEY_ORDER)))]
     pub benchmark_key_order: Option<KeyOrder>,
 
     /// Benchmark: read consistency (`linearizable`/`l` or `serializable`/`s`).
-    #[arg(long, env = "BENCHMARK_CONSISTENCY", value_enum)]
+    #[arg(long, env = "BENCHMARK_CONSISTENCY", value_enum, default_value = default_text!(value_name(DEFAULT_CONSISTENCY)))]
     pub benchmark_consistency: Option<Consistency>,
 
-    /// Benchmark: share of reads in a mixed run, 0..=1 (default 0.7).
-    #[arg(long, env = "BENCHMARK_READ_RATIO")]
+    /// Benchmark: share of reads in a mixed run, 0..=1.
+    #[arg(long, env = "BENCHMARK_READ_RATIO", default_value = default_text!(DEFAULT_READ_RATIO.to_string()))]
     pub benchmark_read_ratio: Option<f64>,
 
     /// Benchmark: send to the leader only, or spread over all endpoints.
-    #[arg(long, env = "BENCHMARK_TARGET", value_enum)]
+    #[arg(long, env = "BENCHMARK_TARGET", value_enum, default_value = default_text!(value_name(DEFAULT_TARGET)))]
     pub benchmark_target: Option<Target>,
 
     /// Benchmark: per-request timeout (default --dial-timeout).

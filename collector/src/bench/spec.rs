@@ -15,6 +15,26 @@ pub const DEFAULT_MAX_OPS: u64 = 1_000_000;
 pub const DEFAULT_OPS: u64 = 10_000;
 /// Longest run.
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// Requests in flight when `clients` / `--benchmark-clients` is not given.
+pub const DEFAULT_CLIENTS: usize = 16;
+/// gRPC connections when `conns` / `--benchmark-conns` is not given.
+pub const DEFAULT_CONNS: usize = 4;
+/// Key bytes after the run's prefix when `key_size` is not given.
+pub const DEFAULT_KEY_SIZE: usize = 8;
+/// Value bytes when `value_size` is not given (like etcd's benchmark).
+pub const DEFAULT_VALUE_SIZE: usize = 8;
+/// Distinct keys when `key_space` is not given.
+pub const DEFAULT_KEY_SPACE: u64 = 100_000;
+/// Share of reads in a mixed run when `read_ratio` is not given.
+pub const DEFAULT_READ_RATIO: f64 = 0.7;
+/// Workload when `type` / `--benchmark-type` is not given.
+pub const DEFAULT_KIND: BenchmarkType = BenchmarkType::Mixed;
+/// Key order when `key_order` is not given.
+pub const DEFAULT_KEY_ORDER: KeyOrder = KeyOrder::Sequential;
+/// Read consistency when `consistency` is not given.
+pub const DEFAULT_CONSISTENCY: Consistency = Consistency::Linearizable;
+/// Target when `target` is not given.
+pub const DEFAULT_TARGET: Target = Target::Leader;
 
 /// Read consistency of range requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, clap::ValueEnum)]
@@ -219,11 +239,11 @@ impl RawSpec {
             (None, Some(_)) => max_ops,
             (None, None) => DEFAULT_OPS.min(max_ops),
         };
-        let clients = self.clients.unwrap_or(16);
+        let clients = self.clients.unwrap_or(DEFAULT_CLIENTS);
         if !(1..=10_000).contains(&clients) {
             return Err(err("clients", format!("{clients} is not in 1..=10000")));
         }
-        let conns = self.conns.unwrap_or(4);
+        let conns = self.conns.unwrap_or(DEFAULT_CONNS);
         if !(1..=1000).contains(&conns) {
             return Err(err("conns", format!("{conns} is not in 1..=1000")));
         }
@@ -233,11 +253,11 @@ impl RawSpec {
                 format!("{conns} connections for {clients} clients; use at most one per client"),
             ));
         }
-        let key_space = self.key_space.unwrap_or(100_000);
+        let key_space = self.key_space.unwrap_or(DEFAULT_KEY_SPACE);
         if key_space == 0 {
             return Err(err("key_space", "must be at least 1".into()));
         }
-        let key_size = self.key_size.unwrap_or(8);
+        let key_size = self.key_size.unwrap_or(DEFAULT_KEY_SIZE);
         let digits = crate::bench::workload::digits(key_space - 1);
         if key_size < digits || key_size > 4096 {
             return Err(err(
@@ -247,7 +267,7 @@ impl RawSpec {
                 ),
             ));
         }
-        let value_size = self.value_size.unwrap_or(8);
+        let value_size = self.value_size.unwrap_or(DEFAULT_VALUE_SIZE);
         if value_size > 1 << 20 {
             return Err(err(
                 "value_size",
@@ -259,7 +279,7 @@ impl RawSpec {
         {
             return Err(err("rate", format!("{rate} is not a positive number")));
         }
-        let read_ratio = self.read_ratio.unwrap_or(0.7);
+        let read_ratio = self.read_ratio.unwrap_or(DEFAULT_READ_RATIO);
         if !(0.0..=1.0).contains(&read_ratio) {
             return Err(err("read_ratio", format!("{read_ratio} is not in 0..=1")));
         }
@@ -281,7 +301,7 @@ impl RawSpec {
             }
         }
         Ok(BenchSpec {
-            kind: self.kind.unwrap_or(BenchmarkType::Mixed),
+            kind: self.kind.unwrap_or(DEFAULT_KIND),
             ops,
             duration_ms: duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             clients,
@@ -290,10 +310,10 @@ impl RawSpec {
             value_size,
             rate: self.rate,
             key_space,
-            key_order: self.key_order.unwrap_or(KeyOrder::Sequential),
-            consistency: self.consistency.unwrap_or(Consistency::Linearizable),
+            key_order: self.key_order.unwrap_or(DEFAULT_KEY_ORDER),
+            consistency: self.consistency.unwrap_or(DEFAULT_CONSISTENCY),
             read_ratio,
-            target: self.target.unwrap_or(Target::Leader),
+            target: self.target.unwrap_or(DEFAULT_TARGET),
             timeout_ms,
             keep_keys: false,
             slo: crate::bench::Slo {

@@ -32,36 +32,36 @@ pub use engine::{CAUSES, Verdict, diagnose};
 #[derive(Debug, Clone, clap::Args)]
 pub struct DiagnosisArgs {
     /// Window each verdict looks back over.
-    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_WINDOW", default_value = "30s", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_WINDOW", default_value = crate::config::duration_default!(DiagnosisConfig::DEFAULT.window), value_parser = crate::config::parse_duration)]
     pub diagnosis_window: Duration,
     /// How often verdicts are recomputed.
-    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_INTERVAL", default_value = "5s", value_parser = crate::config::parse_duration)]
+    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_INTERVAL", default_value = crate::config::duration_default!(DiagnosisConfig::DEFAULT.interval), value_parser = crate::config::parse_duration)]
     pub diagnosis_interval: Duration,
     /// A WAL sync is slow when etcd's or the kernel's p99 over the window exceeds this (ms).
     #[arg(
         long,
         env = "ETCD_MONITOR_DIAGNOSIS_SLOW_FSYNC_MS",
-        default_value_t = 10.0
+        default_value_t = DiagnosisConfig::DEFAULT.slow_fsync_ms
     )]
     pub diagnosis_slow_fsync_ms: f64,
     /// The quantile of WAL sync latency compared with --diagnosis-slow-fsync-ms.
-    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_QUANTILE", default_value_t = 0.99)]
+    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_QUANTILE", default_value_t = DiagnosisConfig::DEFAULT.quantile)]
     pub diagnosis_quantile: f64,
     /// The device is slow when its mean request service time exceeds this (ms).
     #[arg(
         long,
         env = "ETCD_MONITOR_DIAGNOSIS_SLOW_DEVICE_MS",
-        default_value_t = 5.0
+        default_value_t = DiagnosisConfig::DEFAULT.slow_device_ms
     )]
     pub diagnosis_slow_device_ms: f64,
     /// The member waits for CPU when its threads' run-queue p99 exceeds this (ms).
-    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_RUNQ_MS", default_value_t = 10.0)]
+    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_RUNQ_MS", default_value_t = DiagnosisConfig::DEFAULT.runq_ms)]
     pub diagnosis_runq_ms: f64,
     /// The member's cgroup is throttled when more than this fraction of its CFS periods were.
     #[arg(
         long,
         env = "ETCD_MONITOR_DIAGNOSIS_THROTTLE_RATIO",
-        default_value_t = 0.1
+        default_value_t = DiagnosisConfig::DEFAULT.throttle_ratio
     )]
     pub diagnosis_throttle_ratio: f64,
     /// A slow device is a noisy neighbour's doing when others issued more than this fraction of
@@ -69,25 +69,25 @@ pub struct DiagnosisArgs {
     #[arg(
         long,
         env = "ETCD_MONITOR_DIAGNOSIS_NEIGHBOR_SHARE",
-        default_value_t = 0.5
+        default_value_t = DiagnosisConfig::DEFAULT.neighbor_share
     )]
     pub diagnosis_neighbor_share: f64,
     /// A peer is slow when its kernel smoothed RTT exceeds this (ms).
     #[arg(
         long,
         env = "ETCD_MONITOR_DIAGNOSIS_PEER_RTT_MS",
-        default_value_t = 50.0
+        default_value_t = DiagnosisConfig::DEFAULT.peer_rtt_ms
     )]
     pub diagnosis_peer_rtt_ms: f64,
     /// … or when it needed more than this many retransmits in the window.
     #[arg(
         long,
         env = "ETCD_MONITOR_DIAGNOSIS_PEER_RETRANSMITS",
-        default_value_t = 20
+        default_value_t = DiagnosisConfig::DEFAULT.peer_retransmits
     )]
     pub diagnosis_peer_retransmits: u64,
     /// Fewer WAL syncs than this in a window say nothing about their latency.
-    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_MIN_SYNCS", default_value_t = 5)]
+    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_MIN_SYNCS", default_value_t = DiagnosisConfig::DEFAULT.min_syncs)]
     pub diagnosis_min_syncs: u64,
 }
 
@@ -118,21 +118,27 @@ pub struct DiagnosisConfig {
     pub min_syncs: u64,
 }
 
+impl DiagnosisConfig {
+    /// The defaults, written once: the `--diagnosis-*` flags show and use these (see
+    /// ARCHITECTURE.md for how they were chosen).
+    pub const DEFAULT: Self = Self {
+        window: Duration::from_secs(30),
+        interval: Duration::from_secs(5),
+        slow_fsync_ms: 10.0,
+        quantile: 0.99,
+        slow_device_ms: 5.0,
+        runq_ms: 10.0,
+        throttle_ratio: 0.1,
+        neighbor_share: 0.3,
+        peer_rtt_ms: 50.0,
+        peer_retransmits: 20,
+        min_syncs: 5,
+    };
+}
+
 impl Default for DiagnosisConfig {
     fn default() -> Self {
-        Self {
-            window: Duration::from_secs(30),
-            interval: Duration::from_secs(5),
-            slow_fsync_ms: 10.0,
-            quantile: 0.99,
-            slow_device_ms: 5.0,
-            runq_ms: 10.0,
-            throttle_ratio: 0.1,
-            neighbor_share: 0.3,
-            peer_rtt_ms: 50.0,
-            peer_retransmits: 20,
-            min_syncs: 5,
-        }
+        Self::DEFAULT
     }
 }
 

@@ -333,6 +333,13 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline) -> String {
         c.events.load(Ordering::Relaxed) as f64,
     );
     f.value(
+        "etcdmon_ingest_unjoined_events_total",
+        MetricType::COUNTER,
+        "Agent events of etcd processes that are no member of a monitored cluster, kept off the Subscribe stream (counted while anyone subscribes).",
+        &[],
+        c.unjoined.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
         "etcdmon_ingest_unauthenticated_total",
         MetricType::COUNTER,
         "gRPC calls refused for missing or wrong credentials.",

@@ -54,6 +54,6 @@ impl Pipeline {
 
 impl Default for Pipeline {
     fn default() -> Self {
-        Self::new(4096)
+        Self::new(crate::config::DEFAULT_SUBSCRIBER_BUFFER)
     }
 }

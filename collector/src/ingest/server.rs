@@ -34,6 +34,9 @@ pub struct IngestCounters {
     pub events: AtomicU64,
     /// Batches refused as malformed.
     pub rejected: AtomicU64,
+    /// Events of etcd processes that join no member of a monitored cluster: kept off the
+    /// Subscribe stream, which carries joined events only.
+    pub unjoined: AtomicU64,
     /// Streams refused for missing or wrong credentials.
     pub unauthenticated: AtomicU64,
 }
@@ -108,18 +111,25 @@ impl JoinCache {
         joined
     }
 
-    fn enrich(&mut self, state: &IngestState, events: &mut [Event]) {
-        for e in events.iter_mut() {
+    /// Labels every event with its member; drops, and returns how many, the events of etcd
+    /// processes that are no member of a monitored cluster (a stray `etcd` on the node, whose
+    /// agent-side name such as etcd's default `default` is no member's name).
+    fn enrich(&mut self, state: &IngestState, events: &mut Vec<Event>) -> u64 {
+        let before = events.len();
+        events.retain_mut(|e| {
             if e.node.is_empty() {
                 e.node = self.node.clone();
             }
-            if let Some(j) = self.lookup(state, &e.member.clone()) {
-                e.cluster = j.cluster;
-                e.member_id = j.member_id;
-                e.member = j.member;
-                e.is_leader = j.is_leader;
-            }
-        }
+            let Some(j) = self.lookup(state, &e.member.clone()) else {
+                return false;
+            };
+            e.cluster = j.cluster;
+            e.member_id = j.member_id;
+            e.member = j.member;
+            e.is_leader = j.is_leader;
+            true
+        });
+        (before - events.len()) as u64
     }
 }
 
@@ -184,7 +194,11 @@ impl AgentIngest for Ingest {
                 .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
             if !self.state.fanout.is_empty() {
                 let mut events = batch.events;
-                cache.enrich(&self.state, &mut events);
+                let unjoined = cache.enrich(&self.state, &mut events);
+                self.state
+                    .counters
+                    .unjoined
+                    .fetch_add(unjoined, Ordering::Relaxed);
                 self.state.fanout.publish(&events);
             }
         };
@@ -293,7 +307,7 @@ pub async fn serve(
         counters: state.counters.clone(),
     };
     let max = if settings.max_batch_bytes == 0 {
-        16 << 20
+        crate::config::DEFAULT_GRPC_MAX_BATCH_BYTES
     } else {
         settings.max_batch_bytes
     };

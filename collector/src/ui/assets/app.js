@@ -163,10 +163,20 @@ function renderChart(points) {
   for (let i = 0; i <= 4; i++) {
     const v = (max * i) / 4;
     add("line", { x1: L, x2: W - 10, y1: y(v), y2: y(v), stroke: "#eaeef2" });
-    add("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 11, fill: "#656d76" }, v.toFixed(v < 10 ? 1 : 0));
+    // The y axis is the p99 in milliseconds: the top tick says so.
+    add("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", "font-size": 11, fill: "#656d76", class: "axis-value" }, `${v.toFixed(v < 10 ? 1 : 0)}${i === 4 ? " ms" : ""}`);
   }
-  add("text", { x: L, y: H + T - 4, "font-size": 11, fill: "#656d76" }, `−${Math.round((now - t0) / 60000)} min`);
-  add("text", { x: W - 10, y: H + T - 4, "text-anchor": "end", "font-size": 11, fill: "#656d76" }, "now (ms)");
+  // The x axis is wall-clock time: minutes before now, a tick every 5 minutes (every minute
+  // when the span is short), with "now" at the right edge.
+  const spanMin = (now - t0) / 60000;
+  const step = spanMin > 10 ? 5 : 1;
+  const axis = { y: H + T - 4, "font-size": 11, fill: "#656d76", class: "axis-time" };
+  for (let m = step; m < spanMin - step / 2; m += step) {
+    add("line", { x1: x(now - m * 60000), x2: x(now - m * 60000), y1: T, y2: H - B + T, stroke: "#f3f4f6" });
+    add("text", { ...axis, x: x(now - m * 60000), "text-anchor": "middle" }, `−${m} min`);
+  }
+  add("text", { ...axis, x: L, "text-anchor": "start" }, `−${Math.round(spanMin)} min`);
+  add("text", { ...axis, x: W - 10, "text-anchor": "end" }, "now");
   const legend = [];
   let i = 0;
   for (const [member, series] of byMember) {
