@@ -305,7 +305,7 @@ pub fn tick(
                     .server
                     .as_ref()
                     .filter(|m| !m.series.wal_fsync.is_empty())
-                    .map(|m| sample::Buckets(m.series.wal_fsync.clone())),
+                    .map(|m| m.series.wal_fsync.clone()),
                 agent,
             };
             let ring = history.entry(key).or_default();
