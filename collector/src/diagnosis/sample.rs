@@ -5,7 +5,10 @@
 use etcd_monitor_histogram::{CumulativeBuckets, Log2Slots};
 use etcd_monitor_proto::v1::{AgentStatus, IoIssuer, MemberIdentity};
 
-use crate::ingest::join;
+use crate::{
+    cluster::MemberState,
+    ingest::{AgentRegistry, join},
+};
 
 /// A device under the member's data dir.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,6 +51,24 @@ pub struct MemberSample {
     pub server_wal: Option<CumulativeBuckets>,
     /// The kernel view, when an agent reports the member.
     pub agent: Option<AgentSample>,
+}
+
+/// Everything known about `member` now: its scraped WAL fsync buckets and, when an agent
+/// reports it, the kernel part from that agent's last status.
+pub fn member_sample(member: &MemberState, registry: &AgentRegistry, at_ms: u64) -> MemberSample {
+    let agent = registry.find(member).and_then(|(record, identity)| {
+        let (status, _) = record.status.as_ref()?;
+        Some(agent_sample(status, &identity))
+    });
+    MemberSample {
+        at_ms,
+        server_wal: member
+            .server
+            .as_ref()
+            .filter(|m| !m.series.wal_fsync.is_empty())
+            .map(|m| m.series.wal_fsync.clone()),
+        agent,
+    }
 }
 
 /// The kernel part of a sample from an agent's status and the member's identity in it.
