@@ -140,10 +140,14 @@ mod tests {
 
     #[test]
     fn quantiles_follow_the_shared_rule() {
-        let mut totals = OpTotals::default();
-        totals.slots[10] = 90; // [1024, 2048) ns
-        totals.slots[20] = 10; // [2^20, 2^21) ns
-        totals.count = 100;
+        let mut slots = [0; HIST_SLOTS];
+        slots[10] = 90; // [1024, 2048) ns
+        slots[20] = 10; // [2^20, 2^21) ns
+        let totals = OpTotals {
+            count: 100,
+            slots,
+            ..OpTotals::default()
+        };
         let h = totals.log2().histogram();
         // rank 50 of 90 inside [1024, 2048): interpolated, not the slot's upper bound.
         let p50 = h.quantile(0.5).unwrap_or_default() * 1e9;
@@ -160,9 +164,13 @@ mod tests {
 
     #[test]
     fn sums_saturate() {
-        let mut totals = OpTotals::default();
-        totals.count = u64::MAX;
-        totals.slots[0] = u64::MAX;
+        let mut slots = [0; HIST_SLOTS];
+        slots[0] = u64::MAX;
+        let mut totals = OpTotals {
+            count: u64::MAX,
+            slots,
+            ..OpTotals::default()
+        };
         let copy = totals;
         totals.add(&copy);
         assert_eq!(totals.count, u64::MAX);
