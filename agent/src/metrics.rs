@@ -9,7 +9,6 @@ use std::{
     },
 };
 
-use etcd_monitor_agent_common::hist::{HIST_SLOTS, slot_upper_bound_ns};
 use prometheus::{
     IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     core::{Collector, Desc},
@@ -17,11 +16,6 @@ use prometheus::{
 };
 
 use crate::{mode::AgentMode, stats::OpTotals, tracker::Tracker};
-
-/// First log2 slot exported as its own bucket (slots below it fold into it): `le` ≈ 1 µs.
-const FIRST_BUCKET_SLOT: usize = 9;
-/// Last slot exported as its own bucket: `le` ≈ 34 s; longer calls land in `+Inf`.
-const LAST_BUCKET_SLOT: usize = 34;
 
 /// Losses counted in user space, exported in `etcdmon_events_dropped_total` next to the
 /// kernel's own.
@@ -419,23 +413,23 @@ fn gauge(pairs: &[(&str, &str)], value: f64) -> proto::Metric {
     m
 }
 
-/// A Prometheus histogram (seconds) from log2 nanosecond slots.
+/// A Prometheus histogram (seconds) from log2 nanosecond slots, with the bucket layout of the
+/// shared histogram model (`Log2Slots::exposition_buckets`), the same the collector re-exports.
 pub fn histogram(totals: &OpTotals) -> proto::Histogram {
+    let slots = totals.log2();
     let mut h = proto::Histogram::default();
-    h.set_sample_count(totals.slots.iter().sum());
+    h.set_sample_count(slots.slot_total());
     h.set_sample_sum(totals.sum_ns as f64 / 1e9);
-    let mut cumulative = 0;
-    let mut buckets = Vec::new();
-    for slot in 0..HIST_SLOTS.min(LAST_BUCKET_SLOT + 1) {
-        cumulative += totals.slots[slot];
-        if slot < FIRST_BUCKET_SLOT {
-            continue;
-        }
-        let mut b = proto::Bucket::default();
-        b.set_upper_bound(slot_upper_bound_ns(slot) as f64 / 1e9);
-        b.set_cumulative_count(cumulative);
-        buckets.push(b);
-    }
+    let buckets = slots
+        .exposition_buckets()
+        .into_iter()
+        .map(|(le, cumulative)| {
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(le);
+            b.set_cumulative_count(cumulative);
+            b
+        })
+        .collect();
     h.set_bucket(buckets);
     h
 }
@@ -600,7 +594,11 @@ mod tests {
         assert_eq!(h.get_sample_count(), 8);
         assert!((h.get_sample_sum() - 0.01).abs() < 1e-12);
         let buckets = h.get_bucket();
-        assert_eq!(buckets.len(), LAST_BUCKET_SLOT - FIRST_BUCKET_SLOT + 1);
+        assert_eq!(
+            buckets.len(),
+            etcd_monitor_histogram::EXPOSED_LAST_SLOT - etcd_monitor_histogram::EXPOSED_FIRST_SLOT
+                + 1
+        );
         assert_eq!(buckets[0].cumulative_count(), 2);
         assert!((buckets[0].upper_bound() - 1.024e-6).abs() < 1e-15);
         let ms2 = buckets

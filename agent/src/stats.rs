@@ -10,6 +10,7 @@ use etcd_monitor_agent_common::{
     hist::HIST_SLOTS,
     syscall::{FileClass, Op, OpStats},
 };
+use etcd_monitor_histogram::Log2Slots;
 
 /// Counters of one (member, op, class).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,25 +40,36 @@ impl Default for OpTotals {
 }
 
 impl OpTotals {
-    /// Adds one CPU's (or one process's) counters.
+    /// Adds one CPU's (or one process's) counters, saturating (a corrupted map entry must not
+    /// overflow into a small number).
     pub fn add_stats(&mut self, stats: &OpStats) {
-        self.count += stats.count;
-        self.bytes += stats.bytes;
-        self.errors += stats.errors;
-        self.sum_ns += stats.sum_ns;
-        for (total, slot) in self.slots.iter_mut().zip(stats.slots.iter()) {
-            *total += slot;
-        }
+        self.add_parts(
+            stats.count,
+            stats.bytes,
+            stats.errors,
+            stats.sum_ns,
+            &stats.slots,
+        );
     }
 
-    /// Adds another total.
+    /// Adds another total, saturating.
     pub fn add(&mut self, other: &OpTotals) {
-        self.count += other.count;
-        self.bytes += other.bytes;
-        self.errors += other.errors;
-        self.sum_ns += other.sum_ns;
-        for (total, slot) in self.slots.iter_mut().zip(other.slots.iter()) {
-            *total += slot;
+        self.add_parts(
+            other.count,
+            other.bytes,
+            other.errors,
+            other.sum_ns,
+            &other.slots,
+        );
+    }
+
+    fn add_parts(&mut self, count: u64, bytes: u64, errors: u64, sum_ns: u64, slots: &[u64]) {
+        self.count = self.count.saturating_add(count);
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.errors = self.errors.saturating_add(errors);
+        self.sum_ns = self.sum_ns.saturating_add(sum_ns);
+        for (total, slot) in self.slots.iter_mut().zip(slots) {
+            *total = total.saturating_add(*slot);
         }
     }
 
@@ -70,22 +82,10 @@ impl OpTotals {
         totals
     }
 
-    /// The duration below which `q` (0..=1) of the calls fell, as the upper bound of the log2
-    /// slot holding that rank, in nanoseconds; `None` with no calls.
-    pub fn quantile_upper_bound_ns(&self, q: f64) -> Option<u64> {
-        let total: u64 = self.slots.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (slot, count) in self.slots.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return Some(etcd_monitor_agent_common::hist::slot_upper_bound_ns(slot));
-            }
-        }
-        None
+    /// The durations as the shared histogram model's log2 slots: quantiles, windows and the
+    /// Prometheus buckets come from there, under the rules the collector uses too.
+    pub fn log2(&self) -> Log2Slots {
+        Log2Slots::new(self.count, self.sum_ns, &self.slots)
     }
 }
 
@@ -139,13 +139,41 @@ mod tests {
     }
 
     #[test]
-    fn quantiles_use_slot_upper_bounds() {
-        let mut totals = OpTotals::default();
-        totals.slots[10] = 90; // < 2048 ns
-        totals.slots[20] = 10; // < 2^21 ns
-        assert_eq!(totals.quantile_upper_bound_ns(0.5), Some(2048));
-        assert_eq!(totals.quantile_upper_bound_ns(0.9), Some(2048));
-        assert_eq!(totals.quantile_upper_bound_ns(0.99), Some(1 << 21));
-        assert_eq!(OpTotals::default().quantile_upper_bound_ns(0.99), None);
+    fn quantiles_follow_the_shared_rule() {
+        let mut slots = [0; HIST_SLOTS];
+        slots[10] = 90; // [1024, 2048) ns
+        slots[20] = 10; // [2^20, 2^21) ns
+        let totals = OpTotals {
+            count: 100,
+            slots,
+            ..OpTotals::default()
+        };
+        let h = totals.log2().histogram();
+        // rank 50 of 90 inside [1024, 2048): interpolated, not the slot's upper bound.
+        let p50 = h.quantile(0.5).unwrap_or_default() * 1e9;
+        assert!(
+            (p50 - (1024.0 + 1024.0 * 50.0 / 90.0)).abs() < 1e-6,
+            "{p50}"
+        );
+        // rank 99 of 100: 9th of the 10 in [2^20, 2^21).
+        let p99 = h.quantile(0.99).unwrap_or_default() * 1e9;
+        let lo = (1u64 << 20) as f64;
+        assert!((p99 - (lo + lo * 0.9)).abs() < 1e-3, "{p99}");
+        assert_eq!(OpTotals::default().log2().histogram().quantile(0.99), None);
+    }
+
+    #[test]
+    fn sums_saturate() {
+        let mut slots = [0; HIST_SLOTS];
+        slots[0] = u64::MAX;
+        let mut totals = OpTotals {
+            count: u64::MAX,
+            slots,
+            ..OpTotals::default()
+        };
+        let copy = totals;
+        totals.add(&copy);
+        assert_eq!(totals.count, u64::MAX);
+        assert_eq!(totals.slots[0], u64::MAX);
     }
 }

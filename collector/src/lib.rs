@@ -24,3 +24,6 @@ pub mod store;
 pub mod telemetry;
 pub mod ui;
 pub mod window;
+
+#[cfg(test)]
+mod histogram_agreement;

@@ -1,10 +1,12 @@
 //! Scraping each member's Prometheus endpoint and deriving the contract's server series from
-//! it (parsed with `prometheus-parse`). Histogram quantiles are computed as Prometheus'
-//! `histogram_quantile` does, over the cumulative buckets since the member started.
+//! it (parsed with `prometheus-parse`). Histogram quantiles here are over the cumulative buckets
+//! since the member started, by the shared histogram model's quantile rule
+//! (`etcd_monitor_histogram::Histogram::quantile`).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use prometheus_parse::{HistogramCount, Scrape, Value};
+use etcd_monitor_histogram::CumulativeBuckets;
+use prometheus_parse::{Scrape, Value};
 
 use crate::{
     cluster::{
@@ -38,33 +40,6 @@ pub enum ScrapeError {
     },
 }
 
-/// The `q` quantile of cumulative `buckets` (sorted by upper bound, `+Inf` last), linear inside
-/// the bucket like Prometheus' `histogram_quantile`. `None` without observations.
-pub fn histogram_quantile(q: f64, buckets: &[HistogramCount]) -> Option<f64> {
-    let total = buckets.last()?.count;
-    if total <= 0.0 || !(0.0..=1.0).contains(&q) {
-        return None;
-    }
-    let rank = q * total;
-    let mut prev_le = 0.0;
-    let mut prev_count = 0.0;
-    for b in buckets {
-        if b.count >= rank {
-            if b.less_than.is_infinite() {
-                return Some(prev_le);
-            }
-            let in_bucket = b.count - prev_count;
-            if in_bucket <= 0.0 {
-                return Some(b.less_than);
-            }
-            return Some(prev_le + (b.less_than - prev_le) * (rank - prev_count) / in_bucket);
-        }
-        prev_le = b.less_than;
-        prev_count = b.count;
-    }
-    Some(prev_le)
-}
-
 fn scalar(v: &Value) -> Option<f64> {
     match v {
         Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => Some(*x),
@@ -72,37 +47,42 @@ fn scalar(v: &Value) -> Option<f64> {
     }
 }
 
-/// Sums cumulative buckets of every series of histogram `name` whose labels pass `keep`.
+/// Sums every series of histogram `name` whose labels pass `keep` into one
+/// [`CumulativeBuckets`]: the buckets bound by bound, and the `_sum` and `_count` series.
 pub(crate) fn merged_buckets(
     scrape: &Scrape,
     name: &str,
     keep: impl Fn(&prometheus_parse::Labels) -> bool,
-) -> Vec<HistogramCount> {
-    let mut sums: Vec<HistogramCount> = Vec::new();
-    for s in &scrape.samples {
-        if s.metric != name || !keep(&s.labels) {
-            continue;
-        }
-        if let Value::Histogram(buckets) = &s.value {
-            for b in buckets {
-                match sums.iter_mut().find(|x| x.less_than == b.less_than) {
-                    Some(x) => x.count += b.count,
-                    None => sums.push(b.clone()),
-                }
-            }
+) -> CumulativeBuckets {
+    let mut out = CumulativeBuckets::default();
+    let (sum_name, count_name) = (format!("{name}_sum"), format!("{name}_count"));
+    let mut count: Option<f64> = None;
+    for s in scrape.samples.iter().filter(|s| keep(&s.labels)) {
+        if s.metric == name
+            && let Value::Histogram(buckets) = &s.value
+        {
+            out.merge(&CumulativeBuckets::from_pairs(
+                buckets.iter().map(|b| (b.less_than, b.count)),
+            ));
+        } else if s.metric == sum_name {
+            out.sum_seconds += scalar(&s.value).unwrap_or(0.0);
+        } else if s.metric == count_name {
+            *count.get_or_insert(0.0) += scalar(&s.value).unwrap_or(0.0);
         }
     }
-    sums.sort_by(|a, b| a.less_than.total_cmp(&b.less_than));
-    sums
+    if let Some(count) = count {
+        out.count = CumulativeBuckets::from_pairs([(f64::INFINITY, count)]).count;
+    }
+    out
 }
 
-fn quantiles_ms(buckets: &[HistogramCount]) -> Option<Quantiles> {
-    let samples = buckets.last()?.count;
+fn quantiles_ms(buckets: &CumulativeBuckets) -> Option<Quantiles> {
+    let h = buckets.histogram();
     Some(Quantiles {
-        p50_ms: histogram_quantile(0.50, buckets)? * 1000.0,
-        p95_ms: histogram_quantile(0.95, buckets)? * 1000.0,
-        p99_ms: histogram_quantile(0.99, buckets)? * 1000.0,
-        samples: samples.max(0.0) as u64,
+        p50_ms: h.quantile_ms(0.50)?,
+        p95_ms: h.quantile_ms(0.95)?,
+        p99_ms: h.quantile_ms(0.99)?,
+        samples: h.bucket_total(),
     })
 }
 
@@ -127,7 +107,9 @@ pub fn derive(text: &str) -> Result<ServerMetrics, String> {
     let committed = get("etcd_server_proposals_committed_total")
         .ok_or("no etcd_server_proposals_committed_total: not an etcd member's /metrics")?;
     let ms = |name: &str| {
-        histogram_quantile(0.95, &merged_buckets(&scrape, name, |_| true)).map(|s| s * 1000.0)
+        merged_buckets(&scrape, name, |_| true)
+            .histogram()
+            .quantile_ms(0.95)
     };
     let handling = |methods: &[&str]| {
         let b = merged_buckets(&scrape, "grpc_server_handling_seconds", |l| {
@@ -343,12 +325,13 @@ impl ScrapeLoop {
                 let server = member
                     .server
                     .as_ref()
-                    .map(|s| s.series.wal_fsync.as_slice());
+                    .map(|s| &s.series.wal_fsync)
+                    .filter(|b| !b.is_empty());
                 let kernel = self
                     .registry
                     .as_ref()
                     .and_then(|r| r.wal_fsync_slots(member));
-                let window = self.windows.observe(&member.id, server, kernel.as_deref());
+                let window = self.windows.observe(&member.id, server, kernel.as_ref());
                 point.wal_fsync_window_p99_ms = window.server_ms;
                 point.kernel_wal_fsync_window_p99_ms = window.kernel_ms;
             }
@@ -465,19 +448,18 @@ grpc_server_handled_total{grpc_code="OK",grpc_method="Status",grpc_service="etcd
     }
 
     #[test]
-    fn quantile_in_the_inf_bucket_is_the_last_bound() {
-        let b = vec![
-            HistogramCount {
-                less_than: 1.0,
-                count: 1.0,
-            },
-            HistogramCount {
-                less_than: f64::INFINITY,
-                count: 10.0,
-            },
-        ];
-        assert_eq!(histogram_quantile(0.99, &b), Some(1.0));
-        assert_eq!(histogram_quantile(0.5, &[]), None);
+    fn merged_buckets_sum_the_series_with_their_sum_and_count() -> Result<(), String> {
+        let text = format!(
+            "{SAMPLE}etcd_disk_wal_fsync_duration_seconds_bucket{{le=\"0.001\",x=\"b\"}} 1\n"
+        );
+        let scrape =
+            Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).map_err(|e| e.to_string())?;
+        let b = merged_buckets(&scrape, "etcd_disk_wal_fsync_duration_seconds", |_| true);
+        assert_eq!(b.buckets[0], (0.001, 51));
+        assert_eq!(b.buckets.last(), Some(&(f64::INFINITY, 100)));
+        assert_eq!(b.count, 100);
+        assert!((b.sum_seconds - 0.1).abs() < 1e-12);
+        Ok(())
     }
 
     #[test]

@@ -798,11 +798,12 @@ mod tests {
                         ..ServerMetrics::default()
                     };
                     // 1000 fast fsyncs before, `slow[i]` of 50-100 ms after.
-                    server.series.wal_fsync = vec![
-                        (0.001, 1000.0),
-                        (0.1, 1000.0 + slow[i]),
-                        (f64::INFINITY, 1000.0 + slow[i]),
-                    ];
+                    server.series.wal_fsync =
+                        etcd_monitor_histogram::CumulativeBuckets::from_pairs([
+                            (0.001, 1000.0),
+                            (0.1, 1000.0 + slow[i]),
+                            (f64::INFINITY, 1000.0 + slow[i]),
+                        ]);
                     m.server = Some(server);
                 }
             });

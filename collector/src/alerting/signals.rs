@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use etcd_monitor_histogram::{CumulativeBuckets, Log2Slots, delta};
 use prometheus_parse::{Scrape, Value};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -218,20 +219,17 @@ pub struct Sample {
     pub context: BTreeMap<String, String>,
 }
 
-/// Cumulative histogram buckets `(upper bound, count)`, `+Inf` last.
-pub type Buckets = Vec<(f64, f64)>;
-
 /// The raw cumulative series of one member's /metrics that windowed signals need.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServerSeries {
     /// `etcd_disk_wal_fsync_duration_seconds`.
-    pub wal_fsync: Buckets,
+    pub wal_fsync: CumulativeBuckets,
     /// `etcd_disk_backend_commit_duration_seconds`.
-    pub backend_commit: Buckets,
+    pub backend_commit: CumulativeBuckets,
     /// `etcd_network_peer_round_trip_time_seconds`, all peers.
-    pub peer_round_trip: Buckets,
+    pub peer_round_trip: CumulativeBuckets,
     /// `grpc_server_handling_seconds` (unary, not Defragment) per method.
-    pub grpc_handling: BTreeMap<String, Buckets>,
+    pub grpc_handling: BTreeMap<String, CumulativeBuckets>,
     /// `grpc_server_handled_total` (unary).
     pub grpc_handled: f64,
     /// `grpc_server_handled_total` (unary) with a server-side failure code.
@@ -253,11 +251,8 @@ const FAILED_CODES: [&str; 7] = [
     "DeadlineExceeded",
 ];
 
-fn merged(scrape: &Scrape, name: &str) -> Buckets {
+fn merged(scrape: &Scrape, name: &str) -> CumulativeBuckets {
     crate::scrape::merged_buckets(scrape, name, |_| true)
-        .into_iter()
-        .map(|b| (b.less_than, b.count))
-        .collect()
 }
 
 /// Extracts the [`ServerSeries`] of a parsed /metrics page (called by the scraper).
@@ -275,14 +270,12 @@ pub fn server_series(scrape: &Scrape) -> ServerSeries {
             && method != "Defragment"
             && let Value::Histogram(buckets) = &s.value
         {
-            let sums = out.grpc_handling.entry(method.to_string()).or_default();
-            for b in buckets {
-                match sums.iter_mut().find(|x| x.0 == b.less_than) {
-                    Some(x) => x.1 += b.count,
-                    None => sums.push((b.less_than, b.count)),
-                }
-            }
-            sums.sort_by(|a, b| a.0.total_cmp(&b.0));
+            out.grpc_handling
+                .entry(method.to_string())
+                .or_default()
+                .merge(&CumulativeBuckets::from_pairs(
+                    buckets.iter().map(|b| (b.less_than, b.count)),
+                ));
             continue;
         }
         let v = match &s.value {
@@ -314,8 +307,8 @@ pub struct KernelSeries {
     pub boot_id: String,
     /// Agent mode: `ebpf`, `ebpf-partial` or `client-only`.
     pub mode: String,
-    /// Log2 slots of WAL `fdatasync` durations (slot k: [2^k, 2^(k+1)) ns).
-    pub wal_fsync_slots: Vec<u64>,
+    /// WAL `fdatasync` durations, log2 slots.
+    pub wal_fsync_slots: Log2Slots,
     /// Retransmits per peer.
     pub peer_retransmits: BTreeMap<String, u64>,
     /// Events lost: kernel ring buffer, agent queue, kernel other, and in transit.
@@ -348,19 +341,7 @@ fn kernel_series(registry: &AgentRegistry, member: &MemberState) -> Option<Kerne
     let (record, identity) = registry.find(member)?;
     let (status, _) = record.status.as_ref()?;
     let name = identity.name.as_str();
-    let mut slots: Vec<u64> = Vec::new();
-    for h in status.histograms.iter().filter(|h| {
-        h.member == name
-            && h.op() == etcd_monitor_proto::v1::DiskOp::Fdatasync
-            && h.file() == etcd_monitor_proto::v1::FileClass::Wal
-    }) {
-        if slots.len() < h.log2_slots.len() {
-            slots.resize(h.log2_slots.len(), 0);
-        }
-        for (t, v) in slots.iter_mut().zip(&h.log2_slots) {
-            *t += v;
-        }
-    }
+    let slots = join::wal_fsync_slots(status, name).unwrap_or_default();
     let mut peers = BTreeMap::new();
     for p in status.peers.iter().filter(|p| p.member == name) {
         let peer = if p.peer_member.is_empty() {
@@ -456,61 +437,21 @@ fn db_size(m: &MemberState) -> Option<f64> {
         .or_else(|| m.server.as_ref().map(|s| s.db_total_size_bytes))
 }
 
-/// `histogram_quantile(q, increase(buckets[window]))`, linear inside a bucket; None without
-/// observations in the window.
-pub fn bucket_quantile(q: f64, first: &Buckets, last: &Buckets) -> Option<f64> {
-    let reset = last
-        .iter()
-        .any(|(le, c)| first.iter().any(|(le2, c2)| le == le2 && c2 > c));
-    let diff: Buckets = last
-        .iter()
-        .map(|(le, c)| {
-            let before = if reset {
-                0.0
-            } else {
-                first.iter().find(|(l, _)| l == le).map_or(0.0, |(_, c)| *c)
-            };
-            (*le, c - before)
-        })
-        .collect();
-    let total = diff.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let (mut prev_le, mut prev_count) = (0.0, 0.0);
-    for (le, count) in &diff {
-        if *count >= rank {
-            if le.is_infinite() {
-                return Some(prev_le);
-            }
-            let inside = count - prev_count;
-            if inside <= 0.0 {
-                return Some(*le);
-            }
-            return Some(prev_le + (le - prev_le) * (rank - prev_count) / inside);
-        }
-        prev_le = *le;
-        prev_count = *count;
-    }
-    Some(prev_le)
+/// `histogram_quantile(q, increase(buckets[window]))` in seconds, by the shared histogram
+/// model's reset and quantile rules; `None` without observations in the window.
+pub fn bucket_quantile(q: f64, first: &CumulativeBuckets, last: &CumulativeBuckets) -> Option<f64> {
+    delta(&first.histogram(), &last.histogram()).quantile(q)
 }
 
-/// p99 of log2 slots over the window, seconds (upper bound of the slot); None without calls.
-pub fn slots_quantile(q: f64, first: &[u64], last: &[u64]) -> Option<f64> {
-    let reset = first.iter().zip(last).any(|(a, b)| a > b) || first.len() > last.len();
-    let diff: Vec<u64> = last
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            if reset {
-                *v
-            } else {
-                v.saturating_sub(first.get(i).copied().unwrap_or(0))
-            }
-        })
-        .collect();
-    join::slot_quantile_ms(&diff, q).map(|ms| ms / 1000.0)
+/// The `q` quantile of the kernel's log2 slots over the window, seconds, by the shared model's
+/// rules; `first` is `None` when the agent restarted (new boot id) inside the window, so the
+/// window is what the new agent counted. `None` without calls.
+pub fn slots_quantile(q: f64, first: Option<&Log2Slots>, last: &Log2Slots) -> Option<f64> {
+    let last = last.histogram();
+    match first {
+        Some(first) => delta(&first.histogram(), &last).quantile(q),
+        None => last.quantile(q),
+    }
 }
 
 fn rate(first: f64, last: f64, seconds: f64) -> Option<f64> {
@@ -647,7 +588,7 @@ pub fn samples(
                     && let (Some(sa), Some(sb)) = (&a.server, &b.server)
                 {
                     for (method, last) in &sb.grpc_handling {
-                        let empty = Vec::new();
+                        let empty = CumulativeBuckets::default();
                         let first = sa.grpc_handling.get(method).unwrap_or(&empty);
                         if let Some(v) = bucket_quantile(0.99, first, last) {
                             let mut l = labels.clone();
@@ -763,11 +704,7 @@ pub fn samples(
                 let (Some(ka), Some(kb)) = (&a.kernel, &b.kernel) else {
                     continue;
                 };
-                let first: &[u64] = if ka.boot_id == kb.boot_id {
-                    &ka.wal_fsync_slots
-                } else {
-                    &[]
-                };
+                let first = (ka.boot_id == kb.boot_id).then_some(&ka.wal_fsync_slots);
                 let Some(kernel) = slots_quantile(0.99, first, &kb.wal_fsync_slots) else {
                     continue;
                 };
@@ -841,13 +778,16 @@ mod tests {
 
     #[test]
     fn bucket_quantile_uses_the_window_only() {
-        let first = vec![(0.001, 100.0), (0.1, 100.0), (f64::INFINITY, 100.0)];
-        let last = vec![(0.001, 100.0), (0.1, 200.0), (f64::INFINITY, 200.0)];
+        let first =
+            CumulativeBuckets::from_pairs([(0.001, 100.0), (0.1, 100.0), (f64::INFINITY, 100.0)]);
+        let last =
+            CumulativeBuckets::from_pairs([(0.001, 100.0), (0.1, 200.0), (f64::INFINITY, 200.0)]);
         let q = bucket_quantile(0.99, &first, &last).unwrap_or_default();
         assert!(q > 0.09 && q <= 0.1, "{q}");
         assert_eq!(bucket_quantile(0.99, &last, &last), None);
         // A counter reset takes the new counts as they are.
-        let reset = vec![(0.001, 10.0), (0.1, 10.0), (f64::INFINITY, 10.0)];
+        let reset =
+            CumulativeBuckets::from_pairs([(0.001, 10.0), (0.1, 10.0), (f64::INFINITY, 10.0)]);
         assert!(bucket_quantile(0.99, &last, &reset).unwrap_or(1.0) <= 0.001);
     }
 
@@ -858,7 +798,16 @@ mod tests {
         first[10] = 1000;
         let mut last = first.clone();
         last[26] = 100;
-        let q = slots_quantile(0.99, &first, &last).unwrap_or_default();
-        assert!((q - 0.134_217_728).abs() < 1e-6, "{q}");
+        let (first, last) = (
+            Log2Slots::new(1000, 0, &first),
+            Log2Slots::new(1100, 0, &last),
+        );
+        let q = slots_quantile(0.99, Some(&first), &last).unwrap_or_default();
+        // Rank 99 of the window's 100, interpolated inside [2^26, 2^27) ns.
+        let lo = (1u64 << 26) as f64 / 1e9;
+        assert!((q - (lo + lo * 0.99)).abs() < 1e-9, "{q}");
+        // A new agent (no first reading): its own counts since it started.
+        let q = slots_quantile(0.99, None, &first).unwrap_or_default();
+        assert!(q > 1e-6 && q <= 2.048e-6, "{q}");
     }
 }

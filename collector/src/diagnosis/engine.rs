@@ -21,10 +21,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{
-    DiagnosisConfig,
-    sample::{Log2, MemberSample},
-};
+use super::{DiagnosisConfig, sample::MemberSample};
 
 /// The causes a verdict can name, as in `etcdmon_diagnosis{cause}`.
 pub const CAUSES: [&str; 6] = [
@@ -135,7 +132,7 @@ pub fn diagnose(first: &MemberSample, last: &MemberSample, cfg: &DiagnosisConfig
     };
     if let (Some(a), Some(b)) = (&first.server_wal, &last.server_wal) {
         let w = b.since(a);
-        ev.etcd_wal_syncs = w.count() as u64;
+        ev.etcd_wal_syncs = w.count();
         ev.etcd_wal_fsync_p99_ms = w.quantile_ms(0.99);
         ev.etcd_wal_fsync_at_quantile_ms = w.quantile_ms(cfg.quantile);
     }
@@ -150,7 +147,7 @@ pub fn diagnose(first: &MemberSample, last: &MemberSample, cfg: &DiagnosisConfig
     let mut neighbor: Option<Neighbor> = None;
     if let Some((a, b)) = kernel {
         let wal = b.wal_fdatasync.since(&a.wal_fdatasync);
-        ev.syscall_fdatasyncs = wal.count;
+        ev.syscall_fdatasyncs = wal.count();
         ev.syscall_fdatasync_p99_ms = wal.quantile_ms(0.99);
         ev.syscall_fdatasync_at_quantile_ms = wal.quantile_ms(cfg.quantile);
         ev.syscall_fdatasync_mean_ms = wal.mean_ms();
@@ -167,7 +164,7 @@ pub fn diagnose(first: &MemberSample, last: &MemberSample, cfg: &DiagnosisConfig
             let mean = w.mean_ms();
             if ev.device.is_none() || mean > ev.device_service_mean_ms {
                 ev.device = Some(d.name.clone());
-                ev.device_requests = w.count;
+                ev.device_requests = w.count();
                 ev.device_service_mean_ms = mean;
                 ev.device_service_p99_ms = w.quantile_ms(0.99);
                 // Who wrote to it in the window, in bytes and in bios.
@@ -221,7 +218,7 @@ pub fn diagnose(first: &MemberSample, last: &MemberSample, cfg: &DiagnosisConfig
         }
         if let (Some(ra), Some(rb)) = (&a.runq, &b.runq) {
             has_sched = true;
-            let w: Log2 = rb.since(ra);
+            let w = rb.since(ra);
             ev.runq_p99_ms = w.quantile_ms(0.99);
             ev.runq_mean_ms = w.mean_ms();
         }
@@ -387,21 +384,22 @@ mod tests {
     use etcd_monitor_proto::v1::IoIssuer;
 
     use super::*;
-    use crate::diagnosis::sample::{AgentSample, Buckets, DeviceSample};
+    use crate::diagnosis::sample::{AgentSample, DeviceSample};
+    use etcd_monitor_histogram::{CumulativeBuckets, Log2Slots};
 
-    fn log2(count: u64, each_ns: u64) -> Log2 {
+    fn log2(count: u64, each_ns: u64) -> Log2Slots {
         let mut slots = vec![0u64; 40];
         slots[63 - each_ns.leading_zeros() as usize] = count;
-        Log2 {
+        Log2Slots {
             count,
             sum_ns: count * each_ns,
             slots,
         }
     }
 
-    fn server(count: f64, slow: bool) -> Buckets {
+    fn server(count: f64, slow: bool) -> CumulativeBuckets {
         let fast = if slow { 0.0 } else { count };
-        Buckets(vec![(0.004, fast), (0.256, count), (f64::INFINITY, count)])
+        CumulativeBuckets::from_pairs([(0.004, fast), (0.256, count), (f64::INFINITY, count)])
     }
 
     fn sample(at: u64, fsyncs: u64, fsync_ns: u64, device_ns: u64) -> MemberSample {

@@ -298,22 +298,7 @@ pub fn tick(
             }
             let key = (cluster.name().to_string(), member.id.clone());
             seen.push((cluster.name().to_string(), member.name.clone()));
-            let agent = pipeline
-                .registry
-                .find(member)
-                .and_then(|(record, identity)| {
-                    let (status, _) = record.status.as_ref()?;
-                    Some(sample::agent_sample(status, &identity))
-                });
-            let s = sample::MemberSample {
-                at_ms: now,
-                server_wal: member
-                    .server
-                    .as_ref()
-                    .filter(|m| !m.series.wal_fsync.is_empty())
-                    .map(|m| sample::Buckets(m.series.wal_fsync.clone())),
-                agent,
-            };
+            let s = sample::member_sample(member, &pipeline.registry, now);
             let ring = history.entry(key).or_default();
             ring.push_back(s);
             while ring

@@ -1,5 +1,6 @@
 //! Matching agents' process identities to MemberList entries, and the per-member kernel view.
 
+use etcd_monitor_histogram::Log2Slots;
 use etcd_monitor_proto::v1::{AgentStatus, DiskOp, FileClass, KernelHistogram, MemberIdentity};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -11,9 +12,10 @@ use crate::cluster::MemberState;
 pub struct KernelLatency {
     /// Calls counted since the agent started.
     pub count: u64,
-    /// Median, ms (upper bound of its log2 bucket).
+    /// Median since the agent started, ms (the shared histogram model's quantile rule:
+    /// interpolated inside the log2 slot).
     pub p50_ms: f64,
-    /// 99th percentile, ms (upper bound of its log2 bucket).
+    /// 99th percentile since the agent started, ms (same rule).
     pub p99_ms: f64,
     /// Mean, ms.
     pub mean_ms: f64,
@@ -80,45 +82,32 @@ fn same_url(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
-/// Upper bound, in ms, of the log2 slot where quantile `q` falls.
-pub fn slot_quantile_ms(slots: &[u64], q: f64) -> Option<f64> {
-    let total: u64 = slots.iter().sum();
-    if total == 0 {
-        return None;
+/// Sums the log2 histograms of `hists` (several processes, files or ops of one member).
+fn log2_sum<'a>(hists: impl Iterator<Item = &'a KernelHistogram>) -> Option<Log2Slots> {
+    let mut sum: Option<Log2Slots> = None;
+    for h in hists {
+        sum.get_or_insert_default()
+            .add(h.count, h.sum_nanos, &h.log2_slots);
     }
-    let rank = ((q * total as f64).ceil() as u64).max(1);
-    let mut seen = 0;
-    for (slot, count) in slots.iter().enumerate() {
-        seen += count;
-        if seen >= rank {
-            return Some((1u64 << (slot + 1).min(63)) as f64 / 1e6);
-        }
-    }
-    None
+    sum
 }
 
-fn latency<'a>(hists: impl Iterator<Item = &'a KernelHistogram>) -> Option<KernelLatency> {
-    let mut slots: Vec<u64> = Vec::new();
-    let (mut count, mut sum) = (0u64, 0u64);
-    for h in hists {
-        if slots.len() < h.log2_slots.len() {
-            slots.resize(h.log2_slots.len(), 0);
-        }
-        for (total, v) in slots.iter_mut().zip(&h.log2_slots) {
-            *total += v;
-        }
-        count += h.count;
-        sum += h.sum_nanos;
-    }
-    if count == 0 {
+/// Count, p50, p99 and mean of cumulative log2 histograms, by the shared model's rules.
+pub fn latency(slots: &Log2Slots) -> Option<KernelLatency> {
+    let h = slots.histogram();
+    if h.count() == 0 {
         return None;
     }
     Some(KernelLatency {
-        count,
-        p50_ms: slot_quantile_ms(&slots, 0.5)?,
-        p99_ms: slot_quantile_ms(&slots, 0.99)?,
-        mean_ms: sum as f64 / count as f64 / 1e6,
+        count: h.count(),
+        p50_ms: h.quantile_ms(0.5)?,
+        p99_ms: h.quantile_ms(0.99)?,
+        mean_ms: h.mean_ms()?,
     })
+}
+
+fn latency_of<'a>(hists: impl Iterator<Item = &'a KernelHistogram>) -> Option<KernelLatency> {
+    latency(&log2_sum(hists)?)
 }
 
 fn is_write(op: DiskOp) -> bool {
@@ -128,24 +117,13 @@ fn is_write(op: DiskOp) -> bool {
     )
 }
 
-/// The agent's cumulative log2 slots of WAL `fdatasync` for `member` (agent-side name).
-pub fn wal_fsync_slots(status: &AgentStatus, member: &str) -> Option<Vec<u64>> {
-    let mut slots: Vec<u64> = Vec::new();
-    let mut any = false;
-    for h in status
-        .histograms
-        .iter()
-        .filter(|h| h.member == member && h.op() == DiskOp::Fdatasync && h.file() == FileClass::Wal)
-    {
-        any = true;
-        if slots.len() < h.log2_slots.len() {
-            slots.resize(h.log2_slots.len(), 0);
-        }
-        for (total, v) in slots.iter_mut().zip(&h.log2_slots) {
-            *total += v;
-        }
-    }
-    any.then_some(slots)
+/// The agent's cumulative WAL `fdatasync` histogram for `member` (agent-side name): the one
+/// place the collector picks it out of an `AgentStatus` (status page, history, alerts and
+/// diagnosis all read it through here).
+pub fn wal_fsync_slots(status: &AgentStatus, member: &str) -> Option<Log2Slots> {
+    log2_sum(status.histograms.iter().filter(|h| {
+        h.member == member && h.op() == DiskOp::Fdatasync && h.file() == FileClass::Wal
+    }))
 }
 
 /// The kernel view of `identity` from its agent's `status`.
@@ -165,13 +143,11 @@ pub fn kernel_view(
         node: node.to_string(),
         pid: identity.pid,
         last_status_ms: received_ms,
-        wal_fsync: latency(
-            mine().filter(|h| h.op() == DiskOp::Fdatasync && h.file() == FileClass::Wal),
-        ),
-        db_fsync: latency(
+        wal_fsync: wal_fsync_slots(status, name).and_then(|s| latency(&s)),
+        db_fsync: latency_of(
             mine().filter(|h| h.op() == DiskOp::Fdatasync && h.file() == FileClass::Db),
         ),
-        disk_write: latency(mine().filter(|h| is_write(h.op())).filter(disk)),
+        disk_write: latency_of(mine().filter(|h| is_write(h.op())).filter(disk)),
         bytes_written: mine()
             .filter(|h| is_write(h.op()))
             .filter(disk)
@@ -252,19 +228,13 @@ mod tests {
         let mut slots = vec![0u64; 40];
         slots[20] = 99; // [1.05, 2.1) ms
         slots[23] = 1; // [8.4, 16.8) ms
-        assert_eq!(
-            slot_quantile_ms(&slots, 0.5),
-            Some((1u64 << 21) as f64 / 1e6)
-        );
-        assert_eq!(
-            slot_quantile_ms(&slots, 0.99),
-            Some((1u64 << 21) as f64 / 1e6)
-        );
-        assert_eq!(
-            slot_quantile_ms(&slots, 1.0),
-            Some((1u64 << 24) as f64 / 1e6)
-        );
-        assert_eq!(slot_quantile_ms(&[0; 40], 0.5), None);
+        let l = latency(&Log2Slots::new(100, 100_000_000, &slots)).expect("latency");
+        // Interpolated inside the slot (the shared rule), not the slot's upper bound.
+        let lo = (1u64 << 20) as f64 / 1e6;
+        assert!((l.p50_ms - (lo + lo * 50.0 / 99.0)).abs() < 1e-9, "{l:?}");
+        assert!((l.p99_ms - 2.0 * lo).abs() < 1e-9, "{l:?}");
+        assert!((l.mean_ms - 1.0).abs() < 1e-9);
+        assert_eq!(latency(&Log2Slots::new(0, 0, &[0; 40])), None);
     }
 
     #[test]

@@ -13,11 +13,6 @@ use prometheus::{
 use super::{Pipeline, join};
 use crate::cluster::{ClusterState, Clusters};
 
-/// First log2 slot with a bucket of its own (`le` ≈ 1 µs), as on the agent.
-const FIRST_SLOT: usize = 9;
-/// Last log2 slot with a bucket of its own (`le` ≈ 34 s).
-const LAST_SLOT: usize = 34;
-
 struct Families(HashMap<&'static str, (MetricType, &'static str, Vec<proto::Metric>)>);
 
 impl Families {
@@ -71,22 +66,23 @@ fn label_pairs(pairs: &[(&str, &str)]) -> Vec<proto::LabelPair> {
         .collect()
 }
 
+/// A Prometheus histogram (seconds) from log2 ns slots, in the shared model's exposition
+/// layout (the agent's own /metrics uses the same).
 fn histogram(slots: &[u64], sum_nanos: u64) -> proto::Histogram {
+    let slots = etcd_monitor_histogram::Log2Slots::new(0, sum_nanos, slots);
     let mut h = proto::Histogram::default();
-    h.set_sample_count(slots.iter().sum());
+    h.set_sample_count(slots.slot_total());
     h.set_sample_sum(sum_nanos as f64 / 1e9);
-    let mut cumulative = 0;
-    let mut buckets = Vec::new();
-    for (slot, count) in slots.iter().enumerate().take(LAST_SLOT + 1) {
-        cumulative += count;
-        if slot < FIRST_SLOT {
-            continue;
-        }
-        let mut b = proto::Bucket::default();
-        b.set_upper_bound((1u64 << (slot + 1)) as f64 / 1e9);
-        b.set_cumulative_count(cumulative);
-        buckets.push(b);
-    }
+    let buckets = slots
+        .exposition_buckets()
+        .into_iter()
+        .map(|(le, cumulative)| {
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(le);
+            b.set_cumulative_count(cumulative);
+            b
+        })
+        .collect();
     h.set_bucket(buckets);
     h
 }

@@ -321,8 +321,11 @@ impl AgentRegistry {
         ))
     }
 
-    /// Cumulative in-kernel WAL `fdatasync` slots of `member`, when an agent reports it.
-    pub fn wal_fsync_slots(&self, member: &MemberState) -> Option<Vec<u64>> {
+    /// Cumulative in-kernel WAL `fdatasync` histogram of `member`, when an agent reports it.
+    pub fn wal_fsync_slots(
+        &self,
+        member: &MemberState,
+    ) -> Option<etcd_monitor_histogram::Log2Slots> {
         let (record, identity) = self.find(member)?;
         let (status, _) = record.status.as_ref()?;
         join::wal_fsync_slots(status, &identity.name)
