@@ -89,23 +89,51 @@ fn bpftool_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
     serde_json::from_slice(&out.stdout).with_context(|| format!("parse bpftool {args:?}"))
 }
 
-/// Reads every program's counters, keyed by owner (by pid) and tracepoint.
+/// Program ids held by `pid` (its program and link fds' `prog_id:` lines). The agent attaches
+/// through BPF links, which `bpftool perf show` does not list.
+fn prog_ids_of(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for entry in dir.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .and_then(|v| v.trim().parse().ok())
+            && !ids.contains(&id)
+        {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Reads every program's counters, keyed by owner (by pid) and tracepoint. bpftrace's
+/// programs are found with `bpftool perf show` (perf event fds, which name the tracepoint); the
+/// agent's through its fds, named by their (full, BTF) program name, which is the tracepoint's.
 fn snapshot(owners: &[(u32, Owner)]) -> anyhow::Result<Snapshot> {
     let progs = bpftool_json(&["prog", "show", "-j"])?;
-    let mut by_id: BTreeMap<u64, Counters> = BTreeMap::new();
+    let mut by_id: BTreeMap<u64, (String, Counters)> = BTreeMap::new();
     for p in progs.as_array().into_iter().flatten() {
         if let Some(id) = p["id"].as_u64() {
             by_id.insert(
                 id,
-                Counters {
-                    run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
-                    run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
-                },
+                (
+                    p["name"].as_str().unwrap_or_default().to_string(),
+                    Counters {
+                        run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
+                        run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
+                    },
+                ),
             );
         }
     }
+    let mut attached: Vec<(Owner, String, u64)> = Vec::new();
     let links = bpftool_json(&["perf", "show", "-j"])?;
-    let mut out = Snapshot::new();
     for l in links.as_array().into_iter().flatten() {
         let (Some(pid), Some(id), Some(tp)) = (
             l["pid"].as_u64(),
@@ -114,15 +142,24 @@ fn snapshot(owners: &[(u32, Owner)]) -> anyhow::Result<Snapshot> {
         ) else {
             continue;
         };
-        let Some(owner) = owners
-            .iter()
-            .find(|(p, _)| u64::from(*p) == pid)
-            .map(|(_, o)| *o)
-        else {
+        if let Some((_, owner)) = owners.iter().find(|(p, _)| u64::from(*p) == pid) {
+            attached.push((*owner, tp.to_string(), id));
+        }
+    }
+    for (pid, owner) in owners {
+        if *owner != Owner::Agent {
             continue;
-        };
-        let c = by_id.get(&id).copied().unwrap_or_default();
-        let e = out.entry((owner, tp.to_string())).or_default();
+        }
+        for id in prog_ids_of(*pid) {
+            if let Some((name, _)) = by_id.get(&id) {
+                attached.push((*owner, name.clone(), id));
+            }
+        }
+    }
+    let mut out = Snapshot::new();
+    for (owner, tp, id) in attached {
+        let c = by_id.get(&id).map(|(_, c)| *c).unwrap_or_default();
+        let e = out.entry((owner, tp)).or_default();
         e.run_cnt += c.run_cnt;
         e.run_time_ns += c.run_time_ns;
     }
@@ -180,10 +217,10 @@ fn bpftrace_script() -> String {
         exits.join(",\n")
     ));
     script.push_str(
-        "tracepoint:sched:sched_wakeup, tracepoint:sched:sched_wakeup_new /args.comm == \"etcd\"/ { @qtime[args.pid] = nsecs; }\n\
+        "tracepoint:sched:sched_wakeup, tracepoint:sched:sched_wakeup_new /args->comm == \"etcd\"/ { @qtime[args->pid] = nsecs; }\n\
          tracepoint:sched:sched_switch {\n\
-           if (args.prev_state == 0 && args.prev_comm == \"etcd\") { @qtime[args.prev_pid] = nsecs; }\n\
-           if (args.next_comm == \"etcd\") { $ns = @qtime[args.next_pid]; if ($ns) { @runq = hist(nsecs - $ns); } delete(@qtime[args.next_pid]); }\n\
+           if (args->prev_state == 0 && args->prev_comm == \"etcd\") { @qtime[args->prev_pid] = nsecs; }\n\
+           if (args->next_comm == \"etcd\") { $ns = @qtime[args->next_pid]; if ($ns) { @runq = hist(nsecs - $ns); } delete(@qtime[args->next_pid]); }\n\
          }\n",
     );
     script
