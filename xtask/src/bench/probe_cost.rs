@@ -28,7 +28,9 @@ use std::{
 };
 
 use anyhow::Context;
-use etcd_monitor_tests::{AgentProcess, ClusterOptions, EtcdCluster, process::ChildGuard, wait_for};
+use etcd_monitor_tests::{
+    AgentProcess, ClusterOptions, EtcdCluster, process::ChildGuard, wait_for,
+};
 
 use crate::cmd::{root, run_with, target_dir};
 
@@ -330,7 +332,9 @@ fn render(w: &Window) -> String {
         let agent = get(Owner::Agent, t);
         let floor = get(Owner::Floor, t);
         let bt = get(Owner::Bpftrace, t);
-        let calls = floor.or(agent).map_or(0.0, |c| c.run_cnt as f64 / w.seconds);
+        let calls = floor
+            .or(agent)
+            .map_or(0.0, |c| c.run_cnt as f64 / w.seconds);
         let ratio = match (ns_per_call(agent), ns_per_call(floor)) {
             (Some(a), Some(f)) if f > 0.0 => Some(a / f),
             _ => None,
@@ -430,7 +434,11 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         !floor_points.is_empty(),
         "the agent attached no tracepoint programs"
     );
-    let floor = spawn_bpftrace("floor", &format!("{} {{ }}\n", floor_points.join(",\n")), cluster.dir())?;
+    let floor = spawn_bpftrace(
+        "floor",
+        &format!("{} {{ }}\n", floor_points.join(",\n")),
+        cluster.dir(),
+    )?;
     let bpftrace = spawn_bpftrace("bpftrace", &bpftrace_script(), cluster.dir())?;
     let owners = [
         (agent_pid, Owner::Agent),
