@@ -77,8 +77,17 @@ pub fn enter(ctx: &TracePointContext, op: Op, req_bytes: u64) -> u32 {
         op: op as u8,
         _pad: [0; 3],
     };
-    if STARTS.insert(bpf_get_current_pid_tgid(), start, 0).is_err() {
-        count_drop(DROP_START_MAP);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // A thread's entry is reused from call to call (one lookup and a store), so the LRU map
+    // allocates only for a thread's first traced call.
+    match STARTS.get_ptr_mut(pid_tgid) {
+        // SAFETY: a pointer to this thread's value, valid while the program runs.
+        Some(slot) => unsafe { *slot = start },
+        None => {
+            if STARTS.insert(pid_tgid, start, 0).is_err() {
+                count_drop(DROP_START_MAP);
+            }
+        }
     }
     0
 }
@@ -90,11 +99,17 @@ pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
     if !is_tracked((pid_tgid >> 32) as u32) {
         return 0;
     }
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(start) = (unsafe { STARTS.get(pid_tgid) }).copied() else {
+    let Some(slot) = STARTS.get_ptr_mut(pid_tgid) else {
         return 0;
     };
-    let _ = STARTS.remove(pid_tgid);
+    // SAFETY: a pointer to this thread's value, valid while the program runs; the call is
+    // copied out, then marked consumed (ts 0) instead of deleted, which is far cheaper in an LRU
+    // map and lets the next enter reuse the entry.
+    let start = unsafe { *slot };
+    if start.ts_ns == 0 {
+        return 0;
+    }
+    unsafe { (*slot).ts_ns = 0 };
     if start.op != op as u8 {
         // A missed exit left a stale entry (e.g. the agent attached mid-call); ignore it.
         return 0;

@@ -30,9 +30,18 @@ fn is_member_thread(tid: u32) -> bool {
     bit_is_set(&TID_BITS, tid)
 }
 
+/// Records when `tid` became runnable, reusing its entry when it has one (a store instead of an
+/// LRU insert); 0 means "not waiting".
 #[inline(always)]
 fn mark_runnable(tid: u32) {
-    let _ = WAKE_TS.insert(tid, unsafe { bpf_ktime_get_ns() }, 0);
+    let now = unsafe { bpf_ktime_get_ns() };
+    match WAKE_TS.get_ptr_mut(tid) {
+        // SAFETY: a pointer to the value, valid while the program runs.
+        Some(slot) => unsafe { *slot = now },
+        None => {
+            let _ = WAKE_TS.insert(tid, now, 0);
+        }
+    }
 }
 
 /// Offset of field `index` in `DIAG_OFFSETS` (`OFF_MISSING` when unknown).
@@ -106,11 +115,15 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     let Some(tgid) = (unsafe { TIDS.get(next) }).copied() else {
         return 0;
     };
-    // SAFETY: copied out before the entry is removed.
-    let Some(since) = (unsafe { WAKE_TS.get(next) }).copied() else {
+    let Some(slot) = WAKE_TS.get_ptr_mut(next) else {
         return 0;
     };
-    let _ = WAKE_TS.remove(next);
+    // SAFETY: a pointer to the value, valid while the program runs; consumed by zeroing it.
+    let since = unsafe { *slot };
+    if since == 0 {
+        return 0;
+    }
+    unsafe { *slot = 0 };
     let now = unsafe { bpf_ktime_get_ns() };
     record_stats(&RUNQ_STATS, &tgid, now.saturating_sub(since), 0, false);
     0
