@@ -79,7 +79,7 @@ fn counter_family(name: &str, help: &str, points: Vec<(&'static str, f64)>) -> p
         let mut counter = proto::Counter::default();
         counter.set_value(value);
         let mut metric = proto::Metric::default();
-        metric.set_label(vec![label].into());
+        metric.set_label(vec![label]);
         metric.set_counter(counter);
         family.mut_metric().push(metric);
     }
