@@ -1,12 +1,14 @@
 //! etcd-monitor's eBPF programs.
 //!
 //! Every program is a tracepoint (kprobes are not available everywhere). The syscall programs
-//! first check the `TRACKED` map, so processes that are not etcd cost one hash lookup and produce
-//! nothing. Layout: `maps` declares every map, `syscall` holds the shared enter/exit logic, and
+//! first test the `TRACKED_BITS` bitmap, so processes that are not etcd cost one inlined array
+//! lookup and produce nothing (see `filter`). Layout: `maps` declares every map, `syscall` holds the shared enter/exit logic, and
 //! `probes/*` has one module per hooked event, mirrored by `agent/src/probes/*`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod filter;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -9,8 +9,8 @@ use etcd_monitor_agent_common::{
         DOFF_LEN, IoKey, Issuer, IssuerKey, MAX_BLOCK_DEVS, MAX_ISSUERS, MAX_RQ_IN_FLIGHT, MAX_TIDS,
     },
     maps::{
-        CONFIG_LEN, CommFilter, DEFAULT_RINGBUF_BYTES, DROPS_LEN, MAX_CONNS, MAX_FDS,
-        MAX_IN_FLIGHT, MAX_OP_STATS, MAX_PORTS, MAX_SOCK_IO, MAX_TRACKED,
+        BITMAP_WORDS, CONFIG_LEN, CommFilter, DEFAULT_RINGBUF_BYTES, DROPS_LEN, MAX_CONNS, MAX_FDS,
+        MAX_IN_FLIGHT, MAX_OP_STATS, MAX_PORTS, MAX_SOCK_IO, MAX_TRACKED, PORT_BITMAP_WORDS,
     },
     net::{Churn, ConnKey, ConnStats, OFF_LEN},
     syscall::{FdKey, OpKey, OpStats, SockIo},
@@ -20,9 +20,17 @@ use etcd_monitor_agent_common::{
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
 
-/// tgid → flags of the etcd processes to trace.
+/// Bit `tgid` set for every etcd process to trace: the first test of every syscall program.
 #[map]
-pub static TRACKED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TRACKED, 0);
+pub static TRACKED_BITS: Array<u64> = Array::with_max_entries(BITMAP_WORDS, 0);
+
+/// Bit `tid` set for every thread in `TIDS`: the first test of the sched programs.
+#[map]
+pub static TID_BITS: Array<u64> = Array::with_max_entries(BITMAP_WORDS, 0);
+
+/// Bit `port` set for every port in `PORTS`: the first test of the TCP programs.
+#[map]
+pub static PORT_BITS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
 
 /// (tgid, fd) → `FileClass` discriminant, filled by user space, cleared on `close`.
 #[map]

@@ -1,6 +1,9 @@
 //! Shared enter/exit logic of the syscall tracepoints.
 //!
-//! `sys_enter_*` records the start time in `STARTS` for tracked processes only; `sys_exit_*`
+//! Both halves first test the caller's tgid in the `TRACKED_BITS` bitmap and return at once for
+//! every other process (the common case on a busy node): one helper call for the tgid and one
+//! inlined array lookup, nothing read from the record, no hash lookup. `sys_enter_*` then
+//! records the start time in `STARTS`; `sys_exit_*`
 //! computes the latency, updates `OP_STATS` (always) and emits a `SyscallEvent` (when it is at
 //! least the configured minimum duration, or when the fd is not yet classified so user space can
 //! learn it).
@@ -20,8 +23,9 @@ use etcd_monitor_agent_common::{
     syscall::{FLAG_CLASS_UNKNOWN, FdKey, FileClass, Op, OpKey, OpStats, SockIo, SyscallEvent},
 };
 
-use crate::maps::{
-    CONFIG, EVENTS, FD_CLASS, OP_STATS, SOCK_IO, STARTS, Start, TRACKED, count_drop,
+use crate::{
+    filter::{bit_is_set, load},
+    maps::{CONFIG, EVENTS, FD_CLASS, OP_STATS, SOCK_IO, STARTS, Start, TRACKED_BITS, count_drop},
 };
 
 /// Offset of the first syscall argument in a `syscalls:sys_enter_*` record.
@@ -29,43 +33,61 @@ const ARG0: usize = 16;
 /// Offset of `ret` in a `syscalls:sys_exit_*` record.
 const RET: usize = 16;
 
+/// Whether process `tgid` is one user space asked us to trace.
+#[inline(always)]
+pub fn is_tracked(tgid: u32) -> bool {
+    bit_is_set(&TRACKED_BITS, tgid)
+}
+
 /// Whether the current process is one user space asked us to trace.
 #[inline(always)]
 pub fn current_is_tracked() -> bool {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: read-only lookup; the value is not kept.
-    unsafe { TRACKED.get(tgid).is_some() }
+    is_tracked((bpf_get_current_pid_tgid() >> 32) as u32)
 }
 
-/// Reads syscall argument `n` (0-based) of a `sys_enter` record.
+/// Reads syscall argument `N` (0-based) of a `sys_enter` record: a direct context load (every
+/// `sys_enter` record has its arguments as 8-byte words from offset 16).
 #[inline(always)]
-pub fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: the tracepoint record has six 8-byte arguments from offset 16.
-    unsafe { ctx.read_at::<u64>(ARG0 + n * 8) }.unwrap_or(0)
+pub fn arg<const N: usize>(ctx: &TracePointContext) -> u64 {
+    const { assert!(N < 6) };
+    match N {
+        0 => load::<u64, { ARG0 }>(ctx),
+        1 => load::<u64, { ARG0 + 8 }>(ctx),
+        2 => load::<u64, { ARG0 + 16 }>(ctx),
+        3 => load::<u64, { ARG0 + 24 }>(ctx),
+        4 => load::<u64, { ARG0 + 32 }>(ctx),
+        _ => load::<u64, { ARG0 + 40 }>(ctx),
+    }
 }
 
-/// Reads `ret` of a `sys_exit` record.
+/// Reads `ret` of a `sys_exit` record (a direct context load; `long ret` is at offset 16).
 #[inline(always)]
 pub fn ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: every sys_exit record has `long ret` at offset 16.
-    unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(0)
+    load::<i64, RET>(ctx)
 }
 
-/// `sys_enter` half: remember when `op` started on this thread.
+/// `sys_enter` half: remember when `op` started on this thread. The caller has checked
+/// [`current_is_tracked`] before computing `req_bytes`.
 #[inline(always)]
 pub fn enter(ctx: &TracePointContext, op: Op, req_bytes: u64) -> u32 {
-    if !current_is_tracked() {
-        return 0;
-    }
     let start = Start {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         req_bytes,
-        fd: arg(ctx, 0) as i32,
+        fd: arg::<0>(ctx) as i32,
         op: op as u8,
         _pad: [0; 3],
     };
-    if STARTS.insert(bpf_get_current_pid_tgid(), start, 0).is_err() {
-        count_drop(DROP_START_MAP);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // A thread's entry is reused from call to call (one lookup and a store), so the LRU map
+    // allocates only for a thread's first traced call.
+    match STARTS.get_ptr_mut(pid_tgid) {
+        // SAFETY: a pointer to this thread's value, valid while the program runs.
+        Some(slot) => unsafe { *slot = start },
+        None => {
+            if STARTS.insert(pid_tgid, start, 0).is_err() {
+                count_drop(DROP_START_MAP);
+            }
+        }
     }
     0
 }
@@ -74,11 +96,20 @@ pub fn enter(ctx: &TracePointContext, op: Op, req_bytes: u64) -> u32 {
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(start) = (unsafe { STARTS.get(pid_tgid) }).copied() else {
+    if !is_tracked((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let Some(slot) = STARTS.get_ptr_mut(pid_tgid) else {
         return 0;
     };
-    let _ = STARTS.remove(pid_tgid);
+    // SAFETY: a pointer to this thread's value, valid while the program runs; the call is
+    // copied out, then marked consumed (ts 0) instead of deleted, which is far cheaper in an LRU
+    // map and lets the next enter reuse the entry.
+    let start = unsafe { *slot };
+    if start.ts_ns == 0 {
+        return 0;
+    }
+    unsafe { (*slot).ts_ns = 0 };
     if start.op != op as u8 {
         // A missed exit left a stale entry (e.g. the agent attached mid-call); ignore it.
         return 0;

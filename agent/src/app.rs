@@ -194,6 +194,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     #[cfg(target_os = "linux")]
     let _kernel_side = match ring_and_programs {
         Some((ring, programs)) => {
+            metrics.register_probe_runs(programs.runs());
             let reader = etcd_monitor_agent::ebpf::spawn_reader(
                 ring,
                 etcd_monitor_agent::ebpf::ReaderContext {

@@ -58,7 +58,10 @@ pub fn describe(proc: &ProcFs, pid: u32) -> Option<EtcdProcess> {
     let start_time = proc.start_time(pid)?;
     let env = proc.environ(pid);
     let cwd = proc.cwd(pid).unwrap_or_else(|| "/".into());
-    let identity = identity::parse(&argv, &env, &cwd, |path| proc.read_in_root(pid, path));
+    #[allow(unused_mut, reason = "only Linux resolves the canonical dirs")]
+    let mut identity = identity::parse(&argv, &env, &cwd, |path| proc.read_in_root(pid, path));
+    #[cfg(target_os = "linux")]
+    identity::resolve_canonical(&mut identity, &proc.path(pid, ""));
     Some(EtcdProcess {
         pid,
         start_time,

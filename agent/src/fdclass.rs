@@ -1,6 +1,9 @@
 //! Classifying an etcd process's fds: WAL, DB, SNAP, client or peer socket, or other.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use etcd_monitor_agent_common::syscall::FileClass;
 
@@ -83,11 +86,23 @@ pub fn classify(
         .clone()
         .unwrap_or_else(|| member.join("wal"));
     let snap_dir = member.join("snap");
-    if path.starts_with(&wal_dir) {
+    // The kernel names an open file by its real path (symlinks resolved, as mounted in the
+    // member's namespace): compare with the canonical dirs too, and the argv forms for when
+    // they could not be resolved.
+    let canonical = &identity.canonical;
+    let under = |argv: &Path, canonical: Option<&PathBuf>| {
+        path.starts_with(argv) || canonical.is_some_and(|c| path.starts_with(c))
+    };
+    let is_db = path == snap_dir.join("db")
+        || canonical
+            .snap_dir
+            .as_ref()
+            .is_some_and(|c| path == c.join("db"));
+    if under(&wal_dir, canonical.wal_dir.as_ref()) {
         FileClass::Wal
-    } else if path == snap_dir.join("db") {
+    } else if is_db {
         FileClass::Db
-    } else if path.starts_with(&snap_dir) {
+    } else if under(&snap_dir, canonical.snap_dir.as_ref()) {
         FileClass::Snap
     } else {
         FileClass::Other
@@ -152,6 +167,34 @@ mod tests {
             classify("/var/lib/etcd/member/wal/1.wal", &id, &roles, &none),
             FileClass::Other
         );
+    }
+
+    #[test]
+    fn canonical_dirs_classify_what_the_kernel_names() {
+        // --data-dir=/var/lib/etcd is a symlink to /mnt/vol/etcd; --wal-dir=/fast/wal to /nvme/wal.
+        let mut id = identity();
+        id.wal_dir = Some(PathBuf::from("/fast/wal"));
+        id.canonical = crate::identity::CanonicalDirs {
+            data_dir: Some(PathBuf::from("/mnt/vol/etcd")),
+            wal_dir: Some(PathBuf::from("/nvme/wal")),
+            snap_dir: Some(PathBuf::from("/mnt/vol/etcd/member/snap")),
+        };
+        let roles = PortRoles::of(&id);
+        let none = HashMap::new();
+        let c = |t: &str| classify(t, &id, &roles, &none);
+        assert_eq!(
+            c("/nvme/wal/0000000000000000-0000000000000000.wal"),
+            FileClass::Wal
+        );
+        assert_eq!(
+            c("/fast/wal/1.wal"),
+            FileClass::Wal,
+            "argv form still counts"
+        );
+        assert_eq!(c("/mnt/vol/etcd/member/snap/db"), FileClass::Db);
+        assert_eq!(c("/mnt/vol/etcd/member/snap/1-2.snap"), FileClass::Snap);
+        assert_eq!(c("/mnt/vol/etcd/member/wal/1.wal"), FileClass::Other);
+        assert_eq!(c("/nvme/wal-other/1.wal"), FileClass::Other);
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct MemberIdentity {
     pub listen_peer_urls: Vec<String>,
     /// `--initial-cluster` as (name, peer URL) pairs.
     pub initial_cluster: Vec<(String, String)>,
+    /// The dirs as the kernel names the member's open files (see [`resolve_canonical`]).
+    #[serde(skip)]
+    pub canonical: CanonicalDirs,
 }
 
 /// The settings we read, by etcd flag name (without dashes).
@@ -188,6 +191,117 @@ pub fn parse(
         listen_client_urls,
         listen_peer_urls,
         initial_cluster,
+        canonical: CanonicalDirs::default(),
+    }
+}
+
+/// A member's directories as the kernel names them when the agent reads `/proc/PID/fd/N`: the
+/// argv paths resolved inside the member's own root and mount namespace, symlinks followed.
+/// Empty until [`resolve_canonical`] ran (and for a path that could not be resolved).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CanonicalDirs {
+    /// The data dir.
+    pub data_dir: Option<PathBuf>,
+    /// The WAL dir (`--wal-dir`, else `<data dir>/member/wal`).
+    pub wal_dir: Option<PathBuf>,
+    /// `<data dir>/member/snap`.
+    pub snap_dir: Option<PathBuf>,
+}
+
+/// Fills `identity.canonical` from the process's view: each dir is opened through
+/// `process_dir/root` (`/proc/PID/root`) with `openat2(RESOLVE_IN_ROOT)`, so absolute symlinks
+/// resolve in the member's root and bind mounts of its mount namespace are crossed, and the
+/// kernel's name for the result is read back from the agent's own fd. A dir that does not exist
+/// yet (etcd creates `member/wal` after start) is resolved through its deepest existing
+/// ancestor. Relative argv paths were made absolute with the process's cwd by [`parse`].
+#[cfg(target_os = "linux")]
+pub fn resolve_canonical(identity: &mut MemberIdentity, process_dir: &Path) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    let Ok(root) = std::ffi::CString::new(process_dir.join("root").as_os_str().as_encoded_bytes())
+    else {
+        return;
+    };
+    // SAFETY: a valid NUL-terminated path; the fd is owned below.
+    let fd = unsafe {
+        libc::open(
+            root.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let root = unsafe { OwnedFd::from_raw_fd(fd) };
+    let member = identity.data_dir.join("member");
+    let wal = identity
+        .wal_dir
+        .clone()
+        .unwrap_or_else(|| member.join("wal"));
+    identity.canonical = CanonicalDirs {
+        data_dir: resolve_in_root(root.as_raw_fd(), &identity.data_dir),
+        wal_dir: resolve_in_root(root.as_raw_fd(), &wal),
+        snap_dir: resolve_in_root(root.as_raw_fd(), &member.join("snap")),
+    };
+}
+
+/// `path` (absolute, in the root `root` stands for) as the kernel names it from here.
+#[cfg(target_os = "linux")]
+fn resolve_in_root(root: std::os::fd::RawFd, path: &Path) -> Option<PathBuf> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+    const RESOLVE_IN_ROOT: u64 = 0x10;
+
+    let mut missing = Vec::new();
+    let mut existing = path.to_path_buf();
+    loop {
+        let relative = existing.strip_prefix("/").unwrap_or(&existing);
+        let target = if relative.as_os_str().is_empty() {
+            std::ffi::CString::new(".").ok()?
+        } else {
+            std::ffi::CString::new(relative.as_os_str().as_encoded_bytes()).ok()?
+        };
+        let how = OpenHow {
+            flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: valid pointers to a NUL-terminated path and an `open_how` of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root,
+                target.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            let mut resolved =
+                std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+            for name in missing.iter().rev() {
+                resolved.push(name);
+            }
+            return Some(resolved);
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
+            return None;
+        }
+        let name = existing.file_name()?.to_os_string();
+        missing.push(name);
+        if !existing.pop() {
+            return None;
+        }
     }
 }
 
@@ -281,5 +395,27 @@ mod tests {
         assert_eq!(url_port("http://127.0.0.1:2379"), Some(2379));
         assert_eq!(url_port("https://[::1]:22380/"), Some(22380));
         assert_eq!(url_port("http://localhost"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn canonical_dirs_follow_symlinks_and_missing_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir_all(real.join("member/snap")).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let real = std::fs::canonicalize(&real).unwrap();
+        let mut id = parse(
+            &["etcd".to_string(), format!("--data-dir={}", link.display())],
+            &[],
+            Path::new("/"),
+            |_| None,
+        );
+        resolve_canonical(&mut id, Path::new("/proc/self"));
+        assert_eq!(id.canonical.data_dir, Some(real.clone()));
+        assert_eq!(id.canonical.snap_dir, Some(real.join("member/snap")));
+        // member/wal does not exist yet: resolved through its deepest existing ancestor.
+        assert_eq!(id.canonical.wal_dir, Some(real.join("member/wal")));
     }
 }

@@ -216,6 +216,16 @@ impl AgentMetrics {
         }
     }
 
+    /// Adds `etcdmon_probe_run_seconds_total` / `etcdmon_probe_runs_total` read from `source`
+    /// at scrape time (the loaded programs' kernel statistics).
+    pub fn register_probe_runs(&self, source: crate::probes::runs::RunSource) {
+        let registered = crate::probes::runs::ProbeRunCollector::new(source)
+            .and_then(|collector| self.registry.register(Box::new(collector)));
+        if let Err(e) = registered {
+            tracing::error!(error = %e, "Metric registration failed.");
+        }
+    }
+
     /// Text exposition of everything.
     pub fn render(&self) -> String {
         let families = self.registry.gather();

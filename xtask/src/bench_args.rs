@@ -18,6 +18,14 @@ pub enum Which {
         #[arg(long)]
         on_disk: bool,
     },
+    /// In-kernel cost of every agent eBPF program per invocation (kernel BPF statistics), next
+    /// to an empty program on the same tracepoint and to bpftrace doing the same work, under
+    /// etcd load and under untraced load only.
+    ProbeCost {
+        /// Seconds per load window.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// wrk against the collector's /api/v1/cluster/status and /metrics while it watches a
     /// 3-member cluster, then a CPU/RSS soak.
     Collector {

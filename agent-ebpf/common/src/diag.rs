@@ -57,6 +57,23 @@ pub const TIDS: &str = "TIDS";
 pub const WAKE_TS: &str = "WAKE_TS";
 /// `PerCpuHashMap<u32 tgid, OpStats>`: run-queue latency per tracked process.
 pub const RUNQ_STATS: &str = "RUNQ_STATS";
+/// `Array<u64>` of `maps::BITMAP_WORDS` words: bit `tid` is set for every thread in `TIDS`.
+/// `sched_switch` and `sched_wakeup` fire for every thread of the node; they test this bitmap
+/// (two inlined array lookups) before touching any hash map.
+pub const TID_BITS: &str = "TID_BITS";
+
+/// Offsets these fields have had in every kernel since 4.x (tracefs `format`). When tracefs
+/// agrees, the programs read them with a direct context load (no helper call); otherwise they
+/// fall back to `bpf_probe_read_kernel` at the tracefs offset.
+pub const SWITCH_PREV_PID_AT: usize = 24;
+/// See [`SWITCH_PREV_PID_AT`].
+pub const SWITCH_PREV_STATE_AT: usize = 32;
+/// See [`SWITCH_PREV_PID_AT`].
+pub const SWITCH_NEXT_PID_AT: usize = 56;
+/// See [`SWITCH_PREV_PID_AT`]: `sched_wakeup.pid`.
+pub const WAKEUP_PID_AT: usize = 24;
+/// See [`SWITCH_PREV_PID_AT`]: `dev` of `block_rq_issue`, `block_rq_complete`, `block_bio_queue`.
+pub const BLOCK_DEV_AT: usize = 8;
 
 /// Capacity of `BLOCK_DEVS`.
 pub const MAX_BLOCK_DEVS: u32 = 64;

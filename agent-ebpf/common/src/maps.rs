@@ -2,8 +2,6 @@
 
 /// Ring buffer of [`crate::syscall::SyscallEvent`] and [`crate::process::ProcessEvent`] records.
 pub const EVENTS: &str = "EVENTS";
-/// `HashMap<u32 tgid, u32 flags>`: the etcd processes to trace. User space fills it.
-pub const TRACKED: &str = "TRACKED";
 /// `HashMap<FdKey, u8 FileClass>`: file class of each open fd of a tracked process.
 pub const FD_CLASS: &str = "FD_CLASS";
 /// `PerCpuHashMap<OpKey, OpStats>`: exact per-(tgid, op, class) counts and log2 histogram.
@@ -37,7 +35,7 @@ pub const DROP_STATS_MAP: u32 = 3;
 /// Number of `DROPS` entries.
 pub const DROPS_LEN: u32 = 4;
 
-/// Capacity of `TRACKED`.
+/// Most processes traced at once (capacity of the per-process maps).
 pub const MAX_TRACKED: u32 = 256;
 /// Capacity of `FD_CLASS`.
 pub const MAX_FDS: u32 = 65_536;
@@ -79,3 +77,37 @@ pub const MAX_CONNS: u32 = 16_384;
 pub const SOCK_IO: &str = "SOCK_IO";
 /// Capacity of `SOCK_IO` (peer sockets only: a few per member pair).
 pub const MAX_SOCK_IO: u32 = 4_096;
+
+/// `Array<u64>` of [`BITMAP_WORDS`] words: bit `tgid` is set for every etcd process to trace.
+/// User space alone writes it.
+/// The syscall programs test it before anything else: an array lookup the verifier inlines,
+/// no hashing, so an untraced process costs little more than an empty program.
+pub const TRACKED_BITS: &str = "TRACKED_BITS";
+/// `Array<u64>` of [`PORT_BITMAP_WORDS`] words: bit `port` is set for every port in `PORTS`.
+pub const PORT_BITS: &str = "PORT_BITS";
+/// Words of a pid-indexed bitmap: `PID_MAX_LIMIT` on 64-bit Linux is 2^22, so 2^16 words
+/// (512 KiB) cover every possible pid.
+pub const BITMAP_WORDS: u32 = 1 << 16;
+/// Words of a port-indexed bitmap (2^16 ports).
+pub const PORT_BITMAP_WORDS: u32 = 1 << 10;
+
+/// Word index and bit mask of `id` in a bitmap of `u64` words.
+#[inline(always)]
+pub const fn bit_position(id: u32) -> (u32, u64) {
+    (id >> 6, 1u64 << (id & 63))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_positions_cover_every_pid_and_port() {
+        assert_eq!(bit_position(0), (0, 1));
+        assert_eq!(bit_position(63), (0, 1 << 63));
+        assert_eq!(bit_position(64), (1, 1));
+        // PID_MAX_LIMIT - 1 and the largest port land in the last word.
+        assert_eq!(bit_position((1 << 22) - 1).0, BITMAP_WORDS - 1);
+        assert_eq!(bit_position(u32::from(u16::MAX)).0, PORT_BITMAP_WORDS - 1);
+    }
+}

@@ -49,6 +49,10 @@ pub const OFF_PROBE_SND_UNA: u32 = 17;
 pub const OFF_PROBE_SRTT: u32 = 18;
 /// Number of offset slots.
 pub const OFF_LEN: u32 = 19;
+/// `tcp_probe.sport` where kernels since 5.x put it; read directly when tracefs agrees.
+pub const PROBE_SPORT_AT: usize = 64;
+/// `tcp_probe.dport`, likewise.
+pub const PROBE_DPORT_AT: usize = 66;
 /// Offset value meaning "this kernel has no such field": the program skips the event.
 pub const OFF_MISSING: u32 = u32::MAX;
 

@@ -16,7 +16,7 @@ fn enter(ctx: &TracePointContext) -> u32 {
     if !syscall::current_is_tracked() {
         return 0;
     }
-    let listener = syscall::arg(ctx, 0) as i32;
+    let listener = syscall::arg::<0>(ctx) as i32;
     let _ = ACCEPTS.insert(bpf_get_current_pid_tgid(), listener, 0);
     0
 }
@@ -24,6 +24,9 @@ fn enter(ctx: &TracePointContext) -> u32 {
 #[inline(always)]
 fn exit(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if !syscall::is_tracked((pid_tgid >> 32) as u32) {
+        return 0;
+    }
     // SAFETY: the value is copied before the entry is removed.
     let Some(listener) = (unsafe { ACCEPTS.get(pid_tgid) }).copied() else {
         return 0;

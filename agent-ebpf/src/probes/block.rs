@@ -11,13 +11,14 @@ use aya_ebpf::{
 };
 use etcd_monitor_agent_common::{
     diag::{
-        DOFF_BIO_DEV, DOFF_BIO_NR_SECTOR, DOFF_LEN, DOFF_RQC_DEV, DOFF_RQC_ERROR, DOFF_RQC_SECTOR,
-        DOFF_RQI_DEV, DOFF_RQI_SECTOR, IoKey, Issuer, IssuerKey,
+        BLOCK_DEV_AT, DOFF_BIO_DEV, DOFF_BIO_NR_SECTOR, DOFF_LEN, DOFF_RQC_DEV, DOFF_RQC_ERROR,
+        DOFF_RQC_SECTOR, DOFF_RQI_DEV, DOFF_RQI_SECTOR, IoKey, Issuer, IssuerKey,
     },
     net::OFF_MISSING,
 };
 
 use crate::{
+    filter::field_at,
     maps::{BLOCK_DEVS, BLOCK_STATS, DIAG_OFFSETS, IO_ISSUERS, RQ_STARTS},
     syscall::record_stats,
 };
@@ -48,7 +49,7 @@ pub fn block_rq_issue(ctx: TracePointContext) -> u32 {
     let Some(offsets) = DIAG_OFFSETS.get(0) else {
         return 0;
     };
-    let Some(dev) = field::<u32>(&ctx, offsets, DOFF_RQI_DEV) else {
+    let Some(dev) = field_at::<u32, BLOCK_DEV_AT>(&ctx, offsets[DOFF_RQI_DEV as usize]) else {
         return 0;
     };
     if !watched(dev) {
@@ -71,7 +72,7 @@ pub fn block_rq_complete(ctx: TracePointContext) -> u32 {
     let Some(offsets) = DIAG_OFFSETS.get(0) else {
         return 0;
     };
-    let Some(dev) = field::<u32>(&ctx, offsets, DOFF_RQC_DEV) else {
+    let Some(dev) = field_at::<u32, BLOCK_DEV_AT>(&ctx, offsets[DOFF_RQC_DEV as usize]) else {
         return 0;
     };
     if !watched(dev) {
@@ -103,7 +104,7 @@ pub fn block_bio_queue(ctx: TracePointContext) -> u32 {
     let Some(offsets) = DIAG_OFFSETS.get(0) else {
         return 0;
     };
-    let Some(dev) = field::<u32>(&ctx, offsets, DOFF_BIO_DEV) else {
+    let Some(dev) = field_at::<u32, BLOCK_DEV_AT>(&ctx, offsets[DOFF_BIO_DEV as usize]) else {
         return 0;
     };
     if !watched(dev) {

@@ -14,7 +14,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     }
     let key = FdKey {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        fd: syscall::arg(&ctx, 0) as i32,
+        fd: syscall::arg::<0>(&ctx) as i32,
     };
     let _ = FD_CLASS.remove(key);
     0

@@ -12,11 +12,15 @@ pub mod write;
 
 /// Defines the `sys_enter_<name>` / `sys_exit_<name>` tracepoint pair of one op.
 ///
-/// `$req` computes the bytes recorded at enter from the context (0 for most ops).
+/// `$req` computes the bytes recorded at enter from the context (0 for most ops); it runs only
+/// for tracked processes, after the filter.
 macro_rules! syscall_pair {
     ($enter:ident, $exit:ident, $op:expr, |$ctx:ident| $req:expr) => {
         #[aya_ebpf::macros::tracepoint]
         pub fn $enter($ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+            if !crate::syscall::current_is_tracked() {
+                return 0;
+            }
             let req = $req;
             crate::syscall::enter(&$ctx, $op, req)
         }

@@ -2,6 +2,11 @@
 //! thread of a tracked member waited for a CPU (run-queue latency). A thread becomes runnable
 //! when it is woken, or when it is switched out while still runnable (preempted, or throttled by
 //! its cgroup's CPU quota); the wait ends when it is switched in.
+//!
+//! `sched_switch` and `sched_wakeup` fire for every thread of the node. They read the pids with
+//! direct context loads and test them in the `TID_BITS` bitmap (inlined array lookups) before
+//! anything else, so a switch between two threads that are not etcd's costs about as much as an
+//! empty program; the hash maps are touched only for member threads.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -10,32 +15,45 @@ use aya_ebpf::{
 };
 use etcd_monitor_agent_common::diag::{
     DOFF_SWITCH_NEXT_PID, DOFF_SWITCH_PREV_PID, DOFF_SWITCH_PREV_STATE, DOFF_WAKEUP_PID,
-    PREV_STATE_SLEEP_MASK,
+    PREV_STATE_SLEEP_MASK, SWITCH_NEXT_PID_AT, SWITCH_PREV_PID_AT, SWITCH_PREV_STATE_AT,
+    WAKEUP_PID_AT,
 };
 
-use super::block::field;
 use crate::{
-    maps::{DIAG_OFFSETS, RUNQ_STATS, TIDS, TRACKED, WAKE_TS},
-    syscall::record_stats,
+    filter::{bit_is_set, field_at, set_bit},
+    maps::{DIAG_OFFSETS, RUNQ_STATS, TID_BITS, TIDS, WAKE_TS},
+    syscall::{is_tracked, record_stats},
 };
 
 #[inline(always)]
 fn is_member_thread(tid: u32) -> bool {
-    // SAFETY: read-only lookup.
-    unsafe { TIDS.get(tid).is_some() }
+    bit_is_set(&TID_BITS, tid)
 }
 
+/// Records when `tid` became runnable, reusing its entry when it has one (a store instead of an
+/// LRU insert); 0 means "not waiting".
 #[inline(always)]
 fn mark_runnable(tid: u32) {
-    let _ = WAKE_TS.insert(tid, unsafe { bpf_ktime_get_ns() }, 0);
+    let now = unsafe { bpf_ktime_get_ns() };
+    match WAKE_TS.get_ptr_mut(tid) {
+        // SAFETY: a pointer to the value, valid while the program runs.
+        Some(slot) => unsafe { *slot = now },
+        None => {
+            let _ = WAKE_TS.insert(tid, now, 0);
+        }
+    }
+}
+
+/// Offset of field `index` in `DIAG_OFFSETS` (`OFF_MISSING` when unknown).
+#[inline(always)]
+fn offset(index: u32) -> Option<u32> {
+    DIAG_OFFSETS.get(0)?.get(index as usize).copied()
 }
 
 #[tracepoint]
 pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
-    let Some(offsets) = DIAG_OFFSETS.get(0) else {
-        return 0;
-    };
-    let Some(pid) = field::<i32>(&ctx, offsets, DOFF_WAKEUP_PID) else {
+    let Some(pid) = offset(DOFF_WAKEUP_PID).and_then(|o| field_at::<i32, WAKEUP_PID_AT>(&ctx, o))
+    else {
         return 0;
     };
     if is_member_thread(pid as u32) {
@@ -46,19 +64,18 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
-    let Some(offsets) = DIAG_OFFSETS.get(0) else {
-        return 0;
-    };
-    let Some(pid) = field::<i32>(&ctx, offsets, DOFF_WAKEUP_PID) else {
-        return 0;
-    };
     // A new thread of a tracked process: learn it here, before user space's next rescan.
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: read-only lookup.
-    if unsafe { TRACKED.get(tgid) }.is_some() {
-        let _ = TIDS.insert(pid as u32, tgid, 0);
-        mark_runnable(pid as u32);
+    if !is_tracked(tgid) {
+        return 0;
     }
+    let Some(pid) = offset(DOFF_WAKEUP_PID).and_then(|o| field_at::<i32, WAKEUP_PID_AT>(&ctx, o))
+    else {
+        return 0;
+    };
+    let _ = TIDS.insert(pid as u32, tgid, 0);
+    set_bit(&TID_BITS, pid as u32);
+    mark_runnable(pid as u32);
     0
 }
 
@@ -67,28 +84,46 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
     let Some(offsets) = DIAG_OFFSETS.get(0) else {
         return 0;
     };
-    let Some(prev) = field::<i32>(&ctx, offsets, DOFF_SWITCH_PREV_PID) else {
+    let Some(prev) =
+        field_at::<i32, SWITCH_PREV_PID_AT>(&ctx, offsets[DOFF_SWITCH_PREV_PID as usize])
+    else {
         return 0;
     };
-    let Some(next) = field::<i32>(&ctx, offsets, DOFF_SWITCH_NEXT_PID) else {
+    let Some(next) =
+        field_at::<i32, SWITCH_NEXT_PID_AT>(&ctx, offsets[DOFF_SWITCH_NEXT_PID as usize])
+    else {
         return 0;
     };
-    if is_member_thread(prev as u32) {
-        let state = field::<i64>(&ctx, offsets, DOFF_SWITCH_PREV_STATE).unwrap_or(1);
+    let (prev, next) = (prev as u32, next as u32);
+    let prev_member = is_member_thread(prev);
+    let next_member = is_member_thread(next);
+    if !prev_member && !next_member {
+        return 0;
+    }
+    if prev_member {
+        let state =
+            field_at::<i64, SWITCH_PREV_STATE_AT>(&ctx, offsets[DOFF_SWITCH_PREV_STATE as usize])
+                .unwrap_or(1);
         if state & PREV_STATE_SLEEP_MASK == 0 {
-            mark_runnable(prev as u32);
+            mark_runnable(prev);
         }
     }
-    let next = next as u32;
+    if !next_member {
+        return 0;
+    }
     // SAFETY: copied out.
     let Some(tgid) = (unsafe { TIDS.get(next) }).copied() else {
         return 0;
     };
-    // SAFETY: copied out before the entry is removed.
-    let Some(since) = (unsafe { WAKE_TS.get(next) }).copied() else {
+    let Some(slot) = WAKE_TS.get_ptr_mut(next) else {
         return 0;
     };
-    let _ = WAKE_TS.remove(next);
+    // SAFETY: a pointer to the value, valid while the program runs; consumed by zeroing it.
+    let since = unsafe { *slot };
+    if since == 0 {
+        return 0;
+    }
+    unsafe { *slot = 0 };
     let now = unsafe { bpf_ktime_get_ns() };
     record_stats(&RUNQ_STATS, &tgid, now.saturating_sub(since), 0, false);
     0

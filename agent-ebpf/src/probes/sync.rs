@@ -16,5 +16,5 @@ syscall_pair!(
     sys_enter_sync_file_range,
     sys_exit_sync_file_range,
     Op::SyncFileRange,
-    |ctx| crate::syscall::arg(&ctx, 2)
+    |ctx| crate::syscall::arg::<2>(&ctx)
 );

@@ -9,10 +9,14 @@ use etcd_monitor_agent_common::net::{
     OFF_PROBE_SND_UNA, OFF_PROBE_SPORT, OFF_PROBE_SRTT, OFF_RETRANS_DADDR_V6, OFF_RETRANS_DPORT,
     OFF_RETRANS_SADDR_V6, OFF_RETRANS_SPORT, OFF_STATE_DADDR_V6, OFF_STATE_DPORT,
     OFF_STATE_NEWSTATE, OFF_STATE_OLDSTATE, OFF_STATE_PROTOCOL, OFF_STATE_SADDR_V6,
-    OFF_STATE_SPORT, ROLE_CLIENT, ROLE_PEER, TCP_CLOSE, TCP_ESTABLISHED,
+    OFF_STATE_SPORT, PROBE_DPORT_AT, PROBE_SPORT_AT, ROLE_CLIENT, ROLE_PEER, TCP_CLOSE,
+    TCP_ESTABLISHED,
 };
 
-use crate::maps::{CHURN, CONNS, NET_OFFSETS, PORTS};
+use crate::{
+    filter::{bit_is_set, field_at},
+    maps::{CHURN, CONNS, NET_OFFSETS, PORT_BITS, PORTS},
+};
 
 /// Reads a field whose offset user space stored at `index`.
 #[inline(always)]
@@ -25,9 +29,13 @@ fn field<T>(ctx: &TracePointContext, offsets: &[u32; OFF_LEN as usize], index: u
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
 
-/// Role bits of a connection: those of its local port, else of its remote port.
+/// Role bits of a connection: those of its local port, else of its remote port. Ports that are
+/// not the members' are refused by the `PORT_BITS` bitmap before any hash lookup.
 #[inline(always)]
 fn role(sport: u16, dport: u16) -> u8 {
+    if !bit_is_set(&PORT_BITS, u32::from(sport)) && !bit_is_set(&PORT_BITS, u32::from(dport)) {
+        return 0;
+    }
     // SAFETY: read-only lookups of u8 values.
     unsafe {
         if let Some(r) = PORTS.get(sport) {
@@ -194,10 +202,13 @@ pub fn tcp_probe(ctx: TracePointContext) -> u32 {
     let Some(offsets) = NET_OFFSETS.get(0) else {
         return 0;
     };
-    let Some(sport) = field::<u16>(&ctx, offsets, OFF_PROBE_SPORT) else {
+    // tcp_probe fires for every ACK on the node: direct loads, then the port bitmap.
+    let Some(sport) = field_at::<u16, PROBE_SPORT_AT>(&ctx, offsets[OFF_PROBE_SPORT as usize])
+    else {
         return 0;
     };
-    let Some(dport) = field::<u16>(&ctx, offsets, OFF_PROBE_DPORT) else {
+    let Some(dport) = field_at::<u16, PROBE_DPORT_AT>(&ctx, offsets[OFF_PROBE_DPORT as usize])
+    else {
         return 0;
     };
     let role = role(sport, dport);

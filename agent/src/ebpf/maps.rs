@@ -5,10 +5,10 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
 };
 use etcd_monitor_agent_common::diag::{self as diag_abi, Issuer, IssuerKey};
-use std::collections::HashMap as StdHashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
 
 use etcd_monitor_agent_common::{
-    maps::{self as names, CommFilter},
+    maps::{self as names, CommFilter, bit_position},
     net::{Churn, ConnKey, ConnStats},
     syscall::{FdKey, FileClass, OpKey, OpStats, SockIo},
 };
@@ -21,7 +21,7 @@ use crate::{
 
 /// Owns the maps the agent reads and writes.
 pub struct EbpfKernel {
-    tracked: HashMap<MapData, u32, u32>,
+    tracked: Array<MapData, u64>,
     fd_class: HashMap<MapData, FdKey, u8>,
     op_stats: PerCpuHashMap<MapData, OpKey, OpStats>,
     config: Array<MapData, u64>,
@@ -37,7 +37,61 @@ pub struct EbpfKernel {
     block_stats: PerCpuHashMap<MapData, u32, OpStats>,
     issuers: PerCpuHashMap<MapData, IssuerKey, Issuer>,
     tids: HashMap<MapData, u32, u32>,
+    tid_bits: Array<MapData, u64>,
+    tid_words: BTreeSet<u32>,
+    port_bits: Array<MapData, u64>,
+    port_words: BTreeSet<u32>,
     runq_stats: PerCpuHashMap<MapData, u32, OpStats>,
+}
+
+/// Sets or clears bit `id` of a bitmap map (only user space writes `TRACKED_BITS` and
+/// `PORT_BITS`, so the read-modify-write cannot lose a kernel update).
+fn write_bit(
+    map: &mut Array<MapData, u64>,
+    name: &'static str,
+    id: u32,
+    on: bool,
+) -> Result<(), KernelError> {
+    let (word, mask) = bit_position(id);
+    let old = map.get(&word, 0).map_err(map_error(name, "read bitmap"))?;
+    let new = if on { old | mask } else { old & !mask };
+    if new != old {
+        map.set(word, new, 0)
+            .map_err(map_error(name, "write bitmap"))?;
+    }
+    Ok(())
+}
+
+/// Makes a bitmap hold exactly `ids`, writing only the words that differ. `words` remembers
+/// which words were non-empty last time; `extra` names words to check as well (ids the kernel
+/// may have set on its own).
+fn write_bitmap(
+    map: &mut Array<MapData, u64>,
+    name: &'static str,
+    words: &mut BTreeSet<u32>,
+    ids: impl Iterator<Item = u32>,
+    extra: impl Iterator<Item = u32>,
+) -> Result<(), KernelError> {
+    let mut want: BTreeMap<u32, u64> = BTreeMap::new();
+    for id in ids {
+        let (word, mask) = bit_position(id);
+        *want.entry(word).or_default() |= mask;
+    }
+    let mut visit: BTreeSet<u32> = want.keys().copied().collect();
+    visit.extend(words.iter().copied());
+    visit.extend(extra.map(|id| bit_position(id).0));
+    for word in visit {
+        let value = want.get(&word).copied().unwrap_or(0);
+        let Ok(current) = map.get(&word, 0) else {
+            continue; // past the end: an id no kernel hands out
+        };
+        if current != value {
+            map.set(word, value, 0)
+                .map_err(map_error(name, "write bitmap"))?;
+        }
+    }
+    *words = want.into_keys().collect();
+    Ok(())
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError>
@@ -69,7 +123,7 @@ impl EbpfKernel {
     /// Takes the maps out of a loaded object.
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
         Ok(Self {
-            tracked: take(ebpf, names::TRACKED)?,
+            tracked: take(ebpf, names::TRACKED_BITS)?,
             fd_class: take(ebpf, names::FD_CLASS)?,
             op_stats: take(ebpf, names::OP_STATS)?,
             config: take(ebpf, names::CONFIG)?,
@@ -85,6 +139,10 @@ impl EbpfKernel {
             block_stats: take(ebpf, diag_abi::BLOCK_STATS)?,
             issuers: take(ebpf, diag_abi::IO_ISSUERS)?,
             tids: take(ebpf, diag_abi::TIDS)?,
+            tid_bits: take(ebpf, diag_abi::TID_BITS)?,
+            tid_words: BTreeSet::new(),
+            port_bits: take(ebpf, names::PORT_BITS)?,
+            port_words: BTreeSet::new(),
             runq_stats: take(ebpf, diag_abi::RUNQ_STATS)?,
         })
     }
@@ -145,13 +203,11 @@ impl EbpfKernel {
 
 impl Kernel for EbpfKernel {
     fn track(&mut self, tgid: u32) -> Result<(), KernelError> {
-        self.tracked
-            .insert(tgid, 1, 0)
-            .map_err(map_error(names::TRACKED, "insert"))
+        write_bit(&mut self.tracked, names::TRACKED_BITS, tgid, true)
     }
 
     fn untrack(&mut self, tgid: u32) -> Result<(), KernelError> {
-        let _ = self.tracked.remove(&tgid);
+        write_bit(&mut self.tracked, names::TRACKED_BITS, tgid, false)?;
         let fds: Vec<FdKey> = self
             .fd_class
             .keys()
@@ -229,7 +285,13 @@ impl Kernel for EbpfKernel {
                 .insert(*port, *role, 0)
                 .map_err(map_error(names::PORTS, "insert"))?;
         }
-        Ok(())
+        write_bitmap(
+            &mut self.port_bits,
+            names::PORT_BITS,
+            &mut self.port_words,
+            ports.keys().map(|p| u32::from(*p)),
+            std::iter::empty(),
+        )
     }
 
     fn conns(&self) -> Result<Vec<(ConnKey, ConnStats)>, KernelError> {
@@ -312,8 +374,8 @@ impl Kernel for EbpfKernel {
             .filter_map(Result::ok)
             .filter(|t| !tids.contains_key(t))
             .collect();
-        for tid in stale {
-            let _ = self.tids.remove(&tid);
+        for tid in &stale {
+            let _ = self.tids.remove(tid);
         }
         for (tid, tgid) in tids {
             // An entry the kernel already added (sched_wakeup_new) is left as it is.
@@ -324,7 +386,14 @@ impl Kernel for EbpfKernel {
                 .insert(*tid, *tgid, 0)
                 .map_err(map_error(diag_abi::TIDS, "insert"))?;
         }
-        Ok(())
+        // The bitmap after the hash, so a thread's bit is never set without its tgid entry.
+        write_bitmap(
+            &mut self.tid_bits,
+            diag_abi::TID_BITS,
+            &mut self.tid_words,
+            tids.keys().copied(),
+            stale.into_iter(),
+        )
     }
 
     fn runq_stats(&self) -> Result<Vec<(u32, OpTotals)>, KernelError> {

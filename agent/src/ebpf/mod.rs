@@ -87,6 +87,14 @@ pub struct SkippedProbe {
 /// The attached programs; dropping this detaches them.
 pub struct Programs {
     _ebpf: Ebpf,
+    runs: crate::probes::runs::RunSource,
+}
+
+impl Programs {
+    /// Run time and count of every attached program (kernel BPF statistics), read at call time.
+    pub fn runs(&self) -> crate::probes::runs::RunSource {
+        self.runs.clone()
+    }
 }
 
 /// The loaded object: programs attached, maps handed out.
@@ -99,6 +107,28 @@ pub struct Loaded {
     pub ring: RingBuf<MapData>,
     /// Optional probes that failed to attach.
     pub skipped: Vec<SkippedProbe>,
+}
+
+/// Reads each program's `run_time_ns` / `run_cnt` from its fd's `fdinfo` at call time.
+fn run_source(
+    programs: Vec<(&'static str, aya::programs::ProgramFd)>,
+) -> crate::probes::runs::RunSource {
+    use std::os::fd::{AsFd, AsRawFd};
+    std::sync::Arc::new(move || {
+        programs
+            .iter()
+            .filter_map(|(program, fd)| {
+                let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+                let text = std::fs::read_to_string(path).ok()?;
+                let (run_time_ns, run_count) = crate::probes::runs::parse_fdinfo(&text)?;
+                Some(crate::probes::runs::ProbeRun {
+                    program,
+                    run_time_ns,
+                    run_count,
+                })
+            })
+            .collect()
+    })
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels that still account BPF memory by it. Newer kernels
@@ -179,18 +209,22 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_err(|e| LoadError::Object(Box::new(e)))?;
 
     let mut skipped = Vec::new();
+    let mut attached = Vec::new();
     for probe in probes::all()
         .into_iter()
         .filter(|p| options.groups.contains(&p.group))
     {
-        if let Err(err) = attach(&mut ebpf, probe) {
-            if probe.required {
-                return Err(err);
+        match attach(&mut ebpf, probe) {
+            Ok(fd) => attached.extend(fd.map(|fd| (probe.program, fd))),
+            Err(err) => {
+                if probe.required {
+                    return Err(err);
+                }
+                skipped.push(SkippedProbe {
+                    probe,
+                    reason: err.to_string(),
+                });
             }
-            skipped.push(SkippedProbe {
-                probe,
-                reason: err.to_string(),
-            });
         }
     }
 
@@ -205,14 +239,19 @@ pub fn load(options: &LoadOptions) -> Result<Loaded, LoadError> {
         reason: e.to_string(),
     })?;
     Ok(Loaded {
-        programs: Programs { _ebpf: ebpf },
+        programs: Programs {
+            _ebpf: ebpf,
+            runs: run_source(attached),
+        },
         kernel,
         ring,
         skipped,
     })
 }
 
-fn attach(ebpf: &mut Ebpf, probe: Probe) -> Result<(), LoadError> {
+/// Loads and attaches one program; returns a copy of its fd for the run-time statistics (none
+/// if the fd could not be duplicated: only that program's statistics are missing then).
+fn attach(ebpf: &mut Ebpf, probe: Probe) -> Result<Option<aya::programs::ProgramFd>, LoadError> {
     let program_error = |action, source| LoadError::Program {
         action,
         program: probe.program,
@@ -229,5 +268,5 @@ fn attach(ebpf: &mut Ebpf, probe: Probe) -> Result<(), LoadError> {
     program
         .attach(probe.category, probe.name)
         .map_err(|e| program_error("attach", e))?;
-    Ok(())
+    Ok(program.fd().ok().and_then(|fd| fd.try_clone().ok()))
 }

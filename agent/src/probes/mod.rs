@@ -6,6 +6,7 @@ pub mod block;
 pub mod close;
 pub mod process;
 pub mod receive;
+pub mod runs;
 pub mod sched;
 pub mod sync;
 pub mod tcp;

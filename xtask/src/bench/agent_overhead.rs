@@ -61,7 +61,7 @@ struct Sample {
 
 /// bpftrace program equivalent to the agent's disk path: the same 7 syscalls, filtered to etcd,
 /// latency histograms in kernel.
-fn bpftrace_script() -> String {
+pub(super) fn bpftrace_script() -> String {
     let ops = [
         "fdatasync",
         "fsync",
@@ -102,7 +102,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// Puts as fast as `CLIENTS` loops can for `duration`; returns ops/s.
-fn put_load(endpoints: &[String], duration: Duration) -> anyhow::Result<f64> {
+pub(super) fn put_load(endpoints: &[String], duration: Duration) -> anyhow::Result<f64> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -4,6 +4,7 @@ mod agent_overhead;
 mod alerting;
 mod collector;
 mod pipeline;
+mod probe_cost;
 mod runner;
 
 pub use crate::bench_args::Which;
@@ -17,6 +18,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             on_disk,
         } => agent_overhead::run(rounds, seconds, on_disk),
         Which::Pipeline { seconds } => pipeline::run(seconds),
+        Which::ProbeCost { seconds } => probe_cost::run(seconds),
         Which::Alerting { rounds, health_ms } => {
             alerting::run(rounds, std::time::Duration::from_millis(health_ms))
         }
