@@ -755,18 +755,29 @@ impl FileConfig {
 }
 
 /// Raw per-cluster settings before validation, from flags or a file entry.
-struct RawCluster<'a> {
-    field: String,
-    name: String,
-    endpoints: Vec<String>,
-    ca_file: Option<&'a Path>,
-    cert_file: Option<&'a Path>,
-    key_file: Option<&'a Path>,
-    insecure: bool,
-    username: Option<String>,
-    password: Option<String>,
-    metrics_urls: &'a [String],
-    dial_timeout: Duration,
+pub struct RawCluster<'a> {
+    /// Prefix of error field names: empty for flags, `clusters[i].` in a file.
+    pub field: String,
+    /// Cluster name.
+    pub name: String,
+    /// Client URLs as given.
+    pub endpoints: Vec<String>,
+    /// `--ca-file`.
+    pub ca_file: Option<&'a Path>,
+    /// `--cert-file`.
+    pub cert_file: Option<&'a Path>,
+    /// `--key-file`.
+    pub key_file: Option<&'a Path>,
+    /// `--insecure-skip-tls`.
+    pub insecure: bool,
+    /// `--username`.
+    pub username: Option<String>,
+    /// `--password`.
+    pub password: Option<String>,
+    /// `--metrics-urls` entries.
+    pub metrics_urls: &'a [String],
+    /// Connect and per-request timeout.
+    pub dial_timeout: Duration,
 }
 
 impl Cli {
@@ -1036,7 +1047,9 @@ fn read_pem(prefix: &str, flag: &str, path: &Path) -> Result<Vec<u8>, ConfigErro
     Ok(bytes)
 }
 
-fn validate_cluster(raw: RawCluster<'_>) -> Result<ClusterConfig, ConfigError> {
+/// Checks one cluster's settings (endpoints normalised, TLS files read, auth paired); every
+/// error names its flag or file field. Shared by the collector and `etcd-monitor ctl`.
+pub fn validate_cluster(raw: RawCluster<'_>) -> Result<ClusterConfig, ConfigError> {
     let p = raw.field.as_str();
     let name = raw.name.trim().to_string();
     if name.is_empty()

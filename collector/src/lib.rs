@@ -18,6 +18,7 @@ pub mod diagnosis;
 pub mod exporter;
 pub mod ingest;
 pub mod notify;
+pub mod ops;
 pub mod probe;
 pub mod scrape;
 pub mod store;

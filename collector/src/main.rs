@@ -29,7 +29,23 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // `etcd-monitor ctl …` operates a cluster (etcdctl parity, safe defrag); it has its own
+    // flags, parsed by `ops::ctl::cli`, and logs only on request (RUST_LOG).
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "ctl") {
+        args.remove(1);
+        if let Some(first) = args.first_mut() {
+            *first = "etcd-monitor ctl".into();
+        }
+        if std::env::var_os("RUST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter(EnvFilter::from_default_env())
+                .with_writer(std::io::stderr)
+                .init();
+        }
+        return etcd_monitor::ops::ctl::cli::main(args);
+    }
+    let cli = Cli::parse_from(args);
     init_tracing(cli.log_format);
     let config = match cli.into_config() {
         Ok(c) => c,
