@@ -51,7 +51,8 @@ pub enum SnapshotError {
 pub struct SnapshotMeta {
     /// The file the metadata describes (its name only).
     pub file: String,
-    /// Revision of the member when the snapshot stream began.
+    /// Revision of the member just before the snapshot stream opened (the snapshot holds at
+    /// least this revision).
     pub revision: i64,
     /// Member that sent it, hex.
     pub member_id: String,
@@ -107,8 +108,10 @@ pub async fn save(
         PathBuf::from(s)
     };
     let mut out = std::fs::File::create(&part).map_err(io(&part))?;
-    let mut revision = 0;
-    let mut member_id = 0;
+    // etcd 3.4 does not fill the Snapshot stream's header: the revision is the member's just
+    // before the stream opened (the snapshot holds at least that revision).
+    let revision = status.header().map_or(0, |h| h.revision());
+    let member_id = status.header().map_or(0, |h| h.member_id());
     let mut whole = Sha256::new();
     let mut size = 0u64;
     loop {
@@ -119,12 +122,6 @@ pub async fn save(
             })?
             .map_err(|e| SnapshotError::Etcd(format!("{endpoint}: {e}")))?;
         let Some(msg) = msg else { break };
-        if revision == 0
-            && let Some(h) = msg.header()
-        {
-            revision = h.revision();
-            member_id = h.member_id();
-        }
         out.write_all(msg.blob()).map_err(io(&part))?;
         whole.update(msg.blob());
         size += msg.blob().len() as u64;
