@@ -295,8 +295,16 @@ pub async fn survey(config: &ClusterConfig) -> Result<Survey, OpError> {
     .await;
     let mut views = Vec::new();
     for ((id, name, learner, url), status) in members.into_iter().zip(statuses) {
+        // Status lists active alarms among its errors; those are judged from AlarmList.
+        let errors = |s: &etcd_client::StatusResponse| -> Vec<String> {
+            s.errors()
+                .iter()
+                .filter(|e| !e.contains("alarm:"))
+                .cloned()
+                .collect()
+        };
         let (status, error) = match status {
-            Ok(s) if !s.errors().is_empty() => (Some(figures(&s)), Some(s.errors().join(", "))),
+            Ok(s) if !errors(&s).is_empty() => (Some(figures(&s)), Some(errors(&s).join(", "))),
             Ok(s) => (Some(figures(&s)), None),
             Err(e) => (None, Some(e)),
         };
