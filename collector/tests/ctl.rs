@@ -653,6 +653,33 @@ fn rolling_defrag_goes_leader_last_refuses_when_unhealthy_and_dry_runs() -> anyh
     for (a, b) in after.iter().zip(&before) {
         assert!(a < b, "sizes {before:?} -> {after:?}");
     }
+
+    // --move-leader: leadership goes to a follower first; the old leader is defragmented as a
+    // follower, and etcd itself reports the new leader afterwards.
+    fragment(&cluster)?;
+    let old_leader = cluster.leader_index().context("leader")?;
+    let old_hex = member_id_hex(&cluster, old_leader)?;
+    let moved = ctl_ok(
+        &cluster,
+        &[
+            "-w",
+            "json",
+            "defrag",
+            "--move-leader",
+            "--if-fragmented=45%,1MB",
+        ],
+    )?
+    .json()?;
+    assert_eq!(moved["leader_moved"]["from"], old_hex.as_str(), "{moved}");
+    let new_leader = cluster.leader_index().context("leader")?;
+    assert_ne!(new_leader, old_leader);
+    assert_eq!(
+        moved["leader_moved"]["to"],
+        member_id_hex(&cluster, new_leader)?.as_str()
+    );
+    let members = moved["members"].as_array().context("members")?;
+    assert_eq!(members.len(), 3);
+    assert_eq!(members[2]["id"], old_hex.as_str());
     Ok(())
 }
 
