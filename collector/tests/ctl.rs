@@ -853,3 +853,36 @@ fn snapshot_restores_to_the_same_keys_and_hash() -> anyhow::Result<()> {
     assert!(Path::new(&file).exists());
     Ok(())
 }
+
+#[test]
+fn ctl_uses_the_collectors_tls_flags() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tls = etcd_monitor_tests::tls::make_tls(dir.path(), "ctl")?;
+    let cluster = EtcdCluster::start(ClusterOptions {
+        members: 1,
+        tls: Some(tls.clone()),
+        ..ClusterOptions::default()
+    })?;
+    let ca = format!("--ca-file={}", tls.ca_file.display());
+    let cert = format!("--cert-file={}", tls.client_cert_file.display());
+    let key = format!("--key-file={}", tls.client_key_file.display());
+    ctl_ok(&cluster, &[&ca, &cert, &key, "put", "/tls/k", "v"])?;
+    let ours = ctl_ok(&cluster, &[&ca, &cert, &key, "-w", "json", "get", "/tls/k"])?.json()?;
+    assert_eq!(
+        ours["kvs"],
+        etcdctl_json(&cluster, &["get", "/tls/k"])?["kvs"]
+    );
+    // Without the client certificate the member refuses: an etcd error naming the endpoint.
+    let refused = ctl(&cluster, &[&ca, "get", "/tls/k"])?;
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(&cluster.members[0].client_url),
+        "{}",
+        refused.stderr
+    );
+    // A certificate without its key is a usage error naming the flag.
+    let usage = ctl(&cluster, &[&ca, &cert, "get", "/tls/k"])?;
+    assert_eq!(usage.code, 2);
+    assert!(usage.stderr.contains("--key-file"), "{}", usage.stderr);
+    Ok(())
+}

@@ -44,7 +44,7 @@ pub enum Output {
 /// NOSPACE recovery). Exit codes: 0 ok, 1 etcd error, 2 usage, 3 txn compare failed,
 /// 4 refused by a safety check, 5 snapshot verification failed.
 #[derive(Debug, Parser)]
-#[command(name = "etcd-monitor ctl", version, about, long_about = None)]
+#[command(name = "etcd-monitor ctl", version)]
 pub struct CtlCli {
     /// etcd client URLs, comma-separated (`http://HOST:PORT`, `https://HOST:PORT`, or
     /// `HOST:PORT`). Default http://127.0.0.1:2379.
