@@ -640,6 +640,10 @@ fn rolling_defrag_goes_leader_last_refuses_when_unhealthy_and_dry_runs() -> anyh
         }
     }
     let members = report["members"].as_array().context("members")?;
+    eprintln!(
+        "rolling defrag report: {}",
+        serde_json::to_string_pretty(members)?
+    );
     assert_eq!(members.len(), 3);
     assert_eq!(members[2]["id"], member_id_hex(&cluster, leader)?.as_str());
     for m in members {
