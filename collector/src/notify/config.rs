@@ -523,7 +523,7 @@ mod tests {
             "- type: webhook\n  url: http://127.0.0.1:1/hook\n  hmac_key: {SECRET}\n\
              - type: slack\n  url: https://hooks.example/{SECRET}\n\
              - type: pagerduty\n  routing_key: {SECRET}\n\
-             - type: email\n  host: smtp.example\n  from: a@example.org\n  to: [b@example.org]\n  username: u\n  password: {SECRET}\n"
+             - type: email\n  smtp_host: smtp.example\n  from: a@example.org\n  to: [b@example.org]\n  username: u\n  password: {SECRET}\n"
         );
         let entries: Vec<serde_yaml::Value> = serde_yaml::from_str(&yaml).unwrap();
         let raw: Vec<ChannelSpec> = entries
