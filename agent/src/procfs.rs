@@ -166,7 +166,11 @@ pub fn parse_stat(raw: &[u8]) -> Option<Stat> {
     if close < open {
         return None;
     }
-    let pid = std::str::from_utf8(raw.get(..open)?).ok()?.trim().parse().ok()?;
+    let pid = std::str::from_utf8(raw.get(..open)?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let comm = raw.get(open + 1..close)?.to_vec();
     let rest = std::str::from_utf8(raw.get(close + 1..)?).ok()?;
     let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
@@ -278,7 +282,15 @@ mod tests {
                 String::from_utf8_lossy(&line)
             );
         }
-        for bad in [&b""[..], b"1 (x", b"1 x) S", b"1 (x)", b"1 (x) S 1", b") 1 (", b"1 (x)\xff"] {
+        for bad in [
+            &b""[..],
+            b"1 (x",
+            b"1 x) S",
+            b"1 (x)",
+            b"1 (x) S 1",
+            b") 1 (",
+            b"1 (x)\xff",
+        ] {
             assert_eq!(parse_stat(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }

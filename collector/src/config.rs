@@ -988,7 +988,11 @@ mod tests {
         ])?;
         let cli_debug = format!("{cli:?}");
         let config = cli.into_config()?;
-        assert_eq!(config.ingest.token.as_deref(), Some(SECRET), "the token was read");
+        assert_eq!(
+            config.ingest.token.as_deref(),
+            Some(SECRET),
+            "the token was read"
+        );
         let ingest = IngestConfig {
             tls_identity: Some((b"CERT".to_vec(), SECRET.as_bytes().to_vec())),
             ..config.ingest.clone()

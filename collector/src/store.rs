@@ -437,7 +437,8 @@ impl Store {
                 for suffix in ["-wal", "-shm"] {
                     let side = path.with_file_name(format!("{FILE_NAME}{suffix}"));
                     if side.exists() {
-                        let side_to = path.with_file_name(format!("{FILE_NAME}.corrupt-{secs}{suffix}"));
+                        let side_to =
+                            path.with_file_name(format!("{FILE_NAME}.corrupt-{secs}{suffix}"));
                         if let Err(e) = std::fs::rename(&side, &side_to) {
                             tracing::warn!(path = %side.display(), error = %e, "Cannot move a corrupt store's side file aside.");
                         }
@@ -702,18 +703,25 @@ impl Store {
     pub fn history(&self, q: &HistoryQuery) -> Result<Vec<HistoryPoint>, StoreError> {
         let since = self.effective_since(q.since_ms, q.until_ms);
         let limit = q.limit.max(1);
-        let step_ms = q
-            .step
-            .map(duration_ms)
-            .filter(|&ms| ms > 0);
+        let step_ms = q.step.map(duration_ms).filter(|&ms| ms > 0);
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let result = (|| {
             // Without a step, SQL applies the limit; with one, rows stream until `limit`
             // buckets are filled.
-            let sql_limit = if step_ms.is_some() { -1 } else { to_i64(limit as u64) };
+            let sql_limit = if step_ms.is_some() {
+                -1
+            } else {
+                to_i64(limit as u64)
+            };
             let mut st = reader.prepare_cached(HISTORY_SQL)?;
             let rows = st.query_map(
-                params![q.cluster, to_i64(since), to_i64(q.until_ms), q.member, sql_limit],
+                params![
+                    q.cluster,
+                    to_i64(since),
+                    to_i64(q.until_ms),
+                    q.member,
+                    sql_limit
+                ],
                 point_from_row,
             )?;
             newest_per_bucket(rows, step_ms, limit)
@@ -853,7 +861,10 @@ impl Store {
                 "UPDATE agent_sequences SET updated_ms = ?1 WHERE updated_ms IS NULL",
                 [now],
             )?;
-            let n = c.execute("DELETE FROM agent_sequences WHERE updated_ms < ?1", [cutoff_ms])?;
+            let n = c.execute(
+                "DELETE FROM agent_sequences WHERE updated_ms < ?1",
+                [cutoff_ms],
+            )?;
             Ok(n as u64)
         })
     }
@@ -1086,7 +1097,9 @@ mod tests {
         let reader = s.reader.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut st = reader.prepare(&format!("EXPLAIN QUERY PLAN {HISTORY_SQL}"))?;
         let plan: Vec<String> = st
-            .query_map(params!["c", 0, 10, None::<String>, 5], |r| r.get::<_, String>(3))?
+            .query_map(params!["c", 0, 10, None::<String>, 5], |r| {
+                r.get::<_, String>(3)
+            })?
             .collect::<rusqlite::Result<_>>()?;
         let plan = plan.join("\n");
         assert!(
@@ -1094,7 +1107,10 @@ mod tests {
             "{plan}"
         );
         assert!(!plan.contains("TEMP B-TREE"), "no sort step: {plan}");
-        assert!(!plan.contains("SCAN member_samples"), "no table scan: {plan}");
+        assert!(
+            !plan.contains("SCAN member_samples"),
+            "no table scan: {plan}"
+        );
         Ok(())
     }
 
@@ -1135,7 +1151,11 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let s = Store::open(dir.path())?;
         // No alerting table yet: pruning still works.
-        s.prune(crate::cluster::now_ms(), Duration::from_secs(3600), u64::MAX)?;
+        s.prune(
+            crate::cluster::now_ms(),
+            Duration::from_secs(3600),
+            u64::MAX,
+        )?;
         s.save_agent_sequences(&[
             AgentSequence {
                 node: "old".into(),
@@ -1196,7 +1216,13 @@ mod tests {
         s.register_metrics(&registry)?;
         let pages: i64 = s.with(|c| c.query_row("PRAGMA page_count", [], |r| r.get(0)))?;
         // SQLite reports SQLITE_FULL once the file would pass max_page_count: a full disk.
-        s.with(|c| c.query_row(&format!("PRAGMA max_page_count = {}", pages + 2), [], |_| Ok(())))?;
+        s.with(|c| {
+            c.query_row(
+                &format!("PRAGMA max_page_count = {}", pages + 2),
+                [],
+                |_| Ok(()),
+            )
+        })?;
         let mut failures = 0;
         for i in 0..200 {
             let batch: Vec<HistoryPoint> = (0..50).map(|j| point(i * 100 + j, "a")).collect();
@@ -1209,7 +1235,9 @@ mod tests {
         assert_eq!(s.failing(), Some("disk_full"));
         let text = render(&registry);
         assert!(
-            text.contains(&format!("etcdmon_store_errors_total{{kind=\"disk_full\"}} {failures}")),
+            text.contains(&format!(
+                "etcdmon_store_errors_total{{kind=\"disk_full\"}} {failures}"
+            )),
             "{text}"
         );
         assert!(text.contains("etcdmon_store_failing 1"), "{text}");

@@ -154,10 +154,19 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("t1") && err.contains("needs root") && err.contains("CI=true"), "{err}");
+        assert!(
+            err.contains("t1") && err.contains("needs root") && err.contains("CI=true"),
+            "{err}"
+        );
         assert!(!log.exists(), "a failure is not a skip");
         assert!(!decide_skip("t2", false, "needs root", false, Some(&log))?);
-        assert!(!decide_skip("t3", false, "promtool\nis missing", false, Some(&log))?);
+        assert!(!decide_skip(
+            "t3",
+            false,
+            "promtool\nis missing",
+            false,
+            Some(&log)
+        )?);
         assert_eq!(
             std::fs::read_to_string(&log)?,
             "SKIPPED: t2: needs root\nSKIPPED: t3: promtool is missing\n"

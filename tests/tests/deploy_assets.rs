@@ -820,7 +820,10 @@ fn secret_file_keys<'a>(
         items.iter().any(|i| s(i, "path") == file),
         "{path}: no item {file} in {items:?}"
     );
-    let mode = secret.get("defaultMode").and_then(Value::as_u64).unwrap_or(0o644);
+    let mode = secret
+        .get("defaultMode")
+        .and_then(Value::as_u64)
+        .unwrap_or(0o644);
     ensure!(
         mode & 0o007 == 0,
         "{path}: the Secret's files must not be world-readable (defaultMode {mode:o})"
@@ -829,9 +832,9 @@ fn secret_file_keys<'a>(
 }
 
 fn labels_match(selector: &Value, labels: &Value) -> bool {
-    selector.as_mapping().is_some_and(|m| {
-        !m.is_empty() && m.iter().all(|(k, v)| labels.get(k) == Some(v))
-    })
+    selector
+        .as_mapping()
+        .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 /// The ingress rules of every NetworkPolicy selecting the pods of `workload`.
@@ -877,7 +880,10 @@ fn check_network_policies(label: &str, objects: &[Value]) -> anyhow::Result<()> 
             "{label}: the {what} is on the host network, where NetworkPolicies do not apply"
         );
         let policies = policies_for(objects, workload);
-        ensure!(!policies.is_empty(), "{label}: no NetworkPolicy selects the {what}");
+        ensure!(
+            !policies.is_empty(),
+            "{label}: no NetworkPolicy selects the {what}"
+        );
         for p in &policies {
             ensure!(
                 seq(at(p, &["spec"]), "policyTypes")
@@ -898,7 +904,10 @@ fn check_network_policies(label: &str, objects: &[Value]) -> anyhow::Result<()> 
             "{label}: the {what} admits ports {allowed:?}, want exactly {want:?} (0 = every port)"
         );
         for (port, peers) in rules {
-            ensure!(!peers.is_empty(), "{label}: {what} port {port} is open to every source");
+            ensure!(
+                !peers.is_empty(),
+                "{label}: {what} port {port} is open to every source"
+            );
             for peer in peers {
                 ensure!(
                     peer.get("ipBlock").is_none(),
@@ -907,7 +916,10 @@ fn check_network_policies(label: &str, objects: &[Value]) -> anyhow::Result<()> 
                 if port == 9464 {
                     ensure!(
                         peer.get("namespaceSelector").is_none()
-                            && labels_match(at(peer, &["podSelector", "matchLabels"]), agent_labels),
+                            && labels_match(
+                                at(peer, &["podSelector", "matchLabels"]),
+                                agent_labels
+                            ),
                         "{label}: the collector's gRPC port admits more than the agents: {peer:?}"
                     );
                 }
@@ -1063,7 +1075,10 @@ fn check_kubeadm(objects: &[Value]) -> anyhow::Result<()> {
         "kubeadm: each host path is a single file (type File): {host:?}"
     );
     let inits = seq(pod, "initContainers");
-    ensure!(inits.len() == 1, "kubeadm: one init container copies the certificates");
+    ensure!(
+        inits.len() == 1,
+        "kubeadm: one init container copies the certificates"
+    );
     let init = &inits[0];
     let init_mounts: BTreeSet<&str> = seq(init, "volumeMounts")
         .iter()
@@ -1116,7 +1131,10 @@ fn the_checks_catch_open_ports_and_whole_pki_mounts() -> anyhow::Result<()> {
     let policy = |objects: &mut Vec<Value>| -> anyhow::Result<usize> {
         objects
             .iter()
-            .position(|o| s(o, "kind") == "NetworkPolicy" && s(at(o, &["metadata"]), "name") == "etcd-monitor-collector")
+            .position(|o| {
+                s(o, "kind") == "NetworkPolicy"
+                    && s(at(o, &["metadata"]), "name") == "etcd-monitor-collector"
+            })
             .context("collector policy")
     };
     // gRPC opened to every namespace.
@@ -1163,7 +1181,8 @@ fn the_checks_catch_open_ports_and_whole_pki_mounts() -> anyhow::Result<()> {
         .context("volumes")?
     {
         if s(v, "name") == "tokens" {
-            v["secret"] = serde_yaml::from_str("{secretName: etcd-monitor-tokens, defaultMode: 0440}")?;
+            v["secret"] =
+                serde_yaml::from_str("{secretName: etcd-monitor-tokens, defaultMode: 0440}")?;
         }
     }
     ensure!(check_collector("kubeadm", &whole_secret).is_err());

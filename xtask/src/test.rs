@@ -138,7 +138,9 @@ mod tests {
         let s = skip_summary(log);
         assert!(s.starts_with("xtask: 3 tests skipped"), "{s}");
         assert!(
-            s.contains("2 × needs root for loading eBPF programs; this test runs as uid 1000\n      a, c"),
+            s.contains(
+                "2 × needs root for loading eBPF programs; this test runs as uid 1000\n      a, c"
+            ),
             "{s}"
         );
         assert!(s.contains("1 × promtool is missing\n      b"), "{s}");

@@ -532,7 +532,11 @@ mod tests {
             .collect();
         let parsed = parse(&entries).unwrap();
         assert_eq!(parsed.len(), 4);
-        for text in [format!("{raw:?}"), format!("{parsed:?}"), format!("{parsed:#?}")] {
+        for text in [
+            format!("{raw:?}"),
+            format!("{parsed:?}"),
+            format!("{parsed:#?}"),
+        ] {
             assert!(!text.contains(SECRET), "a secret in Debug output: {text}");
         }
     }
