@@ -51,7 +51,8 @@ pub enum AppError {
     },
 }
 
-/// How often retention runs.
+/// How often retention runs: history by age and size, agent sequences of agents silent for
+/// longer than the retention, silences that have ended.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
 /// A started collector: the address it serves on and the clusters it watches.
@@ -85,9 +86,15 @@ impl Running {
 
 /// Starts everything `config` describes.
 pub async fn start(config: Config) -> Result<Running, AppError> {
-    let store = Arc::new(Store::open(&config.data_dir)?);
+    // A corrupt file is moved aside and a fresh store started, never a crash loop.
+    let store = Arc::new(Store::open_or_recover(&config.data_dir)?);
     tracing::info!(path = %store.path().display(), "History store open.");
+    // A history query reaches back at most as far as history is kept.
+    store.set_max_range(config.history_retention);
     let telemetry = Telemetry::new();
+    if let Err(e) = store.register_metrics(&telemetry.registry) {
+        tracing::error!(error = %e, "Cannot register the history store's metrics.");
+    }
     let clusters: Clusters = Arc::new(
         config
             .clusters

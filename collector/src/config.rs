@@ -107,7 +107,8 @@ pub enum LogFormat {
 }
 
 /// `etcd-monitor`: watches etcd clusters and serves REST, Prometheus metrics and history.
-#[derive(Debug, Clone, Parser)]
+/// `Debug` shows no flag value that could be a secret (see the impl).
+#[derive(Clone, Parser)]
 #[command(name = "etcd-monitor", version, about)]
 pub struct Cli {
     /// etcd client URLs of the `default` cluster, comma-separated
@@ -663,8 +664,8 @@ impl Cli {
     }
 }
 
-/// The gRPC side's settings.
-#[derive(Debug, Clone)]
+/// The gRPC side's settings. `Debug` shows whether a token and TLS key are set, never them.
+#[derive(Clone)]
 pub struct IngestConfig {
     /// Bearer token required on every call.
     pub token: Option<String>,
@@ -697,8 +698,8 @@ impl Default for IngestConfig {
     }
 }
 
-/// One cluster in the YAML config file.
-#[derive(Debug, Clone, Deserialize)]
+/// One cluster in the YAML config file. `Debug` redacts the password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCluster {
     /// Name.
@@ -729,6 +730,51 @@ pub struct FileCluster {
     /// Dial timeout (humantime); default `--dial-timeout`.
     #[serde(default)]
     pub dial_timeout: Option<String>,
+}
+
+/// Only flags that are never secret, and whether a password was given: the other flags carry
+/// no secret values (secrets come as files), but a flag added later may, so the list is
+/// opt-in.
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli")
+            .field("endpoints", &self.endpoints)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for IngestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls_identity.is_some())
+            .field("client_ca", &self.client_ca.is_some())
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("subscriber_buffer", &self.subscriber_buffer)
+            .field("watch_prefixes", &self.watch_prefixes)
+            .field("watch_prev_kv", &self.watch_prev_kv)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for FileCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileCluster")
+            .field("name", &self.name)
+            .field("endpoints", &self.endpoints)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("insecure_skip_tls", &self.insecure_skip_tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("metrics_urls", &self.metrics_urls)
+            .field("dial_timeout", &self.dial_timeout)
+            .finish()
+    }
 }
 
 /// The YAML config file.
@@ -1212,6 +1258,52 @@ pub fn normalize_endpoint(e: &str, tls: bool) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_secret_in_any_debug_output() -> anyhow::Result<()> {
+        const SECRET: &str = "hunter2-s3cr3t";
+        let dir = tempfile::tempdir()?;
+        let token = dir.path().join("token");
+        std::fs::write(&token, SECRET)?;
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "clusters:\n- name: a\n  endpoints: [http://127.0.0.1:1]\n  username: root\n  password: {SECRET}\n"
+            ),
+        )?;
+        let cli = Cli::try_parse_from([
+            "etcd-monitor".to_string(),
+            format!("--password={SECRET}"),
+            "--username=root".to_string(),
+            format!("--grpc-token-file={}", token.display()),
+            format!("--config={}", file.display()),
+        ])?;
+        let cli_debug = format!("{cli:?}");
+        let config = cli.into_config()?;
+        assert_eq!(
+            config.ingest.token.as_deref(),
+            Some(SECRET),
+            "the token was read"
+        );
+        let ingest = IngestConfig {
+            tls_identity: Some((b"CERT".to_vec(), SECRET.as_bytes().to_vec())),
+            ..config.ingest.clone()
+        };
+        let file_config = FileConfig::load(&file)?;
+        for text in [
+            cli_debug,
+            format!("{config:?}"),
+            format!("{config:#?}"),
+            format!("{ingest:?}"),
+            format!("{file_config:?}"),
+            format!("{:?}", config.clusters),
+        ] {
+            assert!(!text.contains(SECRET), "a secret in Debug output: {text}");
+        }
+        assert!(format!("{ingest:?}").contains("<redacted>"));
+        Ok(())
+    }
 
     fn parse(args: &[&str]) -> Result<Config, String> {
         let mut all = vec!["etcd-monitor"];

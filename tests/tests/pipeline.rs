@@ -10,16 +10,12 @@ use etcd_monitor_proto::v1::{
     agent_ingest_client::AgentIngestClient, event::Payload, event_stream_client::EventStreamClient,
 };
 use etcd_monitor_tests::{
-    AgentProcess, CollectorProcess, EtcdCluster, binary, free_port, http::prom_sum, is_root,
+    AgentProcess, CollectorProcess, EtcdCluster, binary, free_port, http::prom_sum,
     proxy::TcpProxy, wait_for,
 };
 
-fn require_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED {test}: the pipeline tests load eBPF programs and need root");
-    false
+fn require_root(test: &str) -> anyhow::Result<bool> {
+    etcd_monitor_tests::require_root(test, "loading eBPF programs")
 }
 
 fn collector_args(cluster: &EtcdCluster, data: &std::path::Path, extra: &[&str]) -> Vec<String> {
@@ -63,7 +59,7 @@ fn members(collector: &CollectorProcess) -> anyhow::Result<Vec<serde_json::Value
 
 #[test]
 fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Result<()> {
-    if !require_root("members_join_counts_match_and_subscribers_get_joined_events") {
+    if !require_root("members_join_counts_match_and_subscribers_get_joined_events")? {
         return Ok(());
     }
     let cluster = EtcdCluster::start3()?;
@@ -390,7 +386,7 @@ fn malformed_or_oversized_batches_are_refused_and_the_stream_stays_up() -> anyho
 
 #[test]
 fn collector_restart_mid_load_loses_nothing_silently() -> anyhow::Result<()> {
-    if !require_root("collector_restart_mid_load_loses_nothing_silently") {
+    if !require_root("collector_restart_mid_load_loses_nothing_silently")? {
         return Ok(());
     }
     let cluster = EtcdCluster::start3()?;
