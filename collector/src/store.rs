@@ -365,6 +365,34 @@ impl Store {
         })
     }
 
+    /// Saves several agents' bookkeeping in one transaction (the ingest writer thread batches
+    /// what queued up while the previous write ran).
+    pub fn save_agent_sequences(&self, rows: &[AgentSequence]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO agent_sequences VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT(node) DO UPDATE SET boot_id = ?2, last_sequence = ?3,
+                     expected_offset = ?4, batches = ?5, events = ?6, lost_events = ?7, lost_batches = ?8",
+                )?;
+                for a in rows {
+                    st.execute(rusqlite::params![
+                        a.node,
+                        a.boot_id,
+                        to_i64(a.last_sequence),
+                        to_i64(a.expected_offset),
+                        to_i64(a.batches),
+                        to_i64(a.events),
+                        to_i64(a.lost_events),
+                        to_i64(a.lost_batches),
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
     /// Every agent's saved bookkeeping.
     pub fn agent_sequences(&self) -> Result<Vec<AgentSequence>, StoreError> {
         self.with(|c| {

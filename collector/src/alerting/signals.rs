@@ -358,7 +358,7 @@ fn kernel_series(registry: &AgentRegistry, member: &MemberState) -> Option<Kerne
             slots.resize(h.log2_slots.len(), 0);
         }
         for (t, v) in slots.iter_mut().zip(&h.log2_slots) {
-            *t += v;
+            *t = t.saturating_add(*v);
         }
     }
     let mut peers = BTreeMap::new();

@@ -17,13 +17,14 @@ pub struct Log2 {
 impl Log2 {
     /// Adds another histogram.
     pub fn add(&mut self, count: u64, sum_ns: u64, slots: &[u64]) {
-        self.count += count;
-        self.sum_ns += sum_ns;
+        // Agent-supplied counters: saturate rather than wrap or panic.
+        self.count = self.count.saturating_add(count);
+        self.sum_ns = self.sum_ns.saturating_add(sum_ns);
         if self.slots.len() < slots.len() {
             self.slots.resize(slots.len(), 0);
         }
         for (a, b) in self.slots.iter_mut().zip(slots) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 
@@ -46,7 +47,7 @@ impl Log2 {
 
     /// The `q` quantile in milliseconds, linear inside the log2 slot; `None` without samples.
     pub fn quantile_ms(&self, q: f64) -> Option<f64> {
-        let total: u64 = self.slots.iter().sum();
+        let total = self.slots.iter().fold(0u64, |a, s| a.saturating_add(*s));
         if total == 0 {
             return None;
         }

@@ -82,14 +82,14 @@ fn same_url(a: &str, b: &str) -> bool {
 
 /// Upper bound, in ms, of the log2 slot where quantile `q` falls.
 pub fn slot_quantile_ms(slots: &[u64], q: f64) -> Option<f64> {
-    let total: u64 = slots.iter().sum();
+    let total = slots.iter().fold(0u64, |a, s| a.saturating_add(*s));
     if total == 0 {
         return None;
     }
     let rank = ((q * total as f64).ceil() as u64).max(1);
     let mut seen = 0;
     for (slot, count) in slots.iter().enumerate() {
-        seen += count;
+        seen = u64::saturating_add(seen, *count);
         if seen >= rank {
             return Some((1u64 << (slot + 1).min(63)) as f64 / 1e6);
         }
@@ -105,10 +105,10 @@ fn latency<'a>(hists: impl Iterator<Item = &'a KernelHistogram>) -> Option<Kerne
             slots.resize(h.log2_slots.len(), 0);
         }
         for (total, v) in slots.iter_mut().zip(&h.log2_slots) {
-            *total += v;
+            *total = total.saturating_add(*v);
         }
-        count += h.count;
-        sum += h.sum_nanos;
+        count = count.saturating_add(h.count);
+        sum = sum.saturating_add(h.sum_nanos);
     }
     if count == 0 {
         return None;
@@ -142,7 +142,7 @@ pub fn wal_fsync_slots(status: &AgentStatus, member: &str) -> Option<Vec<u64>> {
             slots.resize(h.log2_slots.len(), 0);
         }
         for (total, v) in slots.iter_mut().zip(&h.log2_slots) {
-            *total += v;
+            *total = total.saturating_add(*v);
         }
     }
     any.then_some(slots)
@@ -175,8 +175,7 @@ pub fn kernel_view(
         bytes_written: mine()
             .filter(|h| is_write(h.op()))
             .filter(disk)
-            .map(|h| h.bytes)
-            .sum(),
+            .fold(0u64, |a, h| a.saturating_add(h.bytes)),
         peers: status
             .peers
             .iter()

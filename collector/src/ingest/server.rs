@@ -22,7 +22,11 @@ use tonic::{
     transport::{Certificate, Identity, Server, ServerTlsConfig},
 };
 
-use super::{AgentRegistry, Fanout, fanout::Filter, registry::validate};
+use super::{
+    AgentRegistry, Fanout,
+    fanout::Filter,
+    registry::{BatchError, RefusalCounters, validate_with},
+};
 use crate::cluster::{ClusterState, Clusters};
 
 /// Counters of the gRPC side, exported on /metrics.
@@ -32,23 +36,60 @@ pub struct IngestCounters {
     pub batches: AtomicU64,
     /// Events accepted.
     pub events: AtomicU64,
-    /// Batches refused as malformed.
+    /// Batches refused (malformed, over a limit, conflicting), all reasons.
     pub rejected: AtomicU64,
+    /// Refusals by reason (`etcdmon_ingest_refused_total{reason}`).
+    pub refused: RefusalCounters,
     /// Streams refused for missing or wrong credentials.
     pub unauthenticated: AtomicU64,
 }
 
-/// How the gRPC server runs.
-#[derive(Debug, Clone, Default)]
+impl IngestCounters {
+    /// Counts one refused batch under its reason.
+    pub fn refuse(&self, e: &BatchError) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.refused.count(e);
+    }
+}
+
+/// Default largest batch, bytes (`--grpc-max-batch-bytes`); also the transport's decode limit.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// How the gRPC server runs. Its `Debug` output never shows the tokens or the key.
+#[derive(Clone, Default)]
 pub struct IngestSettings {
-    /// Largest encoded batch accepted, bytes.
+    /// Largest encoded batch accepted, bytes; the transport refuses larger messages before
+    /// decoding them (0 = [`DEFAULT_MAX_BATCH_BYTES`]).
     pub max_batch_bytes: usize,
-    /// Bearer token every call must carry, when set.
-    pub token: Option<String>,
+    /// Bearer token agents must send on `AgentIngest`, when set.
+    pub ingest_token: Option<String>,
+    /// Bearer token consumers must send on `EventStream`, when set.
+    pub subscribe_token: Option<String>,
+    /// Most concurrent HTTP/2 streams per connection (0 = the transport's default).
+    pub max_concurrent_streams: u32,
+    /// Most requests served at once per connection (0 = unlimited).
+    pub concurrency_per_connection: usize,
     /// PEM certificate and key: serve TLS.
     pub tls_identity: Option<(Vec<u8>, Vec<u8>)>,
     /// PEM CA: require client certificates it signed (mutual TLS).
     pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for IngestSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestSettings")
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("ingest_token", &self.ingest_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "subscribe_token",
+                &self.subscribe_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_concurrent_streams", &self.max_concurrent_streams)
+            .field("concurrency_per_connection", &self.concurrency_per_connection)
+            .field("tls", &self.tls_identity.is_some())
+            .field("mutual_tls", &self.client_ca.is_some())
+            .finish()
+    }
 }
 
 /// What the services share.
@@ -123,13 +164,78 @@ impl JoinCache {
     }
 }
 
-/// How many times `--grpc-max-batch-bytes` the transport accepts before cutting a stream.
-const TRANSPORT_HEADROOM: usize = 4;
-
 struct Ingest {
     state: IngestState,
-    /// Largest batch taken (`--grpc-max-batch-bytes`); larger ones are refused one by one.
+    /// Largest batch taken (`--grpc-max-batch-bytes`); the transport refuses larger ones.
     max_batch_bytes: usize,
+    /// Mutual TLS: the node name must be one the client certificate names.
+    check_certificate: bool,
+}
+
+/// DNS names (SAN) and common names of the first client certificate.
+fn certified_names(request: &Request<Streaming<EventBatch>>) -> Vec<String> {
+    let Some(certs) = request.peer_certs() else {
+        return Vec::new();
+    };
+    let Some(der) = certs.first() else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push(dns.to_string());
+            }
+        }
+    }
+    for cn in cert.subject().iter_common_name() {
+        if let Ok(cn) = cn.as_str() {
+            names.push(cn.to_string());
+        }
+    }
+    names
+}
+
+impl Ingest {
+    /// Counts and reports a refused batch; the stream stays up.
+    fn refuse(&self, ack: &mut PushAck, sequence: u64, node: &str, err: &BatchError) {
+        ack.rejected_batches = ack.rejected_batches.saturating_add(1);
+        ack.last_rejection = format!("INVALID_ARGUMENT: batch {sequence}: {err}");
+        self.state.counters.refuse(err);
+        self.state.registry.reject(node);
+        tracing::warn!(reason = err.reason(), error = %err, "Refused a batch; the stream stays up.");
+    }
+
+    /// The transport's error for a message it could not take, counted.
+    fn transport_error(&self, status: Status) -> Status {
+        match status.code() {
+            tonic::Code::OutOfRange => {
+                let err = BatchError::Transport(format!(
+                    "batch larger than the {} bytes allowed (--grpc-max-batch-bytes), refused before decoding: {}",
+                    self.max_batch_bytes,
+                    status.message()
+                ));
+                self.state.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                self.state.counters.refused.count(&BatchError::TooLarge {
+                    node: String::new(),
+                    bytes: 0,
+                    max: self.max_batch_bytes,
+                });
+                tracing::warn!(error = %err, "Refused an oversized batch; the stream ends.");
+                Status::out_of_range(err.to_string())
+            }
+            tonic::Code::Internal | tonic::Code::InvalidArgument => {
+                let err = BatchError::Transport(status.message().to_string());
+                self.state.counters.refuse(&err);
+                tracing::warn!(error = %err, "Refused an undecodable batch; the stream ends.");
+                status
+            }
+            _ => status,
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -139,23 +245,52 @@ impl AgentIngest for Ingest {
         request: Request<Streaming<EventBatch>>,
     ) -> Result<Response<PushAck>, Status> {
         let peer = request.remote_addr();
+        let certified = if self.check_certificate {
+            Some(certified_names(&request))
+        } else {
+            None
+        };
         let mut stream = request.into_inner();
         let mut ack = PushAck::default();
         let mut cache: Option<JoinCache> = None;
+        let limits = *self.state.registry.limits();
         let result = loop {
             let batch = match stream.message().await {
                 Ok(Some(batch)) => batch,
                 Ok(None) => break Ok(()),
-                Err(status) => break Err(status),
+                Err(status) => break Err(self.transport_error(status)),
             };
-            if let Err(err) = validate(&batch, self.max_batch_bytes) {
-                ack.rejected_batches += 1;
-                ack.last_rejection = format!("INVALID_ARGUMENT: batch {}: {err}", batch.sequence);
-                self.state.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                self.state.registry.reject(&batch.node);
-                tracing::warn!(?peer, error = %err, "Refused a malformed batch; the stream stays up.");
+            if let Err(err) = validate_with(&batch, self.max_batch_bytes, &limits) {
+                self.refuse(&mut ack, batch.sequence, &batch.node, &err);
                 continue;
             }
+            if let Some(names) = &certified
+                && !names.iter().any(|n| n == &batch.node)
+            {
+                let err = BatchError::NodeMismatch {
+                    node: batch.node.clone(),
+                    certified: names.clone(),
+                };
+                self.refuse(&mut ack, batch.sequence, &batch.node, &err);
+                continue;
+            }
+            if let Some(cache) = &cache
+                && cache.node != batch.node
+            {
+                let err = BatchError::InvalidNode(format!(
+                    "{:?}: this stream started as node {:?}; one stream carries one node",
+                    batch.node, cache.node
+                ));
+                self.refuse(&mut ack, batch.sequence, &cache.node, &err);
+                continue;
+            }
+            let accepted = match self.state.registry.accept(&batch) {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    self.refuse(&mut ack, batch.sequence, &batch.node, &err);
+                    continue;
+                }
+            };
             let cache = cache.get_or_insert_with(|| {
                 self.state.registry.stream(&batch.node, true);
                 tracing::info!(node = %batch.node, ?peer, "Agent connected.");
@@ -165,12 +300,11 @@ impl AgentIngest for Ingest {
                     refreshed: Instant::now(),
                 }
             });
-            let accepted = self.state.registry.accept(&batch);
             if accepted.lost_events > 0 || accepted.lost_batches > 0 {
                 tracing::warn!(node = %batch.node, lost_events = accepted.lost_events, lost_batches = accepted.lost_batches, "Sequence gap: events lost between agent and collector.");
             }
             ack.last_sequence = batch.sequence;
-            ack.accepted_batches += 1;
+            ack.accepted_batches = ack.accepted_batches.saturating_add(1);
             if accepted.duplicate {
                 continue;
             }
@@ -210,7 +344,11 @@ impl EventStream for Stream {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let filter = Filter::from_request(request.get_ref()).map_err(Status::invalid_argument)?;
-        let (id, rx, _) = self.state.fanout.subscribe(filter);
+        let (id, rx, _) = self
+            .state
+            .fanout
+            .subscribe(filter)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         tracing::info!(subscriber = id, request = ?request.get_ref(), "Subscriber joined.");
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
     }
@@ -235,11 +373,13 @@ pub enum ServeError {
     Reflection(String),
 }
 
-/// Checks the bearer token on every call, when one is configured.
+/// Checks the bearer token on every call of one service, when one is configured.
 #[derive(Clone)]
 struct TokenCheck {
     expected: Option<Arc<str>>,
     counters: Arc<IngestCounters>,
+    /// Which token is missing, for the refusal (`ingest` or `subscribe`).
+    role: &'static str,
 }
 
 impl tonic::service::Interceptor for TokenCheck {
@@ -258,13 +398,36 @@ impl tonic::service::Interceptor for TokenCheck {
             self.counters
                 .unauthenticated
                 .fetch_add(1, Ordering::Relaxed);
-            Err(Status::unauthenticated("missing or wrong bearer token"))
+            Err(Status::unauthenticated(format!(
+                "missing or wrong bearer token (this call needs the {} token)",
+                self.role
+            )))
         }
     }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// How often subscribers that went away are removed.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// Removes subscribers that went away and forgets agents silent past their expiry.
+fn spawn_housekeeping(state: IngestState) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            let removed = state.fanout.sweep();
+            if removed > 0 {
+                tracing::debug!(removed, "Removed subscribers that went away.");
+            }
+            for node in state.registry.expire(crate::cluster::now_ms()) {
+                tracing::info!(%node, "Agent expired after --agent-expiry of silence; its series are gone.");
+            }
+        }
+    });
 }
 
 /// Binds `addr` and serves until `shutdown` completes. Returns the bound address.
@@ -281,6 +444,12 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
     let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(20)));
+    if settings.max_concurrent_streams > 0 {
+        builder = builder.max_concurrent_streams(Some(settings.max_concurrent_streams));
+    }
+    if settings.concurrency_per_connection > 0 {
+        builder = builder.concurrency_limit_per_connection(settings.concurrency_per_connection);
+    }
     if let Some((cert, key)) = &settings.tls_identity {
         let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
         if let Some(ca) = &settings.client_ca {
@@ -288,25 +457,34 @@ pub async fn serve(
         }
         builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
     }
-    let check = TokenCheck {
-        expected: settings.token.as_deref().map(Arc::from),
+    let ingest_check = TokenCheck {
+        expected: settings.ingest_token.as_deref().map(Arc::from),
         counters: state.counters.clone(),
+        role: "ingest",
+    };
+    let subscribe_check = TokenCheck {
+        expected: settings.subscribe_token.as_deref().map(Arc::from),
+        counters: state.counters.clone(),
+        role: "subscribe",
     };
     let max = if settings.max_batch_bytes == 0 {
-        16 << 20
+        DEFAULT_MAX_BATCH_BYTES
     } else {
         settings.max_batch_bytes
     };
-    // The transport's own limit sits well above the batch limit: a batch between the two is
-    // decoded and refused on its own (INVALID_ARGUMENT in the ack, the stream stays up); only
-    // a message beyond the transport limit ends the stream (OUT_OF_RANGE), so memory per
-    // message stays bounded.
+    // The transport refuses a message over the batch limit before decoding it (OUT_OF_RANGE,
+    // the stream ends, counted as `too_large`): a batch of tiny events can never be decoded
+    // into more structs than its bytes allow. Batches under it are checked one by one and a
+    // bad one is refused alone (INVALID_ARGUMENT in the ack, the stream stays up).
     let ingest = AgentIngestServer::new(Ingest {
         state: state.clone(),
         max_batch_bytes: max,
+        check_certificate: settings.client_ca.is_some(),
     })
-    .max_decoding_message_size(max.saturating_mul(TRANSPORT_HEADROOM));
-    let stream = EventStreamServer::new(Stream { state });
+    .max_decoding_message_size(max);
+    let stream =
+        EventStreamServer::new(Stream { state: state.clone() }).max_decoding_message_size(64 << 10);
+    spawn_housekeeping(state.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<AgentIngestServer<Ingest>>()
@@ -322,10 +500,11 @@ pub async fn serve(
     let router = builder
         .add_service(tonic::service::interceptor::InterceptedService::new(
             ingest,
-            check.clone(),
+            ingest_check,
         ))
         .add_service(tonic::service::interceptor::InterceptedService::new(
-            stream, check,
+            stream,
+            subscribe_check,
         ))
         .add_service(health)
         .add_service(reflection);
