@@ -1057,4 +1057,156 @@ mod tests {
         assert_eq!(reg.counters.conflicts.load(Ordering::Relaxed), 1);
         Ok(())
     }
+
+    mod property {
+        use etcd_monitor_proto::v1::{KernelHistogram, PeerStats};
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn arb_status() -> impl Strategy<Value = AgentStatus> {
+            (
+                ".{0,140}",
+                proptest::collection::vec(
+                    (
+                        prop_oneof!["m[0-9]", ".{0,150}"],
+                        proptest::collection::vec("http://10\\.0\\.0\\.[0-9]:2380", 0..3),
+                    ),
+                    0..24,
+                ),
+                proptest::collection::vec(
+                    (
+                        "m[0-9]",
+                        any::<u64>(),
+                        proptest::collection::vec(any::<u64>(), 0..70),
+                    ),
+                    0..8,
+                ),
+                proptest::collection::vec(("m[0-9]", ".{0,140}"), 0..40),
+            )
+                .prop_map(|(mode, members, hists, peers)| AgentStatus {
+                    mode,
+                    members: members
+                        .into_iter()
+                        .map(|(name, peer_urls)| MemberIdentity {
+                            name,
+                            peer_urls,
+                            ..MemberIdentity::default()
+                        })
+                        .collect(),
+                    histograms: hists
+                        .into_iter()
+                        .map(|(member, count, log2_slots)| KernelHistogram {
+                            member,
+                            count,
+                            sum_nanos: count,
+                            log2_slots,
+                            ..KernelHistogram::default()
+                        })
+                        .collect(),
+                    peers: peers
+                        .into_iter()
+                        .map(|(member, peer_addr)| PeerStats {
+                            member,
+                            peer_addr,
+                            ..PeerStats::default()
+                        })
+                        .collect(),
+                    ..AgentStatus::default()
+                })
+        }
+
+        fn arb_batch() -> impl Strategy<Value = EventBatch> {
+            (
+                prop_oneof!["n[0-3]", "[a-z0-9][a-z0-9.-]{0,30}", ".{0,300}"],
+                prop_oneof![Just("boot".to_string()), ".{0,140}"],
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<bool>(), 0..40),
+                proptest::option::of(arb_status()),
+            )
+                .prop_map(|(node, boot_id, sequence, event_offset, events, status)| {
+                    EventBatch {
+                        node,
+                        boot_id,
+                        sequence: sequence % 4,
+                        event_offset,
+                        events: events
+                            .into_iter()
+                            .map(|payload| Event {
+                                payload: payload
+                                    .then(|| Payload::Process(ProcessEvent::default())),
+                                ..Event::default()
+                            })
+                            .collect(),
+                        status,
+                        ..EventBatch::default()
+                    }
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn random_batches_never_panic_and_accepted_ones_hold_the_invariants(
+                batches in proptest::collection::vec(arb_batch(), 1..12)
+            ) {
+                let limits = AgentLimits { max_agents: 3, ..AgentLimits::default() };
+                let reg = AgentRegistry::new().with_limits(limits);
+                for b in &batches {
+                    let known = reg.snapshot().iter().any(|r| r.node == b.node);
+                    match validate_with(b, 1 << 20, &limits) {
+                        Err(e) => {
+                            prop_assert!(BatchError::REASONS.contains(&e.reason()));
+                            prop_assert!(!e.to_string().is_empty());
+                            reg.reject(&b.node);
+                            prop_assert_eq!(
+                                reg.snapshot().iter().any(|r| r.node == b.node),
+                                known,
+                                "a refused batch creates no record"
+                            );
+                        }
+                        Ok(()) => {
+                            prop_assert!(validate_node_name(&b.node).is_ok());
+                            prop_assert!(b.node.len() <= MAX_NODE_BYTES);
+                            prop_assert!(b.sequence >= 1 && !b.boot_id.is_empty());
+                            prop_assert!(b.events.iter().all(|e| e.payload.is_some()));
+                            prop_assert!(prost::Message::encoded_len(b) <= 1 << 20);
+                            if let Some(s) = &b.status {
+                                prop_assert!(s.members.len() <= limits.max_members);
+                                prop_assert!(s.mode.len() <= MAX_LABEL_BYTES);
+                                prop_assert!(s.members.iter().all(|m| m.name.len() <= MAX_LABEL_BYTES));
+                                prop_assert!(s.histograms.iter().all(|h| h.log2_slots.len() <= MAX_SLOTS));
+                                prop_assert!(s.peers.iter().all(|p| p.peer_addr.len() <= MAX_LABEL_BYTES));
+                            }
+                            match reg.accept(b) {
+                                Ok(_) => {
+                                    let r = reg.snapshot().into_iter().find(|r| r.node == b.node);
+                                    prop_assert!(r.is_some());
+                                    let r = r.unwrap_or_default();
+                                    prop_assert!(r.last_sequence >= 1);
+                                    prop_assert!(r.batches >= 1);
+                                }
+                                Err(e) => {
+                                    prop_assert!(matches!(e.reason(), "too_many_agents" | "conflict"));
+                                    prop_assert_eq!(
+                                        reg.snapshot().iter().any(|r| r.node == b.node),
+                                        known
+                                    );
+                                }
+                            }
+                            prop_assert!(reg.len() <= limits.max_agents);
+                            // The kernel view and quantiles of whatever was accepted never
+                            // panic, whatever the counters.
+                            if let Some(s) = &b.status {
+                                for m in &s.members {
+                                    let _ = join::kernel_view(&b.node, s, m, 0, u64::MAX);
+                                    let _ = join::wal_fsync_slots(s, &m.name);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
