@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes};
+use prost::bytes::{self, Buf, BufMut, Bytes};
 use etcd_monitor_proto::v1::{
     AgentStatus, DiskEvent, DiskOp, DropCounters, Event, EventBatch, FileClass, KernelHistogram,
     MemberIdentity, PushAck, agent_ingest_client::AgentIngestClient, event::Payload,
