@@ -471,7 +471,10 @@ pub struct IngestConfig {
 impl std::fmt::Debug for IngestConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IngestConfig")
-            .field("ingest_token", &self.ingest_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "ingest_token",
+                &self.ingest_token.as_ref().map(|_| "<redacted>"),
+            )
             .field(
                 "subscribe_token",
                 &self.subscribe_token.as_ref().map(|_| "<redacted>"),
@@ -481,7 +484,10 @@ impl std::fmt::Debug for IngestConfig {
             .field("mutual_tls", &self.client_ca.is_some())
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("max_concurrent_streams", &self.max_concurrent_streams)
-            .field("concurrency_per_connection", &self.concurrency_per_connection)
+            .field(
+                "concurrency_per_connection",
+                &self.concurrency_per_connection,
+            )
             .field("max_subscribers", &self.max_subscribers)
             .field("agent_limits", &self.agent_limits)
             .field("subscriber_buffer", &self.subscriber_buffer)
@@ -566,39 +572,42 @@ struct RawCluster<'a> {
 impl Cli {
     /// Checks and loads the gRPC settings.
     fn ingest_config(&self) -> Result<IngestConfig, ConfigError> {
-        let read_token = |flag: &str, path: &Option<PathBuf>| -> Result<Option<String>, ConfigError> {
-            let Some(path) = path else {
-                return Ok(None);
+        let read_token =
+            |flag: &str, path: &Option<PathBuf>| -> Result<Option<String>, ConfigError> {
+                let Some(path) = path else {
+                    return Ok(None);
+                };
+                let text = std::fs::read(path)
+                    .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
+                let token = String::from_utf8(text)
+                    .map_err(|_| ConfigError::new(flag, "is not UTF-8"))?
+                    .trim()
+                    .to_string();
+                if token.is_empty() {
+                    return Err(ConfigError::new(
+                        flag,
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                if token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+                    return Err(ConfigError::new(
+                        flag,
+                        format!(
+                            "{} holds characters a gRPC header cannot carry (printable ASCII only)",
+                            path.display()
+                        ),
+                    ));
+                }
+                Ok(Some(token))
             };
-            let text = std::fs::read(path)
-                .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
-            let token = String::from_utf8(text)
-                .map_err(|_| ConfigError::new(flag, "is not UTF-8"))?
-                .trim()
-                .to_string();
-            if token.is_empty() {
-                return Err(ConfigError::new(
-                    flag,
-                    format!("{} is empty", path.display()),
-                ));
-            }
-            if token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-                return Err(ConfigError::new(
-                    flag,
-                    format!(
-                        "{} holds characters a gRPC header cannot carry (printable ASCII only)",
-                        path.display()
-                    ),
-                ));
-            }
-            Ok(Some(token))
-        };
         let both = read_token("--grpc-token-file", &self.grpc_token_file)?;
         let ingest_token = read_token("--grpc-ingest-token-file", &self.grpc_ingest_token_file)?
             .or_else(|| both.clone());
-        let subscribe_token =
-            read_token("--grpc-subscribe-token-file", &self.grpc_subscribe_token_file)?
-                .or(both);
+        let subscribe_token = read_token(
+            "--grpc-subscribe-token-file",
+            &self.grpc_subscribe_token_file,
+        )?
+        .or(both);
         let tls_identity = match (&self.grpc_cert_file, &self.grpc_key_file) {
             (Some(cert), Some(key)) => Some((
                 read_pem("", "grpc-cert-file", cert)?,
@@ -1143,7 +1152,10 @@ mod tests {
             (vec!["--enable-benchmark-api"], "--admin-token-file"),
             (vec!["--grpc-port", "0"], "--grpc-port"),
             (vec!["--grpc-host", " "], "--grpc-host"),
-            (vec!["--grpc-max-batch-bytes", "1000"], "--grpc-max-batch-bytes"),
+            (
+                vec!["--grpc-max-batch-bytes", "1000"],
+                "--grpc-max-batch-bytes",
+            ),
             (vec!["--max-agents", "0"], "--max-agents"),
             (vec!["--max-subscribers", "0"], "--max-subscribers"),
             (vec!["--agent-expiry", "1s"], "--agent-expiry"),
@@ -1218,7 +1230,9 @@ mod tests {
         };
         let both = write("both", "b0th\n")?;
         let ingest = write("ingest", "ingest-token")?;
-        let err = parse(&["--grpc-token-file", &both]).err().unwrap_or_default();
+        let err = parse(&["--grpc-token-file", &both])
+            .err()
+            .unwrap_or_default();
         assert!(
             err.contains("--grpc-token-file") && err.contains("--grpc-allow-plaintext-token"),
             "{err}"
@@ -1232,7 +1246,10 @@ mod tests {
         ])?;
         assert_eq!(c.ingest.ingest_token.as_deref(), Some("ingest-token"));
         assert_eq!(c.ingest.subscribe_token.as_deref(), Some("b0th"));
-        assert!(!format!("{:?}", c.ingest).contains("b0th"), "tokens stay out of Debug");
+        assert!(
+            !format!("{:?}", c.ingest).contains("b0th"),
+            "tokens stay out of Debug"
+        );
         let c = parse(&["--api-host", "::1"])?;
         assert_eq!(c.ingest.host, "::1", "--grpc-host defaults to --api-host");
         assert_eq!(c.ingest.max_batch_bytes, 4 << 20);

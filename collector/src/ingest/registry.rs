@@ -410,7 +410,12 @@ fn validate_status(node: &str, s: &AgentStatus, limits: &AgentLimits) -> Result<
         cap(node, "peers.peer_member", &p.peer_member, MAX_LABEL_BYTES)?;
         let n = peers_of.entry(p.member.as_str()).or_default();
         *n += 1;
-        count(node, "peers (of one member)", *n, limits.max_peers_per_member)?;
+        count(
+            node,
+            "peers (of one member)",
+            *n,
+            limits.max_peers_per_member,
+        )?;
     }
     for c in &s.clients {
         cap(node, "clients.member", &c.member, MAX_LABEL_BYTES)?;
@@ -918,8 +923,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_agent_that_lost_its_first_batches_is_still_counted() -> Result<(), BatchError>
-    {
+    fn a_restarted_agent_that_lost_its_first_batches_is_still_counted() -> Result<(), BatchError> {
         let reg = AgentRegistry::new();
         let got = reg.accept(&batch("a", 3, 40, 1))?;
         assert_eq!(
@@ -1004,7 +1008,10 @@ mod tests {
         let mut s = status("p");
         s.mode = "x".repeat(MAX_LABEL_BYTES + 1);
         b.status = Some(s);
-        assert_eq!(validate(&b, 0).map_err(|e| e.reason()), Err("label_too_long"));
+        assert_eq!(
+            validate(&b, 0).map_err(|e| e.reason()),
+            Err("label_too_long")
+        );
         let mut s = status("p");
         s.histograms = vec![etcd_monitor_proto::v1::KernelHistogram {
             log2_slots: vec![1; 65],
@@ -1134,8 +1141,7 @@ mod tests {
                         events: events
                             .into_iter()
                             .map(|payload| Event {
-                                payload: payload
-                                    .then(|| Payload::Process(ProcessEvent::default())),
+                                payload: payload.then(|| Payload::Process(ProcessEvent::default())),
                                 ..Event::default()
                             })
                             .collect(),

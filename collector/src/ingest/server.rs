@@ -79,13 +79,19 @@ impl std::fmt::Debug for IngestSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IngestSettings")
             .field("max_batch_bytes", &self.max_batch_bytes)
-            .field("ingest_token", &self.ingest_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "ingest_token",
+                &self.ingest_token.as_ref().map(|_| "<redacted>"),
+            )
             .field(
                 "subscribe_token",
                 &self.subscribe_token.as_ref().map(|_| "<redacted>"),
             )
             .field("max_concurrent_streams", &self.max_concurrent_streams)
-            .field("concurrency_per_connection", &self.concurrency_per_connection)
+            .field(
+                "concurrency_per_connection",
+                &self.concurrency_per_connection,
+            )
             .field("tls", &self.tls_identity.is_some())
             .field("mutual_tls", &self.client_ca.is_some())
             .finish()
@@ -482,8 +488,10 @@ pub async fn serve(
         check_certificate: settings.client_ca.is_some(),
     })
     .max_decoding_message_size(max);
-    let stream =
-        EventStreamServer::new(Stream { state: state.clone() }).max_decoding_message_size(64 << 10);
+    let stream = EventStreamServer::new(Stream {
+        state: state.clone(),
+    })
+    .max_decoding_message_size(64 << 10);
     spawn_housekeeping(state.clone());
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter

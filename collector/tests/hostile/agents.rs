@@ -7,13 +7,13 @@
 
 use std::time::Duration;
 
-use prost::bytes::{self, Buf, BufMut, Bytes};
 use etcd_monitor_proto::v1::{
     AgentStatus, DiskEvent, DiskOp, DropCounters, Event, EventBatch, FileClass, KernelHistogram,
     MemberIdentity, PushAck, agent_ingest_client::AgentIngestClient, event::Payload,
 };
 use etcd_monitor_tests::{CollectorProcess, EtcdCluster, http::prom_sum, wait_for};
 use futures::StreamExt;
+use prost::bytes::{self, Buf, BufMut, Bytes};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::common::start_collector;
@@ -258,7 +258,10 @@ fn a_hostile_agent_cannot_grow_the_collector_without_bound() -> anyhow::Result<(
         .find(|a| a["node"] == "node-huge")
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("node-huge missing: {agents}"))?;
-    assert_eq!(max["events"], 3, "the duplicate u64::MAX sequence was ignored");
+    assert_eq!(
+        max["events"], 3,
+        "the duplicate u64::MAX sequence was ignored"
+    );
 
     // A status claiming 5,000 members, a node name of 4 MiB and one of 254 characters.
     let mut crowd = batch("node-crowd", 1, 0, 1);
@@ -298,15 +301,14 @@ fn a_hostile_agent_cannot_grow_the_collector_without_bound() -> anyhow::Result<(
     let names = 20_000;
     let (accepted, refused) = rt.block_on(async {
         let shared = channel(&url).await?;
-        let results: Vec<Result<PushAck, tonic::Status>> =
-            futures::stream::iter(0..names)
-                .map(|i| {
-                    let shared = shared.clone();
-                    async move { push_on(shared, vec![batch(&format!("n{i:05}"), 1, 0, 1)]).await }
-                })
-                .buffer_unordered(32)
-                .collect()
-                .await;
+        let results: Vec<Result<PushAck, tonic::Status>> = futures::stream::iter(0..names)
+            .map(|i| {
+                let shared = shared.clone();
+                async move { push_on(shared, vec![batch(&format!("n{i:05}"), 1, 0, 1)]).await }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
         let mut accepted = 0u64;
         let mut refused = 0u64;
         for r in results {
@@ -353,7 +355,11 @@ fn a_hostile_agent_cannot_grow_the_collector_without_bound() -> anyhow::Result<(
     };
     assert_eq!(refused_by("too_many_entries"), 1.0);
     assert_eq!(refused_by("invalid_node"), 1.0);
-    assert_eq!(refused_by("too_large"), 2.0, "the 4 MiB name and the 64 MiB batch");
+    assert_eq!(
+        refused_by("too_large"),
+        2.0,
+        "the 4 MiB name and the 64 MiB batch"
+    );
     assert_eq!(refused_by("too_many_agents"), (names - room) as f64);
     assert_eq!(prom_sum(&text, "etcdmon_agents", &[]), Some(1000.0));
     // The saturated counters render as what they are, never as a wrapped small number.
@@ -430,7 +436,10 @@ fn a_second_agent_cannot_claim_a_member_a_live_agent_reports() -> anyhow::Result
         "{}",
         ack.last_rejection
     );
-    assert_eq!(metric(&collector, "etcdmon_agent_conflicts_total", &[]), 1.0);
+    assert_eq!(
+        metric(&collector, "etcdmon_agent_conflicts_total", &[]),
+        1.0
+    );
     assert_eq!(
         metric(
             &collector,
@@ -499,7 +508,10 @@ fn silent_agents_expire_and_their_series_leave_metrics() -> anyhow::Result<()> {
     assert!(has_series(&collector.metrics()?));
     wait_for("quiet-node to expire", Duration::from_secs(40), || {
         let (_, a) = collector.get_json("/api/v1/agents").ok()?;
-        let listed = a["agents"].as_array()?.iter().any(|a| a["node"] == "quiet-node");
+        let listed = a["agents"]
+            .as_array()?
+            .iter()
+            .any(|a| a["node"] == "quiet-node");
         (!listed && !has_series(&collector.metrics().ok()?)).then_some(())
     })?;
     assert_eq!(metric(&collector, "etcdmon_agents_expired_total", &[]), 1.0);

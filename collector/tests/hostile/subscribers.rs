@@ -89,7 +89,10 @@ fn a_thousand_subscribers_most_asleep_stay_bounded_and_counted() -> anyhow::Resu
         refused.map_err(|e| e.to_string()),
         Err("ResourceExhausted".to_string())
     );
-    assert_eq!(metric(&collector, "etcdmon_subscribers_refused_total", &[]), 1.0);
+    assert_eq!(
+        metric(&collector, "etcdmon_subscribers_refused_total", &[]),
+        1.0
+    );
 
     // 100 batches of 1,000 events: far more than a sleeper's buffer.
     rt.block_on(async {
@@ -133,9 +136,11 @@ fn a_thousand_subscribers_most_asleep_stay_bounded_and_counted() -> anyhow::Resu
 
     // The sleepers hang up; nothing matches them any more, yet they are removed.
     drop(sleepers);
-    wait_for("closed subscribers removed", Duration::from_secs(30), || {
-        (metric(&collector, "etcdmon_subscribers", &[]) == 100.0).then_some(())
-    })?;
+    wait_for(
+        "closed subscribers removed",
+        Duration::from_secs(30),
+        || (metric(&collector, "etcdmon_subscribers", &[]) == 100.0).then_some(()),
+    )?;
     assert!(metric(&collector, "etcdmon_subscribers_removed_total", &[]) >= 900.0);
     for r in readers {
         r.abort();
