@@ -233,7 +233,8 @@ impl Ingest {
                 tracing::warn!(error = %err, "Refused an oversized batch; the stream ends.");
                 Status::out_of_range(err.to_string())
             }
-            tonic::Code::Internal | tonic::Code::InvalidArgument => {
+            // INVALID_ARGUMENT comes from the prescan, which counted it already.
+            tonic::Code::Internal => {
                 let err = BatchError::Transport(status.message().to_string());
                 self.state.counters.refuse(&err);
                 tracing::warn!(error = %err, "Refused an undecodable batch; the stream ends.");
@@ -416,6 +417,222 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Most entries of any one list in a status the decoder lets through (the configured limits,
+/// checked after decoding, are smaller): bounds what a status can materialise.
+const MAX_STATUS_ENTRIES: usize = 65_536;
+
+/// Walks an encoded `EventBatch` without building it and refuses one that would materialise
+/// more events (or status entries) than allowed: a batch of 2-byte empty events within the
+/// byte limit would otherwise decode into millions of 264-byte structs.
+fn prescan(mut buf: &[u8], max_events: usize) -> Result<(), BatchError> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let bad = |e: prost::DecodeError| BatchError::Transport(format!("undecodable batch: {e}"));
+    let mut events = 0usize;
+    while !buf.is_empty() {
+        let (field, wire) = decode_key(&mut buf).map_err(bad)?;
+        match wire {
+            WireType::Varint => {
+                decode_varint(&mut buf).map_err(bad)?;
+            }
+            WireType::SixtyFourBit if buf.len() >= 8 => buf = &buf[8..],
+            WireType::ThirtyTwoBit if buf.len() >= 4 => buf = &buf[4..],
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut buf).map_err(bad)?)
+                    .unwrap_or(usize::MAX);
+                if len > buf.len() {
+                    return Err(BatchError::Transport("undecodable batch: truncated".into()));
+                }
+                let (body, rest) = buf.split_at(len);
+                buf = rest;
+                if field == 7 {
+                    events += 1;
+                    if events > max_events {
+                        return Err(BatchError::TooManyEvents {
+                            node: String::new(),
+                            events,
+                            max: max_events,
+                        });
+                    }
+                } else if field == 6 {
+                    prescan_status(body)?;
+                }
+            }
+            _ => {
+                return Err(BatchError::Transport(format!(
+                    "undecodable batch: field {field} has an unexpected wire type"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn prescan_status(mut buf: &[u8]) -> Result<(), BatchError> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let bad = |e: prost::DecodeError| BatchError::Transport(format!("undecodable status: {e}"));
+    let mut counts = [0usize; 16];
+    while !buf.is_empty() {
+        let (field, wire) = decode_key(&mut buf).map_err(bad)?;
+        match wire {
+            WireType::Varint => {
+                decode_varint(&mut buf).map_err(bad)?;
+            }
+            WireType::SixtyFourBit if buf.len() >= 8 => buf = &buf[8..],
+            WireType::ThirtyTwoBit if buf.len() >= 4 => buf = &buf[4..],
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut buf).map_err(bad)?)
+                    .unwrap_or(usize::MAX);
+                if len > buf.len() {
+                    return Err(BatchError::Transport("undecodable status: truncated".into()));
+                }
+                buf = &buf[len..];
+                let slot = &mut counts[(field as usize).min(15)];
+                *slot += 1;
+                if *slot > MAX_STATUS_ENTRIES {
+                    return Err(BatchError::TooManyEntries {
+                        node: String::new(),
+                        field: "status (before decoding)",
+                        count: *slot,
+                        max: MAX_STATUS_ENTRIES,
+                    });
+                }
+            }
+            _ => {
+                return Err(BatchError::Transport(format!(
+                    "undecodable status: field {field} has an unexpected wire type"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Push codec: acks encoded by prost, batches prescanned ([`prescan`]) then decoded.
+#[derive(Clone)]
+struct BatchCodec {
+    counters: Arc<IngestCounters>,
+}
+
+struct AckEncoder;
+
+struct BatchDecoder {
+    counters: Arc<IngestCounters>,
+}
+
+impl tonic::codec::Encoder for AckEncoder {
+    type Item = PushAck;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: PushAck,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        prost::Message::encode(&item, dst).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for BatchDecoder {
+    type Item = EventBatch;
+    type Error = Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<EventBatch>, Status> {
+        use prost::bytes::Buf;
+        let bytes = src.copy_to_bytes(src.remaining());
+        if let Err(err) = prescan(&bytes, super::registry::MAX_EVENTS_PER_BATCH) {
+            self.counters.refuse(&err);
+            tracing::warn!(reason = err.reason(), error = %err, "Refused a batch before decoding it; the stream ends.");
+            return Err(Status::invalid_argument(err.to_string()));
+        }
+        prost::Message::decode(bytes)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("undecodable batch: {e}")))
+    }
+}
+
+impl tonic::codec::Codec for BatchCodec {
+    type Encode = PushAck;
+    type Decode = EventBatch;
+    type Encoder = AckEncoder;
+    type Decoder = BatchDecoder;
+
+    fn encoder(&mut self) -> AckEncoder {
+        AckEncoder
+    }
+
+    fn decoder(&mut self) -> BatchDecoder {
+        BatchDecoder {
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+/// `AgentIngest` served with [`BatchCodec`] (the generated server always uses the plain
+/// prost codec, which would build every event before anything could count them).
+#[derive(Clone)]
+struct BoundedIngest {
+    inner: Arc<Ingest>,
+    max_decoding: usize,
+}
+
+impl tonic::server::NamedService for BoundedIngest {
+    const NAME: &'static str = "etcdmon.v1.AgentIngest";
+}
+
+struct PushSvc(Arc<Ingest>);
+
+impl tonic::server::ClientStreamingService<EventBatch> for PushSvc {
+    type Response = PushAck;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<PushAck>, Status>> + Send>,
+    >;
+
+    fn call(&mut self, request: Request<Streaming<EventBatch>>) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move { inner.push(request).await })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for BoundedIngest
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let max = self.max_decoding;
+        if req.uri().path() != "/etcdmon.v1.AgentIngest/Push" {
+            return Box::pin(async move {
+                Ok(Status::unimplemented("unknown method").into_http())
+            });
+        }
+        Box::pin(async move {
+            let codec = BatchCodec {
+                counters: inner.state.counters.clone(),
+            };
+            let mut grpc =
+                tonic::server::Grpc::new(codec).apply_max_message_size_config(Some(max), None);
+            Ok(grpc.client_streaming(PushSvc(inner), req).await)
+        })
+    }
+}
+
 /// How often subscribers that went away are removed.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 
@@ -482,12 +699,14 @@ pub async fn serve(
     // the stream ends, counted as `too_large`): a batch of tiny events can never be decoded
     // into more structs than its bytes allow. Batches under it are checked one by one and a
     // bad one is refused alone (INVALID_ARGUMENT in the ack, the stream stays up).
-    let ingest = AgentIngestServer::new(Ingest {
-        state: state.clone(),
-        max_batch_bytes: max,
-        check_certificate: settings.client_ca.is_some(),
-    })
-    .max_decoding_message_size(max);
+    let ingest = BoundedIngest {
+        inner: Arc::new(Ingest {
+            state: state.clone(),
+            max_batch_bytes: max,
+            check_certificate: settings.client_ca.is_some(),
+        }),
+        max_decoding: max,
+    };
     let stream = EventStreamServer::new(Stream {
         state: state.clone(),
     })
@@ -532,6 +751,40 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prescan_counts_events_and_status_entries_without_decoding() {
+        use etcd_monitor_proto::v1::{AgentStatus, MemberIdentity};
+        let mut batch = EventBatch {
+            node: "n".into(),
+            events: vec![Event::default(); 10],
+            status: Some(AgentStatus {
+                members: vec![MemberIdentity::default(); 3],
+                ..AgentStatus::default()
+            }),
+            ..EventBatch::default()
+        };
+        let bytes = prost::Message::encode_to_vec(&batch);
+        assert!(prescan(&bytes, 10).is_ok());
+        assert_eq!(
+            prescan(&bytes, 9).map_err(|e| e.reason()),
+            Err("too_many_events")
+        );
+        batch.events.clear();
+        batch.status = Some(AgentStatus {
+            members: vec![MemberIdentity::default(); MAX_STATUS_ENTRIES + 1],
+            ..AgentStatus::default()
+        });
+        let bytes = prost::Message::encode_to_vec(&batch);
+        assert_eq!(
+            prescan(&bytes, 10).map_err(|e| e.reason()),
+            Err("too_many_entries")
+        );
+        assert_eq!(
+            prescan(&bytes[..bytes.len() - 1], 10).map_err(|e| e.reason()),
+            Err("transport")
+        );
+    }
 
     #[test]
     fn token_comparison_is_exact() {

@@ -296,6 +296,13 @@ fn a_hostile_agent_cannot_grow_the_collector_without_bound() -> anyhow::Result<(
     let flood = flood.expect_err("a 64 MiB batch is refused");
     assert_eq!(flood.code(), tonic::Code::OutOfRange, "{flood:?}");
 
+    // Just under 4 MiB of empty events (2 million): within the byte limit, but counted on
+    // the wire and refused before a single event is built.
+    let under = rt.block_on(push_raw(&url, empty_events_batch(2_000_000)));
+    let under = under.expect_err("2 million events are refused");
+    assert_eq!(under.code(), tonic::Code::InvalidArgument, "{under:?}");
+    assert!(under.message().contains("65536 allowed"), "{under:?}");
+
     // 20,000 distinct node names.
     let known = metric(&collector, "etcdmon_agents", &[]);
     let names = 20_000;
@@ -361,6 +368,7 @@ fn a_hostile_agent_cannot_grow_the_collector_without_bound() -> anyhow::Result<(
         "the 4 MiB name and the 64 MiB batch"
     );
     assert_eq!(refused_by("too_many_agents"), (names - room) as f64);
+    assert_eq!(refused_by("too_many_events"), 1.0);
     assert_eq!(prom_sum(&text, "etcdmon_agents", &[]), Some(1000.0));
     // The saturated counters render as what they are, never as a wrapped small number.
     let kernel_drops = prom_sum(
