@@ -437,8 +437,8 @@ fn prescan(mut buf: &[u8], max_events: usize) -> Result<(), BatchError> {
             WireType::SixtyFourBit if buf.len() >= 8 => buf = &buf[8..],
             WireType::ThirtyTwoBit if buf.len() >= 4 => buf = &buf[4..],
             WireType::LengthDelimited => {
-                let len = usize::try_from(decode_varint(&mut buf).map_err(bad)?)
-                    .unwrap_or(usize::MAX);
+                let len =
+                    usize::try_from(decode_varint(&mut buf).map_err(bad)?).unwrap_or(usize::MAX);
                 if len > buf.len() {
                     return Err(BatchError::Transport("undecodable batch: truncated".into()));
                 }
@@ -480,10 +480,12 @@ fn prescan_status(mut buf: &[u8]) -> Result<(), BatchError> {
             WireType::SixtyFourBit if buf.len() >= 8 => buf = &buf[8..],
             WireType::ThirtyTwoBit if buf.len() >= 4 => buf = &buf[4..],
             WireType::LengthDelimited => {
-                let len = usize::try_from(decode_varint(&mut buf).map_err(bad)?)
-                    .unwrap_or(usize::MAX);
+                let len =
+                    usize::try_from(decode_varint(&mut buf).map_err(bad)?).unwrap_or(usize::MAX);
                 if len > buf.len() {
-                    return Err(BatchError::Transport("undecodable status: truncated".into()));
+                    return Err(BatchError::Transport(
+                        "undecodable status: truncated".into(),
+                    ));
                 }
                 buf = &buf[len..];
                 let slot = &mut counts[(field as usize).min(15)];
@@ -618,9 +620,9 @@ where
         let inner = self.inner.clone();
         let max = self.max_decoding;
         if req.uri().path() != "/etcdmon.v1.AgentIngest/Push" {
-            return Box::pin(async move {
-                Ok(Status::unimplemented("unknown method").into_http())
-            });
+            return Box::pin(
+                async move { Ok(Status::unimplemented("unknown method").into_http()) },
+            );
         }
         Box::pin(async move {
             let codec = BatchCodec {
