@@ -254,10 +254,11 @@ impl Config {
                 return Err(ConfigError::ZeroDuration(flag));
             }
         }
-        if let (Some(_), Some(url)) = (&self.collector_token_file, &self.collector) {
-            if url.starts_with("http://") && !self.allow_plaintext_token {
-                return Err(ConfigError::PlaintextToken(url.clone()));
-            }
+        if let (Some(_), Some(url)) = (&self.collector_token_file, &self.collector)
+            && url.starts_with("http://")
+            && !self.allow_plaintext_token
+        {
+            return Err(ConfigError::PlaintextToken(url.clone()));
         }
         for (flag, path) in [
             ("--collector-ca-file", &self.collector_ca_file),
