@@ -226,6 +226,16 @@ impl AgentMetrics {
         }
     }
 
+    /// Adds the per-member resource series (and the node's memory), read at scrape time from
+    /// the latest sample in `source`.
+    pub fn register_resources(&self, source: crate::resources::SharedResources) {
+        let registered = ResourceCollector::new(source)
+            .and_then(|collector| self.registry.register(Box::new(collector)));
+        if let Err(e) = registered {
+            tracing::error!(error = %e, "Metric registration failed.");
+        }
+    }
+
     /// Text exposition of everything.
     pub fn render(&self) -> String {
         let families = self.registry.gather();
@@ -586,6 +596,230 @@ impl Collector for KernelCollector {
             family(ERRORS, MetricType::COUNTER, errors),
             family(DROPPED, MetricType::COUNTER, dropped),
         ]
+    }
+}
+
+/// The resource series: one gauge family per figure, from the sampler's latest snapshot.
+struct ResourceCollector {
+    source: crate::resources::SharedResources,
+    descs: Vec<Desc>,
+}
+
+/// (name, help, per member) of every resource family, in exposition order.
+const RESOURCE_FAMILIES: [(&str, &str, bool); 17] = [
+    (
+        "etcd_server_memory_usage_bytes",
+        "Resident set size (VmRSS) of the member's process.",
+        true,
+    ),
+    (
+        "etcd_server_disk_usage_bytes",
+        "Used bytes of the filesystem holding the member's data dir (statvfs, as df counts them).",
+        true,
+    ),
+    (
+        "etcd_server_active_connections",
+        "ESTABLISHED TCP connections the member's process holds on its client listen ports (kernel socket table).",
+        true,
+    ),
+    (
+        "etcdmon_member_cpu_seconds_total",
+        "CPU time (user + system) the member's process used since it started.",
+        true,
+    ),
+    (
+        "etcdmon_member_cpu_cores",
+        "Cores the member's process used on average over the agent's last resource interval.",
+        true,
+    ),
+    (
+        "etcdmon_member_cpu_limit_cores",
+        "The member's CPU limit in cores: its cgroup quota, else the node's online cores (see source).",
+        true,
+    ),
+    (
+        "etcdmon_member_cpu_limit_ratio",
+        "Cores used over the CPU limit (cgroup quota, else the node's cores), 0..1 (can exceed 1 briefly).",
+        true,
+    ),
+    (
+        "etcdmon_member_memory_limit_bytes",
+        "The member's memory limit: its cgroup limit, else the node's MemTotal (see source).",
+        true,
+    ),
+    (
+        "etcdmon_member_memory_limit_ratio",
+        "RSS over the memory limit (cgroup limit, else the node's MemTotal), 0..1.",
+        true,
+    ),
+    (
+        "etcdmon_member_fs_size_bytes",
+        "Size of the filesystem holding the member's data dir.",
+        true,
+    ),
+    (
+        "etcdmon_member_fs_used_bytes",
+        "Used bytes of the filesystem holding the member's data dir (blocks - bfree).",
+        true,
+    ),
+    (
+        "etcdmon_member_fs_free_bytes",
+        "Bytes a non-root process can still write on the member's data-dir filesystem (bavail).",
+        true,
+    ),
+    (
+        "etcdmon_member_fs_inodes_total",
+        "Inodes of the filesystem holding the member's data dir.",
+        true,
+    ),
+    (
+        "etcdmon_member_fs_inodes_free",
+        "Free inodes of the filesystem holding the member's data dir.",
+        true,
+    ),
+    (
+        "etcdmon_member_open_fds",
+        "Open file descriptors of the member's process.",
+        true,
+    ),
+    (
+        "etcdmon_node_memory_total_bytes",
+        "The node's memory (/proc/meminfo MemTotal).",
+        false,
+    ),
+    (
+        "etcdmon_node_memory_available_bytes",
+        "The node's memory available without swapping (/proc/meminfo MemAvailable).",
+        false,
+    ),
+];
+
+impl ResourceCollector {
+    fn new(source: crate::resources::SharedResources) -> Result<Self, prometheus::Error> {
+        let mut descs = Vec::new();
+        for (name, help, per_member) in RESOURCE_FAMILIES {
+            let labels = match (per_member, name) {
+                (false, _) => Vec::new(),
+                (true, "etcdmon_member_cpu_limit_cores" | "etcdmon_member_memory_limit_bytes") => {
+                    vec!["member".to_string(), "source".to_string()]
+                }
+                (true, _) => vec!["member".to_string()],
+            };
+            descs.push(Desc::new(name.into(), help.into(), labels, HashMap::new())?);
+        }
+        Ok(Self { source, descs })
+    }
+}
+
+impl Collector for ResourceCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok(snapshot) = self.source.lock().map(|s| s.clone()) else {
+            return Vec::new();
+        };
+        let mut by_name: HashMap<&str, Vec<proto::Metric>> = HashMap::new();
+        let mut put =
+            |name: &'static str, m: proto::Metric| by_name.entry(name).or_default().push(m);
+        for r in &snapshot.members {
+            let member = [("member", r.member.as_str())];
+            let source = |cgroup: bool| if cgroup { "cgroup" } else { "node" };
+            put(
+                "etcdmon_member_cpu_seconds_total",
+                gauge_counter(&member, r.cpu_seconds_total),
+            );
+            if let Some(cores) = r.cpu_cores {
+                put("etcdmon_member_cpu_cores", gauge(&member, cores));
+            }
+            put(
+                "etcdmon_member_cpu_limit_cores",
+                gauge(
+                    &[member[0], ("source", source(r.cpu_limit.from_cgroup))],
+                    r.cpu_limit.value,
+                ),
+            );
+            if let Some(ratio) = r.cpu_limit_ratio() {
+                put("etcdmon_member_cpu_limit_ratio", gauge(&member, ratio));
+            }
+            if let Some(rss) = r.rss_bytes {
+                put("etcd_server_memory_usage_bytes", gauge(&member, rss as f64));
+            }
+            if let Some(limit) = r.memory_limit {
+                put(
+                    "etcdmon_member_memory_limit_bytes",
+                    gauge(
+                        &[member[0], ("source", source(limit.from_cgroup))],
+                        limit.value,
+                    ),
+                );
+            }
+            if let Some(ratio) = r.memory_limit_ratio() {
+                put("etcdmon_member_memory_limit_ratio", gauge(&member, ratio));
+            }
+            if let Some(fs) = r.fs {
+                put(
+                    "etcd_server_disk_usage_bytes",
+                    gauge(&member, fs.used_bytes as f64),
+                );
+                put(
+                    "etcdmon_member_fs_size_bytes",
+                    gauge(&member, fs.size_bytes as f64),
+                );
+                put(
+                    "etcdmon_member_fs_used_bytes",
+                    gauge(&member, fs.used_bytes as f64),
+                );
+                put(
+                    "etcdmon_member_fs_free_bytes",
+                    gauge(&member, fs.free_bytes as f64),
+                );
+                put(
+                    "etcdmon_member_fs_inodes_total",
+                    gauge(&member, fs.inodes_total as f64),
+                );
+                put(
+                    "etcdmon_member_fs_inodes_free",
+                    gauge(&member, fs.inodes_free as f64),
+                );
+            }
+            if let Some(fds) = r.open_fds {
+                put("etcdmon_member_open_fds", gauge(&member, fds as f64));
+            }
+            if let Some(conns) = r.client_connections {
+                put(
+                    "etcd_server_active_connections",
+                    gauge(&member, conns as f64),
+                );
+            }
+        }
+        if let Some(node) = snapshot.node_memory {
+            put(
+                "etcdmon_node_memory_total_bytes",
+                gauge(&[], node.total_bytes as f64),
+            );
+            put(
+                "etcdmon_node_memory_available_bytes",
+                gauge(&[], node.available_bytes as f64),
+            );
+        }
+        RESOURCE_FAMILIES
+            .iter()
+            .filter_map(|(name, help, _)| {
+                let metrics = by_name.remove(name)?;
+                let mut f = MetricFamily::default();
+                f.set_name((*name).to_string());
+                f.set_help((*help).to_string());
+                f.set_field_type(if *name == "etcdmon_member_cpu_seconds_total" {
+                    MetricType::COUNTER
+                } else {
+                    MetricType::GAUGE
+                });
+                f.set_metric(metrics);
+                Some(f)
+            })
+            .collect()
     }
 }
 
