@@ -9,10 +9,18 @@
 mod common;
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
+    sync::{Arc, Mutex},
     time::Duration,
 };
+
+use etcd_monitor_proto::v1::{
+    AgentStatus, EventBatch, PushAck,
+    agent_ingest_server::{AgentIngest, AgentIngestServer},
+};
+use tokio_stream::StreamExt;
 
 use etcd_monitor_tests::{
     AgentProcess, free_port,
@@ -21,6 +29,46 @@ use etcd_monitor_tests::{
     process::ChildGuard,
     wait_for,
 };
+
+/// A stand-in collector that keeps the latest status snapshot the agent shipped.
+#[derive(Clone, Default)]
+struct LatestStatus(Arc<Mutex<Option<AgentStatus>>>);
+
+#[tonic::async_trait]
+impl AgentIngest for LatestStatus {
+    async fn push(
+        &self,
+        request: tonic::Request<tonic::Streaming<EventBatch>>,
+    ) -> Result<tonic::Response<PushAck>, tonic::Status> {
+        let mut stream = request.into_inner();
+        let mut last = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            last = batch.sequence;
+            if let (Some(status), Ok(mut latest)) = (batch.status, self.0.lock()) {
+                *latest = Some(status);
+            }
+        }
+        Ok(tonic::Response::new(PushAck {
+            last_sequence: last,
+            ..PushAck::default()
+        }))
+    }
+}
+
+fn serve(addr: SocketAddr, recorder: LatestStatus) -> anyhow::Result<tokio::runtime::Runtime> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(AgentIngestServer::new(recorder))
+            .serve(addr)
+            .await;
+    });
+    Ok(runtime)
+}
 
 /// The CPU quota put on the member: 0.2 cores.
 const QUOTA_US: u64 = 20_000;
@@ -152,9 +200,14 @@ fn member_resources_follow_proc_statvfs_and_cgroup_quota() -> anyhow::Result<()>
     let member = start_member(logs.path(), &data_dir)?;
     let pid = member.process.pid();
     let _quota = CpuQuota::apply(pid, QUOTA_US, PERIOD_US)?;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let shipped = LatestStatus::default();
+    let _server = serve(addr, shipped.clone())?;
     let agent = AgentProcess::start(
         common::agent_bin(),
         &[
+            &format!("--collector=http://{addr}"),
+            "--status-interval=500ms",
             "--rescan-interval=1s",
             "--mode=ebpf",
             &format!("--match=--name={}( |$)", member.name),
@@ -283,6 +336,51 @@ fn member_resources_follow_proc_statvfs_and_cgroup_quota() -> anyhow::Result<()>
             0.0,
         )?;
         let base_ratio = used / (used + free);
+
+        // The same figures travel in the agent's status to the collector.
+        let status = wait_for(
+            "a shipped status with the member's resources and a CPU rate",
+            Duration::from_secs(30),
+            || {
+                let status = shipped.0.lock().ok()?.clone()?;
+                status
+                    .resources
+                    .iter()
+                    .any(|r| r.member == name && r.has_cpu_cores)
+                    .then_some(status)
+            },
+        )?;
+        let r = status
+            .resources
+            .iter()
+            .find(|r| r.member == name)
+            .ok_or_else(|| anyhow::anyhow!("no resources for {name}"))?;
+        anyhow::ensure!(r.pid == pid, "pid {} in the status, {pid} here", r.pid);
+        anyhow::ensure!(
+            r.cpu_limit_from_cgroup && (r.cpu_limit_cores - QUOTA_CORES).abs() < 1e-9,
+            "shipped CPU limit {} (cgroup: {})",
+            r.cpu_limit_cores,
+            r.cpu_limit_from_cgroup
+        );
+        anyhow::ensure!(r.has_rss && r.has_fs && r.has_open_fds, "{r:?}");
+        within("shipped rss", r.rss_bytes as f64, rss, rss * 0.10)?;
+        within("shipped fs size", r.fs_size_bytes as f64, size, 0.0)?;
+        within("shipped fs used", r.fs_used_bytes as f64, used, size * 0.01)?;
+        within("shipped fds", r.open_fds as f64, fds, 5.0)?;
+        anyhow::ensure!(
+            r.has_client_connections && r.client_connections >= 1,
+            "the watch's connection: {r:?}"
+        );
+        let node = status
+            .node
+            .ok_or_else(|| anyhow::anyhow!("no node resources"))?;
+        within(
+            "shipped MemTotal",
+            node.memory_total_bytes as f64,
+            total,
+            0.0,
+        )?;
+
         // etcd preallocates 64 MiB WAL segments (the live one and the next): over half of the
         // 256 MiB filesystem is used before any filler.
         anyhow::ensure!(
