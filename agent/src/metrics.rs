@@ -828,6 +828,76 @@ mod tests {
     use super::*;
 
     #[test]
+    fn resource_series_escape_member_names_and_skip_unknown_figures() {
+        use crate::resources::{FsUsage, Limit, MemberResources, NodeMemory, ResourceSnapshot};
+        let member = |name: &str, cores: Option<f64>| MemberResources {
+            member: name.to_string(),
+            pid: 1,
+            cpu_seconds_total: 12.5,
+            cpu_cores: cores,
+            cpu_limit: Limit {
+                value: 0.5,
+                from_cgroup: true,
+            },
+            rss_bytes: Some(100),
+            memory_limit: Some(Limit {
+                value: 400.0,
+                from_cgroup: false,
+            }),
+            fs: Some(FsUsage {
+                size_bytes: 1000,
+                used_bytes: 850,
+                free_bytes: 100,
+                inodes_total: 64,
+                inodes_free: 60,
+            }),
+            open_fds: Some(7),
+            client_connections: None,
+        };
+        let shared = crate::resources::SharedResources::default();
+        *shared.lock().expect("lock") = ResourceSnapshot {
+            node_memory: Some(NodeMemory {
+                total_bytes: 4096,
+                available_bytes: 1024,
+            }),
+            node_cpus: 2,
+            members: vec![member("we\"ird\\name\n", Some(0.25)), member("fresh", None)],
+        };
+        let registry = Registry::new();
+        registry
+            .register(Box::new(ResourceCollector::new(shared).expect("collector")))
+            .expect("register");
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("encode");
+        let weird = r#"member="we\"ird\\name\n""#;
+        for line in [
+            format!("etcdmon_member_cpu_limit_ratio{{{weird}}} 0.5"),
+            format!("etcdmon_member_cpu_limit_cores{{{weird},source=\"cgroup\"}} 0.5"),
+            format!("etcdmon_member_memory_limit_ratio{{{weird}}} 0.25"),
+            format!("etcdmon_member_memory_limit_bytes{{{weird},source=\"node\"}} 400"),
+            format!("etcd_server_memory_usage_bytes{{{weird}}} 100"),
+            format!("etcd_server_disk_usage_bytes{{{weird}}} 850"),
+            format!("etcdmon_member_fs_free_bytes{{{weird}}} 100"),
+            format!("etcdmon_member_open_fds{{{weird}}} 7"),
+            format!("etcdmon_member_cpu_seconds_total{{{weird}}} 12.5"),
+            "etcdmon_node_memory_total_bytes 4096".to_string(),
+            "etcdmon_node_memory_available_bytes 1024".to_string(),
+            "# TYPE etcdmon_member_cpu_seconds_total counter".to_string(),
+            "# TYPE etcdmon_member_fs_inodes_total gauge".to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        // No rate yet: no cores and no ratio for that member, rather than a made-up zero.
+        assert!(!text.contains(r#"etcdmon_member_cpu_cores{member="fresh"}"#));
+        assert!(!text.contains(r#"etcdmon_member_cpu_limit_ratio{member="fresh"}"#));
+        assert!(
+            !text.contains("etcd_server_active_connections"),
+            "unknown, not 0"
+        );
+    }
+
+    #[test]
     fn histogram_buckets_are_cumulative_seconds() {
         let mut totals = OpTotals::default();
         totals.slots[3] = 2; // folds into the first bucket

@@ -739,6 +739,7 @@ mod tests {
         let first = sampler.sample(std::slice::from_ref(&target));
         let m = &first.members[0];
         assert_eq!(m.cpu_cores, None, "no rate on the first reading");
+        assert!(m.cpu_limit.value > 0.0 && m.cpu_limit.value <= f64::from(first.node_cpus));
         assert!(m.rss_bytes.is_some_and(|r| r > 0));
         assert!(m.open_fds.is_some_and(|n| n >= 3));
         let fs = m.fs.expect("statvfs of the cwd");

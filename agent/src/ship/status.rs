@@ -212,3 +212,34 @@ fn build(
         node: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{Limit, MemberResources as Sampled};
+
+    #[test]
+    fn unknown_figures_ship_with_their_has_flag_off() {
+        let sampled = Sampled {
+            member: "m0".into(),
+            pid: 9,
+            cpu_seconds_total: 3.0,
+            cpu_cores: None,
+            cpu_limit: Limit {
+                value: 2.0,
+                from_cgroup: false,
+            },
+            rss_bytes: Some(4096),
+            memory_limit: None,
+            fs: None,
+            open_fds: Some(12),
+            client_connections: Some(0),
+        };
+        let wire = member_resources(&sampled);
+        assert!(!wire.has_cpu_cores && !wire.has_fs);
+        assert!(wire.has_rss && wire.has_open_fds && wire.has_client_connections);
+        assert_eq!((wire.rss_bytes, wire.open_fds), (4096, 12));
+        assert_eq!(wire.memory_limit_bytes, 0, "unknown limit");
+        assert!(!wire.cpu_limit_from_cgroup && (wire.cpu_limit_cores - 2.0).abs() < 1e-12);
+    }
+}
