@@ -136,14 +136,20 @@ struct Member {
     process: ChildGuard,
 }
 
-fn start_member(log_dir: &Path, data_dir: &Path) -> anyhow::Result<Member> {
-    let name = format!("res-{}", std::process::id());
+/// Starts one member with its data dir at `data_dir`; with `mount_first`, under
+/// `unshare --mount` after running that shell command (a mount only its namespace has).
+fn start_member(
+    log_dir: &Path,
+    tag: &str,
+    data_dir: &Path,
+    mount_first: Option<&str>,
+) -> anyhow::Result<Member> {
+    let name = format!("res-{tag}-{}", std::process::id());
     let (client, peer) = (free_port()?, free_port()?);
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let etcd = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_string());
-    let mut cmd = Command::new(etcd);
-    cmd.args([
+    let args = [
         format!("--name={name}"),
         format!("--data-dir={}", data_dir.display()),
         format!("--listen-client-urls={client_url}"),
@@ -152,7 +158,26 @@ fn start_member(log_dir: &Path, data_dir: &Path) -> anyhow::Result<Member> {
         format!("--initial-advertise-peer-urls={peer_url}"),
         format!("--initial-cluster={name}={peer_url}"),
         "--logger=zap".to_string(),
-    ]);
+    ];
+    let cmd = match mount_first {
+        None => {
+            let mut cmd = Command::new(etcd);
+            cmd.args(&args);
+            cmd
+        }
+        Some(mount) => {
+            // unshare execs sh, which execs etcd: one pid throughout.
+            let mut cmd = Command::new("unshare");
+            cmd.args([
+                "--mount",
+                "--propagation=private",
+                "sh",
+                "-c",
+                &format!("{mount} && exec {etcd} {}", args.join(" ")),
+            ]);
+            cmd
+        }
+    };
     let log = log_dir.join(format!("{name}.log"));
     let process = ChildGuard::spawn(&name, cmd, &log)?;
     let member = Member {
@@ -197,7 +222,7 @@ fn member_resources_follow_proc_statvfs_and_cgroup_quota() -> anyhow::Result<()>
     let logs = tempfile::tempdir()?;
     let disk = LoopDisk::fast("resources")?;
     let data_dir: PathBuf = disk.path().join("data");
-    let member = start_member(logs.path(), &data_dir)?;
+    let member = start_member(logs.path(), "loop", &data_dir, None)?;
     let pid = member.process.pid();
     let _quota = CpuQuota::apply(pid, QUOTA_US, PERIOD_US)?;
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -426,4 +451,77 @@ fn member_resources_follow_proc_statvfs_and_cgroup_quota() -> anyhow::Result<()>
     let _ = watch.kill();
     let _ = watch.wait();
     result.map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", agent.log_text()))
+}
+
+#[test]
+fn data_dir_filesystem_is_read_in_the_members_mount_namespace() -> anyhow::Result<()> {
+    if !root_or_skip("data_dir_filesystem_is_read_in_the_members_mount_namespace") {
+        return Ok(());
+    }
+    let logs = tempfile::tempdir()?;
+    // Only the member's namespace has a 192 MiB tmpfs on `mnt`; in the agent's (and this
+    // test's) namespace `mnt` is a plain directory of the host filesystem.
+    let mountpoint = std::fs::canonicalize(logs.path())?.join("mnt");
+    std::fs::create_dir_all(&mountpoint)?;
+    let tmpfs_bytes: u64 = 192 << 20;
+    let member = start_member(
+        logs.path(),
+        "ns",
+        &mountpoint.join("etcd"),
+        Some(&format!(
+            "mount -t tmpfs -o size={tmpfs_bytes} etcdmon-res {}",
+            mountpoint.display()
+        )),
+    )?;
+    let pid = member.process.pid();
+    let (host_size, ..) = statvfs(&mountpoint)?;
+    anyhow::ensure!(
+        host_size as u64 != tmpfs_bytes,
+        "the test's own view must not have the tmpfs"
+    );
+    let agent = AgentProcess::start(
+        common::agent_bin(),
+        &[
+            "--rescan-interval=1s",
+            "--mode=ebpf",
+            &format!("--match=--name={}( |$)", member.name),
+        ],
+        logs.path(),
+        |_| {},
+    )?;
+    agent
+        .wait_tracking(&[pid], Duration::from_secs(20))
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log_text()))?;
+    let size = wait_for(
+        "the data dir's filesystem size",
+        Duration::from_secs(30),
+        || {
+            figure(
+                &agent.metrics().ok()?,
+                "etcdmon_member_fs_size_bytes",
+                &member.name,
+            )
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log_text()))?;
+    // Read independently through the member's root: the same tmpfs.
+    let (own_view, used, ..) = statvfs(
+        &Path::new(&format!("/proc/{pid}/root"))
+            .join(mountpoint.strip_prefix("/").unwrap_or(&mountpoint)),
+    )?;
+    within(
+        "fs size in the member's namespace",
+        size,
+        tmpfs_bytes as f64,
+        0.0,
+    )?;
+    within(
+        "fs size through /proc/PID/root",
+        own_view,
+        tmpfs_bytes as f64,
+        0.0,
+    )?;
+    // etcd's preallocated WAL segments are on the tmpfs.
+    anyhow::ensure!(used >= (64 << 20) as f64, "tmpfs used {used}");
+    Ok(())
 }
