@@ -605,8 +605,10 @@ struct ResourceCollector {
     descs: Vec<Desc>,
 }
 
+const READ_FAILURES: &str = "etcdmon_agent_resource_read_failures_total";
+
 /// (name, help, per member) of every resource family, in exposition order.
-const RESOURCE_FAMILIES: [(&str, &str, bool); 17] = [
+const RESOURCE_FAMILIES: [(&str, &str, bool); 18] = [
     (
         "etcd_server_memory_usage_bytes",
         "Resident set size (VmRSS) of the member's process.",
@@ -683,6 +685,11 @@ const RESOURCE_FAMILIES: [(&str, &str, bool); 17] = [
         true,
     ),
     (
+        READ_FAILURES,
+        "Resource reads that failed (the figure is left out, not reported as zero), by figure: meminfo, process, cgroup, rss, fs, fds.",
+        false,
+    ),
+    (
         "etcdmon_node_memory_total_bytes",
         "The node's memory (/proc/meminfo MemTotal).",
         false,
@@ -699,6 +706,7 @@ impl ResourceCollector {
         let mut descs = Vec::new();
         for (name, help, per_member) in RESOURCE_FAMILIES {
             let labels = match (per_member, name) {
+                (false, READ_FAILURES) => vec!["figure".to_string()],
                 (false, _) => Vec::new(),
                 (true, "etcdmon_member_cpu_limit_cores" | "etcdmon_member_memory_limit_bytes") => {
                     vec!["member".to_string(), "source".to_string()]
@@ -804,6 +812,9 @@ impl Collector for ResourceCollector {
                 gauge(&[], node.available_bytes as f64),
             );
         }
+        for (figure, count) in &snapshot.read_failures {
+            put(READ_FAILURES, counter(&[("figure", figure)], *count));
+        }
         RESOURCE_FAMILIES
             .iter()
             .filter_map(|(name, help, _)| {
@@ -811,11 +822,13 @@ impl Collector for ResourceCollector {
                 let mut f = MetricFamily::default();
                 f.set_name((*name).to_string());
                 f.set_help((*help).to_string());
-                f.set_field_type(if *name == "etcdmon_member_cpu_seconds_total" {
-                    MetricType::COUNTER
-                } else {
-                    MetricType::GAUGE
-                });
+                f.set_field_type(
+                    if name.ends_with("_seconds_total") || *name == READ_FAILURES {
+                        MetricType::COUNTER
+                    } else {
+                        MetricType::GAUGE
+                    },
+                );
                 f.set_metric(metrics);
                 Some(f)
             })
@@ -862,6 +875,7 @@ mod tests {
             }),
             node_cpus: 2,
             members: vec![member("we\"ird\\name\n", Some(0.25)), member("fresh", None)],
+            read_failures: [("fs", 3)].into_iter().collect(),
         };
         let registry = Registry::new();
         registry
@@ -882,6 +896,8 @@ mod tests {
             format!("etcdmon_member_open_fds{{{weird}}} 7"),
             format!("etcdmon_member_cpu_seconds_total{{{weird}}} 12.5"),
             "etcdmon_node_memory_total_bytes 4096".to_string(),
+            "etcdmon_agent_resource_read_failures_total{figure=\"fs\"} 3".to_string(),
+            "# TYPE etcdmon_agent_resource_read_failures_total counter".to_string(),
             "etcdmon_node_memory_available_bytes 1024".to_string(),
             "# TYPE etcdmon_member_cpu_seconds_total counter".to_string(),
             "# TYPE etcdmon_member_fs_inodes_total gauge".to_string(),

@@ -9,7 +9,7 @@
 //! here returns `None` on error: processes come and go while we read.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -123,6 +123,10 @@ pub struct ResourceSnapshot {
     pub node_cpus: u32,
     /// Per member, sorted by name.
     pub members: Vec<MemberResources>,
+    /// Reads that failed since the agent started, by what was being read (`meminfo`,
+    /// `process` — the member vanished or its pid was reused mid-sample —, `cgroup`, `rss`,
+    /// `fs`, `fds`); the figure is then left out rather than reported as zero.
+    pub read_failures: BTreeMap<&'static str, u64>,
 }
 
 /// The latest sample, shared between the sampling task, `/metrics` and the status sender.
@@ -326,6 +330,8 @@ pub struct ResourceSampler {
     node_cpus: u32,
     /// pid → (start time, CPU ticks, when read).
     previous: HashMap<u32, (u64, u64, Instant)>,
+    /// Failed reads by figure, cumulative.
+    failures: BTreeMap<&'static str, u64>,
 }
 
 impl ResourceSampler {
@@ -346,12 +352,16 @@ impl ResourceSampler {
             clock_ticks: if ticks > 0 { ticks as f64 } else { 100.0 },
             node_cpus: u32::try_from(cpus).ok().filter(|c| *c > 0).unwrap_or(1),
             previous: HashMap::new(),
+            failures: BTreeMap::new(),
         }
     }
 
     /// Reads every target now.
     pub fn sample(&mut self, targets: &[Target]) -> ResourceSnapshot {
         let node_memory = read(PathBuf::from("/proc/meminfo")).and_then(|t| parse_meminfo(&t));
+        if node_memory.is_none() {
+            self.failed("meminfo");
+        }
         let now = Instant::now();
         let mut members: Vec<MemberResources> = targets
             .iter()
@@ -364,7 +374,20 @@ impl ResourceSampler {
             node_memory,
             node_cpus: self.node_cpus,
             members,
+            read_failures: self.failures.clone(),
         }
+    }
+
+    fn failed(&mut self, figure: &'static str) {
+        *self.failures.entry(figure).or_default() += 1;
+    }
+
+    /// `value`, counting a failure of `figure` when it is `None`.
+    fn counted<T>(&mut self, figure: &'static str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            self.failed(figure);
+        }
+        value
     }
 
     fn member(
@@ -375,10 +398,12 @@ impl ResourceSampler {
     ) -> Option<MemberResources> {
         let pid = target.pid;
         // A process that is gone (or a reused pid) is not sampled.
-        let ticks = read(self.proc.path(pid, "stat")).and_then(|t| parse_stat_cpu_ticks(&t))?;
-        if self.proc.start_time(pid) != Some(target.start_time) {
+        let ticks = read(self.proc.path(pid, "stat")).and_then(|t| parse_stat_cpu_ticks(&t));
+        let Some(ticks) = ticks.filter(|_| self.proc.start_time(pid) == Some(target.start_time))
+        else {
+            self.failed("process");
             return None;
-        }
+        };
         let cpu_cores = match self.previous.insert(pid, (target.start_time, ticks, now)) {
             Some((start, before, then)) if start == target.start_time => {
                 let seconds = now.duration_since(then).as_secs_f64();
@@ -387,9 +412,8 @@ impl ResourceSampler {
             }
             _ => None,
         };
-        let cgroups = read(self.proc.path(pid, "cgroup"))
-            .map(|t| parse_proc_cgroup(&t))
-            .unwrap_or_default();
+        let cgroups = read(self.proc.path(pid, "cgroup")).map(|t| parse_proc_cgroup(&t));
+        let cgroups = self.counted("cgroup", cgroups).unwrap_or_default();
         let node_cores = f64::from(self.node_cpus);
         let cpu_limit = match self.cpu_quota(pid, &cgroups) {
             Some(q) if q < node_cores => Limit {
@@ -417,20 +441,24 @@ impl ResourceSampler {
             }),
             (None, None) => None,
         };
-        let fds = self.proc.fds(pid);
         let open_fds = std::fs::read_dir(self.proc.path(pid, "fd"))
             .ok()
             .map(|d| d.count() as u64);
-        let client_connections = self.client_connections(target, &fds);
+        let open_fds = self.counted("fds", open_fds);
+        let client_connections = self.client_connections(target);
+        let rss_bytes = read(self.proc.path(pid, "status")).and_then(|t| parse_status_rss(&t));
+        let rss_bytes = self.counted("rss", rss_bytes);
+        let fs = data_dir_usage(&self.proc.path(pid, "root"), &target.identity.data_dir);
+        let fs = self.counted("fs", fs);
         Some(MemberResources {
             member: target.identity.name.clone(),
             pid,
             cpu_seconds_total: ticks as f64 / self.clock_ticks,
             cpu_cores,
             cpu_limit,
-            rss_bytes: read(self.proc.path(pid, "status")).and_then(|t| parse_status_rss(&t)),
+            rss_bytes,
             memory_limit,
-            fs: data_dir_usage(&self.proc.path(pid, "root"), &target.identity.data_dir),
+            fs,
             open_fds,
             client_connections,
         })
@@ -488,7 +516,7 @@ impl ResourceSampler {
 
     /// ESTABLISHED sockets in the member's network namespace whose local port is one of its
     /// client listen ports and whose inode is one of its own fds.
-    fn client_connections(&self, target: &Target, fds: &[(i32, String)]) -> Option<u64> {
+    fn client_connections(&self, target: &Target) -> Option<u64> {
         let ports: Vec<u16> = target
             .identity
             .listen_client_urls
@@ -498,7 +526,9 @@ impl ResourceSampler {
         if ports.is_empty() {
             return None;
         }
-        let owned: std::collections::HashSet<u64> = fds
+        let owned: std::collections::HashSet<u64> = self
+            .proc
+            .fds(target.pid)
             .iter()
             .filter_map(|(_, t)| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
             .collect();
@@ -763,9 +793,8 @@ mod tests {
             start_time: start_time + 1,
             ..target
         };
-        assert!(
-            sampler.sample(&[wrong_start]).members.is_empty(),
-            "a reused pid is not sampled"
-        );
+        let reused = sampler.sample(&[wrong_start]);
+        assert!(reused.members.is_empty(), "a reused pid is not sampled");
+        assert_eq!(reused.read_failures.get("process"), Some(&1));
     }
 }
