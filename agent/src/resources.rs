@@ -321,6 +321,14 @@ fn read(path: PathBuf) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
+/// A positive `sysconf` value.
+#[cfg(unix)]
+fn sysconf(name: libc::c_int) -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let value = unsafe { libc::sysconf(name) };
+    u64::try_from(value).ok().filter(|v| *v > 0)
+}
+
 /// Reads the resource figures of traced members.
 #[derive(Debug)]
 pub struct ResourceSampler {
@@ -342,15 +350,23 @@ impl ResourceSampler {
 
     /// A sampler with given cgroup mounts.
     pub fn with_roots(proc: ProcFs, roots: CgroupRoots) -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        // SAFETY: as above.
-        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        #[cfg(unix)]
+        let (ticks, cpus) = (
+            sysconf(libc::_SC_CLK_TCK),
+            sysconf(libc::_SC_NPROCESSORS_ONLN),
+        );
+        #[cfg(not(unix))]
+        let (ticks, cpus): (Option<u64>, Option<u64>) = (
+            None,
+            std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.get() as u64),
+        );
         Self {
             proc,
             roots,
-            clock_ticks: if ticks > 0 { ticks as f64 } else { 100.0 },
-            node_cpus: u32::try_from(cpus).ok().filter(|c| *c > 0).unwrap_or(1),
+            clock_ticks: ticks.map_or(100.0, |t| t as f64),
+            node_cpus: cpus.and_then(|c| u32::try_from(c).ok()).unwrap_or(1),
             previous: HashMap::new(),
             failures: BTreeMap::new(),
         }
