@@ -75,17 +75,6 @@ const QUOTA_US: u64 = 20_000;
 const PERIOD_US: u64 = 100_000;
 const QUOTA_CORES: f64 = QUOTA_US as f64 / PERIOD_US as f64;
 
-fn root_or_skip(test: &str) -> bool {
-    if common::require_root(test) {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} must run as root in CI"
-    );
-    false
-}
-
 /// `statvfs` of `path`, read by the test itself: (size, used, available, inodes total).
 fn statvfs(path: &Path) -> anyhow::Result<(f64, f64, f64, f64)> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
@@ -216,7 +205,7 @@ fn used_ratio(text: &str, member: &str) -> Option<f64> {
 
 #[test]
 fn member_resources_follow_proc_statvfs_and_cgroup_quota() -> anyhow::Result<()> {
-    if !root_or_skip("member_resources_follow_proc_statvfs_and_cgroup_quota") {
+    if !common::require_root("member_resources_follow_proc_statvfs_and_cgroup_quota")? {
         return Ok(());
     }
     let logs = tempfile::tempdir()?;
@@ -455,7 +444,7 @@ fn member_resources_follow_proc_statvfs_and_cgroup_quota() -> anyhow::Result<()>
 
 #[test]
 fn data_dir_filesystem_is_read_in_the_members_mount_namespace() -> anyhow::Result<()> {
-    if !root_or_skip("data_dir_filesystem_is_read_in_the_members_mount_namespace") {
+    if !common::require_root("data_dir_filesystem_is_read_in_the_members_mount_namespace")? {
         return Ok(());
     }
     let logs = tempfile::tempdir()?;
