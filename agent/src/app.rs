@@ -17,6 +17,7 @@ use etcd_monitor_agent::{
     metrics::AgentMetrics,
     mode::AgentMode,
     procfs::ProcFs,
+    resources::{ResourceSampler, SAMPLE_INTERVAL, SharedResources, Target},
     ship::{
         BatchQueue, Batcher,
         batcher::new_boot_id,
@@ -165,8 +166,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     #[cfg(not(target_os = "linux"))]
     let kernel_box = kernel.map(|k| k.kernel);
+    let resource_sampler = ResourceSampler::new(proc.clone());
     let tracker = Arc::new(Mutex::new(Tracker::new(proc, matcher, kernel_box)));
     let metrics = Arc::new(AgentMetrics::new(tracker.clone()).context("registering metrics")?);
+    let resources = SharedResources::default();
+    metrics.register_resources(resources.clone());
     metrics.set_mode(status.mode);
     for skipped in &status.skipped_probes {
         let program = skipped.split(':').next().unwrap_or(skipped);
@@ -179,8 +183,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Shipping to the collector, when one is configured.
     let shipping = match &config.collector {
-        Some(url) => Some(start_shipping(
-            &config, url, &node, &tracker, &metrics, &status, &stop,
+        Some(_) => Some(start_shipping(
+            &config, &node, &tracker, &metrics, &status, &stop, &resources,
         )?),
         None => {
             tracing::info!("No --collector: events stay local; /metrics still serves everything.");
@@ -227,6 +231,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.rescan_interval,
     ));
 
+    let resource_task = tokio::spawn(resource_loop(
+        tracker.clone(),
+        resources.clone(),
+        resource_sampler,
+    ));
+
     let state = HttpState {
         metrics: metrics.clone(),
         tracker: tracker.clone(),
@@ -242,6 +252,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
     rescan_task.abort();
+    resource_task.abort();
     stop.store(true, Ordering::Relaxed);
     if let Some(shipping) = shipping {
         for task in shipping.tasks {
@@ -269,16 +280,20 @@ fn read_file(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{flag}={}", path.display()))
 }
 
-/// Starts the batch flusher, the status sender and the gRPC shipper.
+/// Starts the batch flusher, the status sender and the gRPC shipper (to `--collector`).
 fn start_shipping(
     config: &Config,
-    url: &str,
     node: &str,
     tracker: &Arc<Mutex<Tracker>>,
     metrics: &Arc<AgentMetrics>,
     status: &Arc<Mutex<ModeStatus>>,
     stop: &Arc<AtomicBool>,
+    resources: &SharedResources,
 ) -> anyhow::Result<Shipping> {
+    let url = config
+        .collector
+        .as_deref()
+        .context("--collector is not set")?;
     let ca_pem = config
         .collector_ca_file
         .as_deref()
@@ -349,31 +364,35 @@ fn start_shipping(
 
     // Exact counters and identities, every status interval.
     tasks.push(tokio::spawn({
-        let (batcher, tracker, metrics, status, every) = (
+        let (batcher, tracker, metrics, status, resources, every) = (
             batcher.clone(),
             tracker.clone(),
             metrics.clone(),
             status.clone(),
+            resources.clone(),
             config.status_interval,
         );
         async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let (batcher, tracker, metrics, status) = (
+                let (batcher, tracker, metrics, status, resources) = (
                     batcher.clone(),
                     tracker.clone(),
                     metrics.clone(),
                     status.clone(),
+                    resources.clone(),
                 );
                 let built = tokio::task::spawn_blocking(move || {
                     let mode = status.lock().ok()?.clone();
+                    let resources = resources.lock().ok()?.clone();
                     let mut tracker = tracker.lock().ok()?;
                     let queue_drops = metrics.drops.agent_queue.load(Ordering::Relaxed);
                     let snapshot = etcd_monitor_agent::ship::status::snapshot(
                         &mut tracker,
                         &mode,
                         queue_drops,
+                        &resources,
                     );
                     drop(tracker);
                     batcher.lock().ok()?.send_status(snapshot);
@@ -403,6 +422,46 @@ fn start_shipping(
     }));
     tracing::info!(collector = url, "Shipping events to the collector.");
     Ok(Shipping { batcher, tasks })
+}
+
+/// Samples the traced members' resources every [`SAMPLE_INTERVAL`] into `shared`.
+async fn resource_loop(
+    tracker: Arc<Mutex<Tracker>>,
+    shared: SharedResources,
+    sampler: ResourceSampler,
+) {
+    let sampler = Arc::new(Mutex::new(sampler));
+    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let (tracker, shared, sampler) = (tracker.clone(), shared.clone(), sampler.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            // The tracker's lock is held only to copy who to sample, not during the reads.
+            let targets: Vec<Target> = match tracker.lock() {
+                Ok(tracker) => tracker
+                    .processes()
+                    .iter()
+                    .map(|(pid, p)| Target {
+                        pid: *pid,
+                        start_time: p.start_time,
+                        identity: p.identity.clone(),
+                    })
+                    .collect(),
+                Err(_) => return,
+            };
+            let Ok(mut sampler) = sampler.lock() else {
+                return;
+            };
+            let snapshot = sampler.sample(&targets);
+            if let Ok(mut latest) = shared.lock() {
+                *latest = snapshot;
+            }
+        })
+        .await;
+        if let Err(err) = done {
+            tracing::error!(error = %err, "Resource sampling task failed.");
+        }
+    }
 }
 
 /// Rescans /proc every `interval`, or at once when an exec/exit event asks.

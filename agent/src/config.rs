@@ -147,6 +147,11 @@ pub struct Config {
     #[arg(long, env = "COLLECTOR_TOKEN_FILE")]
     pub collector_token_file: Option<PathBuf>,
 
+    /// Send --collector-token-file's token over an `http://` collector URL (anyone on the path
+    /// can read it); without this flag a token needs an `https://` URL.
+    #[arg(long, env = "ALLOW_PLAINTEXT_TOKEN")]
+    pub allow_plaintext_token: bool,
+
     /// Events per batch at most.
     #[arg(long, env = "BATCH_MAX_EVENTS", default_value_t = DEFAULT_BATCH_MAX_EVENTS, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub batch_max_events: u32,
@@ -210,6 +215,11 @@ pub enum ConfigError {
     /// A duration flag is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
+    /// A token would be sent in plaintext without consent.
+    #[error(
+        "--collector-token-file: the token would cross the network in plaintext to {0}; use an https:// --collector URL or pass --allow-plaintext-token"
+    )]
+    PlaintextToken(String),
     /// `--collector` is not an http(s) URL.
     #[error("--collector={0:?}: must start with http:// or https://")]
     Collector(String),
@@ -243,6 +253,12 @@ impl Config {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration(flag));
             }
+        }
+        if let (Some(_), Some(url)) = (&self.collector_token_file, &self.collector)
+            && url.starts_with("http://")
+            && !self.allow_plaintext_token
+        {
+            return Err(ConfigError::PlaintextToken(url.clone()));
         }
         for (flag, path) in [
             ("--collector-ca-file", &self.collector_ca_file),
@@ -284,6 +300,24 @@ mod tests {
         let config = Config::try_parse_from(all).map_err(|e| e.to_string())?;
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
+    }
+
+    #[test]
+    fn a_token_over_plaintext_needs_consent() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret").map_err(|e| e.to_string())?;
+        let token_flag = format!("--collector-token-file={}", token.display());
+        let refused = parse(&["--collector=http://c:9464", &token_flag])
+            .expect_err("a token over http:// is refused");
+        assert!(refused.contains("--allow-plaintext-token"), "{refused}");
+        parse(&[
+            "--collector=http://c:9464",
+            &token_flag,
+            "--allow-plaintext-token",
+        ])?;
+        parse(&["--collector=https://c:9464", &token_flag])?;
+        Ok(())
     }
 
     #[test]

@@ -260,12 +260,8 @@ pub fn cgroup_label(proc: &ProcFs, pid: u32) -> String {
 
 /// Whether `pid` is a kernel thread (jbd2, kworker…), whose I/O is done on behalf of others.
 pub fn is_kernel_thread(proc: &ProcFs, pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(proc.path(pid, "stat")) else {
-        return false;
-    };
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+    proc.stat(pid)
+        .is_some_and(|stat| stat.flags & PF_KTHREAD != 0)
 }
 
 /// Thread ids of `pid` (`/proc/PID/task`).

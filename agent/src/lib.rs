@@ -6,7 +6,8 @@
 //! mirrored into the kernel through the `kernel::Kernel` trait) · `ebpf` (Linux: load, attach,
 //! maps, ring-buffer reader) · `probes` (what attaches where) · `decode` (ring-buffer records)
 //! · `stats` + `metrics` (exact kernel counters → Prometheus) · `http` · `mode` · `sockio`
-//! (syscall bytes per peer socket) · `diag` (block devices, threads, cgroup CPU throttling).
+//! (syscall bytes per peer socket) · `diag` (block devices, threads, cgroup CPU throttling) ·
+//! `resources` (per-member CPU, memory, data-dir filesystem, fds; node memory).
 
 pub mod config;
 pub mod decode;
@@ -23,6 +24,7 @@ pub mod mode;
 pub mod net;
 pub mod probes;
 pub mod procfs;
+pub mod resources;
 pub mod ship;
 pub mod sockio;
 pub mod stats;

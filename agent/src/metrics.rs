@@ -226,6 +226,16 @@ impl AgentMetrics {
         }
     }
 
+    /// Adds the per-member resource series (and the node's memory), read at scrape time from
+    /// the latest sample in `source`.
+    pub fn register_resources(&self, source: crate::resources::SharedResources) {
+        let registered = ResourceCollector::new(source)
+            .and_then(|collector| self.registry.register(Box::new(collector)));
+        if let Err(e) = registered {
+            tracing::error!(error = %e, "Metric registration failed.");
+        }
+    }
+
     /// Text exposition of everything.
     pub fn render(&self) -> String {
         let families = self.registry.gather();
@@ -589,9 +599,319 @@ impl Collector for KernelCollector {
     }
 }
 
+/// The resource series: one gauge family per figure, from the sampler's latest snapshot.
+struct ResourceCollector {
+    source: crate::resources::SharedResources,
+    descs: Vec<Desc>,
+}
+
+const READ_FAILURES: &str = "etcdmon_agent_resource_read_failures_total";
+
+/// (name, help, per member) of every resource family, in exposition order.
+const RESOURCE_FAMILIES: [(&str, &str, bool); 18] = [
+    (
+        "etcd_server_memory_usage_bytes",
+        "Resident set size (VmRSS) of the member's process.",
+        true,
+    ),
+    (
+        "etcd_server_disk_usage_bytes",
+        "Used bytes of the filesystem holding the member's data dir (statvfs, as df counts them).",
+        true,
+    ),
+    (
+        "etcd_server_active_connections",
+        "ESTABLISHED TCP connections the member's process holds on its client listen ports (kernel socket table).",
+        true,
+    ),
+    (
+        "etcdmon_member_cpu_seconds_total",
+        "CPU time (user + system) the member's process used since it started.",
+        true,
+    ),
+    (
+        "etcdmon_member_cpu_cores",
+        "Cores the member's process used on average over the agent's last resource interval.",
+        true,
+    ),
+    (
+        "etcdmon_member_cpu_limit_cores",
+        "The member's CPU limit in cores: its cgroup quota, else the node's online cores (see source).",
+        true,
+    ),
+    (
+        "etcdmon_member_cpu_limit_ratio",
+        "Cores used over the CPU limit (cgroup quota, else the node's cores), 0..1 (can exceed 1 briefly).",
+        true,
+    ),
+    (
+        "etcdmon_member_memory_limit_bytes",
+        "The member's memory limit: its cgroup limit, else the node's MemTotal (see source).",
+        true,
+    ),
+    (
+        "etcdmon_member_memory_limit_ratio",
+        "RSS over the memory limit (cgroup limit, else the node's MemTotal), 0..1.",
+        true,
+    ),
+    (
+        "etcdmon_member_fs_size_bytes",
+        "Size of the filesystem holding the member's data dir.",
+        true,
+    ),
+    (
+        "etcdmon_member_fs_used_bytes",
+        "Used bytes of the filesystem holding the member's data dir (blocks - bfree).",
+        true,
+    ),
+    (
+        "etcdmon_member_fs_free_bytes",
+        "Bytes a non-root process can still write on the member's data-dir filesystem (bavail).",
+        true,
+    ),
+    (
+        "etcdmon_member_fs_inodes_total",
+        "Inodes of the filesystem holding the member's data dir.",
+        true,
+    ),
+    (
+        "etcdmon_member_fs_inodes_free",
+        "Free inodes of the filesystem holding the member's data dir.",
+        true,
+    ),
+    (
+        "etcdmon_member_open_fds",
+        "Open file descriptors of the member's process.",
+        true,
+    ),
+    (
+        READ_FAILURES,
+        "Resource reads that failed (the figure is left out, not reported as zero), by figure: meminfo, process, cgroup, rss, fs, fds.",
+        false,
+    ),
+    (
+        "etcdmon_node_memory_total_bytes",
+        "The node's memory (/proc/meminfo MemTotal).",
+        false,
+    ),
+    (
+        "etcdmon_node_memory_available_bytes",
+        "The node's memory available without swapping (/proc/meminfo MemAvailable).",
+        false,
+    ),
+];
+
+impl ResourceCollector {
+    fn new(source: crate::resources::SharedResources) -> Result<Self, prometheus::Error> {
+        let mut descs = Vec::new();
+        for (name, help, per_member) in RESOURCE_FAMILIES {
+            let labels = match (per_member, name) {
+                (false, READ_FAILURES) => vec!["figure".to_string()],
+                (false, _) => Vec::new(),
+                (true, "etcdmon_member_cpu_limit_cores" | "etcdmon_member_memory_limit_bytes") => {
+                    vec!["member".to_string(), "source".to_string()]
+                }
+                (true, _) => vec!["member".to_string()],
+            };
+            descs.push(Desc::new(name.into(), help.into(), labels, HashMap::new())?);
+        }
+        Ok(Self { source, descs })
+    }
+}
+
+impl Collector for ResourceCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Ok(snapshot) = self.source.lock().map(|s| s.clone()) else {
+            return Vec::new();
+        };
+        let mut by_name: HashMap<&str, Vec<proto::Metric>> = HashMap::new();
+        let mut put =
+            |name: &'static str, m: proto::Metric| by_name.entry(name).or_default().push(m);
+        for r in &snapshot.members {
+            let member = [("member", r.member.as_str())];
+            let source = |cgroup: bool| if cgroup { "cgroup" } else { "node" };
+            put(
+                "etcdmon_member_cpu_seconds_total",
+                gauge_counter(&member, r.cpu_seconds_total),
+            );
+            if let Some(cores) = r.cpu_cores {
+                put("etcdmon_member_cpu_cores", gauge(&member, cores));
+            }
+            put(
+                "etcdmon_member_cpu_limit_cores",
+                gauge(
+                    &[member[0], ("source", source(r.cpu_limit.from_cgroup))],
+                    r.cpu_limit.value,
+                ),
+            );
+            if let Some(ratio) = r.cpu_limit_ratio() {
+                put("etcdmon_member_cpu_limit_ratio", gauge(&member, ratio));
+            }
+            if let Some(rss) = r.rss_bytes {
+                put("etcd_server_memory_usage_bytes", gauge(&member, rss as f64));
+            }
+            if let Some(limit) = r.memory_limit {
+                put(
+                    "etcdmon_member_memory_limit_bytes",
+                    gauge(
+                        &[member[0], ("source", source(limit.from_cgroup))],
+                        limit.value,
+                    ),
+                );
+            }
+            if let Some(ratio) = r.memory_limit_ratio() {
+                put("etcdmon_member_memory_limit_ratio", gauge(&member, ratio));
+            }
+            if let Some(fs) = r.fs {
+                put(
+                    "etcd_server_disk_usage_bytes",
+                    gauge(&member, fs.used_bytes as f64),
+                );
+                put(
+                    "etcdmon_member_fs_size_bytes",
+                    gauge(&member, fs.size_bytes as f64),
+                );
+                put(
+                    "etcdmon_member_fs_used_bytes",
+                    gauge(&member, fs.used_bytes as f64),
+                );
+                put(
+                    "etcdmon_member_fs_free_bytes",
+                    gauge(&member, fs.free_bytes as f64),
+                );
+                put(
+                    "etcdmon_member_fs_inodes_total",
+                    gauge(&member, fs.inodes_total as f64),
+                );
+                put(
+                    "etcdmon_member_fs_inodes_free",
+                    gauge(&member, fs.inodes_free as f64),
+                );
+            }
+            if let Some(fds) = r.open_fds {
+                put("etcdmon_member_open_fds", gauge(&member, fds as f64));
+            }
+            if let Some(conns) = r.client_connections {
+                put(
+                    "etcd_server_active_connections",
+                    gauge(&member, conns as f64),
+                );
+            }
+        }
+        if let Some(node) = snapshot.node_memory {
+            put(
+                "etcdmon_node_memory_total_bytes",
+                gauge(&[], node.total_bytes as f64),
+            );
+            put(
+                "etcdmon_node_memory_available_bytes",
+                gauge(&[], node.available_bytes as f64),
+            );
+        }
+        for (figure, count) in &snapshot.read_failures {
+            put(READ_FAILURES, counter(&[("figure", figure)], *count));
+        }
+        RESOURCE_FAMILIES
+            .iter()
+            .filter_map(|(name, help, _)| {
+                let metrics = by_name.remove(name)?;
+                let mut f = MetricFamily::default();
+                f.set_name((*name).to_string());
+                f.set_help((*help).to_string());
+                f.set_field_type(
+                    if name.ends_with("_seconds_total") || *name == READ_FAILURES {
+                        MetricType::COUNTER
+                    } else {
+                        MetricType::GAUGE
+                    },
+                );
+                f.set_metric(metrics);
+                Some(f)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_series_escape_member_names_and_skip_unknown_figures() {
+        use crate::resources::{FsUsage, Limit, MemberResources, NodeMemory, ResourceSnapshot};
+        let member = |name: &str, cores: Option<f64>| MemberResources {
+            member: name.to_string(),
+            pid: 1,
+            cpu_seconds_total: 12.5,
+            cpu_cores: cores,
+            cpu_limit: Limit {
+                value: 0.5,
+                from_cgroup: true,
+            },
+            rss_bytes: Some(100),
+            memory_limit: Some(Limit {
+                value: 400.0,
+                from_cgroup: false,
+            }),
+            fs: Some(FsUsage {
+                size_bytes: 1000,
+                used_bytes: 850,
+                free_bytes: 100,
+                inodes_total: 64,
+                inodes_free: 60,
+            }),
+            open_fds: Some(7),
+            client_connections: None,
+        };
+        let shared = crate::resources::SharedResources::default();
+        *shared.lock().expect("lock") = ResourceSnapshot {
+            node_memory: Some(NodeMemory {
+                total_bytes: 4096,
+                available_bytes: 1024,
+            }),
+            node_cpus: 2,
+            members: vec![member("we\"ird\\name\n", Some(0.25)), member("fresh", None)],
+            read_failures: [("fs", 3)].into_iter().collect(),
+        };
+        let registry = Registry::new();
+        registry
+            .register(Box::new(ResourceCollector::new(shared).expect("collector")))
+            .expect("register");
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("encode");
+        let weird = r#"member="we\"ird\\name\n""#;
+        for line in [
+            format!("etcdmon_member_cpu_limit_ratio{{{weird}}} 0.5"),
+            format!("etcdmon_member_cpu_limit_cores{{{weird},source=\"cgroup\"}} 0.5"),
+            format!("etcdmon_member_memory_limit_ratio{{{weird}}} 0.25"),
+            format!("etcdmon_member_memory_limit_bytes{{{weird},source=\"node\"}} 400"),
+            format!("etcd_server_memory_usage_bytes{{{weird}}} 100"),
+            format!("etcd_server_disk_usage_bytes{{{weird}}} 850"),
+            format!("etcdmon_member_fs_free_bytes{{{weird}}} 100"),
+            format!("etcdmon_member_open_fds{{{weird}}} 7"),
+            format!("etcdmon_member_cpu_seconds_total{{{weird}}} 12.5"),
+            "etcdmon_node_memory_total_bytes 4096".to_string(),
+            "etcdmon_agent_resource_read_failures_total{figure=\"fs\"} 3".to_string(),
+            "# TYPE etcdmon_agent_resource_read_failures_total counter".to_string(),
+            "etcdmon_node_memory_available_bytes 1024".to_string(),
+            "# TYPE etcdmon_member_cpu_seconds_total counter".to_string(),
+            "# TYPE etcdmon_member_fs_inodes_total gauge".to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        // No rate yet: no cores and no ratio for that member, rather than a made-up zero.
+        assert!(!text.contains(r#"etcdmon_member_cpu_cores{member="fresh"}"#));
+        assert!(!text.contains(r#"etcdmon_member_cpu_limit_ratio{member="fresh"}"#));
+        assert!(
+            !text.contains("etcd_server_active_connections"),
+            "unknown, not 0"
+        );
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_seconds() {

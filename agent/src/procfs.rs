@@ -100,10 +100,12 @@ impl ProcFs {
     /// Field 22 of `/proc/PID/stat`: start time in clock ticks since boot; tells a reused pid
     /// from the process we knew.
     pub fn start_time(&self, pid: u32) -> Option<u64> {
-        let stat = std::fs::read_to_string(self.path(pid, "stat")).ok()?;
-        // comm may contain spaces and parentheses: fields restart after the last ')'.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        rest.split_whitespace().nth(19)?.parse().ok()
+        Some(self.stat(pid)?.start_time)
+    }
+
+    /// `/proc/PID/stat`, parsed (read as bytes: `comm` need not be UTF-8).
+    pub fn stat(&self, pid: u32) -> Option<Stat> {
+        parse_stat(&std::fs::read(self.path(pid, "stat")).ok()?)
     }
 
     /// The open fds and their link targets; empty when unreadable.
@@ -138,6 +140,51 @@ impl ProcFs {
         }
         sockets
     }
+}
+
+/// The fields of `/proc/PID/stat` the agent uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// Field 1.
+    pub pid: u32,
+    /// Field 2 without its parentheses: up to 15 arbitrary bytes, spaces and `)` included.
+    pub comm: Vec<u8>,
+    /// Field 3 (`R`, `S`, `D`, `Z`, …).
+    pub state: u8,
+    /// Field 9: `PF_*` flags (`PF_KTHREAD` marks a kernel thread).
+    pub flags: u64,
+    /// Field 22: start time in clock ticks since boot.
+    pub start_time: u64,
+}
+
+/// Parses one `/proc/PID/stat` line. `comm` may hold spaces, parentheses and any byte, so it
+/// runs from the first `(` to the *last* `)`: nothing after it can contain one. `None` when
+/// the line is malformed; never panics.
+pub fn parse_stat(raw: &[u8]) -> Option<Stat> {
+    let open = raw.iter().position(|&b| b == b'(')?;
+    let close = raw.iter().rposition(|&b| b == b')')?;
+    if close < open {
+        return None;
+    }
+    let pid = std::str::from_utf8(raw.get(..open)?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = raw.get(open + 1..close)?.to_vec();
+    let rest = std::str::from_utf8(raw.get(close + 1..)?).ok()?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let state = match fields.first()?.as_bytes() {
+        [s] => *s,
+        _ => return None,
+    };
+    Some(Stat {
+        pid,
+        comm,
+        state,
+        flags: fields.get(6)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
 }
 
 /// Parses the text of `/proc/net/tcp` or `tcp6` into inode → socket.
@@ -196,6 +243,88 @@ mod tests {
         );
     }
 
+    fn stat_line(pid: u32, comm: &[u8], state: u8, flags: u64, start: u64) -> Vec<u8> {
+        let mut line = format!("{pid} (").into_bytes();
+        line.extend_from_slice(comm);
+        line.extend_from_slice(b") ");
+        line.push(state);
+        line.extend_from_slice(
+            format!(
+                " 1 {pid} {pid} 0 -1 {flags} 120 0 0 0 7 3 0 0 20 0 1 0 {start} 1000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
+            )
+            .as_bytes(),
+        );
+        line
+    }
+
+    #[test]
+    fn stat_comm_may_hold_spaces_parentheses_and_end_in_a_parenthesis() {
+        for comm in [
+            &b"etcd"[..],
+            b"a b) c (d",
+            b"x)",
+            b")",
+            b"))) ) (",
+            b"",
+            b"\xff\xfe ) 9 9",
+        ] {
+            let line = stat_line(42, comm, b'S', 0x0020_0040, 123_456);
+            assert_eq!(
+                parse_stat(&line),
+                Some(Stat {
+                    pid: 42,
+                    comm: comm.to_vec(),
+                    state: b'S',
+                    flags: 0x0020_0040,
+                    start_time: 123_456,
+                }),
+                "{}",
+                String::from_utf8_lossy(&line)
+            );
+        }
+        for bad in [
+            &b""[..],
+            b"1 (x",
+            b"1 x) S",
+            b"1 (x)",
+            b"1 (x) S 1",
+            b") 1 (",
+            b"1 (x)\xff",
+        ] {
+            assert_eq!(parse_stat(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stat_parsing_never_panics(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = parse_stat(&raw);
+        }
+
+        #[test]
+        fn stat_parsing_finds_every_field_for_any_comm(
+            pid in 1u32..=4_194_304,
+            comm in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::num::u8::ANY,
+                    proptest::strategy::Just(b')'),
+                    proptest::strategy::Just(b'('),
+                    proptest::strategy::Just(b' '),
+                ],
+                0..=32,
+            ),
+            state in proptest::sample::select(b"RSDZTtXIWPK".to_vec()),
+            flags: u64,
+            start: u64,
+        ) {
+            let line = stat_line(pid, &comm, state, flags, start);
+            proptest::prop_assert_eq!(
+                parse_stat(&line),
+                Some(Stat { pid, comm, state, flags, start_time: start })
+            );
+        }
+    }
+
     #[test]
     fn reads_this_process() {
         let proc = ProcFs::new("/proc");
@@ -203,6 +332,7 @@ mod tests {
         assert!(proc.pids().contains(&me));
         assert!(proc.cmdline(me).is_some_and(|argv| !argv.is_empty()));
         assert!(proc.start_time(me).is_some());
+        assert_eq!(proc.stat(me).map(|s| s.pid), Some(me));
         assert!(!proc.fds(me).is_empty());
     }
 }

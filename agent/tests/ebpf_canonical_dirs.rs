@@ -154,24 +154,13 @@ fn assert_wal_fdatasyncs_counted(dir: &Path, member: &Member) -> anyhow::Result<
     Ok(())
 }
 
-fn root_or_skip(test: &str) -> bool {
-    if common::require_root(test) {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} must run as root in CI"
-    );
-    false
-}
-
 fn real(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 #[test]
 fn symlinked_data_dir() -> anyhow::Result<()> {
-    if !root_or_skip("symlinked_data_dir") {
+    if !common::require_root("symlinked_data_dir")? {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -198,7 +187,7 @@ fn symlinked_data_dir() -> anyhow::Result<()> {
 
 #[test]
 fn relative_data_dir() -> anyhow::Result<()> {
-    if !root_or_skip("relative_data_dir") {
+    if !common::require_root("relative_data_dir")? {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -218,7 +207,7 @@ fn relative_data_dir() -> anyhow::Result<()> {
 
 #[test]
 fn separate_wal_dir_behind_a_symlink() -> anyhow::Result<()> {
-    if !root_or_skip("separate_wal_dir_behind_a_symlink") {
+    if !common::require_root("separate_wal_dir_behind_a_symlink")? {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -246,7 +235,7 @@ fn separate_wal_dir_behind_a_symlink() -> anyhow::Result<()> {
 
 #[test]
 fn own_mount_namespace_with_a_bind_mounted_data_dir() -> anyhow::Result<()> {
-    if !root_or_skip("own_mount_namespace_with_a_bind_mounted_data_dir") {
+    if !common::require_root("own_mount_namespace_with_a_bind_mounted_data_dir")? {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;

@@ -70,7 +70,7 @@ fn count_delta(after: &str, before: &str, metric: &str, labels: &[(&str, &str)])
 
 #[test]
 fn block_service_time_follows_the_device() -> anyhow::Result<()> {
-    if !common::require_root("block_service_time_follows_the_device") {
+    if !common::require_root("block_service_time_follows_the_device")? {
         return Ok(());
     }
     let mut disk = LoopDisk::throttleable("blk")?;
@@ -136,7 +136,7 @@ fn block_service_time_follows_the_device() -> anyhow::Result<()> {
 
 #[test]
 fn runqueue_latency_follows_a_cpu_quota() -> anyhow::Result<()> {
-    if !common::require_root("runqueue_latency_follows_a_cpu_quota") {
+    if !common::require_root("runqueue_latency_follows_a_cpu_quota")? {
         return Ok(());
     }
     let (cluster, agent) = cluster_on(None)?;

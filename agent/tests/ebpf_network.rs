@@ -20,7 +20,7 @@ fn label_pairs(text: &str, metric: &str) -> BTreeSet<(String, String)> {
 
 #[test]
 fn peer_traffic_is_attributed_to_member_pairs() -> anyhow::Result<()> {
-    if !common::require_root("peer_traffic_is_attributed_to_member_pairs") {
+    if !common::require_root("peer_traffic_is_attributed_to_member_pairs")? {
         return Ok(());
     }
     let (cluster, agent) = common::cluster_with_agent()?;
@@ -195,7 +195,7 @@ fn peer_traffic_is_attributed_to_member_pairs() -> anyhow::Result<()> {
 
 #[test]
 fn peer_receives_match_peer_sends() -> anyhow::Result<()> {
-    if !common::require_root("peer_receives_match_peer_sends") {
+    if !common::require_root("peer_receives_match_peer_sends")? {
         return Ok(());
     }
     let (cluster, agent) = common::cluster_with_agent()?;

@@ -68,7 +68,7 @@ fn traced_writes(tag: &str, flags: &[&str], writes: u64) -> anyhow::Result<Strin
 
 #[test]
 fn tiny_ring_buffer_drops_events_but_histograms_stay_exact() -> anyhow::Result<()> {
-    if !common::require_root("tiny_ring_buffer_drops_events_but_histograms_stay_exact") {
+    if !common::require_root("tiny_ring_buffer_drops_events_but_histograms_stay_exact")? {
         return Ok(());
     }
     let text = traced_writes(
@@ -100,7 +100,7 @@ fn tiny_ring_buffer_drops_events_but_histograms_stay_exact() -> anyhow::Result<(
 
 #[test]
 fn min_duration_cuts_events_but_not_histograms() -> anyhow::Result<()> {
-    if !common::require_root("min_duration_cuts_events_but_not_histograms") {
+    if !common::require_root("min_duration_cuts_events_but_not_histograms")? {
         return Ok(());
     }
     let text = traced_writes("quiet", &["--min-duration=10s"], 5000)?;

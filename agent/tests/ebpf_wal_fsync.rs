@@ -19,7 +19,7 @@ fn etcd_bucket_index(buckets: &[(f64, f64)], value: f64) -> usize {
 
 #[test]
 fn agent_wal_fdatasync_counts_and_p99_match_etcd() -> anyhow::Result<()> {
-    if !common::require_root("agent_wal_fdatasync_counts_and_p99_match_etcd") {
+    if !common::require_root("agent_wal_fdatasync_counts_and_p99_match_etcd")? {
         return Ok(());
     }
     let (cluster, agent) = common::cluster_with_agent()?;

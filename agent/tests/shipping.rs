@@ -77,7 +77,7 @@ fn wal_fdatasyncs_in_status(batches: &[EventBatch], member: &str) -> Option<u64>
 
 #[test]
 fn batches_are_sequenced_exact_and_survive_a_collector_restart() -> anyhow::Result<()> {
-    if !common::require_root("batches_are_sequenced_exact_and_survive_a_collector_restart") {
+    if !common::require_root("batches_are_sequenced_exact_and_survive_a_collector_restart")? {
         return Ok(());
     }
     let port = etcd_monitor_tests::free_port()?;

@@ -51,7 +51,8 @@ pub enum AppError {
     },
 }
 
-/// How often retention runs.
+/// How often retention runs: history by age and size, agent sequences of agents silent for
+/// longer than the retention, silences that have ended.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
 /// A started collector: the address it serves on and the clusters it watches.
@@ -85,9 +86,15 @@ impl Running {
 
 /// Starts everything `config` describes.
 pub async fn start(config: Config) -> Result<Running, AppError> {
-    let store = Arc::new(Store::open(&config.data_dir)?);
+    // A corrupt file is moved aside and a fresh store started, never a crash loop.
+    let store = Arc::new(Store::open_or_recover(&config.data_dir)?);
     tracing::info!(path = %store.path().display(), "History store open.");
+    // A history query reaches back at most as far as history is kept.
+    store.set_max_range(config.history_retention);
     let telemetry = Telemetry::new();
+    if let Err(e) = store.register_metrics(&telemetry.registry) {
+        tracing::error!(error = %e, "Cannot register the history store's metrics.");
+    }
     let clusters: Clusters = Arc::new(
         config
             .clusters
@@ -96,9 +103,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             .map(ClusterHandle::new)
             .collect(),
     );
-    let pipeline = Pipeline::with_registry(
+    let pipeline = Pipeline::bounded(
         config.ingest.subscriber_buffer,
-        ingest::AgentRegistry::persistent(store.clone())?,
+        config.ingest.max_subscribers,
+        ingest::AgentRegistry::persistent(store.clone(), config.ingest.agent_limits)?,
     );
     let settings = HealthSettings {
         interval: config.health_interval,
@@ -156,18 +164,17 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         });
     }
 
-    let grpc_addr: SocketAddr = format!("{}:{}", config.api_host, config.grpc_port)
-        .parse()
-        .or_else(|_| format!("0.0.0.0:{}", config.grpc_port).parse())
-        .map_err(|e: std::net::AddrParseError| AppError::Listen {
-            addr: format!("{}:{}", config.api_host, config.grpc_port),
-            source: std::io::Error::other(e),
-        })?;
+    let grpc_addr = resolve_listen(&config.ingest.host, config.grpc_port)
+        .await
+        .map_err(|e| AppError::Grpc(format!("--grpc-host {:?}: {e}", config.ingest.host)))?;
     let (grpc_addr, _grpc) = ingest::server::serve(
         grpc_addr,
         IngestSettings {
             max_batch_bytes: config.ingest.max_batch_bytes,
-            token: config.ingest.token.clone(),
+            ingest_token: config.ingest.ingest_token.clone(),
+            subscribe_token: config.ingest.subscribe_token.clone(),
+            max_concurrent_streams: config.ingest.max_concurrent_streams,
+            concurrency_per_connection: config.ingest.concurrency_per_connection,
             tls_identity: config.ingest.tls_identity.clone(),
             client_ca: config.ingest.client_ca.clone(),
         },
@@ -307,4 +314,36 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         server,
         benchmarks,
     })
+}
+
+/// The address to listen on for `host` (an IPv4 or IPv6 literal, bracketed or not, or a host
+/// name resolved now: its first address) and `port`.
+pub async fn resolve_listen(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((bare, port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the name resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listen_hosts_resolve_like_rest_or_fail() {
+        let v6 = resolve_listen("::1", 9464).await.expect("IPv6 literal");
+        assert_eq!(v6, "[::1]:9464".parse().expect("addr"));
+        let bracketed = resolve_listen("[::1]", 1).await.expect("bracketed");
+        assert!(bracketed.is_ipv6());
+        let name = resolve_listen("localhost", 2).await.expect("host name");
+        assert!(name.ip().is_loopback(), "{name}");
+        assert!(resolve_listen("no-such-host.invalid", 3).await.is_err());
+    }
 }

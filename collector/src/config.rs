@@ -9,6 +9,7 @@ use std::{
     time::Duration,
 };
 
+use crate::ingest::registry::AgentLimits;
 use clap::{ArgAction, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +35,13 @@ pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(10);
 /// `--grpc-port`.
 pub const DEFAULT_GRPC_PORT: u16 = 9464;
 /// `--grpc-max-batch-bytes`.
-pub const DEFAULT_GRPC_MAX_BATCH_BYTES: usize = 16 << 20;
+pub const DEFAULT_GRPC_MAX_BATCH_BYTES: usize = crate::ingest::server::DEFAULT_MAX_BATCH_BYTES;
+/// `--grpc-max-concurrent-streams`.
+pub const DEFAULT_GRPC_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// `--grpc-concurrency-per-connection`.
+pub const DEFAULT_GRPC_CONCURRENCY_PER_CONNECTION: usize = 64;
+/// `--max-subscribers`.
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
 /// `--subscriber-buffer`.
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 4096;
 /// `--data-dir`.
@@ -107,7 +114,8 @@ pub enum LogFormat {
 }
 
 /// `etcd-monitor`: watches etcd clusters and serves REST, Prometheus metrics and history.
-#[derive(Debug, Clone, Parser)]
+/// `Debug` shows no flag value that could be a secret (see the impl).
+#[derive(Clone, Parser)]
 #[command(name = "etcd-monitor", version, about)]
 pub struct Cli {
     /// etcd client URLs of the `default` cluster, comma-separated
@@ -197,9 +205,58 @@ pub struct Cli {
     #[arg(long, env = "GRPC_PORT", default_value_t = DEFAULT_GRPC_PORT)]
     pub grpc_port: u16,
 
-    /// File holding the bearer token agents and subscribers must send on gRPC (never logged).
+    /// File holding the bearer token agents and subscribers must send on gRPC (never logged);
+    /// stands for both roles unless --grpc-ingest-token-file / --grpc-subscribe-token-file
+    /// set their own.
     #[arg(long, env = "GRPC_TOKEN_FILE")]
     pub grpc_token_file: Option<PathBuf>,
+
+    /// File holding the bearer token agents must send on AgentIngest.Push (never logged).
+    #[arg(long, env = "GRPC_INGEST_TOKEN_FILE")]
+    pub grpc_ingest_token_file: Option<PathBuf>,
+
+    /// File holding the bearer token consumers must send on EventStream.Subscribe (never
+    /// logged).
+    #[arg(long, env = "GRPC_SUBSCRIBE_TOKEN_FILE")]
+    pub grpc_subscribe_token_file: Option<PathBuf>,
+
+    /// Accept gRPC tokens without TLS (anyone on the path can read them); without this flag a
+    /// token needs --grpc-cert-file/--grpc-key-file.
+    #[arg(long, env = "GRPC_ALLOW_PLAINTEXT_TOKEN")]
+    pub grpc_allow_plaintext_token: bool,
+
+    /// Address the gRPC server listens on: an IP address or a host name resolved at start-up
+    /// (default: --api-host).
+    #[arg(long, env = "GRPC_HOST")]
+    pub grpc_host: Option<String>,
+
+    /// Most concurrent HTTP/2 streams one gRPC connection may open.
+    #[arg(long, env = "GRPC_MAX_CONCURRENT_STREAMS", default_value_t = DEFAULT_GRPC_MAX_CONCURRENT_STREAMS)]
+    pub grpc_max_concurrent_streams: u32,
+
+    /// Most gRPC calls one connection may have in progress at once.
+    #[arg(long, env = "GRPC_CONCURRENCY_PER_CONNECTION", default_value_t = DEFAULT_GRPC_CONCURRENCY_PER_CONNECTION)]
+    pub grpc_concurrency_per_connection: usize,
+
+    /// Most open Subscribe streams; more are refused with RESOURCE_EXHAUSTED (counted).
+    #[arg(long, env = "MAX_SUBSCRIBERS", default_value_t = DEFAULT_MAX_SUBSCRIBERS)]
+    pub max_subscribers: usize,
+
+    /// Most agents known at once; batches from more nodes are refused (counted).
+    #[arg(long, env = "MAX_AGENTS", default_value_t = AgentLimits::DEFAULT.max_agents)]
+    pub max_agents: usize,
+
+    /// Most etcd members one agent may report in its status.
+    #[arg(long, env = "MAX_MEMBERS_PER_AGENT", default_value_t = AgentLimits::DEFAULT.max_members)]
+    pub max_members_per_agent: usize,
+
+    /// Most peer entries per member in an agent's status.
+    #[arg(long, env = "MAX_PEERS_PER_MEMBER", default_value_t = AgentLimits::DEFAULT.max_peers_per_member)]
+    pub max_peers_per_member: usize,
+
+    /// An agent silent this long is forgotten: its series leave /metrics and /api/v1/agents.
+    #[arg(long, env = "AGENT_EXPIRY", default_value = duration_default!(AgentLimits::DEFAULT.expiry), value_parser = parse_duration)]
+    pub agent_expiry: Duration,
 
     /// PEM certificate of the gRPC server (serve TLS; needs --grpc-key-file).
     #[arg(long, env = "GRPC_CERT_FILE")]
@@ -213,7 +270,8 @@ pub struct Cli {
     #[arg(long, env = "GRPC_CLIENT_CA_FILE")]
     pub grpc_client_ca_file: Option<PathBuf>,
 
-    /// Largest agent batch accepted, bytes.
+    /// Largest agent batch accepted, bytes; the gRPC transport refuses larger messages before
+    /// decoding them (64 KiB to 64 MiB).
     #[arg(long, env = "GRPC_MAX_BATCH_BYTES", default_value_t = DEFAULT_GRPC_MAX_BATCH_BYTES)]
     pub grpc_max_batch_bytes: usize,
 
@@ -663,11 +721,23 @@ impl Cli {
     }
 }
 
-/// The gRPC side's settings.
-#[derive(Debug, Clone)]
+/// The gRPC side's settings. `Debug` shows whether a token and TLS key are set, never them.
+#[derive(Clone)]
 pub struct IngestConfig {
-    /// Bearer token required on every call.
-    pub token: Option<String>,
+    /// Bearer token required on AgentIngest calls.
+    pub ingest_token: Option<String>,
+    /// Bearer token required on EventStream calls.
+    pub subscribe_token: Option<String>,
+    /// Listen host (`--grpc-host`, else `--api-host`), resolved when the server starts.
+    pub host: String,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Most calls in progress per connection.
+    pub concurrency_per_connection: usize,
+    /// Most open Subscribe streams.
+    pub max_subscribers: usize,
+    /// What agents may introduce.
+    pub agent_limits: crate::ingest::registry::AgentLimits,
     /// PEM certificate and key to serve TLS.
     pub tls_identity: Option<(Vec<u8>, Vec<u8>)>,
     /// PEM CA for client certificates (mutual TLS).
@@ -686,7 +756,13 @@ impl Default for IngestConfig {
     /// No security, no watches, and the flags' default limits.
     fn default() -> Self {
         Self {
-            token: None,
+            ingest_token: None,
+            subscribe_token: None,
+            host: DEFAULT_API_HOST.to_string(),
+            max_concurrent_streams: DEFAULT_GRPC_MAX_CONCURRENT_STREAMS,
+            concurrency_per_connection: DEFAULT_GRPC_CONCURRENCY_PER_CONNECTION,
+            max_subscribers: DEFAULT_MAX_SUBSCRIBERS,
+            agent_limits: AgentLimits::DEFAULT,
             tls_identity: None,
             client_ca: None,
             max_batch_bytes: DEFAULT_GRPC_MAX_BATCH_BYTES,
@@ -697,8 +773,37 @@ impl Default for IngestConfig {
     }
 }
 
-/// One cluster in the YAML config file.
-#[derive(Debug, Clone, Deserialize)]
+impl std::fmt::Debug for IngestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestConfig")
+            .field(
+                "ingest_token",
+                &self.ingest_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "subscribe_token",
+                &self.subscribe_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("host", &self.host)
+            .field("tls", &self.tls_identity.is_some())
+            .field("mutual_tls", &self.client_ca.is_some())
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("max_concurrent_streams", &self.max_concurrent_streams)
+            .field(
+                "concurrency_per_connection",
+                &self.concurrency_per_connection,
+            )
+            .field("max_subscribers", &self.max_subscribers)
+            .field("agent_limits", &self.agent_limits)
+            .field("subscriber_buffer", &self.subscriber_buffer)
+            .field("watch_prefixes", &self.watch_prefixes)
+            .field("watch_prev_kv", &self.watch_prev_kv)
+            .finish()
+    }
+}
+
+/// One cluster in the YAML config file. `Debug` redacts the password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileCluster {
     /// Name.
@@ -729,6 +834,37 @@ pub struct FileCluster {
     /// Dial timeout (humantime); default `--dial-timeout`.
     #[serde(default)]
     pub dial_timeout: Option<String>,
+}
+
+/// Only flags that are never secret, and whether a password was given: the other flags carry
+/// no secret values (secrets come as files), but a flag added later may, so the list is
+/// opt-in.
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli")
+            .field("endpoints", &self.endpoints)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for FileCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileCluster")
+            .field("name", &self.name)
+            .field("endpoints", &self.endpoints)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("insecure_skip_tls", &self.insecure_skip_tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("metrics_urls", &self.metrics_urls)
+            .field("dial_timeout", &self.dial_timeout)
+            .finish()
+    }
 }
 
 /// The YAML config file.
@@ -783,25 +919,42 @@ pub struct RawCluster<'a> {
 impl Cli {
     /// Checks and loads the gRPC settings.
     fn ingest_config(&self) -> Result<IngestConfig, ConfigError> {
-        let token = match &self.grpc_token_file {
-            Some(path) => {
-                let text = std::fs::read(path).map_err(|e| {
-                    ConfigError::new("--grpc-token-file", format!("{}: {e}", path.display()))
-                })?;
+        let read_token =
+            |flag: &str, path: &Option<PathBuf>| -> Result<Option<String>, ConfigError> {
+                let Some(path) = path else {
+                    return Ok(None);
+                };
+                let text = std::fs::read(path)
+                    .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
                 let token = String::from_utf8(text)
-                    .map_err(|_| ConfigError::new("--grpc-token-file", "is not UTF-8"))?
+                    .map_err(|_| ConfigError::new(flag, "is not UTF-8"))?
                     .trim()
                     .to_string();
                 if token.is_empty() {
                     return Err(ConfigError::new(
-                        "--grpc-token-file",
+                        flag,
                         format!("{} is empty", path.display()),
                     ));
                 }
-                Some(token)
-            }
-            None => None,
-        };
+                if token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+                    return Err(ConfigError::new(
+                        flag,
+                        format!(
+                            "{} holds characters a gRPC header cannot carry (printable ASCII only)",
+                            path.display()
+                        ),
+                    ));
+                }
+                Ok(Some(token))
+            };
+        let both = read_token("--grpc-token-file", &self.grpc_token_file)?;
+        let ingest_token = read_token("--grpc-ingest-token-file", &self.grpc_ingest_token_file)?
+            .or_else(|| both.clone());
+        let subscribe_token = read_token(
+            "--grpc-subscribe-token-file",
+            &self.grpc_subscribe_token_file,
+        )?
+        .or(both);
         let tls_identity = match (&self.grpc_cert_file, &self.grpc_key_file) {
             (Some(cert), Some(key)) => Some((
                 read_pem("", "grpc-cert-file", cert)?,
@@ -831,11 +984,59 @@ impl Cli {
             Some(path) => Some(read_pem("", "grpc-client-ca-file", path)?),
             None => None,
         };
-        if self.grpc_max_batch_bytes < 64 * 1024 {
+        if tls_identity.is_none()
+            && !self.grpc_allow_plaintext_token
+            && (ingest_token.is_some() || subscribe_token.is_some())
+        {
+            let flag = if self.grpc_token_file.is_some() {
+                "--grpc-token-file"
+            } else if self.grpc_ingest_token_file.is_some() {
+                "--grpc-ingest-token-file"
+            } else {
+                "--grpc-subscribe-token-file"
+            };
+            return Err(ConfigError::new(
+                flag,
+                "a token sent without TLS can be read by anyone on the path: serve TLS \
+                 (--grpc-cert-file, --grpc-key-file) or accept the risk with \
+                 --grpc-allow-plaintext-token",
+            ));
+        }
+        if !(64 * 1024..=64 << 20).contains(&self.grpc_max_batch_bytes) {
             return Err(ConfigError::new(
                 "--grpc-max-batch-bytes",
-                "must be at least 65536",
+                "must be 65536 to 67108864 (64 KiB to 64 MiB)",
             ));
+        }
+        let host = self
+            .grpc_host
+            .as_deref()
+            .unwrap_or(&self.api_host)
+            .trim()
+            .to_string();
+        if host.is_empty() {
+            return Err(ConfigError::new("--grpc-host", "must not be empty"));
+        }
+        for (flag, value) in [
+            (
+                "--grpc-max-concurrent-streams",
+                self.grpc_max_concurrent_streams as usize,
+            ),
+            (
+                "--grpc-concurrency-per-connection",
+                self.grpc_concurrency_per_connection,
+            ),
+            ("--max-subscribers", self.max_subscribers),
+            ("--max-agents", self.max_agents),
+            ("--max-members-per-agent", self.max_members_per_agent),
+            ("--max-peers-per-member", self.max_peers_per_member),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(flag, "must be at least 1"));
+            }
+        }
+        if self.agent_expiry < Duration::from_secs(10) {
+            return Err(ConfigError::new("--agent-expiry", "must be at least 10s"));
         }
         if self.subscriber_buffer == 0 {
             return Err(ConfigError::new(
@@ -850,7 +1051,18 @@ impl Cli {
             .filter(|p| !p.is_empty())
             .collect();
         Ok(IngestConfig {
-            token,
+            ingest_token,
+            subscribe_token,
+            host,
+            max_concurrent_streams: self.grpc_max_concurrent_streams,
+            concurrency_per_connection: self.grpc_concurrency_per_connection,
+            max_subscribers: self.max_subscribers,
+            agent_limits: crate::ingest::registry::AgentLimits {
+                max_agents: self.max_agents,
+                max_members: self.max_members_per_agent,
+                max_peers_per_member: self.max_peers_per_member,
+                expiry: self.agent_expiry,
+            },
             tls_identity,
             client_ca,
             max_batch_bytes: self.grpc_max_batch_bytes,
@@ -1226,6 +1438,53 @@ pub fn normalize_endpoint(e: &str, tls: bool) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn no_secret_in_any_debug_output() -> anyhow::Result<()> {
+        const SECRET: &str = "hunter2-s3cr3t";
+        let dir = tempfile::tempdir()?;
+        let token = dir.path().join("token");
+        std::fs::write(&token, SECRET)?;
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "clusters:\n- name: a\n  endpoints: [http://127.0.0.1:1]\n  username: root\n  password: {SECRET}\n"
+            ),
+        )?;
+        let cli = Cli::try_parse_from([
+            "etcd-monitor".to_string(),
+            format!("--password={SECRET}"),
+            "--username=root".to_string(),
+            format!("--grpc-token-file={}", token.display()),
+            "--grpc-allow-plaintext-token".to_string(),
+            format!("--config={}", file.display()),
+        ])?;
+        let cli_debug = format!("{cli:?}");
+        let config = cli.into_config()?;
+        assert_eq!(
+            config.ingest.ingest_token.as_deref(),
+            Some(SECRET),
+            "the token was read"
+        );
+        let ingest = IngestConfig {
+            tls_identity: Some((b"CERT".to_vec(), SECRET.as_bytes().to_vec())),
+            ..config.ingest.clone()
+        };
+        let file_config = FileConfig::load(&file)?;
+        for text in [
+            cli_debug,
+            format!("{config:?}"),
+            format!("{config:#?}"),
+            format!("{ingest:?}"),
+            format!("{file_config:?}"),
+            format!("{:?}", config.clusters),
+        ] {
+            assert!(!text.contains(SECRET), "a secret in Debug output: {text}");
+        }
+        assert!(format!("{ingest:?}").contains("<redacted>"));
+        Ok(())
+    }
+
     fn parse(args: &[&str]) -> Result<Config, String> {
         let mut all = vec!["etcd-monitor"];
         all.extend_from_slice(args);
@@ -1342,6 +1601,14 @@ mod tests {
             ),
             (vec!["--max-silences", "0"], "--max-silences"),
             (vec!["--grpc-port", "0"], "--grpc-port"),
+            (vec!["--grpc-host", " "], "--grpc-host"),
+            (
+                vec!["--grpc-max-batch-bytes", "1000"],
+                "--grpc-max-batch-bytes",
+            ),
+            (vec!["--max-agents", "0"], "--max-agents"),
+            (vec!["--max-subscribers", "0"], "--max-subscribers"),
+            (vec!["--agent-expiry", "1s"], "--agent-expiry"),
             (vec!["--username", "root"], "--password"),
             (vec!["--rules", "/nonexistent/rules.yaml"], "--rules"),
             (vec!["--metrics-urls", "a,b"], "--metrics-urls"),
@@ -1445,6 +1712,42 @@ mod tests {
             .map_err(|e| e.to_string())?;
         let err = parse(&["--config", &path_str]).err().unwrap_or_default();
         assert!(err.contains("--config") && err.contains("c.yaml"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn grpc_tokens_split_by_role_and_plaintext_needs_consent() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let write = |name: &str, text: &str| -> Result<String, String> {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).map_err(|e| e.to_string())?;
+            Ok(path.display().to_string())
+        };
+        let both = write("both", "b0th\n")?;
+        let ingest = write("ingest", "ingest-token")?;
+        let err = parse(&["--grpc-token-file", &both])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("--grpc-token-file") && err.contains("--grpc-allow-plaintext-token"),
+            "{err}"
+        );
+        let c = parse(&[
+            "--grpc-token-file",
+            &both,
+            "--grpc-ingest-token-file",
+            &ingest,
+            "--grpc-allow-plaintext-token",
+        ])?;
+        assert_eq!(c.ingest.ingest_token.as_deref(), Some("ingest-token"));
+        assert_eq!(c.ingest.subscribe_token.as_deref(), Some("b0th"));
+        assert!(
+            !format!("{:?}", c.ingest).contains("b0th"),
+            "tokens stay out of Debug"
+        );
+        let c = parse(&["--api-host", "::1"])?;
+        assert_eq!(c.ingest.host, "::1", "--grpc-host defaults to --api-host");
+        assert_eq!(c.ingest.max_batch_bytes, 4 << 20);
         Ok(())
     }
 }

@@ -177,7 +177,7 @@ impl Member {
             status: Some(status),
             ..EventBatch::default()
         });
-        assert!(!accepted.duplicate);
+        assert!(!accepted.expect("a valid batch").duplicate);
         let state = self.clusters[0].snapshot();
         let member = &state.members[0];
         let registry = &self.pipeline.registry;

@@ -87,8 +87,10 @@ impl Drop for SlowDisk {
 
 #[test]
 fn slow_disk_under_one_member_fires_the_kernel_rule_for_that_member_only() -> anyhow::Result<()> {
-    if !etcd_monitor_tests::is_root() {
-        eprintln!("SKIPPED: needs root (eBPF, loop devices, mount, cgroups)");
+    if !etcd_monitor_tests::require_root(
+        "slow_disk_under_one_member_fires_the_kernel_rule_for_that_member_only",
+        "eBPF, loop devices, mount and cgroups",
+    )? {
         return Ok(());
     }
     let agent_bin = binary("etcd-monitor-agent")?;

@@ -17,10 +17,84 @@ pub use agent::AgentProcess;
 pub use cluster::{ClientTls, ClusterOptions, EtcdCluster, Member};
 pub use collector::CollectorProcess;
 
-/// Whether the test process runs as root (eBPF tests need it).
+/// Whether the test process runs as root (eBPF tests need it). `ETCDMON_TEST_AS_NONROOT=1`
+/// pretends it does not, to exercise the skip path by hand as root.
 pub fn is_root() -> bool {
+    if std::env::var_os(AS_NONROOT_ENV).is_some_and(|v| v == "1") {
+        return false;
+    }
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Set to `1` to make [`is_root`] answer `false` (for trying the skip path as root).
+pub const AS_NONROOT_ENV: &str = "ETCDMON_TEST_AS_NONROOT";
+
+/// Names a file that every skipped test appends one line to; `cargo xtask test` sets it and
+/// prints how many tests skipped and why.
+pub const SKIP_LOG_ENV: &str = "ETCDMON_SKIP_LOG";
+
+/// Every skip line (on stderr and in the skip log) starts with this: `SKIPPED: <test>: <reason>`.
+pub const SKIP_MARKER: &str = "SKIPPED: ";
+
+/// Whether the tests run in CI (`CI=true`), where a test that cannot run its real part fails.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether `test` can run. When it cannot (`available` is false): under `CI=true` an error
+/// naming the test and `reason` (the test fails); otherwise a `SKIPPED: <test>: <reason>` line
+/// on stderr and in the file named by `ETCDMON_SKIP_LOG`, and `Ok(false)` (the test returns).
+pub fn require(test: &str, available: bool, reason: &str) -> anyhow::Result<bool> {
+    let log = std::env::var_os(SKIP_LOG_ENV).map(std::path::PathBuf::from);
+    decide_skip(test, available, reason, in_ci(), log.as_deref())
+}
+
+/// [`require`] for eBPF tests: runs only as root.
+pub fn require_root(test: &str, needs: &str) -> anyhow::Result<bool> {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let reason = if is_root() && uid == 0 {
+        String::new()
+    } else if uid == 0 {
+        format!("needs root for {needs}; {AS_NONROOT_ENV}=1 pretends otherwise")
+    } else {
+        format!("needs root for {needs}; this test runs as uid {uid}")
+    };
+    require(test, is_root(), &reason)
+}
+
+/// The decision behind [`require`], with the environment passed in.
+pub fn decide_skip(
+    test: &str,
+    available: bool,
+    reason: &str,
+    ci: bool,
+    log: Option<&std::path::Path>,
+) -> anyhow::Result<bool> {
+    if available {
+        return Ok(true);
+    }
+    let reason = reason.replace('\n', " ");
+    if ci {
+        anyhow::bail!(
+            "{test} cannot run its real part ({reason}), and CI=true: a test must not pass by skipping"
+        );
+    }
+    let line = format!("{SKIP_MARKER}{test}: {reason}");
+    eprintln!("{line}");
+    if let Some(path) = log {
+        use std::io::Write;
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = appended {
+            eprintln!("cannot append to the skip log {}: {e}", path.display());
+        }
+    }
+    Ok(false)
 }
 
 /// Returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -65,4 +139,38 @@ pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_test_that_cannot_run_fails_in_ci_and_is_logged_otherwise() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("skips.log");
+        assert!(decide_skip("t0", true, "", true, Some(&log))?);
+        let err = decide_skip("t1", false, "needs root", true, Some(&log))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("t1") && err.contains("needs root") && err.contains("CI=true"),
+            "{err}"
+        );
+        assert!(!log.exists(), "a failure is not a skip");
+        assert!(!decide_skip("t2", false, "needs root", false, Some(&log))?);
+        assert!(!decide_skip(
+            "t3",
+            false,
+            "promtool\nis missing",
+            false,
+            Some(&log)
+        )?);
+        assert_eq!(
+            std::fs::read_to_string(&log)?,
+            "SKIPPED: t2: needs root\nSKIPPED: t3: promtool is missing\n"
+        );
+        Ok(())
+    }
 }

@@ -19,7 +19,7 @@ use etcd_monitor_tests::{
     AgentProcess, ClusterOptions, CollectorProcess, EtcdCluster, binary,
     http::prom_sum,
     inject::{CpuQuota, LoopDisk, SyncWriter},
-    is_root, wait_for,
+    wait_for,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -37,14 +37,8 @@ const SLOW_FSYNC: [&str; 2] = ["--diagnosis-slow-fsync-ms=40", "--diagnosis-quan
 /// 10-20 on two cores every process here waits 10 ms for a CPU now and then.
 const RUNQ: &str = "--diagnosis-runq-ms=25";
 
-fn require_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED {test}: the diagnosis tests load eBPF programs, loop devices and cgroups, and need root"
-    );
-    false
+fn require_root(test: &str) -> anyhow::Result<bool> {
+    etcd_monitor_tests::require_root(test, "loading eBPF programs, loop devices and cgroups")
 }
 
 /// A cluster whose members each have their own loop-device filesystem, with the agent and the
@@ -244,7 +238,7 @@ fn report(scenario: &str, run: usize, verdict: &serde_json::Value, took: Duratio
 
 #[test]
 fn healthy_cluster_under_load_stays_healthy() -> anyhow::Result<()> {
-    if !require_root("healthy_cluster_under_load_stays_healthy") {
+    if !require_root("healthy_cluster_under_load_stays_healthy")? {
         return Ok(());
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -290,7 +284,7 @@ fn healthy_cluster_under_load_stays_healthy() -> anyhow::Result<()> {
 
 #[test]
 fn slow_device_is_disk_slow_and_only_for_that_member() -> anyhow::Result<()> {
-    if !require_root("slow_device_is_disk_slow_and_only_for_that_member") {
+    if !require_root("slow_device_is_disk_slow_and_only_for_that_member")? {
         return Ok(());
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -327,7 +321,7 @@ fn slow_device_is_disk_slow_and_only_for_that_member() -> anyhow::Result<()> {
 
 #[test]
 fn cpu_quota_is_cpu_starved_not_disk_slow() -> anyhow::Result<()> {
-    if !require_root("cpu_quota_is_cpu_starved_not_disk_slow") {
+    if !require_root("cpu_quota_is_cpu_starved_not_disk_slow")? {
         return Ok(());
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -368,7 +362,7 @@ fn cpu_quota_is_cpu_starved_not_disk_slow() -> anyhow::Result<()> {
 
 #[test]
 fn synced_writer_on_the_same_device_is_a_noisy_neighbor() -> anyhow::Result<()> {
-    if !require_root("synced_writer_on_the_same_device_is_a_noisy_neighbor") {
+    if !require_root("synced_writer_on_the_same_device_is_a_noisy_neighbor")? {
         return Ok(());
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

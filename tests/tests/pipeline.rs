@@ -10,16 +10,12 @@ use etcd_monitor_proto::v1::{
     agent_ingest_client::AgentIngestClient, event::Payload, event_stream_client::EventStreamClient,
 };
 use etcd_monitor_tests::{
-    AgentProcess, CollectorProcess, EtcdCluster, binary, free_port, http::prom_sum, is_root,
+    AgentProcess, CollectorProcess, EtcdCluster, binary, free_port, http::prom_sum,
     proxy::TcpProxy, wait_for,
 };
 
-fn require_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED {test}: the pipeline tests load eBPF programs and need root");
-    false
+fn require_root(test: &str) -> anyhow::Result<bool> {
+    etcd_monitor_tests::require_root(test, "loading eBPF programs")
 }
 
 fn collector_args(cluster: &EtcdCluster, data: &std::path::Path, extra: &[&str]) -> Vec<String> {
@@ -63,7 +59,7 @@ fn members(collector: &CollectorProcess) -> anyhow::Result<Vec<serde_json::Value
 
 #[test]
 fn members_join_counts_match_and_subscribers_get_joined_events() -> anyhow::Result<()> {
-    if !require_root("members_join_counts_match_and_subscribers_get_joined_events") {
+    if !require_root("members_join_counts_match_and_subscribers_get_joined_events")? {
         return Ok(());
     }
     let cluster = EtcdCluster::start3()?;
@@ -346,7 +342,8 @@ fn malformed_or_oversized_batches_are_refused_and_the_stream_stays_up() -> anyho
     };
     let mut bad = batch(2, 2);
     bad.events[1].payload = None;
-    // Over --grpc-max-batch-bytes (64 KiB) but under the transport's own limit: refused alone.
+    // Over --grpc-max-batch-bytes (64 KiB): the transport refuses it before decoding (its
+    // decode limit is the batch limit), so that stream ends with OUT_OF_RANGE naming the flag.
     let mut oversized = batch(4, 6);
     oversized.events = (0..4000)
         .map(|i| Event {
@@ -357,32 +354,65 @@ fn malformed_or_oversized_batches_are_refused_and_the_stream_stays_up() -> anyho
             ..Event::default()
         })
         .collect();
-    let ack = runtime.block_on(async {
+    let (ack, refused, after) = runtime.block_on(async {
         let mut client = AgentIngestClient::connect(collector.grpc_url.clone()).await?;
-        let batches = vec![batch(1, 0), bad, batch(3, 4), oversized, batch(5, 4006)];
-        anyhow::Ok(client.push(tokio_stream::iter(batches)).await?.into_inner())
+        let ack = client
+            .push(tokio_stream::iter(vec![batch(1, 0), bad, batch(3, 4)]))
+            .await?
+            .into_inner();
+        let refused = client
+            .push(tokio_stream::iter(vec![oversized]))
+            .await
+            .map(|_| ());
+        // The agent reconnects and goes on; the collector took nothing of the refused batch.
+        let after = client
+            .push(tokio_stream::iter(vec![batch(5, 4006)]))
+            .await?
+            .into_inner();
+        anyhow::Ok((ack, refused, after))
     })?;
-    assert_eq!(ack.rejected_batches, 2);
+    assert_eq!(ack.rejected_batches, 1);
     assert!(
         ack.last_rejection.starts_with("INVALID_ARGUMENT")
-            && ack.last_rejection.contains("more than the 65536 allowed"),
+            && ack.last_rejection.contains("no payload"),
         "{}",
         ack.last_rejection
     );
     assert_eq!(
-        ack.accepted_batches, 3,
-        "the batches after each bad one were taken"
+        ack.accepted_batches, 2,
+        "the batch after the bad one was taken: the stream stays up"
     );
-    assert_eq!(ack.last_sequence, 5);
+    let refused = refused.expect_err("an oversized batch is refused");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    assert!(
+        refused.message().contains("more than") || refused.message().contains("larger than"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("--grpc-max-batch-bytes"),
+        "the refusal names the flag: {refused:?}"
+    );
+    assert_eq!((after.accepted_batches, after.last_sequence), (1, 5));
     let log = collector.log_text();
     assert!(
         log.contains("no payload") && log.contains("--grpc-max-batch-bytes"),
         "both refusals are logged with their reason:\n{log}"
     );
+    let text = collector.metrics()?;
+    for reason in ["empty_event", "too_large"] {
+        assert_eq!(
+            prom_sum(&text, "etcdmon_ingest_refused_total", &[("reason", reason)]),
+            Some(1.0),
+            "{reason} counted"
+        );
+    }
     let (_, agents) = collector.get_json("/api/v1/agents")?;
     let a = &agents["agents"][0];
     assert_eq!(a["node"], "fake-node");
-    assert_eq!(a["rejected_batches"], 2);
+    assert_eq!(
+        a["rejected_batches"], 1,
+        "the oversized batch never reached the point where its node is known: {a}"
+    );
     assert_eq!(a["lost_batches"], 2, "each refused batch is a gap: {a}");
     assert_eq!(a["lost_events"], 4002);
     Ok(())
@@ -390,7 +420,7 @@ fn malformed_or_oversized_batches_are_refused_and_the_stream_stays_up() -> anyho
 
 #[test]
 fn collector_restart_mid_load_loses_nothing_silently() -> anyhow::Result<()> {
-    if !require_root("collector_restart_mid_load_loses_nothing_silently") {
+    if !require_root("collector_restart_mid_load_loses_nothing_silently")? {
         return Ok(());
     }
     let cluster = EtcdCluster::start3()?;
@@ -480,9 +510,24 @@ fn wrong_or_missing_token_is_unauthenticated() -> anyhow::Result<()> {
     let token_file = data.path().join("token");
     std::fs::write(&token_file, "s3cret\n")?;
     let token_flag = format!("--grpc-token-file={}", token_file.display());
-    let collector = CollectorProcess::start(
+    // Without TLS a token needs explicit consent: without it the collector refuses to start.
+    let refused = CollectorProcess::start(
         &binary("etcd-monitor")?,
         &collector_args(&cluster, data.path(), &[&token_flag]),
+        cluster.dir(),
+    )
+    .expect_err("a token over plaintext needs --grpc-allow-plaintext-token");
+    assert!(
+        refused.to_string().contains("--grpc-allow-plaintext-token"),
+        "{refused:#}"
+    );
+    let collector = CollectorProcess::start(
+        &binary("etcd-monitor")?,
+        &collector_args(
+            &cluster,
+            data.path(),
+            &[&token_flag, "--grpc-allow-plaintext-token"],
+        ),
         cluster.dir(),
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -668,13 +713,16 @@ fn agents_ship_over_mutual_tls_and_uncertified_ones_are_refused() -> anyhow::Res
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         AgentProcess::start(&binary("etcd-monitor-agent")?, &args, cluster.dir(), |_| {})
     };
-    let trusted = client_only(
-        "trusted",
+    // With mutual TLS the node name must be one the client certificate names (the test
+    // certificate's SAN is `localhost`).
+    let certified = || {
         vec![
             format!("--collector-cert-file={}", tls.client_cert_file.display()),
             format!("--collector-key-file={}", tls.client_key_file.display()),
-        ],
-    )?;
+        ]
+    };
+    let trusted = client_only("localhost", certified())?;
+    let impostor = client_only("impostor", certified())?;
     let stranger = client_only("stranger", vec![])?;
     wait_for(
         "the trusted agent's status",
@@ -685,7 +733,7 @@ fn agents_ship_over_mutual_tls_and_uncertified_ones_are_refused() -> anyhow::Res
                 .as_array()?
                 .iter()
                 .any(|a| {
-                    a["node"] == "trusted"
+                    a["node"] == "localhost"
                         && a["mode"] == "client-only"
                         && a["connected_streams"] == 1
                 })
@@ -706,9 +754,18 @@ fn agents_ship_over_mutual_tls_and_uncertified_ones_are_refused() -> anyhow::Res
             .as_array()
             .into_iter()
             .flatten()
-            .any(|a| a["node"] == "stranger"),
-        "no certificate, no entry: {a}"
+            .any(|a| a["node"] == "stranger" || a["node"] == "impostor"),
+        "no certificate, or one naming another node: no entry: {a}"
     );
+    wait_for("the impostor refused", Duration::from_secs(15), || {
+        prom_sum(
+            &collector.metrics().ok()?,
+            "etcdmon_ingest_refused_total",
+            &[("reason", "node_mismatch")],
+        )
+        .filter(|n| *n >= 1.0)
+    })?;
+    drop(impostor);
     assert_eq!(
         prom_sum(
             &trusted.metrics()?,

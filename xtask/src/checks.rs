@@ -954,14 +954,16 @@ pub fn unused_dependencies(root: &Path) -> anyhow::Result<()> {
     }
     match Command::new("cargo")
         .current_dir(root)
-        .args(["machete"])
+        // `target/` holds copies of crates (build scripts' outputs) that are not ours.
+        .args(["machete", "--skip-target-dir"])
         .output()
     {
         Ok(out) if out.status.success() => {}
         Ok(out) => problems.push(format!(
             "cargo machete found unused dependencies (remove them, or list a false positive under \
-             [package.metadata.cargo-machete] ignored):\n{}",
-            String::from_utf8_lossy(&out.stdout).trim()
+             [package.metadata.cargo-machete] ignored):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
         )),
         Err(e) => problems.push(format!(
             "cargo machete did not run ({e}); `cargo xtask setup` installs it"

@@ -20,8 +20,8 @@ use tonic::{
 
 use super::BatchQueue;
 
-/// Where and how to connect.
-#[derive(Debug, Clone)]
+/// Where and how to connect. `Debug` says whether a key and token are set, never shows them.
+#[derive(Clone)]
 pub struct ShipperConfig {
     /// `http://host:9464` or `https://host:9464`.
     pub url: String,
@@ -33,6 +33,18 @@ pub struct ShipperConfig {
     pub domain: Option<String>,
     /// Bearer token sent as `authorization`.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ShipperConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShipperConfig")
+            .field("url", &self.url)
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_identity", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A connection setting that cannot work.
@@ -187,6 +199,22 @@ fn futures_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_secret_in_debug_output() {
+        const SECRET: &str = "hunter2-s3cr3t";
+        let config = ShipperConfig {
+            url: "https://collector:9464".into(),
+            ca_pem: Some(b"CA".to_vec()),
+            identity: Some((b"CERT".to_vec(), SECRET.as_bytes().to_vec())),
+            domain: None,
+            token: Some(SECRET.into()),
+        };
+        for text in [format!("{config:?}"), format!("{config:#?}")] {
+            assert!(!text.contains(SECRET), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+    }
 
     #[test]
     fn bad_urls_are_rejected_with_the_flag() {

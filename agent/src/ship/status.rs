@@ -2,14 +2,22 @@
 
 use etcd_monitor_proto::v1::{
     AgentStatus, ClientConnStats, DeviceStats, DropCounters, IoIssuer, KernelHistogram,
-    MemberIdentity, PeerStats, SchedStats,
+    MemberIdentity, MemberResources, NodeResources, PeerStats, SchedStats,
 };
 
 use super::convert::{disk_op, file_class};
-use crate::{http::ModeStatus, kernel::KernelDrops, stats::Snapshot, tracker::Tracker};
+use crate::{
+    http::ModeStatus, kernel::KernelDrops, resources::ResourceSnapshot, stats::Snapshot,
+    tracker::Tracker,
+};
 
-/// Builds a status message from the tracker's current view.
-pub fn snapshot(tracker: &mut Tracker, mode: &ModeStatus, agent_queue_drops: u64) -> AgentStatus {
+/// Builds a status message from the tracker's current view and the latest resource sample.
+pub fn snapshot(
+    tracker: &mut Tracker,
+    mode: &ModeStatus,
+    agent_queue_drops: u64,
+    resources: &ResourceSnapshot,
+) -> AgentStatus {
     let stats = tracker.snapshot().unwrap_or_default();
     let drops = tracker.kernel_drops().unwrap_or_default();
     let net = tracker.net_snapshot().unwrap_or_default();
@@ -113,7 +121,41 @@ pub fn snapshot(tracker: &mut Tracker, mode: &ModeStatus, agent_queue_drops: u64
             closed_total: c.closed,
         })
         .collect();
+    status.resources = resources.members.iter().map(member_resources).collect();
+    status.node = Some(NodeResources {
+        memory_total_bytes: resources.node_memory.map_or(0, |m| m.total_bytes),
+        memory_available_bytes: resources.node_memory.map_or(0, |m| m.available_bytes),
+        cpus: resources.node_cpus,
+    });
     status
+}
+
+/// One member's resource figures in the wire form.
+pub fn member_resources(r: &crate::resources::MemberResources) -> MemberResources {
+    let fs = r.fs.unwrap_or_default();
+    MemberResources {
+        member: r.member.clone(),
+        pid: r.pid,
+        cpu_seconds_total: r.cpu_seconds_total,
+        has_cpu_cores: r.cpu_cores.is_some(),
+        cpu_cores: r.cpu_cores.unwrap_or_default(),
+        cpu_limit_cores: r.cpu_limit.value,
+        cpu_limit_from_cgroup: r.cpu_limit.from_cgroup,
+        has_rss: r.rss_bytes.is_some(),
+        rss_bytes: r.rss_bytes.unwrap_or_default(),
+        memory_limit_bytes: r.memory_limit.map_or(0, |l| l.value as u64),
+        memory_limit_from_cgroup: r.memory_limit.is_some_and(|l| l.from_cgroup),
+        has_fs: r.fs.is_some(),
+        fs_size_bytes: fs.size_bytes,
+        fs_used_bytes: fs.used_bytes,
+        fs_free_bytes: fs.free_bytes,
+        fs_inodes_total: fs.inodes_total,
+        fs_inodes_free: fs.inodes_free,
+        has_open_fds: r.open_fds.is_some(),
+        open_fds: r.open_fds.unwrap_or_default(),
+        has_client_connections: r.client_connections.is_some(),
+        client_connections: r.client_connections.unwrap_or_default(),
+    }
 }
 
 fn build(
@@ -166,5 +208,38 @@ fn build(
         clients: Vec::new(),
         devices: Vec::new(),
         sched: Vec::new(),
+        resources: Vec::new(),
+        node: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{Limit, MemberResources as Sampled};
+
+    #[test]
+    fn unknown_figures_ship_with_their_has_flag_off() {
+        let sampled = Sampled {
+            member: "m0".into(),
+            pid: 9,
+            cpu_seconds_total: 3.0,
+            cpu_cores: None,
+            cpu_limit: Limit {
+                value: 2.0,
+                from_cgroup: false,
+            },
+            rss_bytes: Some(4096),
+            memory_limit: None,
+            fs: None,
+            open_fds: Some(12),
+            client_connections: Some(0),
+        };
+        let wire = member_resources(&sampled);
+        assert!(!wire.has_cpu_cores && !wire.has_fs);
+        assert!(wire.has_rss && wire.has_open_fds && wire.has_client_connections);
+        assert_eq!((wire.rss_bytes, wire.open_fds), (4096, 12));
+        assert_eq!(wire.memory_limit_bytes, 0, "unknown limit");
+        assert!(!wire.cpu_limit_from_cgroup && (wire.cpu_limit_cores - 2.0).abs() < 1e-12);
     }
 }

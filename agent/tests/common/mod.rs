@@ -11,20 +11,14 @@ pub fn agent_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_etcd-monitor-agent"))
 }
 
-/// `true` when eBPF tests can run (root). Prints why they skip otherwise.
+/// `Ok(true)` when eBPF tests can run (root); `Ok(false)` with a logged skip otherwise, and an
+/// error (the test fails) under `CI=true`.
 #[allow(
     dead_code,
     reason = "each test binary compiles this module; not all use every helper"
 )]
-pub fn require_root(test: &str) -> bool {
-    if etcd_monitor_tests::is_root() {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED {test}: loading eBPF programs needs root; this test runs as uid {}",
-        unsafe { libc::geteuid() }
-    );
-    false
+pub fn require_root(test: &str) -> anyhow::Result<bool> {
+    etcd_monitor_tests::require_root(test, "loading eBPF programs")
 }
 
 /// A real 3-member cluster and the agent tracing exactly its members, in full eBPF mode.

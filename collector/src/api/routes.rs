@@ -41,7 +41,8 @@ pub struct HistoryParams {
     pub cluster: Option<String>,
     /// Only this member (name or hex id).
     pub member: Option<String>,
-    /// Start: RFC 3339 time, Unix seconds, or a duration ago (`15m`). Default 1h ago.
+    /// Start: RFC 3339 time, Unix seconds, or a duration ago (`15m`). Default 1h ago. Moved
+    /// forward to `until` minus the history retention when older (the response's `since_ms`).
     pub since: Option<String>,
     /// End: same forms as `since`. Default now. Before `since`: an empty range.
     pub until: Option<String>,
@@ -528,6 +529,8 @@ pub async fn metrics_history(
         .store
         .clone()
         .ok_or_else(|| ApiError::Unavailable("the history store is not open".to_string()))?;
+    // The range is capped at the retention (`since=0` reads from `until - retention`).
+    let since_ms = store.effective_since(since_ms, until_ms);
     let query = HistoryQuery {
         cluster: cluster.name().to_string(),
         member: q.member.clone(),

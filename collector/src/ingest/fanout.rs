@@ -128,29 +128,52 @@ pub struct Fanout {
     subscribers: RwLock<Vec<Subscriber>>,
     next_id: AtomicU64,
     capacity: usize,
+    max_subscribers: usize,
     /// Events published.
     pub published: AtomicU64,
     /// Events missed by any subscriber, all time.
     pub lagged_total: AtomicU64,
+    /// Subscribe calls refused because `--max-subscribers` were open.
+    pub refused: AtomicU64,
+    /// Subscribers removed after they went away.
+    pub removed: AtomicU64,
+}
+
+/// `--max-subscribers` are already open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{max} subscribers are already open (--max-subscribers); try again later")]
+pub struct TooManySubscribers {
+    /// The limit.
+    pub max: usize,
 }
 
 impl Fanout {
-    /// Fan-out with `capacity` events of buffer per subscriber.
+    /// Fan-out with `capacity` events of buffer per subscriber and no practical cap on
+    /// subscribers.
     pub fn new(capacity: usize) -> Self {
+        Self::bounded(capacity, usize::MAX)
+    }
+
+    /// Fan-out with `capacity` events of buffer per subscriber and at most `max_subscribers`.
+    pub fn bounded(capacity: usize, max_subscribers: usize) -> Self {
         Self {
             subscribers: RwLock::new(Vec::new()),
             next_id: AtomicU64::new(1),
             capacity: capacity.max(1),
+            max_subscribers,
             published: AtomicU64::new(0),
             lagged_total: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            removed: AtomicU64::new(0),
         }
     }
 
-    /// Adds a subscriber; events arrive on the receiver until it is dropped.
+    /// Adds a subscriber; events arrive on the receiver until it is dropped. Subscribers that
+    /// went away are removed first; refused (and counted) when `max_subscribers` remain open.
     pub fn subscribe(
         &self,
         filter: Filter,
-    ) -> (u64, mpsc::Receiver<Event>, Arc<SubscriberCounters>) {
+    ) -> Result<(u64, mpsc::Receiver<Event>, Arc<SubscriberCounters>), TooManySubscribers> {
         let (tx, rx) = mpsc::channel(self.capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let stats = Arc::new(SubscriberCounters::default());
@@ -161,11 +184,48 @@ impl Fanout {
             pending_lag: AtomicU64::new(0),
             stats: stats.clone(),
         };
-        match self.subscribers.write() {
-            Ok(mut s) => s.push(sub),
-            Err(p) => p.into_inner().push(sub),
+        let mut subs = match self.subscribers.write() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        if subs.len() >= self.max_subscribers {
+            let before = subs.len();
+            subs.retain(|s| !s.tx.is_closed());
+            self.removed
+                .fetch_add((before - subs.len()) as u64, Ordering::Relaxed);
         }
-        (id, rx, stats)
+        if subs.len() >= self.max_subscribers {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(TooManySubscribers {
+                max: self.max_subscribers,
+            });
+        }
+        subs.push(sub);
+        Ok((id, rx, stats))
+    }
+
+    /// Removes every subscriber that went away (its stream closed), whether or not an event
+    /// matched its filter since; returns how many.
+    pub fn sweep(&self) -> usize {
+        let closed = {
+            let subs = match self.subscribers.read() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            subs.iter().any(|s| s.tx.is_closed())
+        };
+        if !closed {
+            return 0;
+        }
+        let mut subs = match self.subscribers.write() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        let before = subs.len();
+        subs.retain(|s| !s.tx.is_closed());
+        let gone = before - subs.len();
+        self.removed.fetch_add(gone as u64, Ordering::Relaxed);
+        gone
     }
 
     /// Number of subscribers.
@@ -207,6 +267,10 @@ impl Fanout {
                 Err(p) => p.into_inner(),
             };
             for sub in subs.iter() {
+                if sub.tx.is_closed() {
+                    gone.push(sub.id);
+                    continue;
+                }
                 for event in events {
                     if !sub.filter.matches(event) {
                         continue;
@@ -239,7 +303,10 @@ impl Fanout {
         if !gone.is_empty()
             && let Ok(mut subs) = self.subscribers.write()
         {
+            let before = subs.len();
             subs.retain(|s| !gone.contains(&s.id));
+            self.removed
+                .fetch_add((before - subs.len()) as u64, Ordering::Relaxed);
         }
     }
 }
@@ -302,8 +369,8 @@ mod tests {
     #[tokio::test]
     async fn a_slow_subscriber_lags_alone_and_learns_how_much_it_missed() {
         let fanout = Fanout::new(4);
-        let (_, mut slow, slow_stats) = fanout.subscribe(Filter::default());
-        let (_, mut fast, _) = fanout.subscribe(Filter::default());
+        let (_, mut slow, slow_stats) = fanout.subscribe(Filter::default()).expect("room");
+        let (_, mut fast, _) = fanout.subscribe(Filter::default()).expect("room");
         let mut fast_got = 0;
         for i in 0..10 {
             fanout.publish(&[disk("m0", i)]);
@@ -327,5 +394,28 @@ mod tests {
         drop(slow);
         fanout.publish(&[disk("m0", 100)]);
         assert_eq!(fanout.len(), 1, "a closed subscriber is removed");
+    }
+
+    #[test]
+    fn closed_subscribers_are_removed_even_when_nothing_matches_and_the_cap_holds() {
+        let fanout = Fanout::bounded(4, 2);
+        let only_m9 = Filter::from_request(&SubscribeRequest {
+            member: "m9".into(),
+            ..SubscribeRequest::default()
+        })
+        .expect("valid");
+        let (_, gone, _) = fanout.subscribe(only_m9.clone()).expect("room");
+        let (_, _kept, _) = fanout.subscribe(only_m9.clone()).expect("room");
+        assert_eq!(
+            fanout.subscribe(only_m9.clone()).map(|_| ()),
+            Err(TooManySubscribers { max: 2 })
+        );
+        assert_eq!(fanout.refused.load(Ordering::Relaxed), 1);
+        drop(gone);
+        fanout.publish(&[disk("m0", 1)]);
+        assert_eq!(fanout.len(), 1, "removed though its filter never matched");
+        assert_eq!(fanout.sweep(), 0);
+        assert!(fanout.subscribe(only_m9).is_ok(), "room again");
+        assert_eq!(fanout.removed.load(Ordering::Relaxed), 1);
     }
 }

@@ -151,8 +151,7 @@ pub fn kernel_view(
         bytes_written: mine()
             .filter(|h| is_write(h.op()))
             .filter(disk)
-            .map(|h| h.bytes)
-            .sum(),
+            .fold(0u64, |a, h| a.saturating_add(h.bytes)),
         peers: status
             .peers
             .iter()

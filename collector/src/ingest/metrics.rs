@@ -274,7 +274,7 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline) -> String {
                 MetricType::COUNTER,
                 DROP_HELP,
                 &[("stage", "kernel"), node[0]],
-                (d.kernel_ringbuf + d.kernel_other) as f64,
+                d.kernel_ringbuf.saturating_add(d.kernel_other) as f64,
             );
             f.value(
                 "etcdmon_events_dropped_total",
@@ -341,6 +341,72 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline) -> String {
         "gRPC calls refused for missing or wrong credentials.",
         &[],
         c.unauthenticated.load(Ordering::Relaxed) as f64,
+    );
+    for (reason, n) in c.refused.snapshot() {
+        f.value(
+            "etcdmon_ingest_refused_total",
+            MetricType::COUNTER,
+            "Agent batches refused, by reason (malformed, over a limit, conflicting claim, oversized on the wire).",
+            &[("reason", reason)],
+            n as f64,
+        );
+    }
+    let r = &pipeline.registry.counters;
+    f.value(
+        "etcdmon_agent_conflicts_total",
+        MetricType::COUNTER,
+        "Batches refused because they claimed an etcd member another live agent reports.",
+        &[],
+        r.conflicts.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_agents_expired_total",
+        MetricType::COUNTER,
+        "Agents forgotten after --agent-expiry without a batch.",
+        &[],
+        r.expired.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_agents",
+        MetricType::GAUGE,
+        "Agents known (bounded by --max-agents).",
+        &[],
+        pipeline.registry.len() as f64,
+    );
+    f.value(
+        "etcdmon_agent_sequence_writes_total",
+        MetricType::COUNTER,
+        "Agent sequence rows written to the store by the writer thread.",
+        &[],
+        r.writes.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_agent_sequence_writes_dropped_total",
+        MetricType::COUNTER,
+        "Agent sequence rows dropped because the writer's queue was full (ingest never waits on the store).",
+        &[],
+        r.writes_dropped.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_agent_sequence_write_errors_total",
+        MetricType::COUNTER,
+        "Batched agent sequence writes the store refused.",
+        &[],
+        r.write_errors.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_subscribers_refused_total",
+        MetricType::COUNTER,
+        "Subscribe calls refused because --max-subscribers streams were open.",
+        &[],
+        pipeline.fanout.refused.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_subscribers_removed_total",
+        MetricType::COUNTER,
+        "Subscribers removed after their stream went away.",
+        &[],
+        pipeline.fanout.removed.load(Ordering::Relaxed) as f64,
     );
     f.value(
         "etcdmon_subscribers",

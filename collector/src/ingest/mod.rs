@@ -42,9 +42,18 @@ impl Pipeline {
 
     /// The same, around an existing registry (e.g. one restored from the store).
     pub fn with_registry(subscriber_buffer: usize, registry: AgentRegistry) -> Self {
+        Self::bounded(subscriber_buffer, usize::MAX, registry)
+    }
+
+    /// At most `max_subscribers` subscribers, around an existing registry.
+    pub fn bounded(
+        subscriber_buffer: usize,
+        max_subscribers: usize,
+        registry: AgentRegistry,
+    ) -> Self {
         Self {
             registry: Arc::new(registry),
-            fanout: Arc::new(Fanout::new(subscriber_buffer)),
+            fanout: Arc::new(Fanout::bounded(subscriber_buffer, max_subscribers)),
             counters: Arc::new(server::IngestCounters::default()),
             watches: Arc::new(watch::WatchCounters::default()),
             diagnoses: Arc::new(crate::diagnosis::Diagnoses::default()),

@@ -27,8 +27,8 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-/// Where a secret comes from.
-#[derive(Debug, Clone, Deserialize)]
+/// Where a secret comes from. `Debug` names the variable or file, never a literal value.
+#[derive(Clone, Deserialize)]
 #[serde(untagged)]
 pub enum SecretSource {
     /// The value itself (discouraged outside tests).
@@ -43,6 +43,16 @@ pub enum SecretSource {
         /// Path.
         file: PathBuf,
     },
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Literal(_) => f.write_str("Literal(<redacted>)"),
+            SecretSource::Env { env } => f.debug_struct("Env").field("env", env).finish(),
+            SecretSource::File { file } => f.debug_struct("File").field("file", file).finish(),
+        }
+    }
 }
 
 /// A secret value; `Debug` never shows it.
@@ -505,6 +515,31 @@ pub fn validate(specs: &[ChannelSpec]) -> Result<Vec<ChannelConfig>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_secret_in_any_debug_output() {
+        const SECRET: &str = "hunter2-s3cr3t";
+        let yaml = format!(
+            "- type: webhook\n  url: http://127.0.0.1:1/hook\n  hmac_key: {SECRET}\n\
+             - type: slack\n  url: https://hooks.example/{SECRET}\n\
+             - type: pagerduty\n  routing_key: {SECRET}\n\
+             - type: email\n  smtp_host: smtp.example\n  from: a@example.org\n  to: [b@example.org]\n  username: u\n  password: {SECRET}\n"
+        );
+        let entries: Vec<serde_yaml_ng::Value> = serde_yaml_ng::from_str(&yaml).unwrap();
+        let raw: Vec<ChannelSpec> = entries
+            .iter()
+            .map(|e| serde_yaml_ng::from_value(e.clone()).unwrap())
+            .collect();
+        let parsed = parse(&entries).unwrap();
+        assert_eq!(parsed.len(), 4);
+        for text in [
+            format!("{raw:?}"),
+            format!("{parsed:?}"),
+            format!("{parsed:#?}"),
+        ] {
+            assert!(!text.contains(SECRET), "a secret in Debug output: {text}");
+        }
+    }
 
     fn specs(yaml: &str) -> Vec<ChannelSpec> {
         let entries: Vec<serde_yaml_ng::Value> = serde_yaml_ng::from_str(yaml).unwrap();

@@ -1,6 +1,9 @@
 //! The `hostile` end-to-end suite: a real collector process attacked the way a client on the
 //! same network, or a buggy or rogue agent, would. Each module covers one surface.
 
+mod agents;
 #[path = "../common/mod.rs"]
 mod common;
 mod rest;
+mod store;
+mod subscribers;

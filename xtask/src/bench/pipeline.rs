@@ -156,8 +156,61 @@ fn ring_buffer_limit(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With `ETCDMON_BENCH_COLLECTORS=label=/path/to/etcd-monitor,label2=/path/...`: the same
+/// load against each collector binary in turn, `ETCDMON_BENCH_ROUNDS` rounds (default 2)
+/// back to back, so a before/after comparison sees the same machine load. Only the load
+/// generator is built.
+fn compare(spec: &str, seconds: u64) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    crate::cmd::run_with(Command::new(cargo).current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "etcd-monitor-agent",
+        "--example",
+        "pipeline_load",
+    ]))?;
+    let binaries: Vec<(&str, &str)> = spec
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .collect();
+    anyhow::ensure!(
+        !binaries.is_empty(),
+        "ETCDMON_BENCH_COLLECTORS: expected label=path[,label=path]"
+    );
+    let rounds: usize = std::env::var("ETCDMON_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(2);
+    println!(
+        "\npipeline comparison: synthetic disk events, batches of 1024, one gRPC stream, {seconds} s per run, {rounds} rounds"
+    );
+    for round in 1..=rounds {
+        for (label, path) in &binaries {
+            let dir = tempfile::tempdir()?;
+            let collector = CollectorProcess::start(
+                std::path::Path::new(path),
+                &[
+                    "--endpoints=http://127.0.0.1:9".to_string(),
+                    format!("--data-dir={}", dir.path().display()),
+                ],
+                dir.path(),
+            )?;
+            let max = load(&collector, seconds, None)?;
+            print(&format!("round {round} {label} unthrottled"), &max);
+            let capacity = (max.received / max.seconds).max(1.0);
+            let steady = load(&collector, seconds, Some((capacity * 0.9) as u64))?;
+            print(&format!("round {round} {label} at 90 %"), &steady);
+        }
+    }
+    Ok(())
+}
+
 /// Runs the benchmark.
 pub fn run(seconds: u64) -> anyhow::Result<()> {
+    if let Ok(spec) = std::env::var("ETCDMON_BENCH_COLLECTORS") {
+        return compare(&spec, seconds);
+    }
     crate::cmd::build_binaries(true, &["--example", "pipeline_load"])?;
     let dir = tempfile::tempdir()?;
     let collector = CollectorProcess::start(
