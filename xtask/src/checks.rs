@@ -952,10 +952,13 @@ pub fn unused_dependencies(root: &Path) -> anyhow::Result<()> {
             ));
         }
     }
-    match Command::new("cargo")
+    // The binary itself, not `cargo machete`: run from `cargo xtask`, `CARGO` is set and
+    // cargo-machete would then take its first argument for the subcommand's name.
+    match Command::new("cargo-machete")
         .current_dir(root)
+        .env_remove("CARGO")
         // `target/` holds copies of crates (build scripts' outputs) that are not ours.
-        .args(["machete", "--skip-target-dir"])
+        .args(["--skip-target-dir", "."])
         .output()
     {
         Ok(out) if out.status.success() => {}
