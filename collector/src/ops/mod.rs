@@ -1,0 +1,3 @@
+//! Layer 3: acting on etcd — benchmarks ([`bench`]).
+
+pub mod bench;
