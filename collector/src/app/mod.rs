@@ -208,9 +208,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         clusters.clone(),
         Some(pipeline.registry.clone()),
         Some(store.clone()),
-        crate::outputs::notify::Notifier::start(config.notifiers.clone()),
+        Arc::new(crate::outputs::notify::Notifier::start(
+            config.notifiers.clone(),
+        )),
     )?;
-    alerting.attach_diagnoses(pipeline.diagnoses.clone());
+    let diagnoses = Arc::new(crate::analysis::diagnosis::Diagnoses::default());
+    alerting.attach_diagnoses(diagnoses.clone());
     alerting.spawn();
 
     let benchmarks =
@@ -221,6 +224,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     tokio::spawn(crate::analysis::diagnosis::run(
         clusters.clone(),
         pipeline.clone(),
+        diagnoses.clone(),
         config.diagnosis.clone(),
     ));
     for path in &config.rest.insecure_token_files {
@@ -255,6 +259,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         thresholds: config.thresholds,
         cors_origins: config.cors_origins.clone(),
         pipeline,
+        diagnoses,
         access,
         silence_limits: config.rest.silences,
     };

@@ -13,7 +13,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::model::config::ClusterConfig;
-pub use crate::{model::time::hex_id, model::time::now_ms};
 
 /// How many leader changes are kept per cluster.
 pub const LEADER_HISTORY: usize = 100;

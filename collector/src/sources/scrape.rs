@@ -11,8 +11,9 @@ use prometheus_parse::{Scrape, Value};
 use crate::{
     model::cluster::ClusterHandle, model::cluster::ClusterState, model::cluster::MemberState,
     model::cluster::Quantiles, model::cluster::ServerLatency, model::cluster::ServerMetrics,
-    model::config::MetricsTarget, model::telemetry::Telemetry, model::time::now_ms,
-    model::window::FsyncWindows, sources::ingest::AgentRegistry, store::HistoryPoint, store::Store,
+    model::config::MetricsTarget, model::series::ServerSeries, model::telemetry::Telemetry,
+    model::time::now_ms, model::window::FsyncWindows, sources::ingest::AgentRegistry,
+    store::HistoryPoint, store::Store,
 };
 
 /// A scrape that could not be used.
@@ -138,7 +139,7 @@ pub fn derive(text: &str) -> Result<ServerMetrics, String> {
             read: handling(&["Range"]),
             write: handling(&["Put", "Txn", "DeleteRange"]),
         }),
-        series: crate::model::series::server_series(&scrape),
+        series: server_series(&scrape),
     })
 }
 
@@ -382,6 +383,66 @@ pub fn history_points(state: &ClusterState, ts_ms: u64) -> Vec<HistoryPoint> {
             }
         })
         .collect()
+}
+
+/// gRPC codes the etcd mixin counts as failures.
+const FAILED_CODES: [&str; 7] = [
+    "Unknown",
+    "FailedPrecondition",
+    "ResourceExhausted",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "DeadlineExceeded",
+];
+
+fn merged(scrape: &Scrape, name: &str) -> CumulativeBuckets {
+    merged_buckets(scrape, name, |_| true)
+}
+
+/// Extracts the [`ServerSeries`] of a parsed /metrics page (called by the scraper).
+pub fn server_series(scrape: &Scrape) -> ServerSeries {
+    let mut out = ServerSeries {
+        wal_fsync: merged(scrape, "etcd_disk_wal_fsync_duration_seconds"),
+        backend_commit: merged(scrape, "etcd_disk_backend_commit_duration_seconds"),
+        peer_round_trip: merged(scrape, "etcd_network_peer_round_trip_time_seconds"),
+        ..ServerSeries::default()
+    };
+    for s in &scrape.samples {
+        if s.metric == "grpc_server_handling_seconds"
+            && s.labels.get("grpc_type") == Some("unary")
+            && let Some(method) = s.labels.get("grpc_method")
+            && method != "Defragment"
+            && let Value::Histogram(buckets) = &s.value
+        {
+            out.grpc_handling
+                .entry(method.to_string())
+                .or_default()
+                .merge(&CumulativeBuckets::from_pairs(
+                    buckets.iter().map(|b| (b.less_than, b.count)),
+                ));
+            continue;
+        }
+        let v = match &s.value {
+            Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => *x,
+            _ => continue,
+        };
+        match s.metric.as_str() {
+            "grpc_server_handled_total" if s.labels.get("grpc_type") == Some("unary") => {
+                out.grpc_handled += v;
+                if s.labels
+                    .get("grpc_code")
+                    .is_some_and(|c| FAILED_CODES.contains(&c))
+                {
+                    out.grpc_failed += v;
+                }
+            }
+            "etcd_server_quota_backend_bytes" => out.quota_backend_bytes = Some(v),
+            "process_resident_memory_bytes" => out.resident_memory_bytes = Some(v),
+            _ => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The alerting engine: evaluates [`rules`] over named [`signals`] of every cluster each
 //! evaluation interval, drives the [`lifecycle`] (pending → firing → resolved, dedup,
 //! [`silences`]), records everything in the store ([`persist`]) and hands firing and resolved
-//! alerts to the notification channels ([`crate::outputs::notify`]).
+//! alerts to an [`AlertSink`] (the app wires it to the notification channels; alerting never
+//! calls them itself).
 //!
 //! A cluster is evaluated only after its first health check, and an active alert whose signal
 //! has no data (member unreachable, no scrape yet) keeps its state; so a collector restart
@@ -31,7 +32,7 @@ use silences::{NewSilence, Silence};
 
 use crate::{
     model::cluster::Clusters, model::config::Thresholds, model::time::now_ms,
-    outputs::notify::Notifier, sources::ingest::AgentRegistry, store::Store, store::StoreError,
+    sources::ingest::AgentRegistry, store::Store, store::StoreError,
 };
 
 /// Why alerting could not start or a request failed.
@@ -49,6 +50,26 @@ pub enum AlertingError {
     /// A request was valid but a bound refuses it (e.g. `--max-silences`).
     #[error("{0}")]
     Refused(String),
+}
+
+/// Where the engine hands each alert to deliver (a firing alert, or its resolution): the
+/// notification channels in the running collector, [`DiscardAlerts`] in tests. Must not block:
+/// it is called with the evaluation loop waiting.
+pub trait AlertSink: Send + Sync {
+    /// Queues `alert` (firing, or its resolution) for delivery.
+    fn notify(&self, alert: &Alert);
+    /// Re-sends a still-firing `alert` where the receiver forgets alerts not re-sent.
+    fn refresh(&self, _alert: &Alert) {}
+    /// Appends the sink's own Prometheus series (deliveries, failures, drops) to `out`.
+    fn render(&self, _out: &mut String) {}
+}
+
+/// A sink that drops every alert (for an engine nobody is notified by).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiscardAlerts;
+
+impl AlertSink for DiscardAlerts {
+    fn notify(&self, _alert: &Alert) {}
 }
 
 /// How the engine runs.
@@ -79,7 +100,7 @@ struct Inner {
     silences: RwLock<Vec<Silence>>,
     history: Mutex<SignalHistory>,
     store: Option<Arc<Store>>,
-    notifier: Notifier,
+    notifier: Arc<dyn AlertSink>,
     clusters: Clusters,
     registry: Option<Arc<AgentRegistry>>,
     counters: Counters,
@@ -190,7 +211,7 @@ impl Alerting {
         clusters: Clusters,
         registry: Option<Arc<AgentRegistry>>,
         store: Option<Arc<Store>>,
-        notifier: Notifier,
+        notifier: Arc<dyn AlertSink>,
     ) -> Result<Self, AlertingError> {
         let rules = load_rules(&settings)?;
         let mut lifecycle = Lifecycle::new(settings.dedup_window);
@@ -784,7 +805,7 @@ mod tests {
             clusters.clone(),
             None,
             None,
-            Notifier::default(),
+            Arc::new(DiscardAlerts),
         )
         .unwrap();
         let set = |slow: [f64; 3], pending: [f64; 3]| {
@@ -851,7 +872,7 @@ mod tests {
             clusters.clone(),
             None,
             Some(store.clone()),
-            Notifier::default(),
+            Arc::new(DiscardAlerts),
         )
         .unwrap();
         engine.evaluate().await;
@@ -884,7 +905,7 @@ mod tests {
             clusters.clone(),
             None,
             Some(store),
-            Notifier::default(),
+            Arc::new(DiscardAlerts),
         )
         .unwrap();
         assert!(
@@ -920,7 +941,7 @@ mod tests {
             clusters.clone(),
             None,
             again.inner.store.clone(),
-            Notifier::default(),
+            Arc::new(DiscardAlerts),
         )
         .unwrap();
         assert_eq!(third.silences(), vec![silence.clone()]);
@@ -931,7 +952,7 @@ mod tests {
             clusters,
             None,
             third.inner.store.clone(),
-            Notifier::default(),
+            Arc::new(DiscardAlerts),
         )
         .unwrap();
         assert!(fourth.silences().is_empty());
@@ -951,7 +972,7 @@ mod tests {
             cluster([true, true, true]),
             None,
             Some(store.clone()),
-            Notifier::default(),
+            Arc::new(DiscardAlerts),
         )
         .unwrap();
         let limits = silences::SilenceLimits {

@@ -16,7 +16,7 @@ pub mod sample;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    sync::RwLock,
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -283,6 +283,7 @@ fn now_ms() -> u64 {
 pub fn tick(
     clusters: &Clusters,
     pipeline: &Pipeline,
+    diagnoses: &Diagnoses,
     cfg: &DiagnosisConfig,
     history: &mut HashMap<(String, String), VecDeque<sample::MemberSample>>,
 ) {
@@ -323,8 +324,7 @@ pub fn tick(
                 diagnose(first, last, cfg)
             };
             let window_seconds = last.at_ms.saturating_sub(first.at_ms) as f64 / 1e3;
-            let changed = pipeline
-                .diagnoses
+            let changed = diagnoses
                 .get(cluster.name(), &member.name)
                 .is_none_or(|old| old.verdict.cause != verdict.cause);
             if changed {
@@ -336,7 +336,7 @@ pub fn tick(
                     "Diagnosis changed."
                 );
             }
-            pipeline.diagnoses.put(MemberDiagnosis {
+            diagnoses.put(MemberDiagnosis {
                 cluster: cluster.name().to_string(),
                 member: member.name.clone(),
                 member_id: member.id.clone(),
@@ -347,22 +347,26 @@ pub fn tick(
             });
         }
     }
-    pipeline
-        .diagnoses
-        .retain(|c, m| seen.iter().any(|(sc, sm)| sc == c && sm == m));
+    diagnoses.retain(|c, m| seen.iter().any(|(sc, sm)| sc == c && sm == m));
     history.retain(|(c, _), ring| {
         seen.iter().any(|(sc, _)| sc == c) && ring.back().is_some_and(|b| b.at_ms == now)
     });
 }
 
 /// Recomputes the verdicts every `cfg.interval`, for as long as the collector runs.
-pub async fn run(clusters: Clusters, pipeline: Pipeline, cfg: DiagnosisConfig) {
+/// Writes them to `diagnoses`, which REST, /metrics and alert notifications read.
+pub async fn run(
+    clusters: Clusters,
+    pipeline: Pipeline,
+    diagnoses: Arc<Diagnoses>,
+    cfg: DiagnosisConfig,
+) {
     let mut history = HashMap::new();
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        tick(&clusters, &pipeline, &cfg, &mut history);
+        tick(&clusters, &pipeline, &diagnoses, &cfg, &mut history);
     }
 }
 

@@ -46,7 +46,6 @@ pub async fn diagnosis(
         )));
     }
     let members: Vec<MemberDiagnosis> = state
-        .pipeline
         .diagnoses
         .all()
         .into_iter()

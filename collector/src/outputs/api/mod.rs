@@ -48,6 +48,8 @@ pub struct AppState {
     pub cors_origins: Vec<String>,
     /// Agents, subscribers and watches (the gRPC side).
     pub pipeline: crate::sources::ingest::Pipeline,
+    /// The latest diagnosis of every member (written by the diagnosis task).
+    pub diagnoses: Arc<crate::analysis::diagnosis::Diagnoses>,
     /// The alerting engine (None in tests that do not need it).
     pub alerting: Option<crate::analysis::alerting::Alerting>,
     /// Benchmark jobs started over REST.
@@ -380,6 +382,7 @@ mod tests {
             },
             cors_origins: vec!["http://ui.example".into()],
             pipeline: crate::sources::ingest::Pipeline::default(),
+            diagnoses: Arc::default(),
             alerting: None,
             benchmarks: crate::ops::bench::jobs::BenchJobs::default(),
             access: access::Access::new(vec![], &["http://ui.example".into()], 0),

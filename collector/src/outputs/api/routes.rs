@@ -565,7 +565,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     text.push_str(&state.benchmarks.render_metrics());
     state.access.render(&mut text);
     text.push_str(&crate::analysis::diagnosis::metrics::render(
-        &state.pipeline.diagnoses,
+        &state.diagnoses,
     ));
     (
         StatusCode::OK,

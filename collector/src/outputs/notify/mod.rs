@@ -335,3 +335,17 @@ pub fn title(alert: &Alert) -> String {
     }
     format!("[{state}] {} ({}) {where_}", alert.name, alert.severity)
 }
+/// The alerting engine hands its alerts to the channels through this.
+impl crate::analysis::alerting::AlertSink for Notifier {
+    fn notify(&self, alert: &Alert) {
+        Notifier::notify(self, alert);
+    }
+
+    fn refresh(&self, alert: &Alert) {
+        Notifier::refresh(self, alert);
+    }
+
+    fn render(&self, out: &mut String) {
+        Notifier::render(self, out);
+    }
+}

@@ -30,8 +30,6 @@ pub struct Pipeline {
     pub counters: Arc<server::IngestCounters>,
     /// Watch counters.
     pub watches: Arc<watch::WatchCounters>,
-    /// The latest diagnosis of every member (written by the diagnosis task).
-    pub diagnoses: Arc<crate::analysis::diagnosis::Diagnoses>,
 }
 
 impl Pipeline {
@@ -56,7 +54,6 @@ impl Pipeline {
             fanout: Arc::new(Fanout::bounded(subscriber_buffer, max_subscribers)),
             counters: Arc::new(server::IngestCounters::default()),
             watches: Arc::new(watch::WatchCounters::default()),
-            diagnoses: Arc::new(crate::analysis::diagnosis::Diagnoses::default()),
         }
     }
 }
