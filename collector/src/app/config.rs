@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::model::config::duration_default;
 
 pub use crate::model::time::parse_duration;
-pub use crate::ops::bench::workload::BenchmarkType;
+pub use crate::ops::bench::spec::BenchmarkType;
 pub use crate::{
     model::config::Auth, model::config::ClusterConfig, model::config::ConfigError,
     model::config::DEFAULT_SUBSCRIBER_BUFFER, model::config::MetricsTarget,

@@ -16,6 +16,6 @@ pub mod safety;
 pub mod spec;
 pub mod workload;
 
-pub use report::{Report, Slo, SloVerdict};
+pub use report::{Report, SloVerdict};
 pub use runner::{BenchError, Progress, run};
-pub use spec::{BenchSpec, Consistency, KeyOrder, RawSpec, SpecError, Target};
+pub use spec::{BenchSpec, Consistency, KeyOrder, RawSpec, Slo, SpecError, Target};

@@ -6,8 +6,10 @@
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::ops::bench::spec::Slo;
 
 /// Percentiles the report lists, like etcd's benchmark.
 pub const PERCENTILES: [f64; 8] = [10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9];
@@ -15,22 +17,6 @@ pub const PERCENTILES: [f64; 8] = [10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.
 pub const HISTOGRAM_BUCKETS: usize = 10;
 /// Highest latency the histogram holds (longer requests are clamped to it), µs.
 const MAX_US: u64 = 3_600_000_000;
-
-/// Service-level objectives a run is judged by.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Slo {
-    /// Highest acceptable p99 latency, ms.
-    pub p99_ms: Option<f64>,
-    /// Lowest acceptable successful requests per second.
-    pub min_rps: Option<f64>,
-}
-
-impl Slo {
-    /// Whether any objective is set.
-    pub fn is_set(&self) -> bool {
-        self.p99_ms.is_some() || self.min_rps.is_some()
-    }
-}
 
 /// The verdict of one objective.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -286,7 +272,7 @@ pub struct ReportHeader {
     /// The prefix every key lives under.
     pub prefix: String,
     /// The validated parameters.
-    pub spec: crate::ops::bench::BenchSpec,
+    pub spec: crate::ops::bench::spec::BenchSpec,
     /// The endpoints the connections went to.
     pub endpoints: Vec<String>,
     /// Start, Unix ms.

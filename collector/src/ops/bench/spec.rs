@@ -7,8 +7,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::ops::bench::workload::BenchmarkType;
-
 /// Operations a run never exceeds unless the caller raises the cap explicitly.
 pub const DEFAULT_MAX_OPS: u64 = 1_000_000;
 /// Operations when neither a count nor a duration is given.
@@ -177,7 +175,7 @@ pub struct BenchSpec {
     /// Leave the keys in place after the run (CLI `--benchmark-keep-keys`, for verification).
     pub keep_keys: bool,
     /// The SLO to judge the run by.
-    pub slo: crate::ops::bench::Slo,
+    pub slo: Slo,
 }
 
 impl BenchSpec {
@@ -258,7 +256,7 @@ impl RawSpec {
             return Err(err("key_space", "must be at least 1".into()));
         }
         let key_size = self.key_size.unwrap_or(DEFAULT_KEY_SIZE);
-        let digits = crate::ops::bench::workload::digits(key_space - 1);
+        let digits = digits(key_space - 1);
         if key_size < digits || key_size > 4096 {
             return Err(err(
                 "key_size",
@@ -316,12 +314,55 @@ impl RawSpec {
             target: self.target.unwrap_or(DEFAULT_TARGET),
             timeout_ms,
             keep_keys: false,
-            slo: crate::ops::bench::Slo {
+            slo: Slo {
                 p99_ms: self.slo_p99_ms,
                 min_rps: self.slo_min_rps,
             },
         })
     }
+}
+
+/// Service-level objectives a run is judged by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Slo {
+    /// Highest acceptable p99 latency, ms.
+    pub p99_ms: Option<f64>,
+    /// Lowest acceptable successful requests per second.
+    pub min_rps: Option<f64>,
+}
+
+impl Slo {
+    /// Whether any objective is set.
+    pub fn is_set(&self) -> bool {
+        self.p99_ms.is_some() || self.min_rps.is_some()
+    }
+}
+
+/// Which kind of operations `--run-benchmark` issues.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchmarkType {
+    /// Puts only.
+    Write,
+    /// Reads only (linearizable unless --benchmark-consistency=serializable).
+    Read,
+    /// Reads and puts, 70 % reads unless --benchmark-read-ratio says otherwise.
+    Mixed,
+    /// Transactions of one put each.
+    #[serde(rename = "txn-put")]
+    TxnPut,
+}
+
+/// Decimal digits of `n` (at least 1).
+pub fn digits(mut n: u64) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
 }
 
 #[cfg(test)]

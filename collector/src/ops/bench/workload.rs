@@ -5,7 +5,8 @@
 use etcd_client::{GetOptions, KvClient, Txn, TxnOp};
 
 use crate::{
-    ops::bench::spec::BenchSpec, ops::bench::spec::Consistency, ops::bench::spec::KeyOrder,
+    ops::bench::spec::BenchSpec, ops::bench::spec::BenchmarkType, ops::bench::spec::Consistency,
+    ops::bench::spec::KeyOrder,
 };
 
 /// What one request does.
@@ -24,16 +25,6 @@ impl OpKind {
     pub fn writes(self) -> bool {
         !matches!(self, OpKind::Get)
     }
-}
-
-/// Decimal digits of `n` (at least 1).
-pub fn digits(mut n: u64) -> usize {
-    let mut d = 1;
-    while n >= 10 {
-        n /= 10;
-        d += 1;
-    }
-    d
 }
 
 /// SplitMix64: a fast, well-mixed hash of `x` (random key order, value bytes).
@@ -140,6 +131,7 @@ impl Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::bench::spec::digits;
     use crate::{ops::bench::spec::DEFAULT_MAX_OPS, ops::bench::spec::RawSpec};
 
     fn spec(body: &str) -> BenchSpec {
@@ -169,21 +161,4 @@ mod tests {
         assert_eq!(digits(0), 1);
         assert_eq!(digits(99_999), 5);
     }
-}
-
-/// Which kind of operations `--run-benchmark` issues.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum BenchmarkType {
-    /// Puts only.
-    Write,
-    /// Reads only (linearizable unless --benchmark-consistency=serializable).
-    Read,
-    /// Reads and puts, 70 % reads unless --benchmark-read-ratio says otherwise.
-    Mixed,
-    /// Transactions of one put each.
-    #[serde(rename = "txn-put")]
-    TxnPut,
 }
