@@ -13,6 +13,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::model::config::ClusterConfig;
+use crate::model::sync;
 
 /// How many leader changes are kept per cluster.
 pub const LEADER_HISTORY: usize = 100;
@@ -295,18 +296,12 @@ impl ClusterHandle {
 
     /// A copy of the current state.
     pub fn snapshot(&self) -> ClusterState {
-        match self.state.read() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        sync::read(&self.state).clone()
     }
 
     /// Changes the state under the lock.
     pub fn update<R>(&self, f: impl FnOnce(&mut ClusterState) -> R) -> R {
-        match self.state.write() {
-            Ok(mut s) => f(&mut s),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
+        f(&mut sync::write(&self.state))
     }
 }
 

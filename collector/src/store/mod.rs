@@ -32,6 +32,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::model::cluster::LeaderChange;
+use crate::model::sync;
 
 /// File name inside `--data-dir`.
 pub const FILE_NAME: &str = "history.db";
@@ -481,7 +482,7 @@ impl Store {
 
     /// Whether the last write failed (and with which kind), for tests and `/health`-style reports.
     pub fn failing(&self) -> Option<&'static str> {
-        *self.health.lock().unwrap_or_else(|p| p.into_inner())
+        *sync::lock(&self.health)
     }
 
     /// Counts a failed statement and logs when the store goes from working to failing (or
@@ -492,7 +493,7 @@ impl Store {
         if kind == "busy" || kind == "other" {
             return;
         }
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut health = sync::lock(&self.health);
         if *health != Some(kind) {
             *health = Some(kind);
             self.metrics.failing.set(1);
@@ -507,7 +508,7 @@ impl Store {
 
     /// Notes a successful write: logs the recovery once after failures.
     fn record_write_ok(&self) {
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut health = sync::lock(&self.health);
         if let Some(kind) = health.take() {
             self.metrics.failing.set(0);
             tracing::info!(path = %self.path.display(), was = kind, "History store writes work again.");
@@ -525,10 +526,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<R>,
     ) -> Result<R, StoreError> {
-        let mut guard = match self.conn.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut guard = sync::lock(&self.conn);
         let before = guard.total_changes();
         let result = f(&mut guard);
         let wrote = guard.total_changes() != before;
@@ -704,7 +702,7 @@ impl Store {
         let since = self.effective_since(q.since_ms, q.until_ms);
         let limit = q.limit.max(1);
         let step_ms = q.step.map(duration_ms).filter(|&ms| ms > 0);
-        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let reader = sync::lock(&self.reader);
         let result = (|| {
             // Without a step, SQL applies the limit; with one, rows stream until `limit`
             // buckets are filled.

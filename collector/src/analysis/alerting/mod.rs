@@ -30,6 +30,7 @@ use rules::{Rule, RuleView, RulesError};
 use signals::{Sample, Signal, SignalHistory};
 use silences::{NewSilence, Silence};
 
+use crate::model::sync::{lock, read, write};
 use crate::{
     model::cluster::Clusters, model::config::Thresholds, model::time::now_ms,
     sources::ingest::AgentRegistry, store::Store, store::StoreError,
@@ -142,27 +143,6 @@ impl std::fmt::Debug for Alerting {
         f.debug_struct("Alerting")
             .field("rules", &self.rules().len())
             .finish()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    match m.read() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
-fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    match m.write() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

@@ -23,6 +23,7 @@ use std::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::model::sync;
 use crate::{model::cluster::Clusters, sources::ingest::Pipeline};
 
 pub use engine::{CAUSES, Verdict, diagnose};
@@ -219,10 +220,7 @@ pub struct Diagnoses {
 impl Diagnoses {
     /// Every verdict, ordered by cluster and member.
     pub fn all(&self) -> Vec<MemberDiagnosis> {
-        match self.latest.read() {
-            Ok(g) => g.values().cloned().collect(),
-            Err(p) => p.into_inner().values().cloned().collect(),
-        }
+        sync::read(&self.latest).values().cloned().collect()
     }
 
     /// One member's verdict (by name or hex id).
@@ -234,10 +232,7 @@ impl Diagnoses {
 
     /// Stores a verdict, keeping `cause_since_ms` while the cause stays the same.
     pub fn put(&self, mut d: MemberDiagnosis) {
-        let mut g = match self.latest.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut g = sync::write(&self.latest);
         let key = (d.cluster.clone(), d.member.clone());
         if let Some(old) = g.get(&key)
             && old.verdict.cause == d.verdict.cause
@@ -250,10 +245,7 @@ impl Diagnoses {
 
     /// Forgets members that are gone.
     pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
-        let mut g = match self.latest.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut g = sync::write(&self.latest);
         g.retain(|(c, m), _| keep(c, m));
     }
 }

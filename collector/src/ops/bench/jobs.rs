@@ -13,6 +13,7 @@ use std::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::model::sync;
 use crate::{
     model::config::ClusterConfig, model::time::now_ms, ops::bench::Report,
     ops::bench::flags::ApiSettings, ops::bench::runner, ops::bench::runner::Progress,
@@ -186,7 +187,7 @@ impl BenchJobs {
             });
         match spawned {
             Ok(handle) => {
-                let mut threads = self.inner.threads.lock().unwrap_or_else(|p| p.into_inner());
+                let mut threads = sync::lock(&self.inner.threads);
                 threads.retain(|t| !t.is_finished());
                 threads.push(handle);
                 tracing::info!(%id, %created_by, "Benchmark started.");
@@ -200,7 +201,7 @@ impl BenchJobs {
     }
 
     fn lock_jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
-        self.inner.jobs.lock().unwrap_or_else(|p| p.into_inner())
+        sync::lock(&self.inner.jobs)
     }
 
     fn finish(&self, id: &str, result: Result<Report, String>) {

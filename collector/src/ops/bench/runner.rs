@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
+use crate::model::sync;
 use crate::{
     model::config::ClusterConfig, model::time::now_ms, ops::bench::report::Recorder,
     ops::bench::report::Report, ops::bench::report::ReportHeader, ops::bench::safety,
@@ -106,7 +107,7 @@ impl Progress {
     }
 
     fn started_at(&self) -> Option<Instant> {
-        *self.started.lock().unwrap_or_else(|p| p.into_inner())
+        *sync::lock(&self.started)
     }
 
     /// The numbers now.
@@ -175,11 +176,7 @@ async fn shard_main(
     }
     ready.wait().await;
     let start = *shared.start.get_or_init(Instant::now);
-    *shared
-        .progress
-        .started
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some(start);
+    *sync::lock(&shared.progress.started) = Some(start);
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..plan.clients {
         let j = c % plan.conns;

@@ -2,6 +2,7 @@
 //! full the event is dropped for that subscriber only, counted, and the next event it does get
 //! says how many it missed (`Event.subscriber_lagged`). Publishing never waits.
 
+use crate::model::sync;
 use std::{
     collections::HashSet,
     sync::{
@@ -184,10 +185,7 @@ impl Fanout {
             pending_lag: AtomicU64::new(0),
             stats: stats.clone(),
         };
-        let mut subs = match self.subscribers.write() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let mut subs = sync::write(&self.subscribers);
         if subs.len() >= self.max_subscribers {
             let before = subs.len();
             subs.retain(|s| !s.tx.is_closed());
@@ -208,19 +206,13 @@ impl Fanout {
     /// matched its filter since; returns how many.
     pub fn sweep(&self) -> usize {
         let closed = {
-            let subs = match self.subscribers.read() {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
+            let subs = sync::read(&self.subscribers);
             subs.iter().any(|s| s.tx.is_closed())
         };
         if !closed {
             return 0;
         }
-        let mut subs = match self.subscribers.write() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let mut subs = sync::write(&self.subscribers);
         let before = subs.len();
         subs.retain(|s| !s.tx.is_closed());
         let gone = before - subs.len();
@@ -230,7 +222,7 @@ impl Fanout {
 
     /// Number of subscribers.
     pub fn len(&self) -> usize {
-        self.subscribers.read().map(|s| s.len()).unwrap_or(0)
+        sync::read(&self.subscribers).len()
     }
 
     /// Whether nobody subscribes.
@@ -240,10 +232,7 @@ impl Fanout {
 
     /// Per-subscriber counters.
     pub fn stats(&self) -> Vec<SubscriberStats> {
-        let subs = match self.subscribers.read() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let subs = sync::read(&self.subscribers);
         subs.iter()
             .map(|s| SubscriberStats {
                 id: s.id,
@@ -262,10 +251,7 @@ impl Fanout {
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         let mut gone = Vec::new();
         {
-            let subs = match self.subscribers.read() {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
+            let subs = sync::read(&self.subscribers);
             for sub in subs.iter() {
                 if sub.tx.is_closed() {
                     gone.push(sub.id);
@@ -300,9 +286,8 @@ impl Fanout {
                 }
             }
         }
-        if !gone.is_empty()
-            && let Ok(mut subs) = self.subscribers.write()
-        {
+        if !gone.is_empty() {
+            let mut subs = sync::write(&self.subscribers);
             let before = subs.len();
             subs.retain(|s| !gone.contains(&s.id));
             self.removed

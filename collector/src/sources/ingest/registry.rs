@@ -19,6 +19,7 @@ use std::{
 use etcd_monitor_proto::v1::{AgentStatus, EventBatch, MemberIdentity};
 
 use super::join::{self, KernelView};
+use crate::model::sync;
 use crate::{
     model::cluster::MemberState, model::time::now_ms, store::AgentSequence, store::Store,
     store::StoreError,
@@ -636,28 +637,19 @@ impl AgentRegistry {
     }
 
     fn write<R>(&self, f: impl FnOnce(&mut HashMap<String, AgentRecord>) -> R) -> R {
-        match self.agents.write() {
-            Ok(mut g) => f(&mut g),
-            Err(p) => f(&mut p.into_inner()),
-        }
+        f(&mut sync::write(&self.agents))
     }
 
     /// A copy of every record.
     pub fn snapshot(&self) -> Vec<AgentRecord> {
-        let mut v: Vec<AgentRecord> = match self.agents.read() {
-            Ok(g) => g.values().cloned().collect(),
-            Err(p) => p.into_inner().values().cloned().collect(),
-        };
+        let mut v: Vec<AgentRecord> = sync::read(&self.agents).values().cloned().collect();
         v.sort_by(|a, b| a.node.cmp(&b.node));
         v
     }
 
     /// Number of agents known.
     pub fn len(&self) -> usize {
-        match self.agents.read() {
-            Ok(g) => g.len(),
-            Err(p) => p.into_inner().len(),
-        }
+        sync::read(&self.agents).len()
     }
 
     /// Whether no agent is known.
@@ -791,10 +783,7 @@ impl AgentRegistry {
 
     /// The agent identity that is this member, with the status it came in.
     pub fn find(&self, member: &MemberState) -> Option<(AgentRecord, MemberIdentity)> {
-        let agents = match self.agents.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let agents = sync::read(&self.agents);
         agents.values().find_map(|record| {
             let (status, _) = record.status.as_ref()?;
             let identity = status.members.iter().find(|id| join::matches(id, member))?;
@@ -832,10 +821,7 @@ impl AgentRegistry {
         agent_member: &str,
         members: &[MemberState],
     ) -> Option<MemberState> {
-        let agents = match self.agents.read() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let agents = sync::read(&self.agents);
         let (status, _) = agents.get(node)?.status.as_ref()?;
         let identity = status.members.iter().find(|id| id.name == agent_member)?;
         members.iter().find(|m| join::matches(identity, m)).cloned()

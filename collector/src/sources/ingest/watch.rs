@@ -15,6 +15,7 @@ use etcd_client::{EventType, WatchOptions};
 use etcd_monitor_proto::v1::{Event, WatchEvent, event::Payload, watch_event};
 
 use super::Fanout;
+use crate::model::sync;
 use crate::{model::cluster::ClusterHandle, sources::etcd::client::connect};
 
 /// Per (cluster, prefix) counts.
@@ -40,10 +41,7 @@ pub struct PrefixCounts {
 
 impl WatchCounters {
     fn update(&self, cluster: &str, prefix: &str, f: impl FnOnce(&mut PrefixCounts)) {
-        let mut inner = match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut inner = sync::lock(&self.inner);
         f(inner
             .entry((cluster.to_string(), prefix.to_string()))
             .or_default());
@@ -51,10 +49,7 @@ impl WatchCounters {
 
     /// Every prefix's counts.
     pub fn snapshot(&self) -> Vec<((String, String), PrefixCounts)> {
-        let inner = match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let inner = sync::lock(&self.inner);
         inner.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 }
