@@ -13,12 +13,21 @@ use etcd_monitor_proto::v1::{
 use prometheus_parse::Scrape;
 
 use crate::{
-    analysis::alerting::signals, analysis::alerting::signals::Signal,
-    analysis::alerting::signals::SignalHistory, analysis::diagnosis::DiagnosisConfig,
-    analysis::diagnosis::diagnose, analysis::diagnosis::sample, model::cluster::ClusterHandle,
-    model::cluster::ClusterState, model::cluster::Clusters, model::cluster::MemberState,
-    model::config::ClusterConfig, model::telemetry::Telemetry, model::window::FsyncWindows,
-    outputs::exporter, sources::ingest, sources::ingest::Pipeline, sources::scrape,
+    analysis::{
+        alerting::signals::{self, Signal, SignalHistory},
+        diagnosis::{DiagnosisConfig, diagnose, sample},
+    },
+    model::{
+        cluster::{ClusterHandle, ClusterState, Clusters, MemberState},
+        config::ClusterConfig,
+        telemetry::Telemetry,
+        window::FsyncWindows,
+    },
+    outputs::exporter,
+    sources::{
+        ingest::{self, Pipeline},
+        scrape,
+    },
 };
 
 const PEER: &str = "http://10.0.0.1:2380";

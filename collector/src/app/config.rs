@@ -15,13 +15,12 @@ use serde::Deserialize;
 
 use crate::model::config::duration_default;
 
+pub use crate::model::config::{
+    Auth, ClusterConfig, ConfigError, DEFAULT_SUBSCRIBER_BUFFER, MetricsTarget, Thresholds,
+    TlsConfig,
+};
 pub use crate::model::time::parse_duration;
 pub use crate::ops::bench::spec::BenchmarkType;
-pub use crate::{
-    model::config::Auth, model::config::ClusterConfig, model::config::ConfigError,
-    model::config::DEFAULT_SUBSCRIBER_BUFFER, model::config::MetricsTarget,
-    model::config::Thresholds, model::config::TlsConfig,
-};
 
 /// Name of the cluster the command-line flags describe.
 pub const DEFAULT_CLUSTER: &str = "default";
@@ -463,7 +462,7 @@ fn loosely_readable(_meta: &std::fs::Metadata) -> bool {
 impl Cli {
     /// Reads the token files, the REST TLS files and the silence bounds.
     fn rest_config(&self) -> Result<RestConfig, ConfigError> {
-        use crate::{outputs::api::access::ApiToken, outputs::api::access::Role};
+        use crate::outputs::api::access::{ApiToken, Role};
         let mut rest = RestConfig::default();
         let mut secrets: Vec<(String, String)> = Vec::new();
         for (flag, role, entries) in [

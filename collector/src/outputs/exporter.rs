@@ -6,9 +6,9 @@ use prometheus::{
     CounterVec, Encoder, GaugeVec, Opts, TextEncoder, core::Collector, proto::MetricFamily,
 };
 
-use crate::{
-    model::cluster::ClusterHandle, model::cluster::ClusterState, model::cluster::Quantiles,
-    model::telemetry::Telemetry,
+use crate::model::{
+    cluster::{ClusterHandle, ClusterState, Quantiles},
+    telemetry::Telemetry,
 };
 
 struct Families {

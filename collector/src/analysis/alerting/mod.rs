@@ -32,8 +32,9 @@ use silences::{NewSilence, Silence};
 
 use crate::model::sync::{lock, read, write};
 use crate::{
-    model::cluster::Clusters, model::config::Thresholds, model::time::now_ms,
-    sources::ingest::AgentRegistry, store::Store, store::StoreError,
+    model::{cluster::Clusters, config::Thresholds, time::now_ms},
+    sources::ingest::AgentRegistry,
+    store::{Store, StoreError},
 };
 
 /// Why alerting could not start or a request failed.
@@ -725,8 +726,8 @@ impl Alerting {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cluster::{ClusterHandle, MemberState};
     use crate::model::config::ClusterConfig;
-    use crate::{model::cluster::ClusterHandle, model::cluster::MemberState};
 
     fn thresholds() -> Thresholds {
         Thresholds {

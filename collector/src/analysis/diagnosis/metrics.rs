@@ -38,10 +38,7 @@ fn escape(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        analysis::diagnosis::MemberDiagnosis, analysis::diagnosis::Verdict,
-        analysis::diagnosis::engine::Evidence,
-    };
+    use crate::analysis::diagnosis::{MemberDiagnosis, Verdict, engine::Evidence};
 
     #[test]
     fn one_cause_is_set_per_member() {

@@ -15,10 +15,15 @@ use utoipa::ToSchema;
 
 use crate::model::sync;
 use crate::{
-    model::config::ClusterConfig, model::time::now_ms, ops::bench::Report,
-    ops::bench::flags::ApiSettings, ops::bench::runner, ops::bench::runner::Progress,
-    ops::bench::runner::ProgressSnapshot, ops::bench::safety, ops::bench::spec::BenchSpec,
-    store::BenchmarkRun, store::Store,
+    model::{config::ClusterConfig, time::now_ms},
+    ops::bench::{
+        Report,
+        flags::ApiSettings,
+        runner::{self, Progress, ProgressSnapshot},
+        safety,
+        spec::BenchSpec,
+    },
+    store::{BenchmarkRun, Store},
 };
 
 /// Why a job was not started or cannot be shown.

@@ -4,10 +4,7 @@
 
 use etcd_client::{GetOptions, KvClient, Txn, TxnOp};
 
-use crate::{
-    ops::bench::spec::BenchSpec, ops::bench::spec::BenchmarkType, ops::bench::spec::Consistency,
-    ops::bench::spec::KeyOrder,
-};
+use crate::ops::bench::spec::{BenchSpec, BenchmarkType, Consistency, KeyOrder};
 
 /// What one request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +129,7 @@ impl Workload {
 mod tests {
     use super::*;
     use crate::ops::bench::spec::digits;
-    use crate::{ops::bench::spec::DEFAULT_MAX_OPS, ops::bench::spec::RawSpec};
+    use crate::ops::bench::spec::{DEFAULT_MAX_OPS, RawSpec};
 
     fn spec(body: &str) -> BenchSpec {
         let raw: RawSpec = serde_json::from_str(body).unwrap();

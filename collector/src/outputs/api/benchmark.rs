@@ -11,7 +11,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{AppState, access::RequireAdmin, error::ApiError};
-use crate::{ops::bench::RawSpec, ops::bench::jobs::JobError, ops::bench::jobs::JobView};
+use crate::ops::bench::{
+    RawSpec,
+    jobs::{JobError, JobView},
+};
 
 /// Answer of a started benchmark.
 #[derive(Debug, Serialize, ToSchema)]

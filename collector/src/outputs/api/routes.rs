@@ -14,11 +14,15 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{AppState, error::ApiError};
 use crate::{
-    model::cluster::ClusterHandle, model::cluster::ClusterState, model::cluster::LeaderChange,
-    model::cluster::LeaderInfo, model::cluster::MemberState, model::cluster::MemberStatus,
-    model::cluster::ProbeLatency, model::cluster::ServerLatency, model::cluster::ServerMetrics,
-    model::time::now_ms, sources::ingest::join::KernelView, store::HistoryPoint,
-    store::HistoryQuery,
+    model::{
+        cluster::{
+            ClusterHandle, ClusterState, LeaderChange, LeaderInfo, MemberState, MemberStatus,
+            ProbeLatency, ServerLatency, ServerMetrics,
+        },
+        time::now_ms,
+    },
+    sources::ingest::join::KernelView,
+    store::{HistoryPoint, HistoryQuery},
 };
 
 /// Selects a cluster.

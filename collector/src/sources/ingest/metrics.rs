@@ -11,7 +11,7 @@ use prometheus::{
 };
 
 use super::{Pipeline, join};
-use crate::{model::cluster::ClusterState, model::cluster::Clusters};
+use crate::model::cluster::{ClusterState, Clusters};
 
 struct Families(HashMap<&'static str, (MetricType, &'static str, Vec<proto::Metric>)>);
 
