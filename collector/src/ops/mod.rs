@@ -1,3 +1,3 @@
-//! Layer 3: acting on etcd — benchmarks ([`bench`]).
+//! Layer 3: acting on etcd — benchmarks ([`bench`](mod@bench)).
 
 pub mod bench;

@@ -5,7 +5,7 @@
 //! [`runner`] (connections, clients, pacing; latencies into per-client HDR histograms) using
 //! [`workload`] (which operation and key the i-th request is) and [`safety`] (the run's prefix:
 //! refuse when it holds keys, delete it afterwards) → [`report`] (summary, histogram,
-//! percentiles, errors, per-second series, SLO). [`cli`] is `--run-benchmark`; [`jobs`] runs
+//! percentiles, errors, per-second series, SLO). [`crate::app::bench`] is `--run-benchmark`; [`jobs`] runs
 //! REST-started benchmarks on their own runtime thread and exports their results.
 
 pub mod flags;
