@@ -13,15 +13,21 @@ use etcd_monitor_proto::v1::{
 use prometheus_parse::Scrape;
 
 use crate::{
-    alerting::signals::{self, Signal, SignalHistory},
-    cluster::{ClusterHandle, ClusterState, Clusters, MemberState},
-    config::ClusterConfig,
-    diagnosis::{DiagnosisConfig, diagnose, sample},
-    exporter,
-    ingest::{self, Pipeline},
-    scrape,
-    telemetry::Telemetry,
-    window::FsyncWindows,
+    analysis::{
+        alerting::signals::{self, Signal, SignalHistory},
+        diagnosis::{DiagnosisConfig, diagnose, sample},
+    },
+    model::{
+        cluster::{ClusterHandle, ClusterState, Clusters, MemberState},
+        config::ClusterConfig,
+        telemetry::Telemetry,
+        window::FsyncWindows,
+    },
+    outputs::exporter,
+    sources::{
+        ingest::{self, Pipeline},
+        scrape,
+    },
 };
 
 const PEER: &str = "http://10.0.0.1:2380";

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use etcd_monitor::config::{Cli, LogFormat};
+use etcd_monitor::{app::config::Cli, app::config::LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// Colour escapes only when the logs go to a terminal and `NO_COLOR` is unset or empty
@@ -55,7 +55,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     if config.benchmark.is_some() {
-        return etcd_monitor::bench::cli::main(config);
+        return etcd_monitor::app::bench::main(config);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

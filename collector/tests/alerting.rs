@@ -410,7 +410,7 @@ fn stopped_member_fires_notifies_every_channel_survives_restart_and_resolves() -
     let leader = cluster.leader_index().context("a leader")?;
     let victim = (leader + 1) % 3;
     let name = cluster.members[victim].name.clone();
-    let stopped_at = etcd_monitor::cluster::now_ms();
+    let stopped_at = etcd_monitor::model::time::now_ms();
     cluster.members[victim].signal(libc::SIGSTOP)?;
     let started = Instant::now();
     let alert = wait_alert(

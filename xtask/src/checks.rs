@@ -1,6 +1,7 @@
 //! Repository checks `cargo xtask test` runs before it builds anything: no merge-conflict
 //! markers in tracked files, no Markdown link to a file that does not exist, no import cycle
-//! among any crate's modules, no unused dependency.
+//! among any crate's modules, no module of a layered crate using a later layer, no unused
+//! dependency.
 //!
 //! **Module graph.** A node is a source file (`modules = files`): an inline module folds into
 //! the file that holds it, and `#[cfg(test)]` items (unit-test modules) are left out, since the
@@ -25,9 +26,19 @@ use anyhow::{Context, bail};
 use crate::cmd::root;
 
 /// Crates whose module cycles are known and not yet removed: the check reports their cycles
-/// without failing. The collector's layered restructure (issue 13) removes its cycle and then
-/// empties this list; nothing may be added to it.
-pub const CYCLES_PENDING: &[&str] = &["etcd-monitor"];
+/// without failing. Empty since the collector's layered restructure (issue 13); nothing may be
+/// added to it.
+pub const CYCLES_PENDING: &[&str] = &[];
+
+/// Crates built in layers: the top-level modules of the library, lowest layer first. Its
+/// `lib.rs` declares exactly these modules in this order, and a file may use modules of its own
+/// layer and of earlier ones, never of a later one (see [`layered_modules`]).
+pub const LAYERED: &[(&str, &[&str])] = &[(
+    "etcd-monitor",
+    &[
+        "model", "store", "sources", "analysis", "ops", "outputs", "app",
+    ],
+)];
 
 /// Every check; fails with all that was found.
 pub fn run() -> anyhow::Result<()> {
@@ -42,12 +53,15 @@ pub fn run() -> anyhow::Result<()> {
     if let Err(e) = acyclic_modules(&root) {
         failures.push(format!("{e:#}"));
     }
+    if let Err(e) = layered_modules(&root) {
+        failures.push(format!("{e:#}"));
+    }
     if let Err(e) = unused_dependencies(&root) {
         failures.push(format!("{e:#}"));
     }
     if failures.is_empty() {
         eprintln!(
-            "xtask: checks: no conflict markers, no dead links, no new module cycles, no unused dependencies"
+            "xtask: checks: no conflict markers, no dead links, no module cycles, layers point one way, no unused dependencies"
         );
         Ok(())
     } else {
@@ -276,6 +290,71 @@ pub fn acyclic_modules(root: &Path) -> anyhow::Result<()> {
             failing.join("\n")
         )
     }
+}
+
+/// Fails naming every file of a [`LAYERED`] crate that uses a module of a later layer, and
+/// every `lib.rs` whose module list is not the layers in order.
+pub fn layered_modules(root: &Path) -> anyhow::Result<()> {
+    let mut failing = Vec::new();
+    for krate in workspace_crates(root)? {
+        let Some((_, layers)) = LAYERED.iter().find(|(name, _)| *name == krate.name) else {
+            continue;
+        };
+        let entry = krate.dir.join("src/lib.rs");
+        let graph = ModuleGraph::load(&entry)?;
+        let declared = file_facts(&read(&entry)?).child_files;
+        failing.extend(
+            layer_violations(&graph, &declared, layers)
+                .into_iter()
+                .map(|v| format!("  {}: {v}", krate.name)),
+        );
+    }
+    if failing.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "modules using a later layer (move the shared part down, or hand it over through a trait the later layer implements):\n{}",
+            failing.join("\n")
+        )
+    }
+}
+
+/// What breaks the layering: `declared` (the crate root's non-test `mod`s, in order) differing
+/// from `layers`, and each edge from a file in one layer to a file in a later one.
+fn layer_violations(graph: &ModuleGraph, declared: &[String], layers: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    if declared
+        .iter()
+        .map(String::as_str)
+        .ne(layers.iter().copied())
+    {
+        out.push(format!(
+            "lib.rs declares [{}]; the layers in order are [{}]",
+            declared.join(", "),
+            layers.join(", ")
+        ));
+    }
+    let rank = |m: &[String]| {
+        m.first()
+            .and_then(|top| layers.iter().position(|l| l == top))
+    };
+    for (from, tos) in &graph.edges {
+        let Some(low) = rank(from) else { continue };
+        for to in tos {
+            if let Some(high) = rank(to)
+                && high > low
+            {
+                out.push(format!(
+                    "crate::{} (layer {}) uses crate::{} (layer {}, later)",
+                    from.join("::"),
+                    layers[low],
+                    to.join("::"),
+                    layers[high]
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Token of stripped Rust source: an identifier or keyword, `::`, or one punctuation character.
@@ -1073,6 +1152,30 @@ mod tests {
     }
 
     #[test]
+    fn a_use_of_a_later_layer_is_named() {
+        let dir = crate_with(&[
+            (
+                "src/lib.rs",
+                "pub mod low;\npub mod high;\n#[cfg(test)]\nmod t;\n",
+            ),
+            ("src/low/mod.rs", "pub mod a;\n"),
+            ("src/low/a.rs", "pub fn f() { crate::high::g(); }\n"),
+            ("src/high.rs", "pub fn g() { crate::low::a::f(); }\n"),
+        ]);
+        let graph = ModuleGraph::load(&dir.path().join("src/lib.rs")).expect("load");
+        let declared = vec!["low".to_owned(), "high".to_owned()];
+        assert_eq!(
+            layer_violations(&graph, &declared, &["low", "high"]),
+            vec!["crate::low::a (layer low) uses crate::high (layer high, later)".to_owned()]
+        );
+        let facts = file_facts("pub mod low;\npub mod high;\n#[cfg(test)]\nmod t;\n");
+        assert_eq!(facts.child_files, declared, "test modules are not layers");
+        let swapped = layer_violations(&graph, &declared, &["high", "low"]);
+        assert_eq!(swapped.len(), 2, "{swapped:?}");
+        assert!(swapped[0].starts_with("lib.rs declares [low, high]"));
+    }
+
+    #[test]
     fn one_way_dependencies_are_not_a_cycle() {
         let cycles = cycles_of(&[
             ("src/lib.rs", "pub mod a;\npub mod b;\npub use a::A;\n"),
@@ -1231,6 +1334,7 @@ mod graph_text {
     #[test]
     fn this_workspace_passes() {
         acyclic_modules(&root()).expect("no module cycle outside CYCLES_PENDING");
+        layered_modules(&root()).expect("layers point one way");
         conflict_markers(&root()).expect("no conflict markers");
         dead_links(&root()).expect("no dead links");
     }

@@ -1,6 +1,7 @@
-//! Acting on etcd (layer 3): operations that change a cluster, each with guard rails.
-//!
-//! [`ctl`] is `etcd-monitor ctl` (etcdctl parity) and the safe operations (rolling defrag,
-//! NOSPACE recovery) the CLI, and later the REST admin API and automatic defrag, call.
+//! Layer 3: acting on etcd, each operation with guard rails: benchmarks ([`bench`](mod@bench))
+//! and [`ctl`], which is `etcd-monitor ctl` (etcdctl parity) and the safe operations (rolling
+//! defrag, NOSPACE recovery) that the CLI, and later the REST admin API and automatic defrag,
+//! call.
 
+pub mod bench;
 pub mod ctl;

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_monitor::store::{FILE_NAME, Store};
+use etcd_monitor::{store::FILE_NAME, store::Store};
 use etcd_monitor_proto::v1::{
     Event, EventBatch, ProcessEvent, agent_ingest_client::AgentIngestClient, event::Payload,
 };

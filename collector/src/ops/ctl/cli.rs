@@ -23,9 +23,15 @@ use super::{
     safe::{self, DefragOptions, Fragmentation, OpError, Progress, RecoverOptions},
     snapshot,
 };
-use crate::config::{
-    ClusterConfig, DEFAULT_CLUSTER, DEFAULT_DIAL_TIMEOUT, DEFAULT_ENDPOINT, RawCluster,
-    duration_default, parse_duration, validate_cluster,
+use crate::{
+    model::{
+        config::{
+            ClusterConfig, DEFAULT_CLUSTER, DEFAULT_DIAL_TIMEOUT, DEFAULT_ENDPOINT,
+            duration_default,
+        },
+        time::parse_duration,
+    },
+    sources::etcd::endpoint::{RawCluster, validate_cluster},
 };
 
 /// `--command-timeout` default.
@@ -539,7 +545,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ExitCode {
 }
 
 /// The collector's own validation of endpoints, TLS and auth.
-pub fn cluster_config(cli: &CtlCli) -> Result<ClusterConfig, crate::config::ConfigError> {
+pub fn cluster_config(cli: &CtlCli) -> Result<ClusterConfig, crate::model::config::ConfigError> {
     validate_cluster(RawCluster {
         field: String::new(),
         name: DEFAULT_CLUSTER.to_string(),
@@ -626,7 +632,7 @@ impl Ctx<'_> {
     }
 
     fn err(&self, e: etcd_client::Error) -> CtlError {
-        CtlError::etcd(crate::cluster::client::explain(
+        CtlError::etcd(crate::sources::etcd::client::explain(
             &e,
             self.config.tls.as_ref(),
         ))
@@ -991,7 +997,7 @@ pub async fn run(cli: &CtlCli, config: &ClusterConfig) -> CtlResult {
                         .map_err(|e| e.message)?;
                     c.defragment()
                         .await
-                        .map_err(|e| crate::cluster::client::explain(&e, config.tls.as_ref()))
+                        .map_err(|e| crate::sources::etcd::client::explain(&e, config.tls.as_ref()))
                 }
                 .await;
                 match result {

@@ -1,12 +1,12 @@
 //! Clients for `ctl` and the safe operations, built with the collector's own connection code
-//! ([`crate::cluster::client::connect`]) so endpoints, TLS and auth behave exactly as in the
+//! ([`crate::sources::etcd::client::connect`]) so endpoints, TLS and auth behave exactly as in the
 //! collector.
 
 use std::time::Duration;
 
 use etcd_client::Client;
 
-use crate::config::ClusterConfig;
+use crate::model::config::ClusterConfig;
 
 /// Why a client could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,7 +30,7 @@ pub async fn member_client(
     c.dial_timeout = request_timeout.max(config.dial_timeout);
     match tokio::time::timeout(
         config.dial_timeout,
-        crate::cluster::client::connect(&c, url),
+        crate::sources::etcd::client::connect(&c, url),
     )
     .await
     {
@@ -61,7 +61,7 @@ pub async fn any_client(
                     Ok(Err(e)) => {
                         last = Some(ConnectError {
                             url: url.clone(),
-                            message: crate::cluster::client::explain(&e, config.tls.as_ref()),
+                            message: crate::sources::etcd::client::explain(&e, config.tls.as_ref()),
                         })
                     }
                     Err(_) => {

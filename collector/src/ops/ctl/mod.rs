@@ -5,7 +5,7 @@
 //!   with progress reported through a callback and structured results (before/after figures),
 //!   which the CLI calls today and the REST admin API and automatic defrag will call later.
 //! - [`snapshot`]: `snapshot save` with a checksum sidecar and verification.
-//! - [`conn`]: clients built from the collector's own [`crate::config::ClusterConfig`]
+//! - [`conn`]: clients built from the collector's own [`crate::model::config::ClusterConfig`]
 //!   (endpoint normalisation, TLS and auth are the collector's).
 
 pub mod cli;

@@ -19,7 +19,7 @@ use etcd_client::{AlarmAction, AlarmType, CompactionOptions};
 use serde::Serialize;
 
 use super::conn::{any_client, member_client};
-use crate::config::ClusterConfig;
+use crate::model::config::ClusterConfig;
 
 /// `--max-lag` default: how far (in raft entries) a member's applied index may trail the
 /// leader's raft index and still count as caught up.
@@ -53,7 +53,7 @@ pub enum OpError {
 fn etcd_err(endpoint: &str, config: &ClusterConfig, e: &etcd_client::Error) -> OpError {
     OpError::Etcd {
         endpoint: endpoint.to_string(),
-        message: crate::cluster::client::explain(e, config.tls.as_ref()),
+        message: crate::sources::etcd::client::explain(e, config.tls.as_ref()),
     }
 }
 
@@ -241,7 +241,10 @@ async fn status_of(
         .map_err(|e| e.message)?;
     match tokio::time::timeout(config.dial_timeout, client.status()).await {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(crate::cluster::client::explain(&e, config.tls.as_ref())),
+        Ok(Err(e)) => Err(crate::sources::etcd::client::explain(
+            &e,
+            config.tls.as_ref(),
+        )),
         Err(_) => Err(format!("no answer within {:?}", config.dial_timeout)),
     }
 }
@@ -945,7 +948,7 @@ pub async fn recover_nospace(
     }
     let key = format!(
         "{RESERVED_PREFIX}recover-nospace/{}",
-        crate::cluster::now_ms()
+        crate::model::time::now_ms()
     );
     let put = client
         .put(key.as_str(), "ok", None)
@@ -983,7 +986,7 @@ async fn quota(
             source: "--quota-bytes".to_string(),
         });
     }
-    let http = crate::cluster::client::http_client(config)?;
+    let http = crate::sources::etcd::client::http_client(config)?;
     let mut best: Option<Quota> = None;
     let mut errors = Vec::new();
     for m in &survey.members {

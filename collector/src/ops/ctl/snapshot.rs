@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::conn::any_client;
-use crate::config::ClusterConfig;
+use crate::model::config::ClusterConfig;
 
 /// bbolt's magic number, in the meta page at offset 16 (after the 16-byte page header).
 const BOLT_MAGIC: u32 = 0xED0C_DAED;
@@ -142,7 +142,7 @@ pub async fn save(
         size,
         sha256: hex::encode(whole.finalize()),
         db_sha256,
-        created_unix_ms: crate::cluster::now_ms(),
+        created_unix_ms: crate::model::time::now_ms(),
     };
     let meta_file = meta_path(file);
     let text = serde_json::to_string_pretty(&meta).map_err(|e| SnapshotError::Io {

@@ -1,0 +1,442 @@
+//! Diagnosis: say *why* a member is slow — disk, noisy neighbour, CPU starvation or peer
+//! network — from the server view (etcd's WAL fsync histogram) and the kernel view its agent
+//! ships (fdatasync, block service time and issuers, run-queue latency, cgroup throttling,
+//! peer RTT).
+//!
+//! `sample` turns the cluster state and the agent status into one cumulative
+//! [`sample::MemberSample`] per member; a task ([`run`]) takes one every `--diagnosis-interval`
+//! and keeps the last `--diagnosis-window` of them; `engine` compares the window's first and
+//! last samples and gives a [`engine::Verdict`]; [`Diagnoses`] holds the latest per member for
+//! `GET /api/v1/diagnosis` (`api`), `etcdmon_diagnosis{cluster,member,cause}` (`metrics`) and
+//! [`verdict_text`] (alert annotations).
+
+pub mod engine;
+pub mod metrics;
+pub mod sample;
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::model::sync;
+use crate::{model::cluster::Clusters, sources::ingest::Pipeline};
+
+pub use engine::{CAUSES, Verdict, diagnose};
+
+/// `--diagnosis-*` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DiagnosisArgs {
+    /// Window each verdict looks back over.
+    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_WINDOW", default_value = crate::model::config::duration_default!(DiagnosisConfig::DEFAULT.window), value_parser = crate::model::time::parse_duration)]
+    pub diagnosis_window: Duration,
+    /// How often verdicts are recomputed.
+    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_INTERVAL", default_value = crate::model::config::duration_default!(DiagnosisConfig::DEFAULT.interval), value_parser = crate::model::time::parse_duration)]
+    pub diagnosis_interval: Duration,
+    /// A WAL sync is slow when etcd's or the kernel's p99 over the window exceeds this (ms).
+    #[arg(
+        long,
+        env = "ETCD_MONITOR_DIAGNOSIS_SLOW_FSYNC_MS",
+        default_value_t = DiagnosisConfig::DEFAULT.slow_fsync_ms
+    )]
+    pub diagnosis_slow_fsync_ms: f64,
+    /// The quantile of WAL sync latency compared with --diagnosis-slow-fsync-ms.
+    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_QUANTILE", default_value_t = DiagnosisConfig::DEFAULT.quantile)]
+    pub diagnosis_quantile: f64,
+    /// The device is slow when its mean request service time exceeds this (ms).
+    #[arg(
+        long,
+        env = "ETCD_MONITOR_DIAGNOSIS_SLOW_DEVICE_MS",
+        default_value_t = DiagnosisConfig::DEFAULT.slow_device_ms
+    )]
+    pub diagnosis_slow_device_ms: f64,
+    /// The member waits for CPU when its threads' run-queue p99 exceeds this (ms).
+    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_RUNQ_MS", default_value_t = DiagnosisConfig::DEFAULT.runq_ms)]
+    pub diagnosis_runq_ms: f64,
+    /// The member's cgroup is throttled when more than this fraction of its CFS periods were.
+    #[arg(
+        long,
+        env = "ETCD_MONITOR_DIAGNOSIS_THROTTLE_RATIO",
+        default_value_t = DiagnosisConfig::DEFAULT.throttle_ratio
+    )]
+    pub diagnosis_throttle_ratio: f64,
+    /// A slow device is a noisy neighbour's doing when others issued more than this fraction of
+    /// its I/O (bytes or bios, whichever share is larger).
+    #[arg(
+        long,
+        env = "ETCD_MONITOR_DIAGNOSIS_NEIGHBOR_SHARE",
+        default_value_t = DiagnosisConfig::DEFAULT.neighbor_share
+    )]
+    pub diagnosis_neighbor_share: f64,
+    /// A peer is slow when its kernel smoothed RTT exceeds this (ms).
+    #[arg(
+        long,
+        env = "ETCD_MONITOR_DIAGNOSIS_PEER_RTT_MS",
+        default_value_t = DiagnosisConfig::DEFAULT.peer_rtt_ms
+    )]
+    pub diagnosis_peer_rtt_ms: f64,
+    /// … or when it needed more than this many retransmits in the window.
+    #[arg(
+        long,
+        env = "ETCD_MONITOR_DIAGNOSIS_PEER_RETRANSMITS",
+        default_value_t = DiagnosisConfig::DEFAULT.peer_retransmits
+    )]
+    pub diagnosis_peer_retransmits: u64,
+    /// Fewer WAL syncs than this in a window say nothing about their latency.
+    #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_MIN_SYNCS", default_value_t = DiagnosisConfig::DEFAULT.min_syncs)]
+    pub diagnosis_min_syncs: u64,
+}
+
+/// Validated diagnosis settings (see docs/design-notes.md for how the defaults were chosen).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiagnosisConfig {
+    /// Look-back window.
+    pub window: Duration,
+    /// Recompute interval.
+    pub interval: Duration,
+    /// Slow WAL sync threshold (at `quantile`), ms.
+    pub slow_fsync_ms: f64,
+    /// Quantile of WAL sync latency that is compared with `slow_fsync_ms`.
+    pub quantile: f64,
+    /// Slow device threshold (mean service time), ms.
+    pub slow_device_ms: f64,
+    /// Run-queue p99 threshold, ms.
+    pub runq_ms: f64,
+    /// Throttled share of CFS periods.
+    pub throttle_ratio: f64,
+    /// Others' share of the device's bytes.
+    pub neighbor_share: f64,
+    /// Peer RTT threshold, ms.
+    pub peer_rtt_ms: f64,
+    /// Peer retransmits per window.
+    pub peer_retransmits: u64,
+    /// Minimum WAL syncs per window to judge their latency.
+    pub min_syncs: u64,
+}
+
+impl DiagnosisConfig {
+    /// The defaults, written once: the `--diagnosis-*` flags show and use these (see
+    /// ARCHITECTURE.md for how they were chosen).
+    pub const DEFAULT: Self = Self {
+        window: Duration::from_secs(30),
+        interval: Duration::from_secs(5),
+        slow_fsync_ms: 10.0,
+        quantile: 0.99,
+        slow_device_ms: 5.0,
+        runq_ms: 10.0,
+        throttle_ratio: 0.1,
+        neighbor_share: 0.3,
+        peer_rtt_ms: 50.0,
+        peer_retransmits: 20,
+        min_syncs: 5,
+    };
+}
+
+impl Default for DiagnosisConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl DiagnosisArgs {
+    /// Checks the flags; the error names the flag.
+    pub fn validate(&self) -> Result<DiagnosisConfig, (&'static str, String)> {
+        let positive = |flag: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err((flag, format!("{v} must be a positive number")))
+            }
+        };
+        let fraction = |flag: &'static str, v: f64| {
+            if (0.0..1.0).contains(&v) {
+                Ok(v)
+            } else {
+                Err((flag, format!("{v} must be in [0, 1)")))
+            }
+        };
+        if self.diagnosis_interval > self.diagnosis_window {
+            return Err((
+                "--diagnosis-interval",
+                format!(
+                    "{:?} is longer than --diagnosis-window {:?}",
+                    self.diagnosis_interval, self.diagnosis_window
+                ),
+            ));
+        }
+        Ok(DiagnosisConfig {
+            window: self.diagnosis_window,
+            interval: self.diagnosis_interval,
+            slow_fsync_ms: positive("--diagnosis-slow-fsync-ms", self.diagnosis_slow_fsync_ms)?,
+            quantile: if self.diagnosis_quantile > 0.0 && self.diagnosis_quantile <= 1.0 {
+                self.diagnosis_quantile
+            } else {
+                return Err((
+                    "--diagnosis-quantile",
+                    format!("{} must be in (0, 1]", self.diagnosis_quantile),
+                ));
+            },
+            slow_device_ms: positive("--diagnosis-slow-device-ms", self.diagnosis_slow_device_ms)?,
+            runq_ms: positive("--diagnosis-runq-ms", self.diagnosis_runq_ms)?,
+            throttle_ratio: fraction("--diagnosis-throttle-ratio", self.diagnosis_throttle_ratio)?,
+            neighbor_share: fraction("--diagnosis-neighbor-share", self.diagnosis_neighbor_share)?,
+            peer_rtt_ms: positive("--diagnosis-peer-rtt-ms", self.diagnosis_peer_rtt_ms)?,
+            peer_retransmits: self.diagnosis_peer_retransmits,
+            min_syncs: self.diagnosis_min_syncs.max(1),
+        })
+    }
+}
+
+/// One member's latest verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct MemberDiagnosis {
+    /// Cluster name.
+    pub cluster: String,
+    /// Member name.
+    pub member: String,
+    /// Member id (hex).
+    pub member_id: String,
+    /// When the verdict was computed (Unix ms).
+    pub evaluated_at_ms: u64,
+    /// Since when the same cause has been given without interruption (Unix ms).
+    pub cause_since_ms: u64,
+    /// Seconds between the window's first and last sample.
+    pub window_seconds: f64,
+    /// The verdict.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+}
+
+/// The latest verdict per (cluster, member), shared by the task, REST and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Diagnoses {
+    latest: RwLock<BTreeMap<(String, String), MemberDiagnosis>>,
+}
+
+impl Diagnoses {
+    /// Every verdict, ordered by cluster and member.
+    pub fn all(&self) -> Vec<MemberDiagnosis> {
+        sync::read(&self.latest).values().cloned().collect()
+    }
+
+    /// One member's verdict (by name or hex id).
+    pub fn get(&self, cluster: &str, member: &str) -> Option<MemberDiagnosis> {
+        self.all()
+            .into_iter()
+            .find(|d| d.cluster == cluster && (d.member == member || d.member_id == member))
+    }
+
+    /// Stores a verdict, keeping `cause_since_ms` while the cause stays the same.
+    pub fn put(&self, mut d: MemberDiagnosis) {
+        let mut g = sync::write(&self.latest);
+        let key = (d.cluster.clone(), d.member.clone());
+        if let Some(old) = g.get(&key)
+            && old.verdict.cause == d.verdict.cause
+            && old.verdict.reason == d.verdict.reason
+        {
+            d.cause_since_ms = old.cause_since_ms;
+        }
+        g.insert(key, d);
+    }
+
+    /// Forgets members that are gone.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        let mut g = sync::write(&self.latest);
+        g.retain(|(c, m), _| keep(c, m));
+    }
+}
+
+/// A member's verdict as one line for an alert annotation, e.g. `cpu_starved (throttled): CPU
+/// starved: cgroup /x throttled in 80 of 100 periods …`. `None` before the first verdict.
+pub fn verdict_text(diagnoses: &Diagnoses, cluster: &str, member: &str) -> Option<String> {
+    let d = diagnoses.get(cluster, member)?;
+    let v = &d.verdict;
+    let head = match (&v.reason, &v.neighbor, &v.peer) {
+        (Some(r), _, _) => format!("{} ({r})", v.cause),
+        (_, Some(n), _) => format!("{} (pid {} {})", v.cause, n.pid, n.comm),
+        (_, _, Some(p)) => format!("{} (peer {p})", v.cause),
+        _ => v.cause.clone(),
+    };
+    Some(format!("{head}: {}", v.summary))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Takes one sample of every member of every cluster and recomputes the verdicts.
+pub fn tick(
+    clusters: &Clusters,
+    pipeline: &Pipeline,
+    diagnoses: &Diagnoses,
+    cfg: &DiagnosisConfig,
+    history: &mut HashMap<(String, String), VecDeque<sample::MemberSample>>,
+) {
+    let now = now_ms();
+    let window_ms = cfg.window.as_millis() as u64;
+    let mut seen = Vec::new();
+    for cluster in clusters.iter() {
+        let state = cluster.snapshot();
+        for member in &state.members {
+            if member.name.is_empty() {
+                continue;
+            }
+            let key = (cluster.name().to_string(), member.id.clone());
+            seen.push((cluster.name().to_string(), member.name.clone()));
+            let s = sample::member_sample(member, &pipeline.registry, now);
+            let ring = history.entry(key).or_default();
+            ring.push_back(s);
+            while ring
+                .front()
+                .is_some_and(|f| now.saturating_sub(f.at_ms) > window_ms)
+            {
+                ring.pop_front();
+            }
+            let (Some(first), Some(last)) = (ring.front(), ring.back()) else {
+                continue;
+            };
+            let verdict = if ring.len() < 2 {
+                Verdict {
+                    cause: "inconclusive".into(),
+                    reason: None,
+                    neighbor: None,
+                    peer: None,
+                    missing: vec!["a second sample (the window is filling)".into()],
+                    summary: "collecting the first window".into(),
+                    evidence: engine::Evidence::default(),
+                }
+            } else {
+                diagnose(first, last, cfg)
+            };
+            let window_seconds = last.at_ms.saturating_sub(first.at_ms) as f64 / 1e3;
+            let changed = diagnoses
+                .get(cluster.name(), &member.name)
+                .is_none_or(|old| old.verdict.cause != verdict.cause);
+            if changed {
+                tracing::info!(
+                    cluster = cluster.name(),
+                    member = %member.name,
+                    cause = %verdict.cause,
+                    summary = %verdict.summary,
+                    "Diagnosis changed."
+                );
+            }
+            diagnoses.put(MemberDiagnosis {
+                cluster: cluster.name().to_string(),
+                member: member.name.clone(),
+                member_id: member.id.clone(),
+                evaluated_at_ms: now,
+                cause_since_ms: now,
+                window_seconds,
+                verdict,
+            });
+        }
+    }
+    diagnoses.retain(|c, m| seen.iter().any(|(sc, sm)| sc == c && sm == m));
+    history.retain(|(c, _), ring| {
+        seen.iter().any(|(sc, _)| sc == c) && ring.back().is_some_and(|b| b.at_ms == now)
+    });
+}
+
+/// Recomputes the verdicts every `cfg.interval`, for as long as the collector runs.
+/// Writes them to `diagnoses`, which REST, /metrics and alert notifications read.
+pub async fn run(
+    clusters: Clusters,
+    pipeline: Pipeline,
+    diagnoses: Arc<Diagnoses>,
+    cfg: DiagnosisConfig,
+) {
+    let mut history = HashMap::new();
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        tick(&clusters, &pipeline, &diagnoses, &cfg, &mut history);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(cause: &str) -> Verdict {
+        Verdict {
+            cause: cause.into(),
+            reason: (cause == "cpu_starved").then(|| "throttled".to_string()),
+            neighbor: None,
+            peer: None,
+            missing: vec![],
+            summary: "s".into(),
+            evidence: engine::Evidence::default(),
+        }
+    }
+
+    fn d(at: u64, cause: &str) -> MemberDiagnosis {
+        MemberDiagnosis {
+            cluster: "c".into(),
+            member: "m0".into(),
+            member_id: "abc".into(),
+            evaluated_at_ms: at,
+            cause_since_ms: at,
+            window_seconds: 10.0,
+            verdict: verdict(cause),
+        }
+    }
+
+    #[test]
+    fn cause_since_survives_repeats_and_resets_on_change() {
+        let store = Diagnoses::default();
+        store.put(d(1, "healthy"));
+        store.put(d(2, "healthy"));
+        assert_eq!(store.get("c", "m0").map(|d| d.cause_since_ms), Some(1));
+        store.put(d(3, "cpu_starved"));
+        assert_eq!(store.get("c", "abc").map(|d| d.cause_since_ms), Some(3));
+        assert_eq!(
+            verdict_text(&store, "c", "m0").as_deref(),
+            Some("cpu_starved (throttled): s")
+        );
+        assert!(verdict_text(&store, "c", "other").is_none());
+    }
+
+    #[test]
+    fn flags_are_validated_by_name() {
+        let args = DiagnosisArgs {
+            diagnosis_window: Duration::from_secs(10),
+            diagnosis_interval: Duration::from_secs(20),
+            diagnosis_slow_fsync_ms: 10.0,
+            diagnosis_quantile: 0.99,
+            diagnosis_slow_device_ms: 5.0,
+            diagnosis_runq_ms: 10.0,
+            diagnosis_throttle_ratio: 0.1,
+            diagnosis_neighbor_share: 0.5,
+            diagnosis_peer_rtt_ms: 50.0,
+            diagnosis_peer_retransmits: 20,
+            diagnosis_min_syncs: 5,
+        };
+        assert_eq!(
+            args.validate().map_err(|e| e.0),
+            Err("--diagnosis-interval")
+        );
+        let args = DiagnosisArgs {
+            diagnosis_interval: Duration::from_secs(1),
+            diagnosis_neighbor_share: 1.5,
+            ..args
+        };
+        assert_eq!(
+            args.validate().map_err(|e| e.0),
+            Err("--diagnosis-neighbor-share")
+        );
+        let args = DiagnosisArgs {
+            diagnosis_neighbor_share: 0.5,
+            ..args
+        };
+        assert!(args.validate().is_ok());
+    }
+}

@@ -1,0 +1,360 @@
+//! Wiring: opens the store, starts one health loop and one scrape loop per cluster (each its own
+//! task, so one cluster's outage never stalls another), the retention task, and the HTTP server.
+
+pub mod bench;
+pub mod config;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use crate::{
+    app::config::Config,
+    model::{
+        cluster::{ClusterHandle, Clusters},
+        telemetry::Telemetry,
+        time::now_ms,
+    },
+    outputs::api::{AppState, router},
+    sources::{
+        etcd::{
+            client::http_client,
+            health::{HealthLoop, HealthSettings},
+        },
+        ingest::{
+            self, Pipeline,
+            server::{IngestSettings, IngestState},
+        },
+        scrape::ScrapeLoop,
+    },
+    store::{Store, StoreError},
+};
+
+/// Why the collector could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The history store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A cluster's settings could not be turned into clients.
+    #[error("cluster {cluster}: {message}")]
+    Cluster {
+        /// Cluster.
+        cluster: String,
+        /// Cause.
+        message: String,
+    },
+    /// The alert rules or the alerting state could not be loaded.
+    #[error(transparent)]
+    Alerting(#[from] crate::analysis::alerting::AlertingError),
+    /// The gRPC server could not start.
+    #[error("{0}")]
+    Grpc(String),
+    /// The API address could not be bound or served.
+    #[error("--api-host/--api-port {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// How often retention runs: history by age and size, agent sequences of agents silent for
+/// longer than the retention, silences that have ended.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+/// A started collector: the address it serves on and the clusters it watches.
+pub struct Running {
+    /// The bound REST/metrics address.
+    pub addr: SocketAddr,
+    /// The bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The clusters.
+    pub clusters: Clusters,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    benchmarks: crate::ops::bench::jobs::BenchJobs,
+}
+
+impl Running {
+    /// Waits until the server stops (on SIGINT/SIGTERM).
+    pub async fn wait(self) -> Result<(), AppError> {
+        let addr = self.addr.to_string();
+        let served = self.server.await;
+        // Running benchmarks stop and delete their keys before the process exits.
+        self.benchmarks.shutdown(Duration::from_secs(30)).await;
+        match served {
+            Ok(result) => result.map_err(|source| AppError::Listen { addr, source }),
+            Err(e) => Err(AppError::Listen {
+                addr,
+                source: std::io::Error::other(e),
+            }),
+        }
+    }
+}
+
+/// Starts everything `config` describes.
+pub async fn start(config: Config) -> Result<Running, AppError> {
+    // A corrupt file is moved aside and a fresh store started, never a crash loop.
+    let store = Arc::new(Store::open_or_recover(&config.data_dir)?);
+    tracing::info!(path = %store.path().display(), "History store open.");
+    // A history query reaches back at most as far as history is kept.
+    store.set_max_range(config.history_retention);
+    let telemetry = Telemetry::new();
+    if let Err(e) = store.register_metrics(&telemetry.registry) {
+        tracing::error!(error = %e, "Cannot register the history store's metrics.");
+    }
+    let clusters: Clusters = Arc::new(
+        config
+            .clusters
+            .iter()
+            .cloned()
+            .map(ClusterHandle::new)
+            .collect(),
+    );
+    let pipeline = Pipeline::bounded(
+        config.ingest.subscriber_buffer,
+        config.ingest.max_subscribers,
+        ingest::AgentRegistry::persistent(store.clone(), config.ingest.agent_limits)?,
+    );
+    let settings = HealthSettings {
+        interval: config.health_interval,
+        thresholds: config.thresholds,
+        probe_read: config.probe_read,
+        probe_write: config.probe_write,
+    };
+    for cluster in clusters.iter() {
+        let http = http_client(&cluster.config).map_err(|message| AppError::Cluster {
+            cluster: cluster.name().to_string(),
+            message,
+        })?;
+        tracing::info!(
+            cluster = cluster.name(),
+            endpoints = ?cluster.config.endpoints,
+            tls = cluster.config.tls.is_some(),
+            auth = cluster.config.auth.is_some(),
+            "Monitoring cluster."
+        );
+        let health = HealthLoop::new(
+            cluster.clone(),
+            settings,
+            telemetry.clone(),
+            Some(store.clone()),
+        );
+        tokio::spawn(health.run());
+        let scrape = ScrapeLoop::new(
+            cluster.clone(),
+            http,
+            telemetry.clone(),
+            Some(store.clone()),
+        )
+        .with_registry(pipeline.registry.clone());
+        tokio::spawn(scrape.run(config.metrics_interval));
+    }
+    {
+        let store = store.clone();
+        let telemetry = telemetry.clone();
+        let (max_age, max_bytes) = (config.history_retention, config.history_max_bytes);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RETENTION_EVERY);
+            loop {
+                tick.tick().await;
+                let store = store.clone();
+                let result =
+                    tokio::task::spawn_blocking(move || store.prune(now_ms(), max_age, max_bytes))
+                        .await;
+                match result {
+                    Ok(Ok(n)) if n > 0 => tracing::info!(rows = n, "History pruned."),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => telemetry.store_failed("prune", &e.to_string()),
+                    Err(e) => telemetry.store_failed("prune", &e.to_string()),
+                }
+            }
+        });
+    }
+
+    let grpc_addr = resolve_listen(&config.ingest.host, config.grpc_port)
+        .await
+        .map_err(|e| AppError::Grpc(format!("--grpc-host {:?}: {e}", config.ingest.host)))?;
+    let (grpc_addr, _grpc) = ingest::server::serve(
+        grpc_addr,
+        IngestSettings {
+            max_batch_bytes: config.ingest.max_batch_bytes,
+            ingest_token: config.ingest.ingest_token.clone(),
+            subscribe_token: config.ingest.subscribe_token.clone(),
+            max_concurrent_streams: config.ingest.max_concurrent_streams,
+            concurrency_per_connection: config.ingest.concurrency_per_connection,
+            tls_identity: config.ingest.tls_identity.clone(),
+            client_ca: config.ingest.client_ca.clone(),
+        },
+        IngestState {
+            registry: pipeline.registry.clone(),
+            fanout: pipeline.fanout.clone(),
+            clusters: clusters.clone(),
+            counters: pipeline.counters.clone(),
+        },
+        etcd_monitor_runtime::shutdown_signal(),
+    )
+    .await
+    .map_err(|e| AppError::Grpc(e.to_string()))?;
+    for cluster in clusters.iter() {
+        for prefix in &config.ingest.watch_prefixes {
+            tracing::info!(cluster = cluster.name(), %prefix, "Watching prefix.");
+            tokio::spawn(ingest::watch::run(
+                cluster.clone(),
+                prefix.clone(),
+                config.ingest.watch_prev_kv,
+                pipeline.fanout.clone(),
+                pipeline.watches.clone(),
+            ));
+        }
+    }
+
+    let alerting = crate::analysis::alerting::Alerting::new(
+        crate::analysis::alerting::AlertingSettings {
+            rules_path: config.rules.clone(),
+            thresholds: config.thresholds,
+            interval: config
+                .health_interval
+                .min(config.metrics_interval)
+                .max(Duration::from_millis(200)),
+            dedup_window: crate::analysis::alerting::lifecycle::DEDUP_WINDOW,
+        },
+        clusters.clone(),
+        Some(pipeline.registry.clone()),
+        Some(store.clone()),
+        Arc::new(crate::outputs::notify::Notifier::start(
+            config.notifiers.clone(),
+        )),
+    )?;
+    let diagnoses = Arc::new(crate::analysis::diagnosis::Diagnoses::default());
+    alerting.attach_diagnoses(diagnoses.clone());
+    alerting.spawn();
+
+    let benchmarks =
+        crate::ops::bench::jobs::BenchJobs::new(config.benchmark_api.clone(), Some(store.clone()));
+    if config.benchmark_api.enabled {
+        tracing::info!("Benchmark API enabled (admin token required).");
+    }
+    tokio::spawn(crate::analysis::diagnosis::run(
+        clusters.clone(),
+        pipeline.clone(),
+        diagnoses.clone(),
+        config.diagnosis.clone(),
+    ));
+    for path in &config.rest.insecure_token_files {
+        tracing::warn!(
+            path = %path.display(),
+            "Token file is readable by group or others; chmod 600 it (counted in etcdmon_api_token_files_insecure)."
+        );
+    }
+    let access = crate::outputs::api::access::Access::new(
+        config.rest.tokens.clone(),
+        &config.cors_origins,
+        config.rest.insecure_token_files.len() as u64,
+    );
+    tracing::info!(
+        admin_tokens = access.has_admin_tokens(),
+        reads_closed = access.reads_closed(),
+        tls = config.rest.tls.is_some(),
+        "REST access: changes need {}.",
+        if access.has_admin_tokens() {
+            "an admin token"
+        } else {
+            "a loopback peer (no --admin-token-file)"
+        }
+    );
+    let tls_failures = access.tls_handshake_failures();
+    let state = AppState {
+        clusters: clusters.clone(),
+        alerting: Some(alerting),
+        benchmarks: benchmarks.clone(),
+        store: Some(store),
+        telemetry,
+        thresholds: config.thresholds,
+        cors_origins: config.cors_origins.clone(),
+        pipeline,
+        diagnoses,
+        access,
+        silence_limits: config.rest.silences,
+    };
+    let bind = format!("{}:{}", config.api_host, config.api_port);
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: bind.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| AppError::Listen {
+        addr: bind.clone(),
+        source,
+    })?;
+    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = match &config.rest.tls {
+        Some(tls) => {
+            let tls_config = crate::outputs::api::tls::server_config(&tls.cert_pem, &tls.key_pem)
+                .map_err(|e| AppError::Listen {
+                addr: bind.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            let listener =
+                crate::outputs::api::tls::TlsListener::new(listener, tls_config, tls_failures)
+                    .map_err(|source| AppError::Listen {
+                        addr: bind.clone(),
+                        source,
+                    })?;
+            tracing::info!(%addr, "REST API and /metrics listening (HTTPS).");
+            tokio::spawn(async move {
+                use axum::serve::ListenerExt;
+                axum::serve(listener.tap_io(|_| {}), service)
+                    .with_graceful_shutdown(etcd_monitor_runtime::shutdown_signal())
+                    .await
+            })
+        }
+        None => {
+            tracing::info!(%addr, "REST API and /metrics listening.");
+            tokio::spawn(async move {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(etcd_monitor_runtime::shutdown_signal())
+                    .await
+            })
+        }
+    };
+    Ok(Running {
+        addr,
+        grpc_addr,
+        clusters,
+        server,
+        benchmarks,
+    })
+}
+
+/// The address to listen on for `host` (an IPv4 or IPv6 literal, bracketed or not, or a host
+/// name resolved now: its first address) and `port`.
+pub async fn resolve_listen(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((bare, port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the name resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listen_hosts_resolve_like_rest_or_fail() {
+        let v6 = resolve_listen("::1", 9464).await.expect("IPv6 literal");
+        assert_eq!(v6, "[::1]:9464".parse().expect("addr"));
+        let bracketed = resolve_listen("[::1]", 1).await.expect("bracketed");
+        assert!(bracketed.is_ipv6());
+        let name = resolve_listen("localhost", 2).await.expect("host name");
+        assert!(name.ip().is_loopback(), "{name}");
+        assert!(resolve_listen("no-such-host.invalid", 3).await.is_err());
+    }
+}

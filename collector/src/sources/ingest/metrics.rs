@@ -1,0 +1,476 @@
+//! The pipeline's series on the collector's /metrics: kernel histograms re-exported per joined
+//! member (with its id and whether it leads), agent modes, drops by stage, peer network
+//! figures, ingest and subscriber counters, watch counts.
+
+use std::{collections::HashMap, sync::atomic::Ordering};
+
+use etcd_monitor_proto::v1::{DiskOp, FileClass};
+use prometheus::{
+    Encoder, TextEncoder,
+    proto::{self, MetricFamily, MetricType},
+};
+
+use super::{Pipeline, join};
+use crate::model::cluster::{ClusterState, Clusters};
+
+struct Families(HashMap<&'static str, (MetricType, &'static str, Vec<proto::Metric>)>);
+
+impl Families {
+    fn push(
+        &mut self,
+        name: &'static str,
+        kind: MetricType,
+        help: &'static str,
+        metric: proto::Metric,
+    ) {
+        self.0
+            .entry(name)
+            .or_insert_with(|| (kind, help, Vec::new()))
+            .2
+            .push(metric);
+    }
+
+    fn value(
+        &mut self,
+        name: &'static str,
+        kind: MetricType,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        v: f64,
+    ) {
+        let mut m = proto::Metric::from_label(label_pairs(labels));
+        if kind == MetricType::COUNTER {
+            let mut c = proto::Counter::default();
+            c.set_value(v);
+            m.set_counter(c);
+        } else {
+            let mut g = proto::Gauge::default();
+            g.set_value(v);
+            m.set_gauge(g);
+        }
+        self.push(name, kind, help, m);
+    }
+}
+
+fn label_pairs(pairs: &[(&str, &str)]) -> Vec<proto::LabelPair> {
+    let mut pairs = pairs.to_vec();
+    pairs.sort_unstable_by_key(|(k, _)| *k);
+    pairs
+        .into_iter()
+        .map(|(k, v)| {
+            let mut l = proto::LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect()
+}
+
+/// A Prometheus histogram (seconds) from log2 ns slots, in the shared model's exposition
+/// layout (the agent's own /metrics uses the same).
+fn histogram(slots: &[u64], sum_nanos: u64) -> proto::Histogram {
+    let slots = etcd_monitor_histogram::Log2Slots::new(0, sum_nanos, slots);
+    let mut h = proto::Histogram::default();
+    h.set_sample_count(slots.slot_total());
+    h.set_sample_sum(sum_nanos as f64 / 1e9);
+    let buckets = slots
+        .exposition_buckets()
+        .into_iter()
+        .map(|(le, cumulative)| {
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(le);
+            b.set_cumulative_count(cumulative);
+            b
+        })
+        .collect();
+    h.set_bucket(buckets);
+    h
+}
+
+fn op_name(op: DiskOp) -> &'static str {
+    match op {
+        DiskOp::Fdatasync => "fdatasync",
+        DiskOp::Fsync => "fsync",
+        DiskOp::SyncFileRange => "sync_file_range",
+        DiskOp::Write => "write",
+        DiskOp::Pwrite64 => "pwrite64",
+        DiskOp::Writev => "writev",
+        DiskOp::Pwritev => "pwritev",
+        DiskOp::Read => "read",
+        DiskOp::Readv => "readv",
+        DiskOp::Recvfrom => "recvfrom",
+        DiskOp::Recvmsg => "recvmsg",
+        DiskOp::Unspecified => "unspecified",
+    }
+}
+
+fn file_name(file: FileClass) -> &'static str {
+    match file {
+        FileClass::Wal => "wal",
+        FileClass::Db => "db",
+        FileClass::Snap => "snap",
+        FileClass::SocketClient => "socket_client",
+        FileClass::SocketPeer => "socket_peer",
+        FileClass::Socket => "socket",
+        FileClass::Other => "other",
+        FileClass::Unknown => "unknown",
+        FileClass::Unspecified => "unspecified",
+    }
+}
+
+const FSYNC_HELP: &str =
+    "Kernel-measured duration of etcd's sync calls, from the member's node agent.";
+const WRITE_HELP: &str =
+    "Kernel-measured duration of etcd's write calls, from the member's node agent.";
+const DROP_HELP: &str = "Events lost, by pipeline stage (kernel, agent_queue, grpc, collector).";
+
+/// Renders the pipeline's families as Prometheus text.
+pub fn render(clusters: &Clusters, pipeline: &Pipeline) -> String {
+    let mut f = Families(HashMap::new());
+    for cluster in clusters.iter() {
+        let state = cluster.snapshot();
+        for member in &state.members {
+            let Some((record, identity)) = pipeline.registry.find(member) else {
+                continue;
+            };
+            let Some((status, _)) = &record.status else {
+                continue;
+            };
+            let name = ClusterState::member_label(member);
+            let leader = if member.is_leader { "true" } else { "false" };
+            let base = [
+                ("cluster", state.cluster.as_str()),
+                ("member", name.as_str()),
+                ("member_id", member.id.as_str()),
+            ];
+            f.value(
+                "etcdmon_agent_mode",
+                MetricType::GAUGE,
+                "1 for the mode of the agent tracing each member (ebpf, ebpf-partial, client-only).",
+                &[base[0], base[1], ("node", record.node.as_str()), ("mode", status.mode.as_str())],
+                1.0,
+            );
+            for h in status
+                .histograms
+                .iter()
+                .filter(|h| h.member == identity.name)
+            {
+                let op = h.op();
+                let sync = matches!(
+                    op,
+                    DiskOp::Fdatasync | DiskOp::Fsync | DiskOp::SyncFileRange
+                );
+                let labels = [
+                    base[0],
+                    base[1],
+                    base[2],
+                    ("leader", leader),
+                    ("file", file_name(h.file())),
+                    ("op", op_name(op)),
+                ];
+                let mut m = proto::Metric::from_label(label_pairs(&labels));
+                m.set_histogram(histogram(&h.log2_slots, h.sum_nanos));
+                if matches!(
+                    op,
+                    DiskOp::Read | DiskOp::Readv | DiskOp::Recvfrom | DiskOp::Recvmsg
+                ) {
+                    f.push(
+                        "etcdmon_receive_duration_seconds",
+                        MetricType::HISTOGRAM,
+                        "Kernel-measured duration of etcd's socket receives, from the member's node agent.",
+                        m,
+                    );
+                    f.value(
+                        "etcdmon_received_bytes_total",
+                        MetricType::COUNTER,
+                        "Bytes etcd received on its sockets, by member, socket class and op.",
+                        &labels,
+                        h.bytes as f64,
+                    );
+                    continue;
+                }
+                if sync {
+                    f.push(
+                        "etcdmon_fsync_duration_seconds",
+                        MetricType::HISTOGRAM,
+                        FSYNC_HELP,
+                        m,
+                    );
+                } else {
+                    f.push(
+                        "etcdmon_write_duration_seconds",
+                        MetricType::HISTOGRAM,
+                        WRITE_HELP,
+                        m,
+                    );
+                }
+                f.value(
+                    "etcdmon_write_bytes_total",
+                    MetricType::COUNTER,
+                    "Bytes etcd wrote, by member, file and op.",
+                    &labels,
+                    h.bytes as f64,
+                );
+            }
+            let view = join::kernel_view(&record.node, status, &identity, 0, record.lost_events);
+            for p in &view.peers {
+                let labels = [base[0], base[1], ("peer", p.peer.as_str())];
+                if p.rtt_ms > 0.0 {
+                    f.value(
+                        "etcdmon_peer_rtt_seconds",
+                        MetricType::GAUGE,
+                        "Kernel smoothed RTT from a member to a peer.",
+                        &labels,
+                        p.rtt_ms / 1e3,
+                    );
+                }
+                f.value(
+                    "etcdmon_peer_retransmits_total",
+                    MetricType::COUNTER,
+                    "TCP retransmits between a member and a peer.",
+                    &labels,
+                    p.retransmits as f64,
+                );
+                f.value(
+                    "etcdmon_peer_bytes_total",
+                    MetricType::COUNTER,
+                    "Bytes between a member and a peer.",
+                    &[labels[0], labels[1], labels[2], ("direction", "sent")],
+                    p.bytes_sent as f64,
+                );
+                f.value(
+                    "etcdmon_peer_bytes_total",
+                    MetricType::COUNTER,
+                    "Bytes between a member and a peer.",
+                    &[labels[0], labels[1], labels[2], ("direction", "received")],
+                    p.bytes_received as f64,
+                );
+            }
+            if let Some(open) = view.client_connections {
+                f.value(
+                    "etcdmon_client_connections",
+                    MetricType::GAUGE,
+                    "Established client connections of a member.",
+                    &base[..2],
+                    open as f64,
+                );
+            }
+        }
+    }
+    for record in pipeline.registry.snapshot() {
+        let node = [("node", record.node.as_str())];
+        f.value(
+            "etcdmon_events_dropped_total",
+            MetricType::COUNTER,
+            DROP_HELP,
+            &[("stage", "grpc"), node[0]],
+            record.lost_events as f64,
+        );
+        if let Some((status, _)) = &record.status
+            && let Some(d) = &status.drops
+        {
+            f.value(
+                "etcdmon_events_dropped_total",
+                MetricType::COUNTER,
+                DROP_HELP,
+                &[("stage", "kernel"), node[0]],
+                d.kernel_ringbuf.saturating_add(d.kernel_other) as f64,
+            );
+            f.value(
+                "etcdmon_events_dropped_total",
+                MetricType::COUNTER,
+                DROP_HELP,
+                &[("stage", "agent_queue"), node[0]],
+                d.agent_queue as f64,
+            );
+        }
+        f.value(
+            "etcdmon_ingest_agent_connected",
+            MetricType::GAUGE,
+            "Open Push streams per agent.",
+            &node,
+            f64::from(record.connected_streams),
+        );
+        f.value(
+            "etcdmon_ingest_rejected_batches_total",
+            MetricType::COUNTER,
+            "Batches refused as malformed, per agent.",
+            &node,
+            record.rejected_batches as f64,
+        );
+        f.value(
+            "etcdmon_ingest_duplicate_batches_total",
+            MetricType::COUNTER,
+            "Batches received twice or out of order (ignored), per agent.",
+            &node,
+            record.duplicate_batches as f64,
+        );
+    }
+    f.value(
+        "etcdmon_events_dropped_total",
+        MetricType::COUNTER,
+        DROP_HELP,
+        &[("stage", "collector"), ("node", "")],
+        pipeline.fanout.lagged_total.load(Ordering::Relaxed) as f64,
+    );
+    let c = &pipeline.counters;
+    f.value(
+        "etcdmon_ingest_batches_total",
+        MetricType::COUNTER,
+        "Agent batches accepted.",
+        &[],
+        c.batches.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_ingest_events_total",
+        MetricType::COUNTER,
+        "Agent events accepted.",
+        &[],
+        c.events.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_ingest_unjoined_events_total",
+        MetricType::COUNTER,
+        "Agent events of etcd processes that are no member of a monitored cluster, kept off the Subscribe stream (counted while anyone subscribes).",
+        &[],
+        c.unjoined.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_ingest_unauthenticated_total",
+        MetricType::COUNTER,
+        "gRPC calls refused for missing or wrong credentials.",
+        &[],
+        c.unauthenticated.load(Ordering::Relaxed) as f64,
+    );
+    for (reason, n) in c.refused.snapshot() {
+        f.value(
+            "etcdmon_ingest_refused_total",
+            MetricType::COUNTER,
+            "Agent batches refused, by reason (malformed, over a limit, conflicting claim, oversized on the wire).",
+            &[("reason", reason)],
+            n as f64,
+        );
+    }
+    let r = &pipeline.registry.counters;
+    f.value(
+        "etcdmon_agent_conflicts_total",
+        MetricType::COUNTER,
+        "Batches refused because they claimed an etcd member another live agent reports.",
+        &[],
+        r.conflicts.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_agents_expired_total",
+        MetricType::COUNTER,
+        "Agents forgotten after --agent-expiry without a batch.",
+        &[],
+        r.expired.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_agents",
+        MetricType::GAUGE,
+        "Agents known (bounded by --max-agents).",
+        &[],
+        pipeline.registry.len() as f64,
+    );
+    f.value(
+        "etcdmon_agent_sequence_writes_total",
+        MetricType::COUNTER,
+        "Agent sequence rows written to the store by the writer thread.",
+        &[],
+        r.writes.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_agent_sequence_writes_dropped_total",
+        MetricType::COUNTER,
+        "Agent sequence rows dropped because the writer's queue was full (ingest never waits on the store).",
+        &[],
+        r.writes_dropped.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_agent_sequence_write_errors_total",
+        MetricType::COUNTER,
+        "Batched agent sequence writes the store refused.",
+        &[],
+        r.write_errors.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_subscribers_refused_total",
+        MetricType::COUNTER,
+        "Subscribe calls refused because --max-subscribers streams were open.",
+        &[],
+        pipeline.fanout.refused.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_subscribers_removed_total",
+        MetricType::COUNTER,
+        "Subscribers removed after their stream went away.",
+        &[],
+        pipeline.fanout.removed.load(Ordering::Relaxed) as f64,
+    );
+    f.value(
+        "etcdmon_subscribers",
+        MetricType::GAUGE,
+        "Open Subscribe streams.",
+        &[],
+        pipeline.fanout.len() as f64,
+    );
+    for s in pipeline.fanout.stats() {
+        let id = s.id.to_string();
+        f.value(
+            "etcdmon_subscriber_lagged_events_total",
+            MetricType::COUNTER,
+            "Events a subscriber missed because it read too slowly.",
+            &[("subscriber", id.as_str())],
+            s.lagged as f64,
+        );
+    }
+    for ((cluster, prefix), counts) in pipeline.watches.snapshot() {
+        let l = [("cluster", cluster.as_str()), ("prefix", prefix.as_str())];
+        f.value(
+            "etcdmon_watch_events_total",
+            MetricType::COUNTER,
+            "Watch events per prefix and type.",
+            &[l[0], l[1], ("type", "put")],
+            counts.puts as f64,
+        );
+        f.value(
+            "etcdmon_watch_events_total",
+            MetricType::COUNTER,
+            "Watch events per prefix and type.",
+            &[l[0], l[1], ("type", "delete")],
+            counts.deletes as f64,
+        );
+        f.value(
+            "etcdmon_watch_resumes_total",
+            MetricType::COUNTER,
+            "Watches resumed after breaking.",
+            &l,
+            counts.resumes as f64,
+        );
+        f.value(
+            "etcdmon_watch_gaps_total",
+            MetricType::COUNTER,
+            "Watch resumes that skipped compacted history.",
+            &l,
+            counts.gaps as f64,
+        );
+    }
+    let mut families: Vec<MetricFamily> =
+        f.0.into_iter()
+            .map(|(name, (kind, help, metrics))| {
+                let mut mf = MetricFamily::default();
+                mf.set_name(name.to_string());
+                mf.set_help(help.to_string());
+                mf.set_field_type(kind);
+                mf.set_metric(metrics);
+                mf
+            })
+            .collect();
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut out = Vec::new();
+    if TextEncoder::new().encode(&families, &mut out).is_err() {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
+}

@@ -1,0 +1,5 @@
+//! Layer 1: what reads the world — etcd's v3 API and probes, members' /metrics, agents' pushes.
+
+pub mod etcd;
+pub mod ingest;
+pub mod scrape;
