@@ -2,45 +2,31 @@
 //! cluster's state at scrape time (so a member that left leaves no stale series), followed by
 //! the collector's self-metrics.
 
-use prometheus::{
-    CounterVec, Encoder, GaugeVec, Opts, TextEncoder, core::Collector, proto::MetricFamily,
-};
-
 use crate::{
     cluster::{ClusterHandle, ClusterState, Quantiles},
+    model::exposition::Exposition,
     telemetry::Telemetry,
 };
 
-struct Families {
-    out: Vec<MetricFamily>,
+/// The page, written one family at a time from `(label values, value)` rows.
+struct Families<'a> {
+    out: &'a mut Exposition,
 }
 
-impl Families {
+impl Families<'_> {
     fn gauge(&mut self, name: &str, help: &str, labels: &[&str], rows: &[(Vec<&str>, f64)]) {
-        let Ok(g) = GaugeVec::new(Opts::new(name, help), labels) else {
-            return;
-        };
         for (values, v) in rows {
-            if let Ok(m) = g.get_metric_with_label_values(values) {
-                m.set(*v);
-            }
-        }
-        if !rows.is_empty() {
-            self.out.extend(g.collect());
+            let pairs: Vec<(&str, &str)> =
+                labels.iter().copied().zip(values.iter().copied()).collect();
+            self.out.gauge(name, help, &pairs, *v);
         }
     }
 
     fn counter(&mut self, name: &str, help: &str, labels: &[&str], rows: &[(Vec<&str>, f64)]) {
-        let Ok(c) = CounterVec::new(Opts::new(name, help), labels) else {
-            return;
-        };
         for (values, v) in rows {
-            if let Ok(m) = c.get_metric_with_label_values(values) {
-                m.inc_by(v.max(0.0));
-            }
-        }
-        if !rows.is_empty() {
-            self.out.extend(c.collect());
+            let pairs: Vec<(&str, &str)> =
+                labels.iter().copied().zip(values.iter().copied()).collect();
+            self.out.counter(name, help, &pairs, v.max(0.0));
         }
     }
 }
@@ -49,14 +35,18 @@ fn b(v: bool) -> f64 {
     if v { 1.0 } else { 0.0 }
 }
 
-/// Renders every series of `clusters` plus `telemetry`'s self-metrics as Prometheus text.
-pub fn render(clusters: &[std::sync::Arc<ClusterHandle>], telemetry: &Telemetry) -> String {
+/// Adds every series of `clusters` plus `telemetry`'s self-metrics to the page.
+pub fn render(
+    clusters: &[std::sync::Arc<ClusterHandle>],
+    telemetry: &Telemetry,
+    out: &mut Exposition,
+) {
     let states: Vec<ClusterState> = clusters.iter().map(|c| c.snapshot()).collect();
     let labels: Vec<Vec<String>> = states
         .iter()
         .map(|s| s.members.iter().map(ClusterState::member_label).collect())
         .collect();
-    let mut f = Families { out: Vec::new() };
+    let mut f = Families { out };
     let cl = &["cluster"];
     let cm = &["cluster", "member"];
 
@@ -276,9 +266,4 @@ pub fn render(clusters: &[std::sync::Arc<ClusterHandle>], telemetry: &Telemetry)
     );
 
     f.out.extend(telemetry.registry.gather());
-    let mut buf = Vec::new();
-    if let Err(e) = TextEncoder::new().encode(&f.out, &mut buf) {
-        tracing::warn!(error = %e, "Encoding metrics failed.");
-    }
-    String::from_utf8(buf).unwrap_or_default()
 }

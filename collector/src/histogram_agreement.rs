@@ -203,7 +203,9 @@ impl Member {
             _ => None,
         };
         // The exporter's p95 since the member started.
-        let exported = exporter::render(&self.clusters, &Telemetry::new());
+        let mut page = crate::model::exposition::Exposition::new();
+        exporter::render(&self.clusters, &Telemetry::new(), &mut page);
+        let exported = page.encode();
         let exported = Scrape::parse(exported.lines().map(|l| Ok(l.to_string())))
             .expect("exporter text parses");
         let exporter_p95 = exported
@@ -216,7 +218,9 @@ impl Member {
             });
         // The kernel buckets re-exported on the collector's /metrics, read as Prometheus'
         // histogram_quantile would.
-        let reexported = ingest::metrics::render(&self.clusters, &self.pipeline);
+        let mut page = crate::model::exposition::Exposition::new();
+        ingest::metrics::render(&self.clusters, &self.pipeline, &mut page);
+        let reexported = page.encode();
         let reexported = Scrape::parse(reexported.lines().map(|l| Ok(l.to_string())))
             .expect("pipeline text parses");
         let wal_buckets: CumulativeBuckets =

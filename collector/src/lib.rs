@@ -17,6 +17,7 @@ pub mod config;
 pub mod diagnosis;
 pub mod exporter;
 pub mod ingest;
+pub mod model;
 pub mod notify;
 pub mod probe;
 pub mod scrape;

@@ -555,19 +555,17 @@ pub async fn metrics_history(
 /// Prometheus exposition of every cluster plus self-metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut text = crate::exporter::render(&state.clusters, &state.telemetry);
-    text.push_str(&crate::ingest::metrics::render(
-        &state.clusters,
-        &state.pipeline,
-    ));
+    // Every producer adds its families to one page, encoded (and escaped) once.
+    let mut page = crate::model::exposition::Exposition::new();
+    crate::exporter::render(&state.clusters, &state.telemetry, &mut page);
+    crate::ingest::metrics::render(&state.clusters, &state.pipeline, &mut page);
     if let Some(alerting) = &state.alerting {
-        alerting.render(&mut text);
+        alerting.render(&mut page);
     }
-    text.push_str(&state.benchmarks.render_metrics());
-    state.access.render(&mut text);
-    text.push_str(&crate::diagnosis::metrics::render(
-        &state.pipeline.diagnoses,
-    ));
+    state.benchmarks.render_metrics(&mut page);
+    state.access.render(&mut page);
+    crate::diagnosis::metrics::render(&state.pipeline.diagnoses, &mut page);
+    let text = page.encode();
     (
         StatusCode::OK,
         [(
