@@ -16,19 +16,24 @@ struct Families<'a> {
 impl Families<'_> {
     fn gauge(&mut self, name: &str, help: &str, labels: &[&str], rows: &[(Vec<&str>, f64)]) {
         for (values, v) in rows {
-            let pairs: Vec<(&str, &str)> =
-                labels.iter().copied().zip(values.iter().copied()).collect();
+            let pairs = sorted(labels, values);
             self.out.gauge(name, help, &pairs, *v);
         }
     }
 
     fn counter(&mut self, name: &str, help: &str, labels: &[&str], rows: &[(Vec<&str>, f64)]) {
         for (values, v) in rows {
-            let pairs: Vec<(&str, &str)> =
-                labels.iter().copied().zip(values.iter().copied()).collect();
+            let pairs = sorted(labels, values);
             self.out.counter(name, help, &pairs, v.max(0.0));
         }
     }
+}
+
+/// Label pairs sorted by name, as the `prometheus` crate's vectors wrote them.
+fn sorted<'a>(names: &[&'a str], values: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+    let mut pairs: Vec<(&str, &str)> = names.iter().copied().zip(values.iter().copied()).collect();
+    pairs.sort_unstable_by_key(|(k, _)| *k);
+    pairs
 }
 
 fn b(v: bool) -> f64 {

@@ -663,6 +663,7 @@ impl Alerting {
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
             labels.push(("alertstate", a.state.as_str()));
+            labels.sort_unstable();
             out.gauge(
                 "ALERTS",
                 "Active alerts (pending or firing), as Prometheus' own ALERTS series.",

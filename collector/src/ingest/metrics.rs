@@ -25,10 +25,11 @@ impl Families<'_> {
         labels: &[(&str, &str)],
         v: f64,
     ) {
+        let labels = sorted(labels);
         if kind == MetricType::COUNTER {
-            self.0.counter(name, help, labels, v);
+            self.0.counter(name, help, &labels, v);
         } else {
-            self.0.gauge(name, help, labels, v);
+            self.0.gauge(name, help, &labels, v);
         }
     }
 
@@ -46,12 +47,19 @@ impl Families<'_> {
         self.0.histogram(
             name,
             help,
-            labels,
+            &sorted(labels),
             &slots.exposition_buckets(),
             sum_nanos as f64 / 1e9,
             slots.slot_total(),
         );
     }
+}
+
+/// Label pairs sorted by name (this page's order since it was first written).
+fn sorted<'a>(labels: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut pairs = labels.to_vec();
+    pairs.sort_unstable_by_key(|(k, _)| *k);
+    pairs
 }
 
 fn op_name(op: DiskOp) -> &'static str {

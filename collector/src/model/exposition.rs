@@ -133,14 +133,13 @@ impl Exposition {
     }
 }
 
-/// A sample's label set, sorted by name as the `prometheus` crate's own vectors do.
+/// A sample's label set, in the order given (the order is not meaning; callers that want the
+/// `prometheus` crate's own order sort by name first).
 fn metric(labels: &[(&str, &str)]) -> proto::Metric {
-    let mut pairs = labels.to_vec();
-    pairs.sort_unstable_by_key(|(k, _)| *k);
     proto::Metric::from_label(
-        pairs
-            .into_iter()
-            .map(|(k, v)| {
+        labels
+            .iter()
+            .map(|&(k, v)| {
                 let mut l = proto::LabelPair::default();
                 l.set_name(k.to_string());
                 l.set_value(v.to_string());
@@ -229,5 +228,9 @@ mod tests {
         e.gauge("a_total", "A.", &[("k", "4")], 1.0);
         assert!(!e.encode().contains("k=\"4\""));
         assert!(Exposition::new().encode().is_empty());
+        // Labels keep the order given.
+        let mut e = Exposition::new();
+        e.counter("o_total", "O.", &[("z", "1"), ("a", "2")], 1.0);
+        assert!(e.encode().contains("o_total{z=\"1\",a=\"2\"} 1\n"));
     }
 }
