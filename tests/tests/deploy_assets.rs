@@ -1001,10 +1001,7 @@ fn check_collector(label: &str, objects: &[Value]) -> anyhow::Result<()> {
         );
     }
     // Tokens: the admin token for REST and the ingest token for gRPC, one Secret key each.
-    for (var, key) in [
-        ("ADMIN_TOKEN_FILE", "admin"),
-        ("GRPC_INGEST_TOKEN_FILE", "ingest"),
-    ] {
+    for (var, key) in [("ADMIN_TOKEN_FILE", "admin"), ("GRPC_INGEST_TOKEN_FILE", "ingest")] {
         let path = env.get(var).copied().unwrap_or_default();
         let keys = secret_file_keys(pod, c, path).with_context(|| format!("{label}: {var}"))?;
         ensure!(
