@@ -13,21 +13,12 @@ use etcd_monitor_proto::v1::{
 use prometheus_parse::Scrape;
 
 use crate::{
-    analysis::{
-        alerting::signals::{self, Signal, SignalHistory},
-        diagnosis::{DiagnosisConfig, diagnose, sample},
-    },
-    model::{
-        cluster::{ClusterHandle, ClusterState, Clusters, MemberState},
-        config::ClusterConfig,
-        telemetry::Telemetry,
-        window::FsyncWindows,
-    },
-    outputs::exporter,
-    sources::{
-        ingest::{self, Pipeline},
-        scrape,
-    },
+    analysis::alerting::signals, analysis::alerting::signals::Signal,
+    analysis::alerting::signals::SignalHistory, analysis::diagnosis::DiagnosisConfig,
+    analysis::diagnosis::diagnose, analysis::diagnosis::sample, model::cluster::ClusterHandle,
+    model::cluster::ClusterState, model::cluster::Clusters, model::cluster::MemberState,
+    model::config::ClusterConfig, model::telemetry::Telemetry, model::window::FsyncWindows,
+    outputs::exporter, sources::ingest, sources::ingest::Pipeline, sources::scrape,
 };
 
 const PEER: &str = "http://10.0.0.1:2380";
@@ -209,7 +200,9 @@ impl Member {
             _ => None,
         };
         // The exporter's p95 since the member started.
-        let exported = exporter::render(&self.clusters, &Telemetry::new());
+        let mut page = crate::model::exposition::Exposition::new();
+        exporter::render(&self.clusters, &Telemetry::new(), &mut page);
+        let exported = page.encode();
         let exported = Scrape::parse(exported.lines().map(|l| Ok(l.to_string())))
             .expect("exporter text parses");
         let exporter_p95 = exported
@@ -222,7 +215,9 @@ impl Member {
             });
         // The kernel buckets re-exported on the collector's /metrics, read as Prometheus'
         // histogram_quantile would.
-        let reexported = ingest::metrics::render(&self.clusters, &self.pipeline);
+        let mut page = crate::model::exposition::Exposition::new();
+        ingest::metrics::render(&self.clusters, &self.pipeline, &mut page);
+        let reexported = page.encode();
         let reexported = Scrape::parse(reexported.lines().map(|l| Ok(l.to_string())))
             .expect("pipeline text parses");
         let wal_buckets: CumulativeBuckets =

@@ -10,10 +10,8 @@ use std::{
 };
 
 use crate::{
-    app::config::{BenchmarkRequest, Config},
-    model::time::now_ms,
-    ops::bench::{Progress, Report, runner, safety},
-    store::{BenchmarkRun, Store},
+    app::config::BenchmarkRequest, app::config::Config, model::time::now_ms, ops::bench::Progress,
+    ops::bench::Report, ops::bench::runner, ops::bench::safety, store::BenchmarkRun, store::Store,
 };
 
 /// Exit code of an interrupted run (128 + SIGINT, like a shell).

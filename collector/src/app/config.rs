@@ -15,15 +15,21 @@ use serde::Deserialize;
 
 use crate::model::config::duration_default;
 
-pub use crate::model::config::{
-    Auth, ClusterConfig, ConfigError, DEFAULT_SUBSCRIBER_BUFFER, MetricsTarget, Thresholds,
-    TlsConfig,
-};
-pub use crate::model::config::{DEFAULT_CLUSTER, DEFAULT_DIAL_TIMEOUT, DEFAULT_ENDPOINT};
 pub use crate::model::time::parse_duration;
 pub use crate::ops::bench::spec::BenchmarkType;
-pub use crate::sources::etcd::endpoint::{
-    RawCluster, field_name, normalize_endpoint, read_pem, validate_cluster,
+pub use crate::{
+    model::config::Auth, model::config::ClusterConfig, model::config::ConfigError,
+    model::config::DEFAULT_SUBSCRIBER_BUFFER, model::config::MetricsTarget,
+    model::config::Thresholds, model::config::TlsConfig,
+};
+pub use crate::{
+    model::config::DEFAULT_CLUSTER, model::config::DEFAULT_DIAL_TIMEOUT,
+    model::config::DEFAULT_ENDPOINT,
+};
+pub use crate::{
+    sources::etcd::endpoint::RawCluster, sources::etcd::endpoint::field_name,
+    sources::etcd::endpoint::normalize_endpoint, sources::etcd::endpoint::read_pem,
+    sources::etcd::endpoint::validate_cluster,
 };
 
 // Every default below is written once: clap shows it in `--help` (and so in
@@ -458,7 +464,7 @@ fn loosely_readable(_meta: &std::fs::Metadata) -> bool {
 impl Cli {
     /// Reads the token files, the REST TLS files and the silence bounds.
     fn rest_config(&self) -> Result<RestConfig, ConfigError> {
-        use crate::outputs::api::access::{ApiToken, Role};
+        use crate::{outputs::api::access::ApiToken, outputs::api::access::Role};
         let mut rest = RestConfig::default();
         let mut secrets: Vec<(String, String)> = Vec::new();
         for (flag, role, entries) in [

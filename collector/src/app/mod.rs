@@ -7,25 +7,12 @@ pub mod config;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use crate::{
-    app::config::Config,
-    model::{
-        cluster::{ClusterHandle, Clusters},
-        telemetry::Telemetry,
-        time::now_ms,
-    },
-    outputs::api::{AppState, router},
-    sources::{
-        etcd::{
-            client::http_client,
-            health::{HealthLoop, HealthSettings},
-        },
-        ingest::{
-            self, Pipeline,
-            server::{IngestSettings, IngestState},
-        },
-        scrape::ScrapeLoop,
-    },
-    store::{Store, StoreError},
+    app::config::Config, model::cluster::ClusterHandle, model::cluster::Clusters,
+    model::telemetry::Telemetry, model::time::now_ms, outputs::api::AppState, outputs::api::router,
+    sources::etcd::client::http_client, sources::etcd::health::HealthLoop,
+    sources::etcd::health::HealthSettings, sources::ingest, sources::ingest::Pipeline,
+    sources::ingest::server::IngestSettings, sources::ingest::server::IngestState,
+    sources::scrape::ScrapeLoop, store::Store, store::StoreError,
 };
 
 /// Why the collector could not start or stopped.

@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod exposition;
 pub mod series;
 pub mod sync;
 pub mod telemetry;

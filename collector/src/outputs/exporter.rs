@@ -2,61 +2,55 @@
 //! cluster's state at scrape time (so a member that left leaves no stale series), followed by
 //! the collector's self-metrics.
 
-use prometheus::{
-    CounterVec, Encoder, GaugeVec, Opts, TextEncoder, core::Collector, proto::MetricFamily,
+use crate::{
+    model::cluster::ClusterHandle, model::cluster::ClusterState, model::cluster::Quantiles,
+    model::exposition::Exposition, model::telemetry::Telemetry,
 };
 
-use crate::model::{
-    cluster::{ClusterHandle, ClusterState, Quantiles},
-    telemetry::Telemetry,
-};
-
-struct Families {
-    out: Vec<MetricFamily>,
+/// The page, written one family at a time from `(label values, value)` rows.
+struct Families<'a> {
+    out: &'a mut Exposition,
 }
 
-impl Families {
+impl Families<'_> {
     fn gauge(&mut self, name: &str, help: &str, labels: &[&str], rows: &[(Vec<&str>, f64)]) {
-        let Ok(g) = GaugeVec::new(Opts::new(name, help), labels) else {
-            return;
-        };
         for (values, v) in rows {
-            if let Ok(m) = g.get_metric_with_label_values(values) {
-                m.set(*v);
-            }
-        }
-        if !rows.is_empty() {
-            self.out.extend(g.collect());
+            let pairs = sorted(labels, values);
+            self.out.gauge(name, help, &pairs, *v);
         }
     }
 
     fn counter(&mut self, name: &str, help: &str, labels: &[&str], rows: &[(Vec<&str>, f64)]) {
-        let Ok(c) = CounterVec::new(Opts::new(name, help), labels) else {
-            return;
-        };
         for (values, v) in rows {
-            if let Ok(m) = c.get_metric_with_label_values(values) {
-                m.inc_by(v.max(0.0));
-            }
-        }
-        if !rows.is_empty() {
-            self.out.extend(c.collect());
+            let pairs = sorted(labels, values);
+            self.out.counter(name, help, &pairs, v.max(0.0));
         }
     }
+}
+
+/// Label pairs sorted by name, as the `prometheus` crate's vectors wrote them.
+fn sorted<'a>(names: &[&'a str], values: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+    let mut pairs: Vec<(&str, &str)> = names.iter().copied().zip(values.iter().copied()).collect();
+    pairs.sort_unstable_by_key(|(k, _)| *k);
+    pairs
 }
 
 fn b(v: bool) -> f64 {
     if v { 1.0 } else { 0.0 }
 }
 
-/// Renders every series of `clusters` plus `telemetry`'s self-metrics as Prometheus text.
-pub fn render(clusters: &[std::sync::Arc<ClusterHandle>], telemetry: &Telemetry) -> String {
+/// Adds every series of `clusters` plus `telemetry`'s self-metrics to the page.
+pub fn render(
+    clusters: &[std::sync::Arc<ClusterHandle>],
+    telemetry: &Telemetry,
+    out: &mut Exposition,
+) {
     let states: Vec<ClusterState> = clusters.iter().map(|c| c.snapshot()).collect();
     let labels: Vec<Vec<String>> = states
         .iter()
         .map(|s| s.members.iter().map(ClusterState::member_label).collect())
         .collect();
-    let mut f = Families { out: Vec::new() };
+    let mut f = Families { out };
     let cl = &["cluster"];
     let cm = &["cluster", "member"];
 
@@ -276,9 +270,4 @@ pub fn render(clusters: &[std::sync::Arc<ClusterHandle>], telemetry: &Telemetry)
     );
 
     f.out.extend(telemetry.registry.gather());
-    let mut buf = Vec::new();
-    if let Err(e) = TextEncoder::new().encode(&f.out, &mut buf) {
-        tracing::warn!(error = %e, "Encoding metrics failed.");
-    }
-    String::from_utf8(buf).unwrap_or_default()
 }

@@ -9,18 +9,11 @@ use etcd_monitor_histogram::CumulativeBuckets;
 use prometheus_parse::{Scrape, Value};
 
 use crate::{
-    model::{
-        cluster::{
-            ClusterHandle, ClusterState, MemberState, Quantiles, ServerLatency, ServerMetrics,
-        },
-        config::MetricsTarget,
-        series::ServerSeries,
-        telemetry::Telemetry,
-        time::now_ms,
-        window::FsyncWindows,
-    },
-    sources::ingest::AgentRegistry,
-    store::{HistoryPoint, Store},
+    model::cluster::ClusterHandle, model::cluster::ClusterState, model::cluster::MemberState,
+    model::cluster::Quantiles, model::cluster::ServerLatency, model::cluster::ServerMetrics,
+    model::config::MetricsTarget, model::series::ServerSeries, model::telemetry::Telemetry,
+    model::time::now_ms, model::window::FsyncWindows, sources::ingest::AgentRegistry,
+    store::HistoryPoint, store::Store,
 };
 
 /// A scrape that could not be used.

@@ -1199,11 +1199,11 @@ mod tests {
         Ok(())
     }
 
+    /// The store's counters as `/metrics` writes them.
     fn render(registry: &Registry) -> String {
-        use prometheus::Encoder;
-        let mut out = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut out);
-        String::from_utf8_lossy(&out).into_owned()
+        let mut page = crate::model::exposition::Exposition::new();
+        page.extend(registry.gather());
+        page.encode()
     }
 
     #[test]

@@ -16,7 +16,6 @@ pub mod silences;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    fmt::Write as _,
     path::PathBuf,
     sync::{
         Arc, Mutex, RwLock,
@@ -30,12 +29,11 @@ use rules::{Rule, RuleView, RulesError};
 use signals::{Sample, Signal, SignalHistory};
 use silences::{NewSilence, Silence};
 
-use crate::model::sync::{lock, read, write};
 use crate::{
-    model::{cluster::Clusters, config::Thresholds, time::now_ms},
-    sources::ingest::AgentRegistry,
-    store::{Store, StoreError},
+    model::cluster::Clusters, model::config::Thresholds, model::time::now_ms,
+    sources::ingest::AgentRegistry, store::Store, store::StoreError,
 };
+use crate::{model::sync::lock, model::sync::read, model::sync::write};
 
 /// Why alerting could not start or a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +60,8 @@ pub trait AlertSink: Send + Sync {
     fn notify(&self, alert: &Alert);
     /// Re-sends a still-firing `alert` where the receiver forgets alerts not re-sent.
     fn refresh(&self, _alert: &Alert) {}
-    /// Appends the sink's own Prometheus series (deliveries, failures, drops) to `out`.
-    fn render(&self, _out: &mut String) {}
+    /// Adds the sink's own Prometheus series (deliveries, failures, drops) to `out`.
+    fn render(&self, _out: &mut crate::model::exposition::Exposition) {}
 }
 
 /// A sink that drops every alert (for an engine nobody is notified by).
@@ -178,12 +176,6 @@ pub fn fmt_value(v: f64) -> String {
 }
 
 /// Escapes a Prometheus label value.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 impl Alerting {
     /// Loads the rules (an invalid file fails here, naming the line), restores the persisted
     /// state and returns the engine; [`Alerting::spawn`] starts it.
@@ -653,33 +645,30 @@ impl Alerting {
         Ok(existed)
     }
 
-    /// Prometheus text: `ALERTS`, `etcdmon_alerts_firing`, rule and channel counters.
-    pub fn render(&self, out: &mut String) {
+    /// `ALERTS`, `etcdmon_alerts_firing`, rule and channel counters.
+    pub fn render(&self, out: &mut crate::model::exposition::Exposition) {
         let active: Vec<Alert> = lock(&self.inner.lifecycle)
             .active
             .values()
             .cloned()
             .collect();
-        let _ = writeln!(
-            out,
-            "# HELP ALERTS Active alerts (pending or firing), as Prometheus' own ALERTS series.\n# TYPE ALERTS gauge"
-        );
         let mut sorted = active.clone();
         sorted.sort_by(|a, b| a.key.cmp(&b.key));
         for a in &sorted {
-            let mut labels: Vec<String> = a
+            let mut labels: Vec<(&str, &str)> = a
                 .labels
                 .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", esc(v)))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            labels.push(format!("alertstate=\"{}\"", a.state.as_str()));
-            labels.sort();
-            let _ = writeln!(out, "ALERTS{{{}}} 1", labels.join(","));
+            labels.push(("alertstate", a.state.as_str()));
+            labels.sort_unstable();
+            out.gauge(
+                "ALERTS",
+                "Active alerts (pending or firing), as Prometheus' own ALERTS series.",
+                &labels,
+                1.0,
+            );
         }
-        let _ = writeln!(
-            out,
-            "# HELP etcdmon_alerts_firing Alerts firing now, by cluster and severity.\n# TYPE etcdmon_alerts_firing gauge"
-        );
         for cluster in self.inner.clusters.iter() {
             for sev in ["critical", "warning", "info"] {
                 let n = active
@@ -690,34 +679,40 @@ impl Alerting {
                             && a.state == AlertState::Firing
                     })
                     .count();
-                let _ = writeln!(
-                    out,
-                    "etcdmon_alerts_firing{{cluster=\"{}\",severity=\"{sev}\"}} {n}",
-                    esc(cluster.name())
+                out.gauge(
+                    "etcdmon_alerts_firing",
+                    "Alerts firing now, by cluster and severity.",
+                    &[("cluster", cluster.name()), ("severity", sev)],
+                    n as f64,
                 );
             }
         }
         let c = &self.inner.counters;
-        let _ = writeln!(
-            out,
-            "# HELP etcdmon_alert_rules Alert rules in force.\n# TYPE etcdmon_alert_rules gauge\netcdmon_alert_rules {}",
-            read(&self.inner.rules).len()
+        out.gauge(
+            "etcdmon_alert_rules",
+            "Alert rules in force.",
+            &[],
+            read(&self.inner.rules).len() as f64,
         );
-        let _ = writeln!(
-            out,
-            "# HELP etcdmon_alert_rules_reloads_total Rules reloads (SIGHUP) by result; a failed reload keeps the previous rules.\n# TYPE etcdmon_alert_rules_reloads_total counter\netcdmon_alert_rules_reloads_total{{result=\"success\"}} {}\netcdmon_alert_rules_reloads_total{{result=\"failure\"}} {}",
-            c.reload_ok.load(Ordering::Relaxed),
-            c.reload_failed.load(Ordering::Relaxed)
+        for (result, n) in [("success", &c.reload_ok), ("failure", &c.reload_failed)] {
+            out.counter(
+                "etcdmon_alert_rules_reloads_total",
+                "Rules reloads (SIGHUP) by result; a failed reload keeps the previous rules.",
+                &[("result", result)],
+                n.load(Ordering::Relaxed) as f64,
+            );
+        }
+        out.counter(
+            "etcdmon_alert_evaluations_total",
+            "Rule evaluation rounds.",
+            &[],
+            c.evaluations.load(Ordering::Relaxed) as f64,
         );
-        let _ = writeln!(
-            out,
-            "# HELP etcdmon_alert_evaluations_total Rule evaluation rounds.\n# TYPE etcdmon_alert_evaluations_total counter\netcdmon_alert_evaluations_total {}",
-            c.evaluations.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP etcdmon_alert_store_failures_total Alert state writes to the store that failed.\n# TYPE etcdmon_alert_store_failures_total counter\netcdmon_alert_store_failures_total {}",
-            c.store_failures.load(Ordering::Relaxed)
+        out.counter(
+            "etcdmon_alert_store_failures_total",
+            "Alert state writes to the store that failed.",
+            &[],
+            c.store_failures.load(Ordering::Relaxed) as f64,
         );
         self.inner.notifier.render(out);
     }
@@ -726,8 +721,8 @@ impl Alerting {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::cluster::{ClusterHandle, MemberState};
     use crate::model::config::ClusterConfig;
+    use crate::{model::cluster::ClusterHandle, model::cluster::MemberState};
 
     fn thresholds() -> Thresholds {
         Thresholds {
@@ -869,8 +864,9 @@ mod tests {
             Some("etcd member m1 does not answer.")
         );
         assert!(!active.iter().any(|a| a.member.as_deref() == Some("m0")));
-        let mut text = String::new();
-        engine.render(&mut text);
+        let mut page = crate::model::exposition::Exposition::new();
+        engine.render(&mut page);
+        let text = page.encode();
         assert!(text.contains("alertname=\"MemberUnavailable\""), "{text}");
         assert!(
             text.contains("etcdmon_alerts_firing{cluster=\"default\",severity=\"critical\"} 1"),

@@ -10,7 +10,7 @@ use super::{
     lifecycle::{Alert, Delivered, Transition},
     silences::Silence,
 };
-use crate::store::{Store, StoreError};
+use crate::{store::Store, store::StoreError};
 
 /// Transitions kept in the store (the API shows the last 1000).
 pub const TRANSITIONS_KEPT: i64 = 10_000;

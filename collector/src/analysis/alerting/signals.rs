@@ -20,8 +20,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
-    model::cluster::{ClusterState, MemberState},
-    sources::ingest::{AgentRegistry, join},
+    model::cluster::ClusterState, model::cluster::MemberState, sources::ingest::AgentRegistry,
+    sources::ingest::join,
 };
 
 /// How long full-resolution snapshots are kept; older ones are thinned out.

@@ -384,7 +384,9 @@ mod tests {
     use etcd_monitor_proto::v1::IoIssuer;
 
     use super::*;
-    use crate::analysis::diagnosis::sample::{AgentSample, DeviceSample};
+    use crate::{
+        analysis::diagnosis::sample::AgentSample, analysis::diagnosis::sample::DeviceSample,
+    };
     use etcd_monitor_histogram::{CumulativeBuckets, Log2Slots};
 
     fn log2(count: u64, each_ns: u64) -> Log2Slots {

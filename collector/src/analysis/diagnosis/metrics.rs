@@ -1,44 +1,33 @@
 //! `etcdmon_diagnosis{cluster,member,cause}`: 1 for each member's current cause, 0 for the
 //! others, so `etcdmon_diagnosis{cause="disk_slow"} == 1` selects the members to act on.
 
-use std::fmt::Write as _;
-
 use super::{CAUSES, Diagnoses};
 
-/// Prometheus text of every member's verdict.
-pub fn render(diagnoses: &Diagnoses) -> String {
-    let all = diagnoses.all();
-    let mut out = String::new();
-    if all.is_empty() {
-        return out;
-    }
-    out.push_str(
-        "# HELP etcdmon_diagnosis Why a member is slow: 1 for its current diagnosis cause, 0 for the others.\n# TYPE etcdmon_diagnosis gauge\n",
-    );
-    for d in &all {
+/// Every member's verdict. Cluster and member names are escaped by the exposition.
+pub fn render(diagnoses: &Diagnoses, out: &mut crate::model::exposition::Exposition) {
+    for d in &diagnoses.all() {
         for cause in CAUSES {
-            let _ = writeln!(
-                out,
-                "etcdmon_diagnosis{{cause=\"{cause}\",cluster=\"{}\",member=\"{}\"}} {}",
-                escape(&d.cluster),
-                escape(&d.member),
-                u8::from(d.verdict.cause == cause)
+            out.gauge(
+                "etcdmon_diagnosis",
+                "Why a member is slow: 1 for its current diagnosis cause, 0 for the others.",
+                &[
+                    ("cause", cause),
+                    ("cluster", &d.cluster),
+                    ("member", &d.member),
+                ],
+                f64::from(u8::from(d.verdict.cause == cause)),
             );
         }
     }
-    out
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::diagnosis::{MemberDiagnosis, Verdict, engine::Evidence};
+    use crate::{
+        analysis::diagnosis::MemberDiagnosis, analysis::diagnosis::Verdict,
+        analysis::diagnosis::engine::Evidence,
+    };
 
     #[test]
     fn one_cause_is_set_per_member() {
@@ -60,7 +49,9 @@ mod tests {
                 evidence: Evidence::default(),
             },
         });
-        let text = render(&store);
+        let mut page = crate::model::exposition::Exposition::new();
+        render(&store, &mut page);
+        let text = page.encode();
         assert!(
             text.contains(
                 "etcdmon_diagnosis{cause=\"disk_slow\",cluster=\"c\",member=\"m\\\"0\"} 1"

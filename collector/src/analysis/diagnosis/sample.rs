@@ -5,10 +5,7 @@
 use etcd_monitor_histogram::{CumulativeBuckets, Log2Slots};
 use etcd_monitor_proto::v1::{AgentStatus, IoIssuer, MemberIdentity};
 
-use crate::{
-    model::cluster::MemberState,
-    sources::ingest::{AgentRegistry, join},
-};
+use crate::{model::cluster::MemberState, sources::ingest::AgentRegistry, sources::ingest::join};
 
 /// A device under the member's data dir.
 #[derive(Debug, Clone, Default, PartialEq)]

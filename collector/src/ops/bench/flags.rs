@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, ValueEnum};
 
 use crate::{
-    model::config::{ConfigError, default_text},
-    ops::bench::spec::{
-        BenchSpec, BenchmarkType, Consistency, DEFAULT_CLIENTS, DEFAULT_CONNS, DEFAULT_CONSISTENCY,
-        DEFAULT_KEY_ORDER, DEFAULT_KEY_SIZE, DEFAULT_KEY_SPACE, DEFAULT_MAX_OPS,
-        DEFAULT_READ_RATIO, DEFAULT_TARGET, DEFAULT_VALUE_SIZE, KeyOrder, RawSpec, Target,
-    },
+    model::config::ConfigError, model::config::default_text, ops::bench::spec::BenchSpec,
+    ops::bench::spec::BenchmarkType, ops::bench::spec::Consistency,
+    ops::bench::spec::DEFAULT_CLIENTS, ops::bench::spec::DEFAULT_CONNS,
+    ops::bench::spec::DEFAULT_CONSISTENCY, ops::bench::spec::DEFAULT_KEY_ORDER,
+    ops::bench::spec::DEFAULT_KEY_SIZE, ops::bench::spec::DEFAULT_KEY_SPACE,
+    ops::bench::spec::DEFAULT_MAX_OPS, ops::bench::spec::DEFAULT_READ_RATIO,
+    ops::bench::spec::DEFAULT_TARGET, ops::bench::spec::DEFAULT_VALUE_SIZE,
+    ops::bench::spec::KeyOrder, ops::bench::spec::RawSpec, ops::bench::spec::Target,
 };
 
 /// The command-line spelling of an enum default.

@@ -5,7 +5,6 @@
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -15,15 +14,10 @@ use utoipa::ToSchema;
 
 use crate::model::sync;
 use crate::{
-    model::{config::ClusterConfig, time::now_ms},
-    ops::bench::{
-        Report,
-        flags::ApiSettings,
-        runner::{self, Progress, ProgressSnapshot},
-        safety,
-        spec::BenchSpec,
-    },
-    store::{BenchmarkRun, Store},
+    model::config::ClusterConfig, model::time::now_ms, ops::bench::Report,
+    ops::bench::flags::ApiSettings, ops::bench::runner, ops::bench::runner::Progress,
+    ops::bench::runner::ProgressSnapshot, ops::bench::safety, ops::bench::spec::BenchSpec,
+    store::BenchmarkRun, store::Store,
 };
 
 /// Why a job was not started or cannot be shown.
@@ -304,19 +298,24 @@ impl BenchJobs {
         }
     }
 
-    /// Prometheus text of the jobs this collector ran.
-    pub fn render_metrics(&self) -> String {
+    /// The series of the jobs this collector ran. Cluster and workload names are label values,
+    /// escaped by the exposition like every other.
+    pub fn render_metrics(&self, out: &mut crate::model::exposition::Exposition) {
         let jobs = self.lock_jobs();
-        let mut out = String::new();
         let running = jobs.values().filter(|j| j.result.is_none()).count();
-        let _ = writeln!(
-            out,
-            "# HELP etcdmon_benchmark_running Benchmarks running now (REST-started).\n# TYPE etcdmon_benchmark_running gauge\netcdmon_benchmark_running {running}"
+        out.gauge(
+            "etcdmon_benchmark_running",
+            "Benchmarks running now (REST-started).",
+            &[],
+            running as f64,
         );
         // Latest finished run per (cluster, workload), and totals over all runs.
-        let mut latest: HashMap<(String, String), &Report> = HashMap::new();
-        let mut runs: HashMap<(String, String, &'static str), u64> = HashMap::new();
-        let mut requests: HashMap<(String, String, &'static str), u64> = HashMap::new();
+        let mut latest: std::collections::BTreeMap<(String, String), &Report> =
+            std::collections::BTreeMap::new();
+        let mut runs: std::collections::BTreeMap<(String, String, &'static str), u64> =
+            std::collections::BTreeMap::new();
+        let mut requests: std::collections::BTreeMap<(String, String, &'static str), u64> =
+            std::collections::BTreeMap::new();
         let mut finished: Vec<&Job> = jobs.values().filter(|j| j.result.is_some()).collect();
         finished.sort_by_key(|j| j.started_ms);
         for j in finished {
@@ -334,74 +333,54 @@ impl BenchJobs {
                 latest.insert(key, r);
             }
         }
-        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
-            if rows.is_empty() {
-                return;
+        for ((c, w, result), n) in &runs {
+            out.counter(
+                "etcdmon_benchmark_runs_total",
+                "Benchmark runs this collector finished, by result.",
+                &[("cluster", c), ("workload", w), ("result", result)],
+                *n as f64,
+            );
+        }
+        for ((c, w, outcome), n) in &requests {
+            out.counter(
+                "etcdmon_benchmark_requests_total",
+                "Requests of finished benchmark runs, by outcome.",
+                &[("cluster", c), ("workload", w), ("outcome", outcome)],
+                *n as f64,
+            );
+        }
+        for ((c, w), r) in &latest {
+            out.gauge(
+                "etcdmon_benchmark_last_requests_per_second",
+                "Successful requests per second of the latest run.",
+                &[("cluster", c), ("workload", w)],
+                r.summary.requests_per_second,
+            );
+        }
+        for ((c, w), r) in &latest {
+            for p in &r.percentiles {
+                out.gauge(
+                    "etcdmon_benchmark_last_latency_seconds",
+                    "Client-side latency percentiles of the latest run.",
+                    &[
+                        ("cluster", c),
+                        ("workload", w),
+                        ("quantile", &(p.percentile / 100.0).to_string()),
+                    ],
+                    p.seconds,
+                );
             }
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            let mut rows = rows;
-            rows.sort_by(|a, b| a.0.cmp(&b.0));
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+        for ((c, w), r) in &latest {
+            if let Some(v) = &r.slo {
+                out.gauge(
+                    "etcdmon_benchmark_last_slo_pass",
+                    "1 when the latest run met its SLO (only for runs with one).",
+                    &[("cluster", c), ("workload", w)],
+                    if v.pass { 1.0 } else { 0.0 },
+                );
             }
-        };
-        let lbl = |c: &str, w: &str| format!("cluster=\"{c}\",workload=\"{w}\"");
-        family(
-            "etcdmon_benchmark_runs_total",
-            "counter",
-            "Benchmark runs this collector finished, by result.",
-            runs.iter()
-                .map(|((c, w, r), n)| (format!("{},result=\"{r}\"", lbl(c, w)), *n as f64))
-                .collect(),
-        );
-        family(
-            "etcdmon_benchmark_requests_total",
-            "counter",
-            "Requests of finished benchmark runs, by outcome.",
-            requests
-                .iter()
-                .map(|((c, w, o), n)| (format!("{},outcome=\"{o}\"", lbl(c, w)), *n as f64))
-                .collect(),
-        );
-        family(
-            "etcdmon_benchmark_last_requests_per_second",
-            "gauge",
-            "Successful requests per second of the latest run.",
-            latest
-                .iter()
-                .map(|((c, w), r)| (lbl(c, w), r.summary.requests_per_second))
-                .collect(),
-        );
-        family(
-            "etcdmon_benchmark_last_latency_seconds",
-            "gauge",
-            "Client-side latency percentiles of the latest run.",
-            latest
-                .iter()
-                .flat_map(|((c, w), r)| {
-                    r.percentiles.iter().map(move |p| {
-                        (
-                            format!("{},quantile=\"{}\"", lbl(c, w), p.percentile / 100.0),
-                            p.seconds,
-                        )
-                    })
-                })
-                .collect(),
-        );
-        family(
-            "etcdmon_benchmark_last_slo_pass",
-            "gauge",
-            "1 when the latest run met its SLO (only for runs with one).",
-            latest
-                .iter()
-                .filter_map(|((c, w), r)| {
-                    r.slo
-                        .as_ref()
-                        .map(|v| (lbl(c, w), if v.pass { 1.0 } else { 0.0 }))
-                })
-                .collect(),
-        );
-        out
+        }
     }
 }
 
@@ -423,6 +402,8 @@ mod tests {
             None,
         );
         assert!(on.check_enabled().is_ok());
-        assert!(on.render_metrics().contains("etcdmon_benchmark_running 0"));
+        let mut page = crate::model::exposition::Exposition::new();
+        on.render_metrics(&mut page);
+        assert!(page.encode().contains("etcdmon_benchmark_running 0"));
     }
 }

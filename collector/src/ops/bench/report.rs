@@ -502,7 +502,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::bench::spec::{DEFAULT_MAX_OPS, RawSpec};
+    use crate::{ops::bench::spec::DEFAULT_MAX_OPS, ops::bench::spec::RawSpec};
 
     fn header() -> ReportHeader {
         let raw = RawSpec::default();

@@ -22,14 +22,10 @@ use utoipa::ToSchema;
 
 use crate::model::sync;
 use crate::{
-    model::{config::ClusterConfig, time::now_ms},
-    ops::bench::{
-        report::{Recorder, Report, ReportHeader},
-        safety,
-        spec::{BenchSpec, Target},
-        workload::Workload,
-    },
-    sources::etcd::client::{connect, error_chain},
+    model::config::ClusterConfig, model::time::now_ms, ops::bench::report::Recorder,
+    ops::bench::report::Report, ops::bench::report::ReportHeader, ops::bench::safety,
+    ops::bench::spec::BenchSpec, ops::bench::spec::Target, ops::bench::workload::Workload,
+    sources::etcd::client::connect, sources::etcd::client::error_chain,
 };
 
 /// Why a run could not start (request failures are never errors: they are in the report).

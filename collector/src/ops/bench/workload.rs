@@ -4,7 +4,10 @@
 
 use etcd_client::{GetOptions, KvClient, Txn, TxnOp};
 
-use crate::ops::bench::spec::{BenchSpec, BenchmarkType, Consistency, KeyOrder};
+use crate::{
+    ops::bench::spec::BenchSpec, ops::bench::spec::BenchmarkType, ops::bench::spec::Consistency,
+    ops::bench::spec::KeyOrder,
+};
 
 /// What one request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +132,7 @@ impl Workload {
 mod tests {
     use super::*;
     use crate::ops::bench::spec::digits;
-    use crate::ops::bench::spec::{DEFAULT_MAX_OPS, RawSpec};
+    use crate::{ops::bench::spec::DEFAULT_MAX_OPS, ops::bench::spec::RawSpec};
 
     fn spec(body: &str) -> BenchSpec {
         let raw: RawSpec = serde_json::from_str(body).unwrap();

@@ -24,14 +24,10 @@ use super::{
     snapshot,
 };
 use crate::{
-    model::{
-        config::{
-            ClusterConfig, DEFAULT_CLUSTER, DEFAULT_DIAL_TIMEOUT, DEFAULT_ENDPOINT,
-            duration_default,
-        },
-        time::parse_duration,
-    },
-    sources::etcd::endpoint::{RawCluster, validate_cluster},
+    model::config::ClusterConfig, model::config::DEFAULT_CLUSTER,
+    model::config::DEFAULT_DIAL_TIMEOUT, model::config::DEFAULT_ENDPOINT,
+    model::config::duration_default, model::time::parse_duration,
+    sources::etcd::endpoint::RawCluster, sources::etcd::endpoint::validate_cluster,
 };
 
 /// `--command-timeout` default.

@@ -13,7 +13,6 @@
 //! constant time. Every refusal is counted in `etcdmon_api_auth_refusals_total{reason}`.
 
 use std::{
-    fmt::Write as _,
     net::SocketAddr,
     sync::{
         Arc,
@@ -362,35 +361,38 @@ impl Access {
         }
     }
 
-    /// Prometheus text of the refusals and of the token files' permissions.
-    pub fn render(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP etcdmon_api_auth_refusals_total REST requests refused by the access policy, by reason.\n# TYPE etcdmon_api_auth_refusals_total counter"
-        );
+    /// The refusals and the token files' permissions.
+    pub fn render(&self, out: &mut crate::model::exposition::Exposition) {
         for (r, n) in Refusal::ALL.iter().zip(&self.inner.refusals) {
-            let _ = writeln!(
-                out,
-                "etcdmon_api_auth_refusals_total{{reason=\"{}\"}} {}",
-                r.reason(),
-                n.load(Ordering::Relaxed)
+            out.counter(
+                "etcdmon_api_auth_refusals_total",
+                "REST requests refused by the access policy, by reason.",
+                &[("reason", r.reason())],
+                n.load(Ordering::Relaxed) as f64,
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP etcdmon_api_token_files_insecure Token files (--admin-token-file, --viewer-token-file) readable by group or others.\n# TYPE etcdmon_api_token_files_insecure gauge\netcdmon_api_token_files_insecure {}",
-            self.inner.insecure_token_files
+        out.gauge(
+            "etcdmon_api_token_files_insecure",
+            "Token files (--admin-token-file, --viewer-token-file) readable by group or others.",
+            &[],
+            self.inner.insecure_token_files as f64,
         );
-        let _ = writeln!(
-            out,
-            "# HELP etcdmon_silences_refused_total Silences refused, by reason (limit: --max-silences reached; invalid: bad body).\n# TYPE etcdmon_silences_refused_total counter\netcdmon_silences_refused_total{{reason=\"limit\"}} {}\netcdmon_silences_refused_total{{reason=\"invalid\"}} {}",
-            self.inner.silence_refusals_limit.load(Ordering::Relaxed),
-            self.inner.silence_refusals_invalid.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP etcdmon_api_tls_handshake_failures_total REST TLS handshakes that failed or timed out.\n# TYPE etcdmon_api_tls_handshake_failures_total counter\netcdmon_api_tls_handshake_failures_total {}",
-            self.inner.tls_handshake_failures.load(Ordering::Relaxed)
+        for (reason, n) in [
+            ("limit", &self.inner.silence_refusals_limit),
+            ("invalid", &self.inner.silence_refusals_invalid),
+        ] {
+            out.counter(
+                "etcdmon_silences_refused_total",
+                "Silences refused, by reason (limit: --max-silences reached; invalid: bad body).",
+                &[("reason", reason)],
+                n.load(Ordering::Relaxed) as f64,
+            );
+        }
+        out.counter(
+            "etcdmon_api_tls_handshake_failures_total",
+            "REST TLS handshakes that failed or timed out.",
+            &[],
+            self.inner.tls_handshake_failures.load(Ordering::Relaxed) as f64,
         );
     }
 }
@@ -493,8 +495,9 @@ mod tests {
             let access = policy();
             let err = access.check_admin(&headers(&h), lo).unwrap_err();
             assert_eq!(err.status(), status, "{h:?}: {err}");
-            let mut text = String::new();
-            access.render(&mut text);
+            let mut page = crate::model::exposition::Exposition::new();
+            access.render(&mut page);
+            let text = page.encode();
             assert!(
                 text.contains(&format!(
                     "etcdmon_api_auth_refusals_total{{reason=\"{reason}\"}} 1"
@@ -538,8 +541,9 @@ mod tests {
                 .check_read(&headers(&[("authorization", "bearer a-secret")]))
                 .is_ok()
         );
-        let mut text = String::new();
-        access.render(&mut text);
+        let mut page = crate::model::exposition::Exposition::new();
+        access.render(&mut page);
+        let text = page.encode();
         assert!(
             text.contains("etcdmon_api_token_files_insecure 1"),
             "{text}"

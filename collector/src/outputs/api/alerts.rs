@@ -19,13 +19,10 @@ use super::{
     routes::{ClusterParam, parse_time, pick},
 };
 use crate::{
-    analysis::alerting::{
-        Alerting, AlertingError,
-        lifecycle::{Alert, Transition},
-        rules::RuleView,
-        silences::{NewSilence, Silence},
-    },
-    model::time::now_ms,
+    analysis::alerting::Alerting, analysis::alerting::AlertingError,
+    analysis::alerting::lifecycle::Alert, analysis::alerting::lifecycle::Transition,
+    analysis::alerting::rules::RuleView, analysis::alerting::silences::NewSilence,
+    analysis::alerting::silences::Silence, model::time::now_ms,
 };
 
 /// Transitions `/api/v1/alerts/history` returns at most.

@@ -11,10 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{AppState, access::RequireAdmin, error::ApiError};
-use crate::ops::bench::{
-    RawSpec,
-    jobs::{JobError, JobView},
-};
+use crate::{ops::bench::RawSpec, ops::bench::jobs::JobError, ops::bench::jobs::JobView};
 
 /// Answer of a started benchmark.
 #[derive(Debug, Serialize, ToSchema)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::analysis::diagnosis::MemberDiagnosis;
-use crate::outputs::api::{AppState, error::ApiError};
+use crate::{outputs::api::AppState, outputs::api::error::ApiError};
 
 /// Query of `/api/v1/diagnosis`.
 #[derive(Debug, Default, Deserialize, IntoParams)]

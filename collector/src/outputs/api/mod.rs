@@ -28,9 +28,9 @@ use tower_http::{
 use utoipa::OpenApi;
 
 use crate::{
-    analysis::alerting::silences::{self, SilenceLimits},
-    model::{cluster::Clusters, config::Thresholds, telemetry::Telemetry, time::now_ms},
-    store::Store,
+    analysis::alerting::silences, analysis::alerting::silences::SilenceLimits,
+    model::cluster::Clusters, model::config::Thresholds, model::telemetry::Telemetry,
+    model::time::now_ms, store::Store,
 };
 
 /// What handlers read.
@@ -329,8 +329,10 @@ pub fn router(state: AppState) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::cluster::{ClusterHandle, MemberState, MemberStatus};
     use crate::model::config::ClusterConfig;
+    use crate::{
+        model::cluster::ClusterHandle, model::cluster::MemberState, model::cluster::MemberStatus,
+    };
     use axum::body::Body;
     use http::{Request, StatusCode};
     use http_body_util::BodyExt;

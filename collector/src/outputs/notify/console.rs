@@ -1,6 +1,6 @@
 //! The console channel: one structured log line per notification.
 
-use crate::analysis::alerting::lifecycle::{Alert, AlertState};
+use crate::{analysis::alerting::lifecycle::Alert, analysis::alerting::lifecycle::AlertState};
 
 /// Logs `alert` (warn when firing, info when resolved) with its labels and annotations as
 /// fields.

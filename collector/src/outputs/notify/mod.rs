@@ -17,7 +17,6 @@ pub mod slack;
 pub mod webhook;
 
 use std::{
-    fmt::Write as _,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -136,41 +135,37 @@ impl Notifier {
         }
     }
 
-    /// Prometheus text of the per-channel counters.
-    pub fn render(&self, out: &mut String) {
-        if self.channels.is_empty() {
-            return;
-        }
-        let _ = writeln!(
-            out,
-            "# HELP etcdmon_alert_notifications_total Alert notifications by channel and result (sent, failed after retries, dropped on a full queue).\n# TYPE etcdmon_alert_notifications_total counter"
-        );
+    /// The per-channel counters. Channel names come from the config file; the exposition
+    /// escapes them like every other label value.
+    pub fn render(&self, out: &mut crate::model::exposition::Exposition) {
+        const SENT: &str = "etcdmon_alert_notifications_total";
+        const SENT_HELP: &str = "Alert notifications by channel and result (sent, failed after retries, dropped on a full queue).";
+        const FAILED: &str = "etcdmon_alert_notification_failures_total";
+        const FAILED_HELP: &str = "Failed delivery attempts by channel (each retry counts).";
         for c in self.channels.iter() {
+            let (channel, kind) = (c.config.name.as_str(), c.config.kind.type_name());
             for (result, v) in [
                 ("sent", &c.stats.sent),
                 ("failed", &c.stats.failed),
                 ("dropped", &c.stats.dropped),
             ] {
-                let _ = writeln!(
-                    out,
-                    "etcdmon_alert_notifications_total{{channel=\"{}\",type=\"{}\",result=\"{result}\"}} {}",
-                    c.config.name,
-                    c.config.kind.type_name(),
-                    v.load(Ordering::Relaxed)
+                out.counter(
+                    SENT,
+                    SENT_HELP,
+                    &[("channel", channel), ("type", kind), ("result", result)],
+                    v.load(Ordering::Relaxed) as f64,
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP etcdmon_alert_notification_failures_total Failed delivery attempts by channel (each retry counts).\n# TYPE etcdmon_alert_notification_failures_total counter"
-        );
         for c in self.channels.iter() {
-            let _ = writeln!(
-                out,
-                "etcdmon_alert_notification_failures_total{{channel=\"{}\",type=\"{}\"}} {}",
-                c.config.name,
-                c.config.kind.type_name(),
-                c.stats.attempt_failures.load(Ordering::Relaxed)
+            out.counter(
+                FAILED,
+                FAILED_HELP,
+                &[
+                    ("channel", &c.config.name),
+                    ("type", c.config.kind.type_name()),
+                ],
+                c.stats.attempt_failures.load(Ordering::Relaxed) as f64,
             );
         }
     }
@@ -345,7 +340,7 @@ impl crate::analysis::alerting::AlertSink for Notifier {
         Notifier::refresh(self, alert);
     }
 
-    fn render(&self, out: &mut String) {
+    fn render(&self, out: &mut crate::model::exposition::Exposition) {
         Notifier::render(self, out);
     }
 }

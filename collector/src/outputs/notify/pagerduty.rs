@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::{rfc3339, title};
-use crate::analysis::alerting::lifecycle::{Alert, AlertState};
+use crate::{analysis::alerting::lifecycle::Alert, analysis::alerting::lifecycle::AlertState};
 
 /// The event body.
 pub fn payload(alert: &Alert, routing_key: &str) -> serde_json::Value {

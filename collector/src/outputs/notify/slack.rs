@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::title;
-use crate::analysis::alerting::lifecycle::{Alert, AlertState};
+use crate::{analysis::alerting::lifecycle::Alert, analysis::alerting::lifecycle::AlertState};
 
 /// The message body.
 pub fn payload(alert: &Alert) -> serde_json::Value {

@@ -16,7 +16,7 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use etcd_monitor_runtime::Backoff;
 use hyper_util::rt::TokioIo;
 
-use crate::model::config::{ClusterConfig, TlsConfig};
+use crate::{model::config::ClusterConfig, model::config::TlsConfig};
 
 /// Why a member could not be asked.
 #[derive(Debug, Clone, thiserror::Error)]

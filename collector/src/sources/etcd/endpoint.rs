@@ -4,7 +4,10 @@
 
 use std::{path::Path, time::Duration};
 
-use crate::model::config::{Auth, ClusterConfig, ConfigError, MetricsTarget, TlsConfig};
+use crate::{
+    model::config::Auth, model::config::ClusterConfig, model::config::ConfigError,
+    model::config::MetricsTarget, model::config::TlsConfig,
+};
 
 /// Raw per-cluster settings before validation, from flags or a file entry.
 pub struct RawCluster<'a> {

@@ -13,23 +13,15 @@ use std::{
 use etcd_client::{AlarmAction, AlarmType, Client};
 
 use crate::{
-    model::{
-        cluster::{ClusterHandle, MemberStatus},
-        time::{hex_id, now_ms},
-    },
-    sources::etcd::{
-        client::{ClientPool, explain},
-        leader::LeaderTracker,
-        members::{self, ListedMember, Observation, StatusReply},
-    },
+    model::cluster::ClusterHandle, model::cluster::MemberStatus, model::time::hex_id,
+    model::time::now_ms, sources::etcd::client::ClientPool, sources::etcd::client::explain,
+    sources::etcd::leader::LeaderTracker, sources::etcd::members,
+    sources::etcd::members::ListedMember, sources::etcd::members::Observation,
+    sources::etcd::members::StatusReply,
 };
 use crate::{
-    model::{
-        config::{Thresholds, TlsConfig},
-        telemetry::Telemetry,
-    },
-    sources::etcd::probe::{self, MemberProbes},
-    store::Store,
+    model::config::Thresholds, model::config::TlsConfig, model::telemetry::Telemetry,
+    sources::etcd::probe, sources::etcd::probe::MemberProbes, store::Store,
 };
 
 /// Settings of the health loop.

@@ -4,7 +4,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::model::cluster::{LEADER_HISTORY, LeaderChange, LeaderInfo, MemberState, SplitBrain};
+use crate::{
+    model::cluster::LEADER_HISTORY, model::cluster::LeaderChange, model::cluster::LeaderInfo,
+    model::cluster::MemberState, model::cluster::SplitBrain,
+};
 
 /// The leader as the reachable members see it.
 #[derive(Debug, Clone, PartialEq)]

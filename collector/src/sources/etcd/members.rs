@@ -3,10 +3,8 @@
 
 use crate::model::config::Thresholds;
 use crate::{
-    model::{
-        cluster::{Alarm, ClusterState, EndpointState, MemberState, MemberStatus},
-        time::hex_id,
-    },
+    model::cluster::Alarm, model::cluster::ClusterState, model::cluster::EndpointState,
+    model::cluster::MemberState, model::cluster::MemberStatus, model::time::hex_id,
     sources::etcd::leader,
 };
 

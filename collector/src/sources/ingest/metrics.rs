@@ -2,34 +2,20 @@
 //! member (with its id and whether it leads), agent modes, drops by stage, peer network
 //! figures, ingest and subscriber counters, watch counts.
 
-use std::{collections::HashMap, sync::atomic::Ordering};
+use std::sync::atomic::Ordering;
 
 use etcd_monitor_proto::v1::{DiskOp, FileClass};
-use prometheus::{
-    Encoder, TextEncoder,
-    proto::{self, MetricFamily, MetricType},
-};
+use prometheus::proto::MetricType;
 
 use super::{Pipeline, join};
-use crate::model::cluster::{ClusterState, Clusters};
+use crate::{
+    model::cluster::ClusterState, model::cluster::Clusters, model::exposition::Exposition,
+};
 
-struct Families(HashMap<&'static str, (MetricType, &'static str, Vec<proto::Metric>)>);
+/// The page being written, with the family's type passed alongside (counter or gauge).
+struct Families<'a>(&'a mut Exposition);
 
-impl Families {
-    fn push(
-        &mut self,
-        name: &'static str,
-        kind: MetricType,
-        help: &'static str,
-        metric: proto::Metric,
-    ) {
-        self.0
-            .entry(name)
-            .or_insert_with(|| (kind, help, Vec::new()))
-            .2
-            .push(metric);
-    }
-
+impl Families<'_> {
     fn value(
         &mut self,
         name: &'static str,
@@ -38,53 +24,41 @@ impl Families {
         labels: &[(&str, &str)],
         v: f64,
     ) {
-        let mut m = proto::Metric::from_label(label_pairs(labels));
+        let labels = sorted(labels);
         if kind == MetricType::COUNTER {
-            let mut c = proto::Counter::default();
-            c.set_value(v);
-            m.set_counter(c);
+            self.0.counter(name, help, &labels, v);
         } else {
-            let mut g = proto::Gauge::default();
-            g.set_value(v);
-            m.set_gauge(g);
+            self.0.gauge(name, help, &labels, v);
         }
-        self.push(name, kind, help, m);
+    }
+
+    /// A Prometheus histogram (seconds) from log2 ns slots, in the shared model's exposition
+    /// layout (the agent's own /metrics uses the same).
+    fn histogram(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        slots: &[u64],
+        sum_nanos: u64,
+    ) {
+        let slots = etcd_monitor_histogram::Log2Slots::new(0, sum_nanos, slots);
+        self.0.histogram(
+            name,
+            help,
+            &sorted(labels),
+            &slots.exposition_buckets(),
+            sum_nanos as f64 / 1e9,
+            slots.slot_total(),
+        );
     }
 }
 
-fn label_pairs(pairs: &[(&str, &str)]) -> Vec<proto::LabelPair> {
-    let mut pairs = pairs.to_vec();
+/// Label pairs sorted by name (this page's order since it was first written).
+fn sorted<'a>(labels: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut pairs = labels.to_vec();
     pairs.sort_unstable_by_key(|(k, _)| *k);
     pairs
-        .into_iter()
-        .map(|(k, v)| {
-            let mut l = proto::LabelPair::default();
-            l.set_name(k.to_string());
-            l.set_value(v.to_string());
-            l
-        })
-        .collect()
-}
-
-/// A Prometheus histogram (seconds) from log2 ns slots, in the shared model's exposition
-/// layout (the agent's own /metrics uses the same).
-fn histogram(slots: &[u64], sum_nanos: u64) -> proto::Histogram {
-    let slots = etcd_monitor_histogram::Log2Slots::new(0, sum_nanos, slots);
-    let mut h = proto::Histogram::default();
-    h.set_sample_count(slots.slot_total());
-    h.set_sample_sum(sum_nanos as f64 / 1e9);
-    let buckets = slots
-        .exposition_buckets()
-        .into_iter()
-        .map(|(le, cumulative)| {
-            let mut b = proto::Bucket::default();
-            b.set_upper_bound(le);
-            b.set_cumulative_count(cumulative);
-            b
-        })
-        .collect();
-    h.set_bucket(buckets);
-    h
 }
 
 fn op_name(op: DiskOp) -> &'static str {
@@ -124,9 +98,9 @@ const WRITE_HELP: &str =
     "Kernel-measured duration of etcd's write calls, from the member's node agent.";
 const DROP_HELP: &str = "Events lost, by pipeline stage (kernel, agent_queue, grpc, collector).";
 
-/// Renders the pipeline's families as Prometheus text.
-pub fn render(clusters: &Clusters, pipeline: &Pipeline) -> String {
-    let mut f = Families(HashMap::new());
+/// Adds the pipeline's families to the page.
+pub fn render(clusters: &Clusters, pipeline: &Pipeline, out: &mut Exposition) {
+    let mut f = Families(out);
     for cluster in clusters.iter() {
         let state = cluster.snapshot();
         for member in &state.members {
@@ -168,18 +142,11 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline) -> String {
                     ("file", file_name(h.file())),
                     ("op", op_name(op)),
                 ];
-                let mut m = proto::Metric::from_label(label_pairs(&labels));
-                m.set_histogram(histogram(&h.log2_slots, h.sum_nanos));
                 if matches!(
                     op,
                     DiskOp::Read | DiskOp::Readv | DiskOp::Recvfrom | DiskOp::Recvmsg
                 ) {
-                    f.push(
-                        "etcdmon_receive_duration_seconds",
-                        MetricType::HISTOGRAM,
-                        "Kernel-measured duration of etcd's socket receives, from the member's node agent.",
-                        m,
-                    );
+                    f.histogram("etcdmon_receive_duration_seconds", "Kernel-measured duration of etcd's socket receives, from the member's node agent.", &labels, &h.log2_slots, h.sum_nanos);
                     f.value(
                         "etcdmon_received_bytes_total",
                         MetricType::COUNTER,
@@ -190,18 +157,20 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline) -> String {
                     continue;
                 }
                 if sync {
-                    f.push(
+                    f.histogram(
                         "etcdmon_fsync_duration_seconds",
-                        MetricType::HISTOGRAM,
                         FSYNC_HELP,
-                        m,
+                        &labels,
+                        &h.log2_slots,
+                        h.sum_nanos,
                     );
                 } else {
-                    f.push(
+                    f.histogram(
                         "etcdmon_write_duration_seconds",
-                        MetricType::HISTOGRAM,
                         WRITE_HELP,
-                        m,
+                        &labels,
+                        &h.log2_slots,
+                        h.sum_nanos,
                     );
                 }
                 f.value(
@@ -456,21 +425,4 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline) -> String {
             counts.gaps as f64,
         );
     }
-    let mut families: Vec<MetricFamily> =
-        f.0.into_iter()
-            .map(|(name, (kind, help, metrics))| {
-                let mut mf = MetricFamily::default();
-                mf.set_name(name.to_string());
-                mf.set_help(help.to_string());
-                mf.set_field_type(kind);
-                mf.set_metric(metrics);
-                mf
-            })
-            .collect();
-    families.sort_by(|a, b| a.name().cmp(b.name()));
-    let mut out = Vec::new();
-    if TextEncoder::new().encode(&families, &mut out).is_err() {
-        return String::new();
-    }
-    String::from_utf8(out).unwrap_or_default()
 }

@@ -21,8 +21,8 @@ use etcd_monitor_proto::v1::{AgentStatus, EventBatch, MemberIdentity};
 use super::join::{self, KernelView};
 use crate::model::sync;
 use crate::{
-    model::{cluster::MemberState, time::now_ms},
-    store::{AgentSequence, Store, StoreError},
+    model::cluster::MemberState, model::time::now_ms, store::AgentSequence, store::Store,
+    store::StoreError,
 };
 
 /// One agent (by node name).

@@ -27,7 +27,7 @@ use super::{
     fanout::Filter,
     registry::{BatchError, RefusalCounters, validate_with},
 };
-use crate::model::cluster::{ClusterState, Clusters};
+use crate::{model::cluster::ClusterState, model::cluster::Clusters};
 
 /// Counters of the gRPC side, exported on /metrics.
 #[derive(Debug, Default)]
