@@ -41,7 +41,7 @@ pub const APT_PACKAGES: &[&str] = &[
 
 /// PyPI tools the tests run: (requirement, command that proves it is installed).
 /// Schemathesis checks the collector's OpenAPI document against the live server
-/// (`collector/tests/schemathesis.rs`; its CLI flags are those of major version 4).
+/// (`collector/tests/e2e/schemathesis.rs`; its CLI flags are those of major version 4).
 pub const PYPI_PACKAGES: &[(&str, &str)] = &[("schemathesis>=4,<5", "schemathesis")];
 
 /// Installs the missing [`PYPI_PACKAGES`] with `python3 -m pip` (retrying with

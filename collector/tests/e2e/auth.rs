@@ -2,11 +2,9 @@
 //! password leaves every member unreachable with a message that says why. And the collector's
 //! own REST access flags (token files, TLS pair) are checked at start.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{start_collector, wait_status};
+use crate::common::{start_collector, wait_status};
 use etcd_monitor_tests::{ClusterOptions, EtcdCluster};
 
 #[test]
@@ -74,7 +72,7 @@ fn monitors_an_auth_enabled_cluster_and_explains_a_wrong_password() -> anyhow::R
 
 /// Runs the collector with `args` expecting it to refuse to start; returns its stderr.
 fn refused_at_start(dir: &std::path::Path, args: &[String]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(common::collector_bin())
+    let out = std::process::Command::new(crate::common::collector_bin())
         .arg(format!("--data-dir={}", dir.join("refused").display()))
         .arg("--api-host=127.0.0.1")
         .arg(format!("--api-port={}", etcd_monitor_tests::free_port()?))
@@ -100,7 +98,7 @@ fn rest_token_files_and_tls_flags_are_checked_at_start() -> anyhow::Result<()> {
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644))?;
     let token_flag = format!("--admin-token-file=ops={}", loose.display());
     let collector = start_collector(dir.path(), &[endpoints.as_str(), token_flag.as_str()])?;
-    let gauge = common::metric(&collector, "etcdmon_api_token_files_insecure", &[]);
+    let gauge = crate::common::metric(&collector, "etcdmon_api_token_files_insecure", &[]);
     assert_eq!(gauge, Some(1.0));
     assert!(
         collector

@@ -3,12 +3,10 @@
 //! cause no server error, and no request the document calls valid may be rejected (400/422).
 //! Schemathesis sends the admin token, so silences are really created and deleted.
 
-mod common;
-
 use std::process::Command;
 
+use crate::common::start_collector;
 use anyhow::Context;
-use common::start_collector;
 use etcd_monitor_tests::{ClusterOptions, EtcdCluster};
 
 const ADMIN: &str = "schemathesis-admin-0123456789";
@@ -90,7 +88,7 @@ fn no_server_errors_and_no_valid_request_rejected() -> anyhow::Result<()> {
         out.status.success(),
         "schemathesis found failures ({}):\n{stdout}\n{stderr}\ncollector log tail:\n{}",
         out.status,
-        common::tail(&collector.log_text(), 40)
+        crate::common::tail(&collector.log_text(), 40)
     );
     // Success means zero failures of either check; make sure it really tested the API: every
     // operation, and hundreds of generated requests, all passing.

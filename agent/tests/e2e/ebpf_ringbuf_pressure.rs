@@ -1,7 +1,7 @@
 //! With a one-page ring buffer and a flood of writes, events are dropped and counted, while
 //! the in-kernel histogram still counts every single call.
 
-mod common;
+use crate::common;
 
 use std::{
     io::Write,

@@ -14,10 +14,8 @@ use std::{
 use etcd_monitor_proto::v1::{SubscribeRequest, event_stream_client::EventStreamClient};
 use etcd_monitor_tests::wait_for;
 
-use crate::{
-    agents::{batch, channel, metric, push_on, rss_kib},
-    common::start_collector,
-};
+use super::agents::{batch, channel, metric, push_on, rss_kib};
+use crate::common::start_collector;
 
 /// Stated bound: 1,000 subscribers × 128 buffered events each, plus HTTP/2 buffers.
 const MAX_RSS_GROWTH_KIB: u64 = 160 * 1024;

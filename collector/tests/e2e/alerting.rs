@@ -2,8 +2,6 @@
 //! Alertmanager from Debian, a STARTTLS SMTP sink, HTTP receivers standing in for Slack,
 //! PagerDuty and a webhook), faults injected into the members.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     path::Path,
@@ -12,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::common::{collector_bin, start_collector, tail};
 use anyhow::Context;
-use common::{collector_bin, start_collector, tail};
 use etcd_monitor_tests::{
     ClusterOptions, CollectorProcess, EtcdCluster, free_port, http, process::ChildGuard, wait_for,
 };
@@ -359,7 +357,7 @@ fn stopped_member_fires_notifies_every_channel_survives_restart_and_resolves() -
     ];
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let collector = start_collector(dir.path(), &argv)?;
-    common::wait_status(
+    crate::common::wait_status(
         &collector,
         "3 members answer",
         Duration::from_secs(30),
@@ -750,7 +748,7 @@ fn leader_change_rule_fires_at_the_configured_count_and_not_before() -> anyhow::
             "--max-leader-changes=2",
         ],
     )?;
-    common::wait_status(&collector, "a leader", Duration::from_secs(30), |s| {
+    crate::common::wait_status(&collector, "a leader", Duration::from_secs(30), |s| {
         s["has_leader"] == true && s["available_members"] == 3
     })?;
     let changes = |c: &CollectorProcess| {
@@ -773,7 +771,7 @@ fn leader_change_rule_fires_at_the_configured_count_and_not_before() -> anyhow::
             },
         )?;
         cluster.members[leader].restart()?;
-        common::wait_status(
+        crate::common::wait_status(
             &collector,
             "3 members again",
             Duration::from_secs(30),
@@ -843,7 +841,7 @@ fn quota_rule_fires_and_the_nospace_alarm_is_named() -> anyhow::Result<()> {
             "--probe-write=false",
         ],
     )?;
-    common::wait_status(&collector, "the member", Duration::from_secs(30), |s| {
+    crate::common::wait_status(&collector, "the member", Duration::from_secs(30), |s| {
         s["available_members"] == 1
     })?;
     // Fill until etcd refuses: the NOSPACE alarm.
@@ -941,7 +939,7 @@ fn invalid_rules_fail_at_start_and_sighup_keeps_the_old_rules() -> anyhow::Resul
         "{before:?}"
     );
     let reloads = |result: &str| {
-        common::metric(
+        crate::common::metric(
             &collector,
             "etcdmon_alert_rules_reloads_total",
             &[("result", result)],

@@ -1,7 +1,7 @@
 //! The network side: peer traffic between members is attributed to the right member pairs,
 //! with kernel RTT and bytes; client connection churn is counted per member.
 
-mod common;
+use crate::common;
 
 use std::{collections::BTreeSet, time::Duration};
 

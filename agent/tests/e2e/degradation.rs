@@ -1,7 +1,7 @@
 //! The degradation ladder: client-only on request, client-only when unprivileged (exit 0,
 //! metrics still served), and a clear failure when eBPF is demanded but impossible.
 
-mod common;
+use crate::common;
 
 use std::{os::unix::process::CommandExt, process::Command, time::Duration};
 

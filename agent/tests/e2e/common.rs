@@ -3,29 +3,17 @@
 use std::path::Path;
 
 /// The agent binary cargo built for these tests.
-#[allow(
-    dead_code,
-    reason = "each test binary compiles this module; not all use every helper"
-)]
 pub fn agent_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_etcd-monitor-agent"))
 }
 
 /// `Ok(true)` when eBPF tests can run (root); `Ok(false)` with a logged skip otherwise, and an
 /// error (the test fails) under `CI=true`.
-#[allow(
-    dead_code,
-    reason = "each test binary compiles this module; not all use every helper"
-)]
 pub fn require_root(test: &str) -> anyhow::Result<bool> {
     etcd_monitor_tests::require_root(test, "loading eBPF programs")
 }
 
 /// A real 3-member cluster and the agent tracing exactly its members, in full eBPF mode.
-#[allow(
-    dead_code,
-    reason = "each test binary compiles this module; not all use every helper"
-)]
 pub fn cluster_with_agent() -> anyhow::Result<(
     etcd_monitor_tests::EtcdCluster,
     etcd_monitor_tests::AgentProcess,

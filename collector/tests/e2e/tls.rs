@@ -2,11 +2,9 @@
 //! (client certificates required) is monitored; a wrong CA fails with a message that says so;
 //! `--insecure-skip-tls` connects without a CA.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{endpoint_status, make_tls, member_json, metric, start_collector, wait_status};
+use crate::common::{endpoint_status, make_tls, member_json, metric, start_collector, wait_status};
 use etcd_monitor_tests::{ClusterOptions, EtcdCluster};
 
 #[test]

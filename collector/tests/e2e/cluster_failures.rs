@@ -1,11 +1,9 @@
 //! The collector against a real 3-member etcd cluster: state and derived metrics equal what etcd
 //! itself reports, then through a stopped member, a killed leader and a lost quorum.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{endpoint_status, hex, member_json, metric, start_collector, wait_status};
+use crate::common::{endpoint_status, hex, member_json, metric, start_collector, wait_status};
 use etcd_monitor_tests::{ClusterOptions, EtcdCluster, http, wait_for};
 
 /// Health interval of this test; "within two health intervals" is measured against it.

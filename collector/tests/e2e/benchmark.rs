@@ -3,8 +3,6 @@
 //! code, a stopped member, and the REST API (disabled, token, bad input, a job whose client-side
 //! percentiles are compared with the collector's server-side view of the same requests).
 
-mod common;
-
 use std::{
     path::Path,
     process::{Command, Stdio},
@@ -12,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::common::{collector_bin, member_json, start_collector, tail};
 use anyhow::Context;
-use common::{collector_bin, member_json, start_collector, tail};
 use etcd_monitor_tests::{ClusterOptions, EtcdCluster, http, wait_for};
 
 /// One 3-member cluster at a time: the machine is shared and small.

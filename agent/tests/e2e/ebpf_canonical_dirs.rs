@@ -2,7 +2,7 @@
 //! symlink, relative to its cwd, with a separate `--wal-dir`, or inside its own mount namespace
 //! on a bind mount the agent's namespace does not have. Real etcd, real agent, real eBPF.
 
-mod common;
+use crate::common;
 
 use std::{
     path::{Path, PathBuf},

@@ -2,7 +2,7 @@
 //! count (`etcdmon_probe_run_seconds_total{program}`, `etcdmon_probe_runs_total{program}`), and
 //! they grow with the traced etcd's syscalls.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,11 +1,9 @@
 //! History across a restart, write probes, bad input, several clusters from one collector (one
 //! of them never answering), and start-up validation, with the real binary.
 
-mod common;
-
 use std::{net::TcpListener, process::Command, time::Duration};
 
-use common::{collector_bin, member_json, start_collector, wait_status};
+use crate::common::{collector_bin, member_json, start_collector, wait_status};
 use etcd_monitor_tests::{ClusterOptions, EtcdCluster, http, wait_for};
 
 fn history(

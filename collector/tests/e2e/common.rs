@@ -1,11 +1,9 @@
 //! Helpers shared by the collector's end-to-end tests.
 
-#![allow(dead_code, reason = "each test binary uses a different subset")]
-
 use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::Context;
-use etcd_monitor_tests::{ClientTls, CollectorProcess, EtcdCluster, Member, http, wait_for};
+use etcd_monitor_tests::{ClientTls, CollectorProcess, Member, http, wait_for};
 
 /// The collector binary cargo built for these tests.
 pub fn collector_bin() -> &'static Path {
@@ -96,15 +94,4 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Index of the member whose id (hex) is `id`, from etcdctl.
-pub fn index_of(cluster: &EtcdCluster, id: &str) -> Option<usize> {
-    cluster.members.iter().position(|m| {
-        m.pid() != 0
-            && endpoint_status(m, cluster.tls.as_ref())
-                .map(|s| hex(&s["header"]["member_id"]) == id)
-                .unwrap_or(false)
-    })
-}
-
-#[allow(unused_imports, reason = "each test binary uses a different subset")]
 pub use etcd_monitor_tests::tls::make_tls;

@@ -1,7 +1,7 @@
 //! The agent's kernel view of WAL fdatasync agrees with etcd's own histogram, member by member,
 //! on a real 3-member cluster under load — while another process hammers fdatasync too.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,8 +3,6 @@
 //! fdatasync in the kernel, and only that member's KernelSlowWalFsync alert fires, with the
 //! kernel p99 in its annotation. Needs root (eBPF, loop devices, mount, cgroups).
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -15,8 +13,8 @@ use std::{
     time::Duration,
 };
 
+use crate::common::{start_collector, tail};
 use anyhow::Context;
-use common::{start_collector, tail};
 use etcd_monitor_tests::{AgentProcess, ClusterOptions, EtcdCluster, binary, wait_for};
 
 /// Write operations per second the slow member's device allows.

@@ -2,7 +2,7 @@
 //! carry contiguous sequence numbers and event offsets, status snapshots carry the same exact
 //! counts as /metrics, and the agent reconnects by itself after the server goes away.
 
-mod common;
+use crate::common;
 
 use std::{
     net::SocketAddr,

@@ -2,8 +2,6 @@
 //! same network, or a buggy or rogue agent, would. Each module covers one surface.
 
 mod agents;
-#[path = "../common/mod.rs"]
-mod common;
 mod rest;
 mod store;
 mod subscribers;

@@ -2,7 +2,7 @@
 //! member's data dir follows that device's speed, and the run-queue histogram and cgroup CPU
 //! throttling of a member follow a CPU quota put on it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
