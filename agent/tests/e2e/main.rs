@@ -9,6 +9,7 @@ mod ebpf_canonical_dirs;
 mod ebpf_diag;
 mod ebpf_network;
 mod ebpf_probe_runs;
+mod ebpf_resources;
 mod ebpf_ringbuf_pressure;
 mod ebpf_wal_fsync;
 mod shipping;

@@ -10,6 +10,7 @@ mod auth;
 mod benchmark;
 mod cluster_failures;
 mod common;
+mod ctl;
 mod history_api;
 mod hostile;
 mod schemathesis;

@@ -12,9 +12,9 @@ use std::{
 };
 
 use etcd_monitor_proto::v1::{SubscribeRequest, event_stream_client::EventStreamClient};
-use etcd_monitor_tests::wait_for;
+use etcd_monitor_tests::{EtcdCluster, wait_for};
 
-use super::agents::{batch, channel, metric, push_on, rss_kib};
+use super::agents::{batch, channel, metric, push_on, rss_kib, status_claiming};
 use crate::common::start_collector;
 
 /// Stated bound: 1,000 subscribers × 128 buffered events each, plus HTTP/2 buffers.
@@ -22,11 +22,19 @@ const MAX_RSS_GROWTH_KIB: u64 = 160 * 1024;
 
 #[test]
 fn a_thousand_subscribers_most_asleep_stay_bounded_and_counted() -> anyhow::Result<()> {
+    // A real member for the fake agent's events to join: the stream carries joined events only.
+    let cluster = EtcdCluster::start(etcd_monitor_tests::ClusterOptions {
+        members: 1,
+        ..Default::default()
+    })?;
+    let m0 = &cluster.members[0];
     let dir = tempfile::tempdir()?;
+    let endpoints = format!("--endpoints={}", cluster.endpoints());
     let collector = start_collector(
         dir.path(),
         &[
-            "--endpoints=http://127.0.0.1:9",
+            &endpoints,
+            "--health-check-interval=1s",
             "--max-subscribers=1000",
             "--subscriber-buffer=128",
         ],
@@ -37,6 +45,24 @@ fn a_thousand_subscribers_most_asleep_stay_bounded_and_counted() -> anyhow::Resu
         .enable_all()
         .build()?;
     let url = collector.grpc_url.clone();
+
+    // The agent says which member its events are from ("m0" on its side, the member's real
+    // URLs), and the collector joins it before any event flows.
+    let mut hello = batch("busy-node", 1, 0, 0);
+    hello.status = Some(status_claiming("m0", &m0.peer_url, &m0.client_url));
+    rt.block_on(async {
+        let ack = push_on(channel(&url).await?, vec![hello]).await?;
+        anyhow::ensure!(ack.accepted_batches == 1, "{ack:?}");
+        anyhow::Ok(())
+    })?;
+    wait_for(
+        "the agent joined to the member",
+        Duration::from_secs(30),
+        || {
+            let (_, m) = collector.get_json("/api/v1/cluster/members").ok()?;
+            (m["members"][0]["agent_mode"] == "client-only").then_some(())
+        },
+    )?;
     let rss_before = rss_kib(pid)?;
 
     // Sleepers: 900 streams on 9 connections, opened and never read.
@@ -96,7 +122,7 @@ fn a_thousand_subscribers_most_asleep_stay_bounded_and_counted() -> anyhow::Resu
     rt.block_on(async {
         let ch = channel(&url).await?;
         let batches: Vec<_> = (0..100u64)
-            .map(|i| batch("busy-node", i + 1, i * 1000, 1000))
+            .map(|i| batch("busy-node", i + 2, i * 1000, 1000))
             .collect();
         let ack = push_on(ch, batches).await?;
         anyhow::ensure!(ack.accepted_batches == 100, "{ack:?}");

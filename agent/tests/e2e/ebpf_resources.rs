@@ -6,7 +6,7 @@
 //! ±10 %, filesystem used/free ±1 % of the filesystem's size, size and inode total exact, open
 //! fds ±5, CPU time within what the 0.2-core quota allows in one interval and a half.
 
-mod common;
+use crate::common;
 
 use std::{
     net::SocketAddr,
