@@ -27,6 +27,16 @@ async fn assert_quiet(watch: &mut ConfigWatch) -> anyhow::Result<()> {
     }
 }
 
+/// Waits until a linearizable read through `config`'s member succeeds: the cluster has a leader.
+async fn wait_for_leader(config: &Config) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while config.get::<u32>("k0").await.is_err() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no leader for 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_resumes_after_member_restart_with_writes_while_it_was_down() -> anyhow::Result<()> {
     // The watcher talks only to member 0; the writer only to member 1. Member 0 is killed, keys are
@@ -52,6 +62,9 @@ async fn watch_resumes_after_member_restart_with_writes_while_it_was_down() -> a
     let mut seen = collect(&mut watch, 5).await?;
 
     cluster.members[0].kill();
+    // Member 0 may have been the leader: writing during the election can time out with an
+    // ambiguous outcome, so wait for a leader first.
+    wait_for_leader(&writer).await?;
     for i in 5..10u32 {
         let key = format!("k{i}");
         expected.push((key.clone(), writer.set(&key, &i).await?, i));
@@ -62,6 +75,8 @@ async fn watch_resumes_after_member_restart_with_writes_while_it_was_down() -> a
     wait_for("member 0 healthy again", Duration::from_secs(60), || {
         cluster.members[0].healthy().then_some(())
     })?;
+    // A rejoining member can force an election (etcd 3.4 has no pre-vote by default).
+    wait_for_leader(&writer).await?;
     for i in 10..15u32 {
         let key = format!("k{i}");
         expected.push((key.clone(), writer.set(&key, &i).await?, i));
