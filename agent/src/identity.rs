@@ -246,10 +246,16 @@ pub fn resolve_canonical(identity: &mut MemberIdentity, process_dir: &Path) {
     };
 }
 
-/// `path` (absolute, in the root `root` stands for) as the kernel names it from here.
+/// Opens `path` (absolute, in the root `root` stands for) with `openat2(RESOLVE_IN_ROOT)`:
+/// absolute symlinks and `..` resolve inside that root, never outside it, and magic links
+/// (`/proc/PID/fd/N`) are refused. The fd is `O_PATH`: good for `fstatvfs` and for reading its
+/// name back, not for I/O.
 #[cfg(target_os = "linux")]
-fn resolve_in_root(root: std::os::fd::RawFd, path: &Path) -> Option<PathBuf> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+pub(crate) fn open_in_root(
+    root: std::os::fd::RawFd,
+    path: &Path,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
 
     #[repr(C)]
     struct OpenHow {
@@ -260,42 +266,55 @@ fn resolve_in_root(root: std::os::fd::RawFd, path: &Path) -> Option<PathBuf> {
     const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
     const RESOLVE_IN_ROOT: u64 = 0x10;
 
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let target = if relative.as_os_str().is_empty() {
+        std::ffi::CString::new(".")
+    } else {
+        std::ffi::CString::new(relative.as_os_str().as_encoded_bytes())
+    }
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: valid pointers to a NUL-terminated path and an `open_how` of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root,
+            target.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `path` (absolute, in the root `root` stands for) as the kernel names it from here; a path
+/// that does not exist yet resolves through its deepest existing ancestor.
+#[cfg(target_os = "linux")]
+fn resolve_in_root(root: std::os::fd::RawFd, path: &Path) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+
     let mut missing = Vec::new();
     let mut existing = path.to_path_buf();
     loop {
-        let relative = existing.strip_prefix("/").unwrap_or(&existing);
-        let target = if relative.as_os_str().is_empty() {
-            std::ffi::CString::new(".").ok()?
-        } else {
-            std::ffi::CString::new(relative.as_os_str().as_encoded_bytes()).ok()?
-        };
-        let how = OpenHow {
-            flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
-            mode: 0,
-            resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-        };
-        // SAFETY: valid pointers to a NUL-terminated path and an `open_how` of the size passed.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                root,
-                target.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: `fd` was just opened and is owned by nothing else.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            let mut resolved =
-                std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
-            for name in missing.iter().rev() {
-                resolved.push(name);
+        match open_in_root(root, &existing) {
+            Ok(fd) => {
+                let mut resolved =
+                    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+                for name in missing.iter().rev() {
+                    resolved.push(name);
+                }
+                return Some(resolved);
             }
-            return Some(resolved);
-        }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
-            return None;
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(_) => return None,
         }
         let name = existing.file_name()?.to_os_string();
         missing.push(name);

@@ -570,15 +570,6 @@ impl ResourceSampler {
 pub fn data_dir_usage(process_root: &Path, data_dir: &Path) -> Option<FsUsage> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-    #[repr(C)]
-    struct OpenHow {
-        flags: u64,
-        mode: u64,
-        resolve: u64,
-    }
-    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-    const RESOLVE_IN_ROOT: u64 = 0x10;
-
     let root = std::ffi::CString::new(process_root.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: a valid NUL-terminated path; the fd is owned below.
     let fd = unsafe {
@@ -594,34 +585,10 @@ pub fn data_dir_usage(process_root: &Path, data_dir: &Path) -> Option<FsUsage> {
     let root = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut path = data_dir.to_path_buf();
     loop {
-        let relative = path.strip_prefix("/").unwrap_or(&path);
-        let target = if relative.as_os_str().is_empty() {
-            std::ffi::CString::new(".").ok()?
-        } else {
-            std::ffi::CString::new(relative.as_os_str().as_encoded_bytes()).ok()?
-        };
-        let how = OpenHow {
-            flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
-            mode: 0,
-            resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-        };
-        // SAFETY: valid pointers to a NUL-terminated path and an `open_how` of the size passed.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                root.as_raw_fd(),
-                target.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: `fd` was just opened and is owned by nothing else.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            return fstatvfs(fd.as_raw_fd());
-        }
-        if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) || !path.pop() {
-            return None;
+        match crate::identity::open_in_root(root.as_raw_fd(), &path) {
+            Ok(fd) => return fstatvfs(fd.as_raw_fd()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && path.pop() => {}
+            Err(_) => return None,
         }
     }
 }
