@@ -1375,6 +1375,17 @@ async fn member(ctx: &Ctx<'_>, op: &MemberOp) -> CtlResult {
                 }
             }
         };
+    // etcdctl's answer to a member change: the member list (JSON) or one line (simple).
+    let print_change = |h: Option<&etcd_client::ResponseHeader>,
+                        members: &[etcd_client::Member],
+                        id: u64,
+                        what: &str| match out {
+        Output::Json => print_list(h, members),
+        Output::Simple => println!(
+            "Member {id:x} {what} cluster {:x}",
+            h.map_or(0, |h| h.cluster_id())
+        ),
+    };
     match op {
         MemberOp::List => {
             let r = c.member_list().await.map_err(|e| ctx.err(e))?;
@@ -1449,13 +1460,7 @@ async fn member(ctx: &Ctx<'_>, op: &MemberOp) -> CtlResult {
                 );
             }
             let r = c.member_remove(n).await.map_err(|e| ctx.err(e))?;
-            match out {
-                Output::Json => print_list(r.header(), r.members()),
-                Output::Simple => println!(
-                    "Member {n:x} removed from cluster {:x}",
-                    r.header().map_or(0, |h| h.cluster_id())
-                ),
-            }
+            print_change(r.header(), r.members(), n, "removed from");
         }
         MemberOp::Update {
             id,
@@ -1474,13 +1479,7 @@ async fn member(ctx: &Ctx<'_>, op: &MemberOp) -> CtlResult {
                 .member_update(n, peer_urls.clone())
                 .await
                 .map_err(|e| ctx.err(e))?;
-            match out {
-                Output::Json => print_list(r.header(), r.members()),
-                Output::Simple => println!(
-                    "Member {n:x} updated in cluster {:x}",
-                    r.header().map_or(0, |h| h.cluster_id())
-                ),
-            }
+            print_change(r.header(), r.members(), n, "updated in");
         }
         MemberOp::Promote { id, dry_run } => {
             let n = hex_id(id, "member")?;
@@ -1492,13 +1491,7 @@ async fn member(ctx: &Ctx<'_>, op: &MemberOp) -> CtlResult {
                 );
             }
             let r = c.member_promote(n).await.map_err(|e| ctx.err(e))?;
-            match out {
-                Output::Json => print_list(r.header(), r.members()),
-                Output::Simple => println!(
-                    "Member {n:x} promoted in cluster {:x}",
-                    r.header().map_or(0, |h| h.cluster_id())
-                ),
-            }
+            print_change(r.header(), r.members(), n, "promoted in");
         }
     }
     Ok(exit::OK)
