@@ -45,6 +45,15 @@ fn main() -> std::process::ExitCode {
         }
         return etcd_monitor::ops::ctl::cli::main(args);
     }
+    // `etcd-monitor mcp …`: MCP over stdio for an AI assistant, a client of a collector's REST
+    // API; its own flags (`outputs::mcp::flags`), logs on stderr.
+    if args.get(1).is_some_and(|a| a == "mcp") {
+        args.remove(1);
+        if let Some(first) = args.first_mut() {
+            *first = "etcd-monitor mcp".into();
+        }
+        return etcd_monitor::app::mcp::main(args);
+    }
     let cli = Cli::parse_from(args);
     init_tracing(cli.log_format);
     let config = match cli.into_config() {
