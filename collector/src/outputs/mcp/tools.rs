@@ -122,6 +122,9 @@ pub struct BenchmarkArgs {
     /// Requests in flight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clients: Option<usize>,
+    /// gRPC connections the clients share (at most one per client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conns: Option<usize>,
     /// Value bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_size: Option<usize>,
@@ -207,7 +210,7 @@ impl McpServer {
 #[tool_router(router = read_tools, vis = "pub")]
 impl McpServer {
     #[tool(
-        description = "The monitored etcd clusters: name, health, leader, member counts. Start here to learn the cluster names the other tools take.",
+        description = "The names of the monitored etcd clusters, the default first: the values the other tools' `cluster` argument takes.",
         annotations(read_only_hint = true)
     )]
     async fn list_clusters(&self, ext: Extensions) -> Result<CallToolResult, ErrorData> {

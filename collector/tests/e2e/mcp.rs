@@ -1,0 +1,202 @@
+//! The MCP server, driven by the official Python MCP client SDK (PyPI `mcp`, installed by
+//! `cargo xtask setup`) against a real collector watching three real etcd members, one of them
+//! stopped so an alert really fires. `mcp_client.py` connects over streamable HTTP (`/mcp`) and
+//! over stdio (`etcd-monitor mcp --url … --token-file …`), lists the tools, calls each and checks
+//! their content, reads a runbook, and is refused the admin tool with the viewer token (and
+//! without any token, refused the session) and allowed it with the admin token. This test then
+//! checks that the refusals were counted by REST and by the MCP tool counter.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::Context;
+use etcd_monitor_tests::{ClusterOptions, EtcdCluster, http, wait_for};
+
+use crate::common::{collector_bin, start_collector};
+
+const ADMIN: &str = "mcp-admin-token-0123456789";
+const VIEWER: &str = "mcp-viewer-token-0123456789";
+
+/// Whether `python3` can import the MCP SDK (its version when it can).
+fn mcp_sdk() -> Option<String> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import importlib.metadata as m, mcp; print(m.version('mcp'))",
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn get_as(url: &str, token: &str) -> anyhow::Result<http::Response> {
+    http::request_with(
+        "GET",
+        url,
+        None,
+        &[("Authorization", &format!("Bearer {token}"))],
+    )
+}
+
+#[test]
+fn python_sdk_over_http_and_stdio_reads_every_tool_and_needs_admin_for_benchmarks()
+-> anyhow::Result<()> {
+    let sdk = mcp_sdk();
+    if !etcd_monitor_tests::require(
+        "mcp::python_sdk",
+        sdk.is_some(),
+        "the Python MCP SDK is not installed (cargo xtask setup installs it)",
+    )? {
+        return Ok(());
+    }
+    eprintln!("python mcp {}", sdk.unwrap_or_default());
+    let mut cluster = EtcdCluster::start(ClusterOptions {
+        members: 3,
+        name_prefix: "mcp".into(),
+        ..ClusterOptions::default()
+    })?;
+    let dir = tempfile::tempdir()?;
+    let (admin, viewer) = (
+        dir.path().join("admin.token"),
+        dir.path().join("viewer.token"),
+    );
+    std::fs::write(&admin, ADMIN)?;
+    std::fs::write(&viewer, VIEWER)?;
+    for f in [&admin, &viewer] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let collector = start_collector(
+        dir.path(),
+        &[
+            &format!("--endpoints={}", cluster.endpoints()),
+            &format!("--admin-token-file=ops={}", admin.display()),
+            &format!("--viewer-token-file=assistant={}", viewer.display()),
+            "--enable-benchmark-api",
+            "--health-check-interval=1s",
+            "--metrics-interval=1s",
+            "--probe-write=false",
+        ],
+    )?;
+    let members: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();
+    let down = members[2].clone();
+    // History of every member first, then one member stops and MemberUnavailable fires.
+    wait_for("history of three members", Duration::from_secs(60), || {
+        let r = get_as(
+            &format!("{}/api/v1/metrics/history?since=5m", collector.url),
+            VIEWER,
+        )
+        .ok()?;
+        let points = r.json().ok()?["points"].as_array()?.clone();
+        let seen: std::collections::BTreeSet<_> = points
+            .iter()
+            .filter_map(|p| p["member"].as_str().map(str::to_string))
+            .collect();
+        (seen.len() == 3).then_some(())
+    })?;
+    cluster.members[2].kill();
+    wait_for("MemberUnavailable firing", Duration::from_secs(60), || {
+        let r = get_as(&format!("{}/api/v1/alerts", collector.url), VIEWER).ok()?;
+        let body = r.json().ok()?;
+        body["alerts"]
+            .as_array()?
+            .iter()
+            .any(|a| {
+                a["name"] == "MemberUnavailable"
+                    && a["member"] == down.as_str()
+                    && a["state"] == "firing"
+            })
+            .then_some(())
+    })
+    .with_context(|| crate::common::tail(&collector.log_text(), 40))?;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/mcp_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(format!("--url={}", collector.url))
+        .arg(format!("--binary={}", collector_bin().display()))
+        .arg(format!("--viewer-token-file={}", viewer.display()))
+        .arg(format!("--admin-token-file={}", admin.display()))
+        .arg(format!("--members={}", members.join(",")))
+        .arg(format!("--down={down}"))
+        .output()
+        .context("run python3 mcp_client.py")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the MCP client failed ({}):\n{stdout}\n{stderr}\ncollector log tail:\n{}",
+        out.status,
+        crate::common::tail(&collector.log_text(), 40)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .with_context(|| format!("no JSON summary:\n{stdout}\n{stderr}"))?;
+    eprintln!("{summary:#}");
+    for transport in ["http_admin", "stdio_admin"] {
+        let job = summary[transport]["benchmark"].as_str().unwrap_or_default();
+        assert!(!job.is_empty(), "{transport}: no benchmark ran: {summary}");
+        // The job records who started it: the admin token's name, through MCP as through REST.
+        let view = get_as(
+            &format!("{}/api/v1/performance/benchmark/{job}", collector.url),
+            VIEWER,
+        )?
+        .json()?;
+        assert_eq!(view["created_by"], "ops", "{view}");
+        assert_eq!(view["state"], "succeeded", "{view}");
+    }
+    assert!(summary["http_no_token"].as_str().is_some(), "{summary}");
+
+    // Every refusal is counted: by REST's access policy and by the MCP tool counter.
+    let metrics = get_as(&format!("{}/metrics", collector.url), VIEWER)?.body;
+    let count = |name: &str, labels: &[(&str, &str)]| http::prom_sum(&metrics, name, labels);
+    let not_admin = count(
+        "etcdmon_api_auth_refusals_total",
+        &[("reason", "not_admin")],
+    );
+    assert!(not_admin >= Some(2.0), "not_admin refusals {not_admin:?}");
+    let missing = count(
+        "etcdmon_api_auth_refusals_total",
+        &[("reason", "missing_token")],
+    );
+    assert!(missing >= Some(1.0), "missing_token refusals {missing:?}");
+    // /mcp counts only its own calls (stdio's went to REST as plain requests).
+    let refused = count(
+        "etcdmon_mcp_tool_calls_total",
+        &[("tool", "run_benchmark"), ("outcome", "refused")],
+    );
+    assert_eq!(refused, Some(1.0), "{metrics}");
+    let ok = count(
+        "etcdmon_mcp_tool_calls_total",
+        &[("tool", "cluster_members"), ("outcome", "ok")],
+    );
+    assert_eq!(ok, Some(2.0), "one per HTTP session:\n{metrics}");
+    let invalid = count(
+        "etcdmon_mcp_tool_calls_total",
+        &[("outcome", "invalid_arguments")],
+    );
+    assert!(
+        invalid >= Some(4.0),
+        "two refused arguments per HTTP session: {invalid:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn mcp_subcommand_names_a_bad_flag_and_exits_2() -> anyhow::Result<()> {
+    for (args, field) in [
+        (vec!["mcp", "--url=ftp://nowhere"], "--url"),
+        (
+            vec!["mcp", "--token-file=/nonexistent/token"],
+            "--token-file",
+        ),
+        (vec!["mcp", "--timeout=never"], "--timeout"),
+    ] {
+        let out = Command::new(collector_bin()).args(&args).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(field), "{args:?}: {stderr}");
+    }
+    Ok(())
+}
