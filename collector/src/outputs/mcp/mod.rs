@@ -151,7 +151,7 @@ pub fn http_service(rest: axum::Router) -> StreamableHttpService<McpServer, Neve
 pub enum StdioError {
     /// The client's `initialize` failed or stdin closed before it.
     #[error("the MCP session did not start: {0}")]
-    Start(#[from] rmcp::service::ServerInitializeError),
+    Start(#[from] Box<rmcp::service::ServerInitializeError>),
     /// The session's task panicked or was cancelled.
     #[error("the MCP session ended abnormally: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -165,7 +165,7 @@ pub async fn serve_stdio(server: McpServer) -> Result<(), StdioError> {
     let transport =
         rmcp::transport::async_rw::AsyncRwTransport::<RoleServer, _, _>::new(stdin, stdout)
             .with_max_line_length(MAX_MESSAGE_BYTES);
-    let running = server.serve(transport).await?;
+    let running = server.serve(transport).await.map_err(Box::new)?;
     let reason = running.waiting().await?;
     tracing::info!(reason = ?reason, "MCP session over stdio ended.");
     Ok(())

@@ -30,17 +30,20 @@ impl Section {
 
 /// Every `###` section of `doc` under its `##` group; a repeated heading keeps its first.
 pub fn sections(doc: &str) -> Vec<Section> {
+    fn finish(out: &mut Vec<Section>, done: Option<Section>) {
+        if let Some(s) = done
+            && !out.iter().any(|o| o.alert == s.alert)
+        {
+            out.push(s);
+        }
+    }
     let mut out: Vec<Section> = Vec::new();
     let mut group = String::new();
     let mut current: Option<Section> = None;
     for line in doc.lines() {
         let heading = line.strip_prefix("### ").map(str::trim);
         if heading.is_some() || line.starts_with("## ") || line.starts_with("# ") {
-            if let Some(s) = current.take()
-                && !out.iter().any(|o| o.alert == s.alert)
-            {
-                out.push(s);
-            }
+            finish(&mut out, current.take());
         }
         if let Some(g) = line.strip_prefix("## ") {
             group = g.trim().to_string();
@@ -60,11 +63,7 @@ pub fn sections(doc: &str) -> Vec<Section> {
             _ => {}
         }
     }
-    if let Some(s) = current
-        && !out.iter().any(|o| o.alert == s.alert)
-    {
-        out.push(s);
-    }
+    finish(&mut out, current);
     out
 }
 
