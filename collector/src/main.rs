@@ -15,7 +15,9 @@ fn colour(format: LogFormat, is_terminal: bool) -> bool {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rmcp logs every stateless /mcp request's session start and end at info: warn and up.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
     // The logs go to stdout (tracing_subscriber's default writer).
     let ansi = colour(format, std::io::stdout().is_terminal());
     let builder = tracing_subscriber::fmt()
