@@ -183,6 +183,184 @@ fn python_sdk_over_http_and_stdio_reads_every_tool_and_needs_admin_for_benchmark
     Ok(())
 }
 
+/// One JSON-RPC conversation with `etcd-monitor mcp` over its stdin/stdout.
+struct Stdio {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Stdio {
+    fn start(args: &[String]) -> anyhow::Result<Self> {
+        let mut child = Command::new(collector_bin())
+            .arg("mcp")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let mut me = Self { child, lines };
+        let init = me.ask(
+            1,
+            "initialize",
+            serde_json::json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "e2e", "version": "1"}}),
+        )?;
+        anyhow::ensure!(
+            init["result"]["serverInfo"]["name"] == "etcd-monitor",
+            "{init}"
+        );
+        me.send(&serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))?;
+        Ok(me)
+    }
+
+    fn send(&mut self, message: &serde_json::Value) -> anyhow::Result<()> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().context("stdin")?;
+        writeln!(stdin, "{message}")?;
+        Ok(stdin.flush()?)
+    }
+
+    fn ask(
+        &mut self,
+        id: u64,
+        method: &str,
+        params: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.send(
+            &serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+        )?;
+        loop {
+            let line = self
+                .lines
+                .next()
+                .context("etcd-monitor mcp closed stdout")??;
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            if v["id"] == id {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+impl Drop for Stdio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn https_collector(
+    dir: &std::path::Path,
+    endpoints: &str,
+    tls: &etcd_monitor_tests::ClientTls,
+) -> anyhow::Result<(etcd_monitor_tests::process::ChildGuard, String)> {
+    let port = etcd_monitor_tests::free_port()?;
+    let mut cmd = Command::new(collector_bin());
+    cmd.arg("--api-host=127.0.0.1")
+        .arg(format!("--api-port={port}"))
+        .arg(format!("--grpc-port={}", etcd_monitor_tests::free_port()?))
+        .arg(format!("--data-dir={}", dir.join("data").display()))
+        .arg(format!("--endpoints={endpoints}"))
+        .arg(format!(
+            "--api-cert-file={}",
+            tls.server_cert_file.display()
+        ))
+        .arg(format!("--api-key-file={}", tls.server_key_file.display()))
+        .args(["--probe-write=false", "--health-check-interval=1s"]);
+    let log = dir.join("collector.log");
+    let child = etcd_monitor_tests::process::ChildGuard::spawn("etcd-monitor", cmd, &log)?;
+    let url = format!("https://127.0.0.1:{port}");
+    wait_for(
+        "the HTTPS collector's /health",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new("curl")
+                .args(["-sf", "--max-time", "5", "--cacert"])
+                .arg(&tls.ca_file)
+                .arg(format!("{url}/health"))
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        },
+    )
+    .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+    Ok((child, url))
+}
+
+/// `etcd-monitor mcp` against an HTTPS collector, spoken to as a plain JSON-RPC client: with
+/// `--ca-file` its tools answer with the real members; without it the tool error says the
+/// collector did not answer (the certificate is not trusted) and the session goes on.
+#[test]
+fn stdio_client_reaches_an_https_collector_with_its_ca() -> anyhow::Result<()> {
+    let cluster = EtcdCluster::start(ClusterOptions {
+        members: 1,
+        name_prefix: "mcptls".into(),
+        ..ClusterOptions::default()
+    })?;
+    let dir = tempfile::tempdir()?;
+    let tls = crate::common::make_tls(dir.path(), "mcp")?;
+    let (_collector, url) = https_collector(dir.path(), &cluster.endpoints(), &tls)?;
+    let name = cluster.members[0].name.clone();
+    let mut trusted = Stdio::start(&[
+        format!("--url={url}"),
+        format!("--ca-file={}", tls.ca_file.display()),
+    ])?;
+    let mut id = 10;
+    let members = wait_for(
+        "cluster_members over stdio",
+        Duration::from_secs(30),
+        || {
+            id += 1;
+            let v = trusted
+                .ask(
+                    id,
+                    "tools/call",
+                    serde_json::json!({"name": "cluster_members", "arguments": {}}),
+                )
+                .ok()?;
+            let members = v["result"]["structuredContent"]["members"]
+                .as_array()?
+                .clone();
+            (!members.is_empty()).then_some(members)
+        },
+    )?;
+    assert_eq!(members[0]["name"], name.as_str(), "{members:?}");
+    let runbook = trusted.ask(
+        99,
+        "resources/read",
+        serde_json::json!({"uri": "etcd-monitor://runbooks/EtcdAlarm"}),
+    )?;
+    let text = runbook["result"]["contents"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.starts_with("### EtcdAlarm"), "{runbook}");
+
+    let mut untrusted = Stdio::start(&[format!("--url={url}")])?;
+    let v = untrusted.ask(
+        2,
+        "tools/call",
+        serde_json::json!({"name": "cluster_status", "arguments": {}}),
+    )?;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let text = v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.contains("did not answer") && text.contains(&url),
+        "{v}"
+    );
+    // The session survives a failed call.
+    let listed = untrusted.ask(3, "tools/list", serde_json::json!({}))?;
+    assert!(
+        listed["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| t.len() >= 8),
+        "{listed}"
+    );
+    Ok(())
+}
+
 #[test]
 fn mcp_subcommand_names_a_bad_flag_and_exits_2() -> anyhow::Result<()> {
     for (args, field) in [
@@ -192,6 +370,7 @@ fn mcp_subcommand_names_a_bad_flag_and_exits_2() -> anyhow::Result<()> {
             "--token-file",
         ),
         (vec!["mcp", "--timeout=never"], "--timeout"),
+        (vec!["mcp", "--ca-file=/nonexistent/ca.pem"], "--ca-file"),
     ] {
         let out = Command::new(collector_bin()).args(&args).output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -114,16 +114,23 @@ impl std::fmt::Debug for Remote {
 
 impl Remote {
     /// A client of the REST API at `base` (`http://host:8080`), sending `token` when given,
-    /// giving up on a request after `timeout`.
+    /// trusting `ca_pem` (besides the system's roots) for `https://`, giving up on a request
+    /// after `timeout`.
     pub fn new(
         base: &str,
         token: Option<String>,
+        ca_pem: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .build()?;
+            .connect_timeout(timeout.min(Duration::from_secs(10)));
+        if let Some(pem) = ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build()?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token,

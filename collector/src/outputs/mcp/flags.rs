@@ -32,6 +32,11 @@ pub struct McpFlags {
     #[arg(long, env = "ETCD_MONITOR_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// PEM bundle of the CA that signed the collector's certificate (`--api-cert-file`), for an
+    /// `https://` URL; the system's roots are trusted too.
+    #[arg(long, env = "ETCD_MONITOR_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// Give up on one REST request after this long.
     #[arg(long, env = "ETCD_MONITOR_MCP_TIMEOUT", default_value = "30s")]
     pub timeout: String,
@@ -59,7 +64,17 @@ impl McpFlags {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
-        Remote::new(url, token, timeout).map_err(|e| ConfigError::new("--url", e.to_string()))
+        let ca =
+            match &self.ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    ConfigError::new("--ca-file", format!("{}: {e}", path.display()))
+                })?),
+                None => None,
+            };
+        Remote::new(url, token, ca.as_deref(), timeout).map_err(|e| {
+            let field = if ca.is_some() { "--ca-file" } else { "--url" };
+            ConfigError::new(field, e.to_string())
+        })
     }
 }
 
@@ -99,6 +114,21 @@ mod tests {
             .remote()
             .unwrap_err();
         assert_eq!(e.field, "--token-file");
+        let e = flags(&["--ca-file=/nonexistent/ca.pem"])
+            .remote()
+            .unwrap_err();
+        assert_eq!(e.field, "--ca-file");
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("ca.pem");
+        std::fs::write(
+            &junk,
+            "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = flags(&[&format!("--ca-file={}", junk.display())])
+            .remote()
+            .unwrap_err();
+        assert_eq!(e.field, "--ca-file");
     }
 
     #[test]
