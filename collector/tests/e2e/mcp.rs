@@ -80,8 +80,8 @@ fn python_sdk_over_http_and_stdio_reads_every_tool_and_needs_admin_for_benchmark
         ],
     )?;
     let members: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();
-    let down = members[2].clone();
-    // History of every member first, then one member stops and MemberUnavailable fires.
+    // History of every member first, then a follower stops (the leader stays, so no election
+    // races the checks) and MemberUnavailable fires.
     wait_for("history of three members", Duration::from_secs(60), || {
         let r = get_as(
             &format!("{}/api/v1/metrics/history?since=5m", collector.url),
@@ -95,7 +95,19 @@ fn python_sdk_over_http_and_stdio_reads_every_tool_and_needs_admin_for_benchmark
             .collect();
         (seen.len() == 3).then_some(())
     })?;
-    cluster.members[2].kill();
+    let status = get_as(&format!("{}/api/v1/cluster/status", collector.url), VIEWER)?.json()?;
+    let follower = status["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["is_leader"] == false))
+        .and_then(|m| m["name"].as_str())
+        .with_context(|| format!("no follower in {status}"))?
+        .to_string();
+    let index = members
+        .iter()
+        .position(|m| *m == follower)
+        .context("follower")?;
+    cluster.members[index].kill();
+    let down = follower;
     wait_for("MemberUnavailable firing", Duration::from_secs(60), || {
         let r = get_as(&format!("{}/api/v1/alerts", collector.url), VIEWER).ok()?;
         let body = r.json().ok()?;
