@@ -310,10 +310,11 @@ pub fn router(state: AppState) -> Router {
     // MCP (streamable HTTP) at /mcp, guarded like the reads; its tools call the routes above
     // in memory with the caller's token and peer, so access and refusals are REST's.
     let rest = guarded.clone().fallback(routes::not_found);
-    let mcp = crate::outputs::mcp::http_service(rest.with_state(state.clone()));
-    let guarded = guarded.merge(Router::new().route_service("/mcp", mcp).route_layer(
-        middleware::from_fn_with_state(state.clone(), access::require_viewer),
-    ));
+    let mcp = crate::outputs::mcp::routes(rest.with_state(state.clone()));
+    let guarded = guarded.merge(mcp.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        access::require_viewer,
+    )));
     let router = Router::new()
         .route("/health", get(routes::health))
         .route("/api/v1/openapi.json", get(openapi))

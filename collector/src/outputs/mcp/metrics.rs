@@ -2,10 +2,15 @@
 //! are bounded: `tool` is one of the served tools' names or `unknown`, `outcome` one of
 //! [`Outcome`]. Refusals by the access policy are also counted by REST
 //! (`etcdmon_api_auth_refusals_total`), since every tool answers through it.
+//! `etcdmon_mcp_requests_refused_total{reason}`: `/mcp` requests the transport refused before
+//! any tool ran ([`RequestRefusal`]).
 
 use std::{
     collections::BTreeMap,
-    sync::{LazyLock, Mutex},
+    sync::{
+        LazyLock, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use crate::model::exposition::Exposition;
@@ -35,6 +40,65 @@ impl Outcome {
             Self::Error => "error",
             Self::UnknownTool => "unknown_tool",
         }
+    }
+}
+
+/// Why the `/mcp` transport refused a request (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestRefusal {
+    /// A body over [`super::MAX_MESSAGE_BYTES`] (413).
+    TooLarge,
+    /// Not JSON-RPC, or not a message the server takes (400, 404).
+    Malformed,
+    /// The wrong method, `Accept` or `Content-Type` for streamable HTTP (405, 406, 415).
+    Protocol,
+    /// Any other 4xx.
+    Other,
+}
+
+impl RequestRefusal {
+    const ALL: [Self; 4] = [Self::TooLarge, Self::Malformed, Self::Protocol, Self::Other];
+
+    /// The refusal an HTTP status means, or None for a status that is not a refusal.
+    pub fn of(status: u16) -> Option<Self> {
+        match status {
+            413 => Some(Self::TooLarge),
+            400 | 404 => Some(Self::Malformed),
+            405 | 406 | 415 => Some(Self::Protocol),
+            // 401/403 from the access policy are counted by REST before the transport runs.
+            401 => None,
+            402..=499 => Some(Self::Other),
+            _ => None,
+        }
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Malformed => "malformed",
+            Self::Protocol => "protocol",
+            Self::Other => "other",
+        }
+    }
+}
+
+static REQUESTS_REFUSED: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
+
+/// Counts one `/mcp` request refused with `status`, if that status is a refusal.
+pub fn record_response(status: u16) {
+    if let Some(r) = RequestRefusal::of(status) {
+        let i = RequestRefusal::ALL
+            .iter()
+            .position(|x| *x == r)
+            .unwrap_or(3);
+        REQUESTS_REFUSED[i].fetch_add(1, Ordering::Relaxed);
+        tracing::info!(status, reason = r.label(), "MCP request refused.");
     }
 }
 
@@ -84,6 +148,14 @@ pub fn render(out: &mut Exposition) {
             "MCP tool calls over /mcp, by tool and outcome (refused: the REST access policy refused the caller).",
             &[("tool", tool), ("outcome", outcome.label())],
             n as f64,
+        );
+    }
+    for (r, n) in RequestRefusal::ALL.iter().zip(&REQUESTS_REFUSED) {
+        out.counter(
+            "etcdmon_mcp_requests_refused_total",
+            "Requests the /mcp transport refused before any tool ran, by reason.",
+            &[("reason", r.label())],
+            n.load(Ordering::Relaxed) as f64,
         );
     }
 }

@@ -146,6 +146,19 @@ pub fn http_service(rest: axum::Router) -> StreamableHttpService<McpServer, Neve
     )
 }
 
+/// The `/mcp` route for any router state: [`http_service`] with its refusals counted
+/// (`etcdmon_mcp_requests_refused_total`). The caller adds its access guard as a route layer.
+pub fn routes<S: Clone + Send + Sync + 'static>(rest: axum::Router) -> axum::Router<S> {
+    axum::Router::new()
+        .route_service("/mcp", http_service(rest))
+        .layer(axum::middleware::map_response(
+            |response: axum::response::Response| async move {
+                metrics::record_response(response.status().as_u16());
+                response
+            },
+        ))
+}
+
 /// Why serving over stdio stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
@@ -186,5 +199,51 @@ mod tests {
             .collect();
         served.sort();
         assert_eq!(served, metrics::TOOLS);
+    }
+
+    fn refused(reason: &str) -> f64 {
+        let mut page = crate::model::exposition::Exposition::new();
+        metrics::render(&mut page);
+        let text = page.encode();
+        let line = format!("etcdmon_mcp_requests_refused_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    }
+
+    #[tokio::test]
+    async fn oversized_and_off_protocol_requests_are_refused_and_counted() {
+        use tower::ServiceExt;
+        let app: axum::Router = routes(axum::Router::new());
+        let send = |req: http::Request<axum::body::Body>| app.clone().oneshot(req);
+        let (big, protocol) = (refused("too_large"), refused("protocol"));
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
+            "x".repeat(MAX_MESSAGE_BYTES)
+        );
+        let resp = send(
+            http::Request::post("/mcp")
+                .header("host", "127.0.0.1:8080")
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(axum::body::Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(refused("too_large") >= big + 1.0);
+        let resp = send(
+            http::Request::post("/mcp")
+                .header("host", "127.0.0.1:8080")
+                .header("content-type", "text/plain")
+                .body(axum::body::Body::from("{}"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(resp.status().is_client_error(), "{}", resp.status());
+        assert!(refused("protocol") >= protocol + 1.0);
     }
 }
