@@ -188,10 +188,16 @@ fn python_sdk_over_http_and_stdio_reads_every_tool_and_needs_admin_for_benchmark
         "etcdmon_mcp_tool_calls_total",
         &[("outcome", "invalid_arguments")],
     );
-    assert!(
-        invalid >= Some(4.0),
-        "two refused arguments per HTTP session: {invalid:?}"
+    assert_eq!(
+        invalid,
+        Some(6.0),
+        "three refused arguments per HTTP session (too long, out of range, wrong type)"
     );
+    let unknown = count(
+        "etcdmon_mcp_tool_calls_total",
+        &[("tool", "unknown"), ("outcome", "unknown_tool")],
+    );
+    assert_eq!(unknown, Some(2.0), "one unknown tool per HTTP session");
     Ok(())
 }
 

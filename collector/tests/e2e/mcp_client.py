@@ -21,7 +21,7 @@ import sys
 import time
 
 import httpx2
-from mcp import ClientSession, StdioServerParameters
+from mcp import ClientSession, MCPError, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -103,6 +103,14 @@ async def read_tools(session, members, down, transport):
     check(long.is_error and "cluster: longer than 128" in long.content[0].text, f"{long}")
     big = await session.call_tool("metrics_history", {"limit": 2001})
     check(big.is_error and "limit: 2001" in big.content[0].text, f"{big}")
+    typed = await session.call_tool("metrics_history", {"limit": "many"})
+    check(typed.is_error and "many" in typed.content[0].text, f"{typed}")
+    try:
+        await session.call_tool("drop_database", {})
+    except MCPError as e:
+        check("not found" in str(e), f"unknown tool: {e}")
+    else:
+        raise AssertionError("an unknown tool was called")
     return sorted(names)
 
 

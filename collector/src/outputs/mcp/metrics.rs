@@ -43,6 +43,22 @@ impl Outcome {
     }
 }
 
+/// Where a tool leaves its outcome for the call's count (in the call's context extensions).
+#[derive(Debug, Clone, Default)]
+pub struct OutcomeSlot(std::sync::Arc<Mutex<Option<Outcome>>>);
+
+impl OutcomeSlot {
+    /// Records how the call ended (the last word wins).
+    pub fn set(&self, outcome: Outcome) {
+        *crate::model::sync::lock(&self.0) = Some(outcome);
+    }
+
+    /// What the tool recorded, if anything.
+    pub fn get(&self) -> Option<Outcome> {
+        *crate::model::sync::lock(&self.0)
+    }
+}
+
 /// Why the `/mcp` transport refused a request (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestRefusal {

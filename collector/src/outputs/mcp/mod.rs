@@ -38,7 +38,7 @@ use rmcp::{
 };
 
 use backend::Backend;
-use metrics::{Outcome, record};
+use metrics::{Outcome, OutcomeSlot, record};
 
 /// Largest MCP message accepted, bytes: an HTTP request body at `/mcp`, a line on stdio. Tool
 /// arguments are a few short strings and numbers.
@@ -82,22 +82,25 @@ impl ServerHandler for McpServer {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        context: RequestContext<RoleServer>,
+        mut context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let tool = metrics::tool_label(&request.name);
         let known = self.tools.has_route(&request.name);
+        let slot = OutcomeSlot::default();
+        context.extensions.insert(slot.clone());
         let result = self
             .tools
             .call(ToolCallContext::new(self, request, context))
             .await;
+        let outcome = match &result {
+            Err(_) if !known => Outcome::UnknownTool,
+            // Arguments that do not deserialise into the tool's type: the SDK answers before the
+            // tool runs, so the tool left no outcome.
+            Err(_) => Outcome::InvalidArguments,
+            Ok(_) => slot.get().unwrap_or(Outcome::InvalidArguments),
+        };
+        record(tool, outcome);
         if let Err(e) = &result {
-            // Arguments that do not fit the tool's schema, or no such tool.
-            let outcome = if known {
-                Outcome::InvalidArguments
-            } else {
-                Outcome::UnknownTool
-            };
-            record(tool, outcome);
             tracing::info!(tool, error = %e.message, "MCP tool call refused.");
         }
         result

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::{
     McpServer,
     backend::{RestAnswer, RestCall},
-    metrics::{Outcome, record},
+    metrics::{Outcome, OutcomeSlot},
 };
 
 /// Longest cluster or member name, benchmark id, time or step a tool accepts, characters.
@@ -153,57 +153,57 @@ fn check_count(field: &str, value: Option<usize>, max: usize) -> Result<(), Stri
 }
 
 /// A tool error the caller reads, counted as refused arguments.
-fn refused(tool: &'static str, message: String) -> CallToolResult {
-    record(tool, Outcome::InvalidArguments);
-    tracing::info!(tool, error = %message, "MCP tool call refused.");
+fn refused(ext: &Extensions, message: String) -> CallToolResult {
+    set_outcome(ext, Outcome::InvalidArguments);
+    tracing::info!(error = %message, "MCP tool call refused.");
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
 
-/// The tool result of a REST answer: its JSON on success; else an error naming the status.
-fn result_of(tool: &'static str, answer: RestAnswer) -> CallToolResult {
+/// Tells [`McpServer`]'s `call_tool` how this call ended (it counts it once the tool returns).
+fn set_outcome(ext: &Extensions, outcome: Outcome) {
+    if let Some(slot) = ext.get::<OutcomeSlot>() {
+        slot.set(outcome);
+    }
+}
+
+/// The tool result of a REST answer, and its outcome: its JSON on success; else an error
+/// naming the status and carrying REST's message.
+fn result_of(answer: RestAnswer) -> (CallToolResult, Outcome) {
     if (200..300).contains(&answer.status) {
-        record(tool, Outcome::Ok);
-        return match answer.body {
+        let result = match answer.body {
             v @ Value::Object(_) => CallToolResult::structured(v),
             other => CallToolResult::success(vec![ContentBlock::text(other.to_string())]),
         };
+        return (result, Outcome::Ok);
     }
     let outcome = if matches!(answer.status, 401 | 403) {
         Outcome::Refused
     } else {
         Outcome::Error
     };
-    record(tool, outcome);
     let message = answer.body["error"]
         .as_str()
         .map_or_else(|| answer.body.to_string(), str::to_string);
-    CallToolResult::structured_error(json!({
+    let result = CallToolResult::structured_error(json!({
         "status": answer.status,
         "error": message,
-    }))
+    }));
+    (result, outcome)
 }
 
 impl McpServer {
-    /// Makes `call` for `tool` on behalf of the request whose context is `ext`.
-    async fn rest(
-        &self,
-        tool: &'static str,
-        call: RestCall,
-        ext: &Extensions,
-    ) -> Result<CallToolResult, ErrorData> {
-        match self
-            .backend
-            .call(call, ext.get::<http::request::Parts>())
-            .await
-        {
-            Ok(answer) => Ok(result_of(tool, answer)),
-            Err(e) => {
-                record(tool, Outcome::Error);
-                Ok(CallToolResult::error(vec![ContentBlock::text(
-                    e.to_string(),
-                )]))
-            }
-        }
+    /// Makes `call` on behalf of the request whose context is `ext`.
+    async fn rest(&self, call: RestCall, ext: &Extensions) -> Result<CallToolResult, ErrorData> {
+        let caller = ext.get::<http::request::Parts>();
+        let (result, outcome) = match self.backend.call(call, caller).await {
+            Ok(answer) => result_of(answer),
+            Err(e) => (
+                CallToolResult::error(vec![ContentBlock::text(e.to_string())]),
+                Outcome::Error,
+            ),
+        };
+        set_outcome(ext, outcome);
+        Ok(result)
     }
 }
 
@@ -214,12 +214,8 @@ impl McpServer {
         annotations(read_only_hint = true)
     )]
     async fn list_clusters(&self, ext: Extensions) -> Result<CallToolResult, ErrorData> {
-        self.rest(
-            "list_clusters",
-            RestCall::get("/api/v1/clusters", &[]),
-            &ext,
-        )
-        .await
+        self.rest(RestCall::get("/api/v1/clusters", &[]), &ext)
+            .await
     }
 
     #[tool(
@@ -232,10 +228,10 @@ impl McpServer {
         ext: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
         if let Err(m) = check_len("cluster", a.cluster.as_deref()) {
-            return Ok(refused("cluster_status", m));
+            return Ok(refused(&ext, m));
         }
         let call = RestCall::get("/api/v1/cluster/status", &[("cluster", a.cluster)]);
-        self.rest("cluster_status", call, &ext).await
+        self.rest(call, &ext).await
     }
 
     #[tool(
@@ -248,10 +244,10 @@ impl McpServer {
         ext: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
         if let Err(m) = check_len("cluster", a.cluster.as_deref()) {
-            return Ok(refused("cluster_members", m));
+            return Ok(refused(&ext, m));
         }
         let call = RestCall::get("/api/v1/cluster/members", &[("cluster", a.cluster)]);
-        self.rest("cluster_members", call, &ext).await
+        self.rest(call, &ext).await
     }
 
     #[tool(
@@ -265,12 +261,12 @@ impl McpServer {
     ) -> Result<CallToolResult, ErrorData> {
         for (field, v) in [("cluster", &a.cluster), ("member", &a.member)] {
             if let Err(m) = check_len(field, v.as_deref()) {
-                return Ok(refused("diagnosis", m));
+                return Ok(refused(&ext, m));
             }
         }
         let query = [("cluster", a.cluster), ("member", a.member)];
         let call = RestCall::get("/api/v1/diagnosis", &query);
-        self.rest("diagnosis", call, &ext).await
+        self.rest(call, &ext).await
     }
 
     #[tool(
@@ -285,10 +281,10 @@ impl McpServer {
         if let Err(m) = check_len("cluster", a.cluster.as_deref())
             .and_then(|()| check_count("history", a.history, MAX_ALERT_HISTORY))
         {
-            return Ok(refused("alerts", m));
+            return Ok(refused(&ext, m));
         }
         let call = RestCall::get("/api/v1/alerts", &[("cluster", a.cluster.clone())]);
-        let active = self.rest("alerts", call, &ext).await?;
+        let active = self.rest(call, &ext).await?;
         let Some(n) = a.history else {
             return Ok(active);
         };
@@ -297,11 +293,7 @@ impl McpServer {
         }
         let query = [("cluster", a.cluster), ("limit", Some(n.to_string()))];
         let history = self
-            .rest(
-                "alerts",
-                RestCall::get("/api/v1/alerts/history", &query),
-                &ext,
-            )
+            .rest(RestCall::get("/api/v1/alerts/history", &query), &ext)
             .await?;
         if history.is_error == Some(true) {
             return Ok(history);
@@ -331,11 +323,11 @@ impl McpServer {
         ];
         for (field, v) in strings {
             if let Err(m) = check_len(field, v.as_deref()) {
-                return Ok(refused("metrics_history", m));
+                return Ok(refused(&ext, m));
             }
         }
         if let Err(m) = check_count("limit", a.limit, MAX_HISTORY_POINTS) {
-            return Ok(refused("metrics_history", m));
+            return Ok(refused(&ext, m));
         }
         let limit = a.limit.unwrap_or(DEFAULT_HISTORY_POINTS);
         let query = [
@@ -347,7 +339,7 @@ impl McpServer {
             ("limit", Some(limit.to_string())),
         ];
         let call = RestCall::get("/api/v1/metrics/history", &query);
-        self.rest("metrics_history", call, &ext).await
+        self.rest(call, &ext).await
     }
 
     #[tool(
@@ -360,14 +352,13 @@ impl McpServer {
         ext: Extensions,
     ) -> Result<CallToolResult, ErrorData> {
         if let Err(m) = check_len("id", Some(&a.id)) {
-            return Ok(refused("benchmark_status", m));
+            return Ok(refused(&ext, m));
         }
         let path = format!(
             "/api/v1/performance/benchmark/{}",
             super::backend::encode(&a.id)
         );
-        self.rest("benchmark_status", RestCall::get(&path, &[]), &ext)
-            .await
+        self.rest(RestCall::get(&path, &[]), &ext).await
     }
 }
 
@@ -393,12 +384,12 @@ impl McpServer {
         ];
         for (field, v) in strings {
             if let Err(m) = check_len(field, v.as_deref()) {
-                return Ok(refused("run_benchmark", m));
+                return Ok(refused(&ext, m));
             }
         }
         let body = serde_json::to_value(&a).unwrap_or_else(|_| json!({}));
         let call = RestCall::post("/api/v1/performance/benchmark", body);
-        self.rest("run_benchmark", call, &ext).await
+        self.rest(call, &ext).await
     }
 }
 
@@ -421,24 +412,20 @@ mod tests {
 
     #[test]
     fn rest_errors_become_tool_errors_that_carry_status_and_message() {
-        let r = result_of(
-            "run_benchmark",
-            RestAnswer {
-                status: 403,
-                body: json!({"error": "changes need the admin role"}),
-            },
-        );
+        let (r, outcome) = result_of(RestAnswer {
+            status: 403,
+            body: json!({"error": "changes need the admin role"}),
+        });
+        assert_eq!(outcome, Outcome::Refused);
         assert_eq!(r.is_error, Some(true));
         let s = r.structured_content.unwrap();
         assert_eq!(s["status"], 403);
         assert_eq!(s["error"], "changes need the admin role");
-        let ok = result_of(
-            "cluster_status",
-            RestAnswer {
-                status: 200,
-                body: json!({"cluster": "a"}),
-            },
-        );
+        let (ok, good) = result_of(RestAnswer {
+            status: 200,
+            body: json!({"cluster": "a"}),
+        });
+        assert_eq!(good, Outcome::Ok);
         assert_eq!(ok.is_error, Some(false));
         assert_eq!(ok.structured_content.unwrap()["cluster"], "a");
     }
