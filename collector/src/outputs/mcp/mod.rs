@@ -100,8 +100,17 @@ impl ServerHandler for McpServer {
             Ok(_) => slot.get().unwrap_or(Outcome::InvalidArguments),
         };
         record(tool, outcome);
-        if let Err(e) = &result {
-            tracing::info!(tool, error = %e.message, "MCP tool call refused.");
+        if outcome != Outcome::Ok {
+            let error = match &result {
+                Err(e) => e.message.to_string(),
+                Ok(CallToolResponse::Complete(r)) => r
+                    .content
+                    .first()
+                    .and_then(|c| c.as_text())
+                    .map_or_else(String::new, |t| t.text.clone()),
+                Ok(_) => String::new(),
+            };
+            tracing::info!(tool, outcome = outcome.label(), %error, "MCP tool call failed.");
         }
         result
     }

@@ -155,7 +155,6 @@ fn check_count(field: &str, value: Option<usize>, max: usize) -> Result<(), Stri
 /// A tool error the caller reads, counted as refused arguments.
 fn refused(ext: &Extensions, message: String) -> CallToolResult {
     set_outcome(ext, Outcome::InvalidArguments);
-    tracing::info!(error = %message, "MCP tool call refused.");
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
 
