@@ -6,8 +6,8 @@
 //! Read tools are in [`McpServer::read_tools`], admin tools in [`McpServer::admin_tools`]:
 //! an admin tool calls a mutating REST route, which needs the admin role (`RequireAdmin`), so
 //! it is refused exactly when REST would refuse that caller. Adding one is a method in the
-//! admin block that checks its arguments (`check_len`, `check_count`, [`refused`]) and makes
-//! its `RestCall::post` through [`McpServer::rest`]; a read tool is a method in the read block.
+//! admin block that checks its arguments (`check_len`, `check_count`, `refused`) and makes
+//! its `RestCall::post` through `McpServer::rest`; a read tool is a method in the read block.
 //! Either way its name joins `metrics::TOOLS` (a unit test holds the two lists equal).
 
 use rmcp::{
