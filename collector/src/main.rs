@@ -15,7 +15,9 @@ fn colour(format: LogFormat, is_terminal: bool) -> bool {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // rmcp logs every stateless /mcp request's session start and end at info: warn and up.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rmcp=warn"));
     // The logs go to stdout (tracing_subscriber's default writer).
     let ansi = colour(format, std::io::stdout().is_terminal());
     let builder = tracing_subscriber::fmt()
@@ -44,6 +46,15 @@ fn main() -> std::process::ExitCode {
                 .init();
         }
         return etcd_monitor::ops::ctl::cli::main(args);
+    }
+    // `etcd-monitor mcp …`: MCP over stdio for an AI assistant, a client of a collector's REST
+    // API; its own flags (`outputs::mcp::flags`), logs on stderr.
+    if args.get(1).is_some_and(|a| a == "mcp") {
+        args.remove(1);
+        if let Some(first) = args.first_mut() {
+            *first = "etcd-monitor mcp".into();
+        }
+        return etcd_monitor::app::mcp::main(args);
     }
     let cli = Cli::parse_from(args);
     init_tracing(cli.log_format);

@@ -39,18 +39,24 @@ pub const APT_PACKAGES: &[&str] = &[
     "e2fsprogs",
 ];
 
-/// PyPI tools the tests run: (requirement, command that proves it is installed).
-/// Schemathesis checks the collector's OpenAPI document against the live server
-/// (`collector/tests/e2e/schemathesis.rs`; its CLI flags are those of major version 4).
-pub const PYPI_PACKAGES: &[(&str, &str)] = &[("schemathesis>=4,<5", "schemathesis")];
+/// PyPI tools the tests run: (requirement, command and arguments that succeed once it is
+/// installed). Schemathesis checks the collector's OpenAPI document against the live server
+/// (`collector/tests/e2e/schemathesis.rs`; its CLI flags are those of major version 4). The
+/// official MCP client SDK drives the collector's MCP server over HTTP and stdio
+/// (`collector/tests/e2e/mcp.rs`, `mcp_client.py`; its client API is that of major version 2).
+pub const PYPI_PACKAGES: &[(&str, &[&str])] = &[
+    ("schemathesis>=4,<5", &["schemathesis", "--version"]),
+    ("mcp>=2,<3", &["python3", "-c", "import mcp"]),
+];
 
 /// Installs the missing [`PYPI_PACKAGES`] with `python3 -m pip` (retrying with
 /// `--break-system-packages` where the system Python is marked externally managed, as on
 /// Debian 12; the tools are test-only).
 fn pypi_packages() -> anyhow::Result<()> {
     for (requirement, probe) in PYPI_PACKAGES {
-        if output(probe, &["--version"]).is_some() {
-            eprintln!("xtask: setup: {probe} present");
+        let present = || output(probe[0], &probe[1..]).is_some();
+        if present() {
+            eprintln!("xtask: setup: {requirement} present");
             continue;
         }
         eprintln!("xtask: setup: installing {requirement} from PyPI");
@@ -71,8 +77,11 @@ fn pypi_packages() -> anyhow::Result<()> {
             )
             .with_context(|| format!("pip install {requirement}"))?;
         }
-        if output(probe, &["--version"]).is_none() {
-            bail!("{requirement} was installed but `{probe}` is not on PATH");
+        if !present() {
+            bail!(
+                "{requirement} was installed but `{}` still fails",
+                probe.join(" ")
+            );
         }
     }
     Ok(())

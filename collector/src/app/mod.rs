@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod mcp;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

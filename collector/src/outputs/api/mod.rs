@@ -307,6 +307,14 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             access::require_viewer,
         ));
+    // MCP (streamable HTTP) at /mcp, guarded like the reads; its tools call the routes above
+    // in memory with the caller's token and peer, so access and refusals are REST's.
+    let rest = guarded.clone().fallback(routes::not_found);
+    let mcp = crate::outputs::mcp::routes(rest.with_state(state.clone()));
+    let guarded = guarded.merge(mcp.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        access::require_viewer,
+    )));
     let router = Router::new()
         .route("/health", get(routes::health))
         .route("/api/v1/openapi.json", get(openapi))
@@ -648,5 +656,49 @@ mod tests {
         );
         // A cluster without a health check yet has no series.
         assert!(!text.contains("cluster=\"east\""), "{text}");
+    }
+
+    /// `/mcp`'s admin tool is refused exactly as REST refuses its route: with no admin token,
+    /// a non-loopback peer is refused and a loopback one passes (to the benchmark API's own
+    /// "disabled" answer here); the peer address reaches the in-memory REST call.
+    #[tokio::test]
+    async fn mcp_admin_tools_follow_the_rest_access_policy() {
+        let call = |peer: &'static str| async move {
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "run_benchmark", "arguments": {"ops": 10}}});
+            let mut req = Request::post("/mcp")
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("host", "collector:8080")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            req.extensions_mut().insert(axum::extract::ConnectInfo(
+                peer.parse::<std::net::SocketAddr>().unwrap(),
+            ));
+            let resp = router(state(None)).oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{peer}");
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["result"]["isError"], true, "{v}");
+            v["result"]["structuredContent"].clone()
+        };
+        let remote = call("10.1.2.3:5000").await;
+        assert_eq!(remote["status"], 403, "{remote}");
+        assert!(
+            remote["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("loopback only"),
+            "{remote}"
+        );
+        let local = call("127.0.0.1:5000").await;
+        assert_eq!(local["status"], 403, "{local}");
+        assert!(
+            local["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("benchmark API is disabled"),
+            "{local}"
+        );
     }
 }

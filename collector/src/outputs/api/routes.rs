@@ -564,6 +564,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     state.benchmarks.render_metrics(&mut page);
     state.access.render(&mut page);
     crate::analysis::diagnosis::metrics::render(&state.diagnoses, &mut page);
+    crate::outputs::mcp::metrics::render(&mut page);
     let text = page.encode();
     (
         StatusCode::OK,
