@@ -105,15 +105,19 @@ pub enum Refusal {
     NotLoopback,
     /// A mutation whose `Origin` is neither this server nor in `--cors-origins` (403).
     ForeignOrigin,
+    /// A tokenless loopback mutation whose `Host` is not a loopback name: a browser page on a
+    /// DNS name rebound to 127.0.0.1 (403).
+    ForeignHost,
 }
 
 impl Refusal {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::MissingToken,
         Self::InvalidToken,
         Self::NotAdmin,
         Self::NotLoopback,
         Self::ForeignOrigin,
+        Self::ForeignHost,
     ];
 
     /// The metric label.
@@ -124,6 +128,7 @@ impl Refusal {
             Self::NotAdmin => "not_admin",
             Self::NotLoopback => "not_loopback",
             Self::ForeignOrigin => "foreign_origin",
+            Self::ForeignHost => "foreign_host",
         }
     }
 }
@@ -133,7 +138,7 @@ struct Inner {
     tokens: Vec<ApiToken>,
     /// Origins listed in `--cors-origins` (the wildcard excluded: it never allows mutations).
     trusted_origins: Vec<String>,
-    refusals: [AtomicU64; 5],
+    refusals: [AtomicU64; Refusal::ALL.len()],
     insecure_token_files: u64,
     silence_refusals_limit: AtomicU64,
     silence_refusals_invalid: AtomicU64,
@@ -169,6 +174,24 @@ fn is_loopback(peer: Option<SocketAddr>) -> bool {
         // Without the peer address (in-memory tests) nothing is trusted as loopback.
         None => false,
     }
+}
+
+/// The `Host` header of a request when it names something other than a loopback host.
+/// Without a token, a loopback peer alone is not enough: a browser page on `evil.example`
+/// whose DNS name was rebound to 127.0.0.1 reaches us from loopback with `Host: evil.example`.
+fn foreign_host(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?;
+    let host = host.to_str().unwrap_or("<not text>").to_ascii_lowercase();
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host.as_str(), |(name, _port)| name),
+    };
+    let loopback = name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then_some(host)
 }
 
 impl Access {
@@ -295,6 +318,14 @@ impl Access {
                 ));
             }
             if is_loopback(peer) {
+                if let Some(host) = foreign_host(headers) {
+                    return Err(self.refuse(
+                        Refusal::ForeignHost,
+                        format!(
+                            "no admin token is configured, so changes are accepted from loopback only, addressed to a loopback host (localhost, 127.0.0.1, [::1]); Host {host:?} is not a loopback name (as with a DNS name rebound to loopback): use a loopback address or --admin-token-file"
+                        ),
+                    ));
+                }
                 return Ok(Principal {
                     name: LOOPBACK_PRINCIPAL.to_string(),
                     role: Role::Admin,
@@ -457,6 +488,31 @@ mod tests {
         assert!(err.to_string().contains("--admin-token-file"), "{err}");
         assert!(access.check_admin(&headers(&[]), None).is_err());
         assert!(access.check_read(&headers(&[])).is_ok());
+        for host in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080", "localhost"] {
+            let h = headers(&[("host", host)]);
+            assert!(access.check_admin(&h, peer("127.0.0.1")).is_ok(), "{host}");
+        }
+    }
+
+    #[test]
+    fn without_admin_tokens_a_rebound_dns_name_is_refused() {
+        let access = Access::new(vec![], &[], 0);
+        // A page on evil.example rebound to 127.0.0.1: same-origin, loopback peer, foreign Host.
+        let h = headers(&[
+            ("host", "evil.example:8080"),
+            ("origin", "http://evil.example:8080"),
+        ]);
+        let err = access.check_admin(&h, peer("127.0.0.1")).unwrap_err();
+        assert_eq!(err.status(), 403);
+        assert!(err.to_string().contains("evil.example"), "{err}");
+        let mut page = crate::model::exposition::Exposition::new();
+        access.render(&mut page);
+        assert!(
+            page.encode()
+                .contains("etcdmon_api_auth_refusals_total{reason=\"foreign_host\"} 1"),
+            "{}",
+            page.encode()
+        );
     }
 
     fn policy() -> Access {

@@ -663,13 +663,13 @@ mod tests {
     /// "disabled" answer here); the peer address reaches the in-memory REST call.
     #[tokio::test]
     async fn mcp_admin_tools_follow_the_rest_access_policy() {
-        let call = |peer: &'static str| async move {
+        let call = |peer: &'static str, host: &'static str| async move {
             let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                 "params": {"name": "run_benchmark", "arguments": {"ops": 10}}});
             let mut req = Request::post("/mcp")
                 .header("content-type", "application/json")
                 .header("accept", "application/json, text/event-stream")
-                .header("host", "collector:8080")
+                .header("host", host)
                 .body(Body::from(body.to_string()))
                 .unwrap();
             req.extensions_mut().insert(axum::extract::ConnectInfo(
@@ -682,7 +682,7 @@ mod tests {
             assert_eq!(v["result"]["isError"], true, "{v}");
             v["result"]["structuredContent"].clone()
         };
-        let remote = call("10.1.2.3:5000").await;
+        let remote = call("10.1.2.3:5000", "collector:8080").await;
         assert_eq!(remote["status"], 403, "{remote}");
         assert!(
             remote["error"]
@@ -691,7 +691,17 @@ mod tests {
                 .contains("loopback only"),
             "{remote}"
         );
-        let local = call("127.0.0.1:5000").await;
+        // From loopback, but addressed to a DNS name (rebinding): refused like REST.
+        let rebound = call("127.0.0.1:5000", "collector:8080").await;
+        assert_eq!(rebound["status"], 403, "{rebound}");
+        assert!(
+            rebound["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not a loopback name"),
+            "{rebound}"
+        );
+        let local = call("127.0.0.1:5000", "127.0.0.1:8080").await;
         assert_eq!(local["status"], 403, "{local}");
         assert!(
             local["error"]
