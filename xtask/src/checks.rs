@@ -1085,7 +1085,6 @@ pub const LONG_FUNCTIONS_PENDING: &[(&str, &str)] = &[
     ("collector/src/ops/ctl/safe.rs", "survey"),
     ("collector/src/outputs/api/mod.rs", "document"),
     ("collector/src/outputs/exporter.rs", "render"),
-    ("collector/src/outputs/notify/config.rs", "validate"),
     ("collector/src/sources/ingest/metrics.rs", "render"),
     ("collector/src/sources/scrape.rs", "round"),
     ("xtask/src/bench/agent_overhead.rs", "run"),
