@@ -27,9 +27,9 @@ use crate::{
 /// Settings of the health loop.
 #[derive(Debug, Clone, Copy)]
 pub struct HealthSettings {
-    /// Period.
+    /// Time between two health checks of the cluster.
     pub interval: Duration,
-    /// Thresholds.
+    /// Limits the cluster's health is judged against (latency, DB size, members available).
     pub thresholds: Thresholds,
     /// Read probe on.
     pub probe_read: bool,

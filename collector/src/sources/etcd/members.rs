@@ -11,15 +11,15 @@ use crate::{
 /// A member from MemberList.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListedMember {
-    /// Id.
+    /// Member ID as etcd assigns it (printed in hex elsewhere).
     pub id: u64,
-    /// Name.
+    /// The member's `--name`; empty for a member added but not started yet.
     pub name: String,
-    /// Peer URLs.
+    /// Where the other members reach it for raft (its advertised peer URLs).
     pub peer_urls: Vec<String>,
-    /// Client URLs.
+    /// Where clients reach it (its advertised client URLs); empty until it has started.
     pub client_urls: Vec<String>,
-    /// Learner.
+    /// A learner: it replicates the log but does not vote or count towards quorum.
     pub is_learner: bool,
 }
 

@@ -104,13 +104,13 @@ impl std::fmt::Debug for IngestSettings {
 /// What the services share.
 #[derive(Clone)]
 pub struct IngestState {
-    /// Agents.
+    /// Every agent seen: its node, sequence and what it reports.
     pub registry: Arc<AgentRegistry>,
-    /// Subscribers.
+    /// The Subscribe streams events are published to.
     pub fanout: Arc<Fanout>,
     /// Clusters, for the join.
     pub clusters: Clusters,
-    /// Counters.
+    /// Batches, events, refusals and unjoined events, for `/metrics`.
     pub counters: Arc<IngestCounters>,
 }
 
@@ -405,9 +405,9 @@ pub enum ServeError {
     /// The port could not be bound.
     #[error("--grpc-port: cannot listen on {addr}: {source}")]
     Bind {
-        /// Address.
+        /// The `--grpc-port` address it tried.
         addr: SocketAddr,
-        /// Cause.
+        /// The I/O error.
         source: std::io::Error,
     },
     /// Reflection could not be built.
