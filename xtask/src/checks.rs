@@ -1077,7 +1077,6 @@ pub const LONG_FUNCTIONS_PENDING: &[(&str, &str)] = &[
     ("collector/src/app/config.rs", "into_config"),
     ("collector/src/app/config.rs", "rest_config"),
     ("collector/src/app/mod.rs", "start"),
-    ("collector/src/ops/bench/jobs.rs", "render_metrics"),
     ("collector/src/ops/bench/report.rs", "report"),
     ("collector/src/ops/bench/runner.rs", "run"),
     ("collector/src/ops/bench/spec.rs", "validate"),
