@@ -12,7 +12,7 @@ use clap::{Parser, ValueEnum};
 // Every default is written once, here: clap shows it in `--help` (and so in
 // docs/configuration.md) from the same constant the agent runs with.
 
-/// `--listen`.
+/// Default of `--listen`: `/metrics` and `/healthz` on every address, port 9465.
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9465));
 /// `--rescan-interval`.
@@ -202,7 +202,7 @@ pub enum ConfigError {
     /// A file flag names a file we cannot read.
     #[error("{flag}={path}: {source}")]
     File {
-        /// The flag.
+        /// The flag that names the file, e.g. `--ca-file`.
         flag: &'static str,
         /// The path given.
         path: String,

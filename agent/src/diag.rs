@@ -297,7 +297,7 @@ pub struct IssuerView {
 /// One watched device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceView {
-    /// The device.
+    /// The block device (major:minor, name) a member's data dir lives on.
     pub device: BlockDevice,
     /// Members whose data dir is on it.
     pub members: Vec<String>,

@@ -17,9 +17,9 @@ pub struct MemberIdentity {
     pub client_urls: Vec<String>,
     /// `--initial-advertise-peer-urls`.
     pub peer_urls: Vec<String>,
-    /// `--listen-client-urls`.
+    /// `--listen-client-urls`: where the member accepts clients (may be 0.0.0.0).
     pub listen_client_urls: Vec<String>,
-    /// `--listen-peer-urls`.
+    /// `--listen-peer-urls`: where the member accepts raft peers.
     pub listen_peer_urls: Vec<String>,
     /// `--initial-cluster` as (name, peer URL) pairs.
     pub initial_cluster: Vec<(String, String)>,
@@ -200,7 +200,7 @@ pub fn parse(
 /// Empty until [`resolve_canonical`] ran (and for a path that could not be resolved).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CanonicalDirs {
-    /// The data dir.
+    /// `--data-dir` with every symlink resolved.
     pub data_dir: Option<PathBuf>,
     /// The WAL dir (`--wal-dir`, else `<data dir>/member/wal`).
     pub wal_dir: Option<PathBuf>,

@@ -15,7 +15,7 @@ pub struct ProcFs {
 /// One TCP socket of a process, from `/proc/PID/net/tcp{,6}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpSocket {
-    /// Local port.
+    /// The port on this host's side of the socket.
     pub local_port: u16,
     /// Remote port (0 for a listener).
     pub remote_port: u16,

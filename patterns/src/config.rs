@@ -2,12 +2,13 @@
 
 use std::{collections::VecDeque, time::Duration};
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
+use etcd_client::{Client, EventType, GetOptions};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     error::{Error, EtcdContext, Result},
     queue,
+    resume::ResumingWatch,
 };
 
 /// Configuration values stored as JSON at `<prefix>/<key>`.
@@ -164,10 +165,13 @@ impl Config {
     /// previous run processed.
     pub fn watch_from(&self, revision: i64) -> ConfigWatch {
         ConfigWatch {
-            client: self.client.clone(),
-            prefix: self.prefix.clone(),
+            watch: ResumingWatch::new(
+                self.client.clone(),
+                self.prefix.clone(),
+                "watch config",
+                true,
+            ),
             next_rev: revision,
-            stream: None,
             pending: VecDeque::new(),
         }
     }
@@ -182,10 +186,8 @@ impl Config {
 /// [`Error::Compacted`]: re-read with [`Config::list`] and start again.
 #[derive(Debug)]
 pub struct ConfigWatch {
-    client: crate::queue::Etcd,
-    prefix: String,
+    watch: ResumingWatch,
     next_rev: i64,
-    stream: Option<WatchStream>,
     pending: VecDeque<ConfigChange>,
 }
 
@@ -205,58 +207,16 @@ impl ConfigWatch {
                 Ok(()) => {}
                 Err(error @ Error::Compacted { .. }) => return Err(error),
                 Err(error) => {
-                    crate::stats::watch_resume();
-                    tracing::info!(prefix = %self.prefix, from = self.next_rev, %error, "Config watch interrupted; resuming from the last revision seen.");
-                    self.stream = None;
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    tracing::info!(prefix = %self.watch.prefix(), from = self.next_rev, %error, "Config watch interrupted; resuming from the last revision seen.");
+                    self.watch.interrupted(Duration::from_millis(250)).await;
                 }
             }
         }
     }
 
     async fn poll(&mut self) -> Result<()> {
-        if self.stream.is_none() {
-            let stream = self
-                .client
-                .watch_client()
-                .watch(
-                    self.prefix.as_str(),
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(self.next_rev)
-                            .with_progress_notify(),
-                    ),
-                )
-                .await
-                .op("watch config")?;
-            self.stream = Some(stream);
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            return Ok(());
-        };
-        let resp = stream
-            .message()
-            .await
-            .op("watch config")?
-            .ok_or_else(|| Error::Etcd {
-                op: "watch config",
-                source: etcd_client::Error::WatchError("stream ended".to_string()),
-            })?;
-        if resp.canceled() {
-            self.stream = None;
-            if resp.compact_revision() > 0 {
-                return Err(Error::Compacted {
-                    prefix: self.prefix.clone(),
-                    wanted: self.next_rev,
-                    compact_revision: resp.compact_revision(),
-                });
-            }
-            return Err(Error::Etcd {
-                op: "watch config",
-                source: etcd_client::Error::WatchError(resp.cancel_reason().to_string()),
-            });
-        }
+        let resp = self.watch.message(self.next_rev).await?;
+        let prefix = self.watch.prefix();
         let mut max_rev = 0;
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
@@ -267,7 +227,7 @@ impl ConfigWatch {
             max_rev = max_rev.max(kv.mod_revision());
             self.pending.push_back(ConfigChange {
                 key: String::from_utf8_lossy(kv.key())
-                    .trim_start_matches(self.prefix.as_str())
+                    .trim_start_matches(prefix)
                     .to_string(),
                 value: match event.event_type() {
                     EventType::Put => Some(kv.value().to_vec()),

@@ -23,6 +23,7 @@ mod flags;
 mod mutex;
 mod queue;
 mod registry;
+mod resume;
 mod rwlock;
 mod session;
 pub mod stats;

@@ -9,12 +9,13 @@ use std::{
     time::Duration,
 };
 
-use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{Client, EventType, GetOptions, PutOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, EtcdContext, Result},
     queue,
+    resume::ResumingWatch,
     session::Session,
 };
 
@@ -153,12 +154,13 @@ impl ServiceRegistry {
     /// resuming after stream errors from the last revision it saw.
     pub async fn watch(&self, service: &str) -> Result<ServiceWatcher> {
         let (instances, rev) = self.snapshot(service).await?;
+        let dir = self.service_dir(service)?;
         Ok(ServiceWatcher {
             client: self.client.clone(),
-            dir: self.service_dir(service)?,
+            watch: ResumingWatch::new(self.client.clone(), dir.clone(), "watch service", false),
+            dir,
             instances,
             next_rev: rev + 1,
-            stream: None,
             pending: Default::default(),
             cursor: Arc::new(AtomicUsize::new(0)),
         })
@@ -171,8 +173,8 @@ pub struct ServiceWatcher {
     client: crate::queue::Etcd,
     dir: String,
     instances: BTreeMap<String, Instance>,
+    watch: ResumingWatch,
     next_rev: i64,
-    stream: Option<etcd_client::WatchStream>,
     pending: std::collections::VecDeque<ServiceEvent>,
     cursor: Arc<AtomicUsize>,
 }
@@ -223,57 +225,15 @@ impl ServiceWatcher {
                     self.resync().await?;
                 }
                 Err(error) => {
-                    crate::stats::watch_resume();
                     tracing::debug!(dir = %self.dir, %error, "Registry watch failed; resuming.");
-                    self.stream = None;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    self.watch.interrupted(Duration::from_millis(200)).await;
                 }
             }
         }
     }
 
     async fn poll_stream(&mut self) -> Result<()> {
-        if self.stream.is_none() {
-            let stream = self
-                .client
-                .watch_client()
-                .watch(
-                    self.dir.as_str(),
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(self.next_rev),
-                    ),
-                )
-                .await
-                .op("watch service")?;
-            self.stream = Some(stream);
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            return Ok(());
-        };
-        let resp = stream
-            .message()
-            .await
-            .op("watch service")?
-            .ok_or_else(|| Error::Etcd {
-                op: "watch service",
-                source: etcd_client::Error::WatchError("stream ended".to_string()),
-            })?;
-        if resp.canceled() {
-            self.stream = None;
-            if resp.compact_revision() > 0 {
-                return Err(Error::Compacted {
-                    prefix: self.dir.clone(),
-                    wanted: self.next_rev,
-                    compact_revision: resp.compact_revision(),
-                });
-            }
-            return Err(Error::Etcd {
-                op: "watch service",
-                source: etcd_client::Error::WatchError(resp.cancel_reason().to_string()),
-            });
-        }
+        let resp = self.watch.message(self.next_rev).await?;
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
             self.next_rev = self.next_rev.max(kv.mod_revision() + 1);

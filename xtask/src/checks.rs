@@ -1,7 +1,7 @@
 //! Repository checks `cargo xtask test` runs before it builds anything: no merge-conflict
 //! markers in tracked files, no Markdown link to a file that does not exist, no import cycle
-//! among any crate's modules, no module of a layered crate using a later layer, no unused
-//! dependency.
+//! among any crate's modules, no module of a layered crate using a later layer, no production
+//! function over [`MAX_FUNCTION_LINES`] lines, no unused dependency.
 //!
 //! **Module graph.** A node is a source file (`modules = files`): an inline module folds into
 //! the file that holds it, and `#[cfg(test)]` items (unit-test modules) are left out, since the
@@ -56,12 +56,15 @@ pub fn run() -> anyhow::Result<()> {
     if let Err(e) = layered_modules(&root) {
         failures.push(format!("{e:#}"));
     }
+    if let Err(e) = long_functions(&root) {
+        failures.push(format!("{e:#}"));
+    }
     if let Err(e) = unused_dependencies(&root) {
         failures.push(format!("{e:#}"));
     }
     if failures.is_empty() {
         eprintln!(
-            "xtask: checks: no conflict markers, no dead links, no module cycles, layers point one way, no unused dependencies"
+            "xtask: checks: no conflict markers, no dead links, no module cycles, layers point one way, no long functions, no unused dependencies"
         );
         Ok(())
     } else {
@@ -367,6 +370,11 @@ enum Tok {
 
 /// Tokens of `src` without comments, string, char and number literals or lifetimes.
 fn tokenize(src: &str) -> Vec<Tok> {
+    tokenize_at(src).into_iter().map(|(t, _)| t).collect()
+}
+
+/// [`tokenize`], each token with the index (in chars) where it starts in `src`.
+fn tokenize_at(src: &str) -> Vec<(Tok, usize)> {
     let chars: Vec<char> = src.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -380,21 +388,7 @@ fn tokenize(src: &str) -> Vec<Tok> {
                 i += 1;
             }
         } else if c == '/' && at(i + 1) == '*' {
-            let mut depth = 0;
-            while i < chars.len() {
-                if chars[i] == '/' && at(i + 1) == '*' {
-                    depth += 1;
-                    i += 2;
-                } else if chars[i] == '*' && at(i + 1) == '/' {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
+            i = skip_block_comment(&chars, i);
         } else if c == '"' {
             i = skip_string(&chars, i + 1);
         } else if (c == 'r' || c == 'b' || c == 'c')
@@ -402,21 +396,7 @@ fn tokenize(src: &str) -> Vec<Tok> {
         {
             i = end;
         } else if c == '\'' {
-            // A char literal ('a', '\n', '\u{1F600}') or a lifetime ('a).
-            if at(i + 1) == '\\' {
-                i += 2;
-                while i < chars.len() && chars[i] != '\'' {
-                    i += 1;
-                }
-                i += 1;
-            } else if at(i + 2) == '\'' {
-                i += 3;
-            } else {
-                i += 1;
-                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                    i += 1;
-                }
-            }
+            i = skip_char_or_lifetime(&chars, i);
         } else if c.is_ascii_digit() {
             while i < chars.len()
                 && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '.')
@@ -433,18 +413,60 @@ fn tokenize(src: &str) -> Vec<Tok> {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
-            out.push(Tok::Ident(
-                word.strip_prefix("r#").unwrap_or(&word).to_owned(),
+            out.push((
+                Tok::Ident(word.strip_prefix("r#").unwrap_or(&word).to_owned()),
+                start,
             ));
         } else if c == ':' && at(i + 1) == ':' {
-            out.push(Tok::Path);
+            out.push((Tok::Path, i));
             i += 2;
         } else {
-            out.push(Tok::Punct(c));
+            out.push((Tok::Punct(c), i));
             i += 1;
         }
     }
     out
+}
+
+/// Index after the (nested) block comment starting at `i`.
+fn skip_block_comment(chars: &[char], mut i: usize) -> usize {
+    let at = |i: usize| chars.get(i).copied().unwrap_or('\0');
+    let mut depth = 0;
+    while i < chars.len() {
+        if chars[i] == '/' && at(i + 1) == '*' {
+            depth += 1;
+            i += 2;
+        } else if chars[i] == '*' && at(i + 1) == '/' {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// Index after the char literal ('a', '\n', '\u{1F600}') or lifetime ('a) starting at `i`.
+fn skip_char_or_lifetime(chars: &[char], mut i: usize) -> usize {
+    let at = |i: usize| chars.get(i).copied().unwrap_or('\0');
+    if at(i + 1) == '\\' {
+        i += 2;
+        while i < chars.len() && chars[i] != '\'' {
+            i += 1;
+        }
+        i + 1
+    } else if at(i + 2) == '\'' {
+        i + 3
+    } else {
+        i += 1;
+        while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+            i += 1;
+        }
+        i
+    }
 }
 
 /// Index after the closing quote of a string whose body starts at `i`.
@@ -641,7 +663,7 @@ fn file_facts(src: &str) -> FileFacts {
     let mut nest: Vec<(String, i32)> = Vec::new();
     let mut depth = 0i32;
     let mut i = 0;
-    let names = |nest: &[(String, i32)]| nest.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let names = nest_names;
     while i < toks.len() {
         if let Some((end, is_test)) = attribute(&toks, i) {
             i = end;
@@ -666,24 +688,7 @@ fn file_facts(src: &str) -> FileFacts {
                 i += 1;
             }
             Tok::Ident(kw) if kw == "mod" => {
-                let Some(name) = ident(toks.get(i + 1)).map(str::to_owned) else {
-                    i += 1;
-                    continue;
-                };
-                match toks.get(i + 2) {
-                    Some(Tok::Punct(';')) if nest.is_empty() => facts.child_files.push(name),
-                    Some(Tok::Punct('{')) => {
-                        let mut inner = names(&nest);
-                        inner.push(name.clone());
-                        facts.inline.push(inner);
-                        depth += 1;
-                        nest.push((name, depth));
-                        i += 3;
-                        continue;
-                    }
-                    _ => {}
-                }
-                i += 2;
+                i = module_decl(&toks, i, &mut nest, &mut depth, &mut facts);
             }
             Tok::Ident(kw) if kw == "use" => {
                 let mut j = i + 1;
@@ -698,26 +703,65 @@ fn file_facts(src: &str) -> FileFacts {
             }
             Tok::Ident(first) if toks.get(i + 1) == Some(&Tok::Path) => {
                 let after_path = i > 0 && toks[i - 1] == Tok::Path;
-                if !after_path {
-                    let mut path = vec![first.clone()];
-                    let mut j = i + 1;
-                    while toks.get(j) == Some(&Tok::Path) {
-                        match ident(toks.get(j + 1)) {
-                            Some(seg) => path.push(seg.to_owned()),
-                            None => break,
-                        }
-                        j += 2;
-                    }
-                    facts.paths.push((names(&nest), path));
-                    i = j;
-                } else {
+                if after_path {
                     i += 1;
+                } else {
+                    let (path, end) = path_at(&toks, i, first);
+                    facts.paths.push((names(&nest), path));
+                    i = end;
                 }
             }
             _ => i += 1,
         }
     }
     facts
+}
+
+/// The names of the inline modules open at a point (outermost first).
+fn nest_names(nest: &[(String, i32)]) -> Vec<String> {
+    nest.iter().map(|(n, _)| n.clone()).collect()
+}
+
+/// At `mod`: records `mod name;` (outside inline modules) as a child file, or opens
+/// `mod name { … }` (which closes at the brace depth pushed on `nest`); returns the index
+/// after what it read.
+fn module_decl(
+    toks: &[Tok],
+    i: usize,
+    nest: &mut Vec<(String, i32)>,
+    depth: &mut i32,
+    facts: &mut FileFacts,
+) -> usize {
+    let Some(name) = ident(toks.get(i + 1)).map(str::to_owned) else {
+        return i + 1;
+    };
+    match toks.get(i + 2) {
+        Some(Tok::Punct(';')) if nest.is_empty() => facts.child_files.push(name),
+        Some(Tok::Punct('{')) => {
+            let mut inner = nest_names(nest);
+            inner.push(name.clone());
+            facts.inline.push(inner);
+            *depth += 1;
+            nest.push((name, *depth));
+            return i + 3;
+        }
+        _ => {}
+    }
+    i + 2
+}
+
+/// The path `first::a::b` starting at `i`, and the index after it.
+fn path_at(toks: &[Tok], i: usize, first: &str) -> (Vec<String>, usize) {
+    let mut path = vec![first.to_owned()];
+    let mut j = i + 1;
+    while toks.get(j) == Some(&Tok::Path) {
+        match ident(toks.get(j + 1)) {
+            Some(seg) => path.push(seg.to_owned()),
+            None => break,
+        }
+        j += 2;
+    }
+    (path, j)
 }
 
 /// A crate's (lib or bin) module tree and the dependencies between its files.
@@ -1005,6 +1049,230 @@ fn cycle_in(adj: &[Vec<usize>], scc: &[usize]) -> Vec<usize> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Long functions
+
+/// The most lines a production function may span, from the line of its `fn` keyword to its
+/// closing brace (issue 13: split longer ones into named steps).
+pub const MAX_FUNCTION_LINES: usize = 80;
+
+/// Production functions over [`MAX_FUNCTION_LINES`] whose split is still pending, as
+/// (file relative to the workspace root, function name); an entry covers every function of
+/// that name in the file. [`long_functions`] reports them without failing, and fails when an
+/// entry is no longer long, so the list only shrinks: remove an entry in the commit that
+/// splits its function; never add one.
+pub const LONG_FUNCTIONS_PENDING: &[(&str, &str)] = &[
+    ("agent-ebpf/src/syscall.rs", "exit"),
+    ("agent/src/app.rs", "run"),
+    ("agent/src/app.rs", "start_shipping"),
+    ("agent/src/metrics.rs", "collect"),
+    ("agent/src/metrics.rs", "new"),
+    ("agent/src/ship/status.rs", "snapshot"),
+    ("collector/src/analysis/alerting/lifecycle.rs", "step"),
+    ("collector/src/analysis/alerting/mod.rs", "candidates"),
+    ("collector/src/analysis/alerting/mod.rs", "evaluate"),
+    ("collector/src/analysis/alerting/rules.rs", "defaults"),
+    ("collector/src/analysis/alerting/signals.rs", "samples"),
+    ("collector/src/analysis/diagnosis/engine.rs", "diagnose"),
+    ("collector/src/app/config.rs", "ingest_config"),
+    ("collector/src/app/config.rs", "into_config"),
+    ("collector/src/app/config.rs", "rest_config"),
+    ("collector/src/app/mod.rs", "start"),
+    ("collector/src/ops/bench/report.rs", "report"),
+    ("collector/src/ops/bench/runner.rs", "run"),
+    ("collector/src/ops/bench/spec.rs", "validate"),
+    ("collector/src/ops/ctl/safe.rs", "recover_nospace"),
+    ("collector/src/ops/ctl/safe.rs", "survey"),
+    ("collector/src/outputs/api/mod.rs", "document"),
+    ("collector/src/outputs/exporter.rs", "render"),
+    ("collector/src/sources/ingest/metrics.rs", "render"),
+    ("collector/src/sources/scrape.rs", "round"),
+    ("xtask/src/bench/agent_overhead.rs", "run"),
+    ("xtask/src/bench/collector.rs", "run"),
+    ("xtask/src/bench/probe_cost.rs", "run"),
+    ("xtask/src/bench/runner.rs", "run"),
+    ("xtask/src/demo.rs", "run"),
+];
+
+/// Crates that are test code as a whole (the end-to-end harness), left out of
+/// [`long_functions`] like integration tests.
+const TEST_SUPPORT_CRATES: &[&str] = &["etcd-monitor-tests"];
+
+/// A function with a body: its name, the line of its `fn` keyword (1-based) and how many lines
+/// it spans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FnSpan {
+    name: String,
+    line: usize,
+    lines: usize,
+}
+
+/// Fails naming `file:line`, name and length of every production function over
+/// [`MAX_FUNCTION_LINES`] not in [`LONG_FUNCTIONS_PENDING`], and every entry of that list that
+/// names no long function any more. Production code is what the crates' module trees reach
+/// outside `#[cfg(test)]` items: integration tests, examples and benches are not in them.
+pub fn long_functions(root: &Path) -> anyhow::Result<()> {
+    long_functions_except(root, LONG_FUNCTIONS_PENDING)
+}
+
+/// [`long_functions`] with the allowlist given.
+fn long_functions_except(root: &Path, allowed: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut long = Vec::new();
+    for file in production_files(root)? {
+        let rel = file.strip_prefix(root).unwrap_or(&file);
+        let rel = rel.to_string_lossy().replace('\\', "/");
+        for f in functions(&read(&file)?) {
+            if f.lines > MAX_FUNCTION_LINES {
+                long.push((rel.clone(), f));
+            }
+        }
+    }
+    let (problems, pending) = judge_long_functions(&long, allowed);
+    if !pending.is_empty() {
+        eprintln!(
+            "xtask: checks: {} long function(s) allowed until they are split (LONG_FUNCTIONS_PENDING):\n{}",
+            pending.len(),
+            pending.join("\n")
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", problems.join("\n"))
+    }
+}
+
+/// Splits the long functions into failures and allowed (pending) ones, and adds a failure for
+/// every pending entry that matches no long function.
+fn judge_long_functions(
+    long: &[(String, FnSpan)],
+    pending: &[(&str, &str)],
+) -> (Vec<String>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut allowed = Vec::new();
+    for (file, f) in long {
+        let line = format!(
+            "{file}:{} fn {} is {} lines (at most {MAX_FUNCTION_LINES})",
+            f.line, f.name, f.lines
+        );
+        if pending.contains(&(file.as_str(), f.name.as_str())) {
+            allowed.push(format!("  {line}"));
+        } else {
+            problems.push(format!("{line}: split it into named steps"));
+        }
+    }
+    for (file, name) in pending {
+        if !long.iter().any(|(f, span)| f == file && span.name == *name) {
+            problems.push(format!(
+                "{file}: fn {name} is in LONG_FUNCTIONS_PENDING but no longer over \
+                 {MAX_FUNCTION_LINES} lines (or gone): remove the entry"
+            ));
+        }
+    }
+    (problems, allowed)
+}
+
+/// The source files of every workspace crate's library, binaries and build script, as their
+/// module trees reach them (test-only modules left out).
+fn production_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = BTreeSet::new();
+    for krate in workspace_crates(root)? {
+        if TEST_SUPPORT_CRATES.contains(&krate.name.as_str()) {
+            continue;
+        }
+        let mut entries = vec![krate.dir.join("src/lib.rs"), krate.dir.join("src/main.rs")];
+        if let Ok(bins) = std::fs::read_dir(krate.dir.join("src/bin")) {
+            entries.extend(bins.filter_map(Result::ok).map(|e| e.path()));
+        }
+        let build = krate.dir.join("build.rs");
+        if build.exists() {
+            files.insert(build);
+        }
+        for entry in entries.into_iter().filter(|e| e.is_file()) {
+            files.extend(ModuleGraph::load(&entry)?.files.into_values());
+        }
+    }
+    Ok(files.into_iter().collect())
+}
+
+/// Every function with a body in `src`, outside `#[cfg(test)]` items; a function nested in
+/// another is listed on its own too.
+fn functions(src: &str) -> Vec<FnSpan> {
+    let (toks, starts): (Vec<Tok>, Vec<usize>) = tokenize_at(src).into_iter().unzip();
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(
+            src.chars()
+                .enumerate()
+                .filter(|(_, c)| *c == '\n')
+                .map(|(i, _)| i + 1),
+        )
+        .collect();
+    let line_of = |tok: usize| line_starts.partition_point(|&s| s <= starts[tok]);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        if let Some(end) = skip_test_item(&toks, i) {
+            i = end;
+            continue;
+        }
+        if toks[i] == Tok::Ident("fn".into())
+            && let Some(name) = ident(toks.get(i + 1))
+            && let Some(close) = fn_body_end(&toks, i + 2)
+        {
+            out.push(FnSpan {
+                name: name.to_owned(),
+                line: line_of(i),
+                lines: line_of(close) - line_of(i) + 1,
+            });
+        }
+        i += 1;
+    }
+    out
+}
+
+/// At an attribute: the index after it, or after the whole item when it is `#[cfg(test)]`.
+fn skip_test_item(toks: &[Tok], i: usize) -> Option<usize> {
+    let (mut end, is_test) = attribute(toks, i)?;
+    if is_test {
+        while let Some((next, _)) = attribute(toks, end) {
+            end = next;
+        }
+        end = skip_item(toks, end);
+    }
+    Some(end)
+}
+
+/// From the token after a function's name: the index of its body's closing brace, or `None`
+/// for a declaration without a body (`fn f();` in a trait or `extern` block).
+fn fn_body_end(toks: &[Tok], mut i: usize) -> Option<usize> {
+    let mut depth = 0i32;
+    while i < toks.len() {
+        match toks[i] {
+            Tok::Punct('(' | '[') => depth += 1,
+            Tok::Punct(')' | ']') => depth -= 1,
+            Tok::Punct(';') if depth == 0 => return None,
+            Tok::Punct('{') if depth == 0 => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut braces = 0i32;
+    while i < toks.len() {
+        match toks[i] {
+            Tok::Punct('{') => braces += 1,
+            Tok::Punct('}') => {
+                braces -= 1;
+                if braces == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
 // Unused dependencies
 
 /// `cargo machete` over the workspace (each crate's own dependencies), plus: every entry of
@@ -1135,6 +1403,69 @@ mod tests {
                     .join(" → ")
             })
             .collect()
+    }
+
+    /// A one-crate workspace whose `src/lib.rs` is `lib`.
+    fn workspace_with(lib: &str) -> tempfile_dir::Dir {
+        crate_with(&[
+            ("Cargo.toml", "[workspace]\nmembers = [\"a\"]\n"),
+            ("a/Cargo.toml", "[package]\nname = \"a\"\n"),
+            ("a/src/lib.rs", lib),
+            ("a/src/only_tests.rs", &long_fn("in_a_test_file", 100)),
+        ])
+    }
+
+    /// A function `name` spanning `lines` lines.
+    fn long_fn(name: &str, lines: usize) -> String {
+        let body = "    let _ = \"}\"; // {\n".repeat(lines - 2);
+        format!("pub fn {name}() {{\n{body}}}\n")
+    }
+
+    #[test]
+    fn a_planted_81_line_function_fails_and_80_lines_pass() {
+        let test_only = format!(
+            "#[cfg(test)]\nmod only_tests;\n#[cfg(test)]\nmod tests {{\n{}}}\n",
+            long_fn("test_helper", 120)
+        );
+        let ok = workspace_with(&format!("{}{test_only}", long_fn("eighty", 80)));
+        long_functions_except(ok.path(), &[]).expect("80 lines and test code pass");
+        let planted = workspace_with(&format!("{}{test_only}", long_fn("planted", 81)));
+        let err = long_functions_except(planted.path(), &[])
+            .expect_err("an 81-line function fails")
+            .to_string();
+        assert!(
+            err.contains("a/src/lib.rs:1 fn planted is 81 lines (at most 80)"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("test_helper") && !err.contains("in_a_test_file"),
+            "{err}"
+        );
+        long_functions_except(planted.path(), &[("a/src/lib.rs", "planted")])
+            .expect("an allowed long function passes");
+    }
+
+    #[test]
+    fn an_allowed_function_that_is_no_longer_long_fails() {
+        let dir = workspace_with(&long_fn("short_now", 12));
+        let err = long_functions_except(dir.path(), &[("a/src/lib.rs", "short_now")])
+            .expect_err("a stale entry fails")
+            .to_string();
+        assert!(
+            err.contains("a/src/lib.rs: fn short_now is in LONG_FUNCTIONS_PENDING but no longer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn functions_are_measured_from_fn_to_closing_brace() {
+        let src = "trait T {\n    fn declared(&self);\n}\n/// Doc.\n#[inline]\npub(crate) async fn f(\n    x: [u8; 2],\n) -> u8 {\n    fn inner() {}\n    x[0]\n}\n";
+        let spans = functions(src);
+        let got: Vec<(&str, usize, usize)> = spans
+            .iter()
+            .map(|f| (f.name.as_str(), f.line, f.lines))
+            .collect();
+        assert_eq!(got, vec![("f", 6, 6), ("inner", 9, 1)]);
     }
 
     #[test]
@@ -1337,5 +1668,6 @@ mod graph_text {
         layered_modules(&root()).expect("layers point one way");
         conflict_markers(&root()).expect("no conflict markers");
         dead_links(&root()).expect("no dead links");
+        long_functions(&root()).expect("no long function outside LONG_FUNCTIONS_PENDING");
     }
 }

@@ -1,4 +1,4 @@
-//! Tools the deployment-asset tests (`tests/tests/deploy_assets.rs`) run, installed when
+//! Tools the deployment-asset tests (`tests/tests/e2e/deploy_assets.rs`) run, installed when
 //! missing: promtool (Debian `prometheus`), docker-compose's offline `config` check (Debian
 //! `docker-compose`) and the Kubernetes JSON schemas of the PyPI package
 //! `kubernetes-validate`. Idempotent and quiet when everything is there.

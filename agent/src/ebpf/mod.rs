@@ -78,9 +78,9 @@ pub struct LoadOptions {
 /// An optional probe that did not attach.
 #[derive(Debug, Clone)]
 pub struct SkippedProbe {
-    /// The probe.
+    /// The optional probe that is missing.
     pub probe: Probe,
-    /// Why.
+    /// The attach error (e.g. the kernel lacks the tracepoint).
     pub reason: String,
 }
 

@@ -24,7 +24,7 @@ use crate::{
 pub struct ReaderContext {
     /// The traced set (for fd classification and exits).
     pub tracker: Arc<Mutex<Tracker>>,
-    /// Counters.
+    /// The agent's counters: events read, dropped and lost, for `/metrics`.
     pub metrics: Arc<AgentMetrics>,
     /// Woken on exec events to rescan /proc at once.
     pub rescan: Arc<tokio::sync::Notify>,

@@ -53,9 +53,9 @@ pub enum ShipperError {
     /// The URL does not parse.
     #[error("--collector={url:?}: {source}")]
     Url {
-        /// The URL.
+        /// `--collector` as given.
         url: String,
-        /// Why.
+        /// The parse error.
         source: tonic::transport::Error,
     },
     /// TLS settings were rejected.

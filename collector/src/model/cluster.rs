@@ -124,9 +124,9 @@ pub struct MemberState {
     pub id: String,
     /// `--name` (empty until the member has started).
     pub name: String,
-    /// Peer URLs.
+    /// Where the other members reach it for raft (advertised peer URLs).
     pub peer_urls: Vec<String>,
-    /// Client URLs.
+    /// Where clients reach it (advertised client URLs); empty until it has started.
     pub client_urls: Vec<String>,
     /// Whether the collector got a Status answer from it in the last health check.
     pub reachable: bool,
@@ -151,7 +151,7 @@ pub struct MemberState {
 /// One endpoint the collector polls, and what happened.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
 pub struct EndpointState {
-    /// URL.
+    /// The endpoint, normalised to `scheme://host:port`.
     pub url: String,
     /// Whether Status answered.
     pub reachable: bool,
@@ -218,7 +218,7 @@ pub struct ClusterState {
     pub healthy: bool,
     /// A reachable member claims leadership.
     pub has_leader: bool,
-    /// The leader.
+    /// The member a majority agrees leads (none without quorum or during an election).
     pub leader: Option<LeaderInfo>,
     /// Members in the member list.
     pub member_count: usize,
@@ -246,7 +246,7 @@ pub struct ClusterState {
     pub leader_history: VecDeque<LeaderChange>,
     /// Writes per second from the revision's growth between health checks.
     pub revision_rate_per_second: Option<f64>,
-    /// Members.
+    /// Every member of the member list, in its order.
     pub members: Vec<MemberState>,
     /// Endpoints polled.
     pub endpoints: Vec<EndpointState>,
@@ -271,7 +271,7 @@ impl ClusterState {
 /// One monitored cluster: its configuration and its state.
 #[derive(Debug)]
 pub struct ClusterHandle {
-    /// Configuration.
+    /// The cluster's connection settings, fixed at start.
     pub config: ClusterConfig,
     state: RwLock<ClusterState>,
 }
@@ -289,7 +289,7 @@ impl ClusterHandle {
         })
     }
 
-    /// Name.
+    /// The cluster's name: `default` from flags, else the file's `clusters[i].name`.
     pub fn name(&self) -> &str {
         &self.config.name
     }

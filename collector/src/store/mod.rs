@@ -43,15 +43,15 @@ pub enum StoreError {
     /// The directory could not be created.
     #[error("history store: cannot create directory {path}: {source}")]
     CreateDir {
-        /// Directory.
+        /// The directory meant to hold the database file.
         path: PathBuf,
-        /// Cause.
+        /// The I/O error.
         source: std::io::Error,
     },
     /// The file could not be opened, is not a database, is corrupt or is read-only.
     #[error("history store {path}: {message}")]
     Open {
-        /// File.
+        /// The SQLite database file.
         path: PathBuf,
         /// What failed.
         message: String,
@@ -59,7 +59,7 @@ pub enum StoreError {
     /// The file is not a SQLite database or fails the integrity check.
     #[error("history store {path}: {message}")]
     Corrupt {
-        /// File.
+        /// The SQLite database file.
         path: PathBuf,
         /// What the check found.
         message: String,
@@ -67,19 +67,19 @@ pub enum StoreError {
     /// A corrupt file could not be moved aside.
     #[error("history store {path}: cannot move the corrupt file aside to {to}: {source}")]
     MoveAside {
-        /// File.
+        /// The SQLite database file.
         path: PathBuf,
         /// Where it was to go.
         to: PathBuf,
-        /// Cause.
+        /// The I/O error.
         source: std::io::Error,
     },
     /// A statement failed.
     #[error("history store {path}: {source}")]
     Sql {
-        /// File.
+        /// The SQLite database file.
         path: PathBuf,
-        /// Cause.
+        /// The SQLite error.
         source: rusqlite::Error,
     },
 }
@@ -89,7 +89,7 @@ pub enum StoreError {
 pub struct HistoryPoint {
     /// Unix ms.
     pub ts_ms: u64,
-    /// Cluster.
+    /// The monitored cluster: `default` from flags, else the file's `clusters[i].name`.
     pub cluster: String,
     /// Member name (or hex id).
     pub member: String,
@@ -99,9 +99,9 @@ pub struct HistoryPoint {
     pub reachable: bool,
     /// Was leader.
     pub is_leader: bool,
-    /// Raft term.
+    /// Raft term the member reported.
     pub raft_term: Option<u64>,
-    /// Raft index.
+    /// Raft log index the member reported.
     pub raft_index: Option<u64>,
     /// Database size, bytes.
     pub db_size_bytes: Option<f64>,
@@ -136,7 +136,7 @@ pub struct HistoryPoint {
 /// Which history to read.
 #[derive(Debug, Clone)]
 pub struct HistoryQuery {
-    /// Cluster.
+    /// The monitored cluster: `default` from flags, else the file's `clusters[i].name`.
     pub cluster: String,
     /// Only this member (name or hex id).
     pub member: Option<String>,
@@ -150,7 +150,7 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
-/// The store.
+/// The SQLite history database: member history, leader changes and benchmark runs.
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
@@ -327,7 +327,7 @@ pub struct AgentSequence {
 pub struct BenchmarkRun {
     /// Run id.
     pub id: String,
-    /// Cluster.
+    /// The monitored cluster: `default` from flags, else the file's `clusters[i].name`.
     pub cluster: String,
     /// Workload name.
     pub workload: String,
@@ -337,7 +337,7 @@ pub struct BenchmarkRun {
     pub started_ms: u64,
     /// End, Unix ms.
     pub finished_ms: Option<u64>,
-    /// The report, JSON.
+    /// The benchmark report as JSON, once the run finished.
     pub report_json: Option<String>,
     /// Why the run failed.
     pub error: Option<String>,

@@ -349,37 +349,46 @@ impl BenchJobs {
                 *n as f64,
             );
         }
-        for ((c, w), r) in &latest {
+        render_latest(out, &latest);
+    }
+}
+
+/// The gauges of the latest finished run per (cluster, workload): requests per second, latency
+/// percentiles and, for runs with an SLO, whether it was met.
+fn render_latest(
+    out: &mut crate::model::exposition::Exposition,
+    latest: &std::collections::BTreeMap<(String, String), &Report>,
+) {
+    for ((c, w), r) in latest {
+        out.gauge(
+            "etcdmon_benchmark_last_requests_per_second",
+            "Successful requests per second of the latest run.",
+            &[("cluster", c), ("workload", w)],
+            r.summary.requests_per_second,
+        );
+    }
+    for ((c, w), r) in latest {
+        for p in &r.percentiles {
             out.gauge(
-                "etcdmon_benchmark_last_requests_per_second",
-                "Successful requests per second of the latest run.",
-                &[("cluster", c), ("workload", w)],
-                r.summary.requests_per_second,
+                "etcdmon_benchmark_last_latency_seconds",
+                "Client-side latency percentiles of the latest run.",
+                &[
+                    ("cluster", c),
+                    ("workload", w),
+                    ("quantile", &(p.percentile / 100.0).to_string()),
+                ],
+                p.seconds,
             );
         }
-        for ((c, w), r) in &latest {
-            for p in &r.percentiles {
-                out.gauge(
-                    "etcdmon_benchmark_last_latency_seconds",
-                    "Client-side latency percentiles of the latest run.",
-                    &[
-                        ("cluster", c),
-                        ("workload", w),
-                        ("quantile", &(p.percentile / 100.0).to_string()),
-                    ],
-                    p.seconds,
-                );
-            }
-        }
-        for ((c, w), r) in &latest {
-            if let Some(v) = &r.slo {
-                out.gauge(
-                    "etcdmon_benchmark_last_slo_pass",
-                    "1 when the latest run met its SLO (only for runs with one).",
-                    &[("cluster", c), ("workload", w)],
-                    if v.pass { 1.0 } else { 0.0 },
-                );
-            }
+    }
+    for ((c, w), r) in latest {
+        if let Some(v) = &r.slo {
+            out.gauge(
+                "etcdmon_benchmark_last_slo_pass",
+                "1 when the latest run met its SLO (only for runs with one).",
+                &[("cluster", c), ("workload", w)],
+                if v.pass { 1.0 } else { 0.0 },
+            );
         }
     }
 }

@@ -160,41 +160,7 @@ pub enum Command {
     /// Compare-and-swap transaction. Comparisons are `KEY=VALUE`, `KEY!=VALUE`, `KEY<VALUE`,
     /// `KEY>VALUE` (the first operator in the argument splits it); all must hold for the
     /// `--then-*` operations to run, otherwise the `--else-*` ones run and the exit code is 3.
-    Txn {
-        /// Compare a key's value.
-        #[arg(long = "if-value")]
-        if_value: Vec<String>,
-        /// Compare a key's version (number of puts since creation; 0 = absent).
-        #[arg(long = "if-version")]
-        if_version: Vec<String>,
-        /// Compare a key's mod revision.
-        #[arg(long = "if-mod-revision")]
-        if_mod_revision: Vec<String>,
-        /// Compare a key's create revision (0 = absent).
-        #[arg(long = "if-create-revision")]
-        if_create_revision: Vec<String>,
-        /// On success: put KEY=VALUE.
-        #[arg(long = "then-put")]
-        then_put: Vec<String>,
-        /// On success: delete KEY.
-        #[arg(long = "then-del")]
-        then_del: Vec<String>,
-        /// On success: get KEY.
-        #[arg(long = "then-get")]
-        then_get: Vec<String>,
-        /// On failure: put KEY=VALUE.
-        #[arg(long = "else-put")]
-        else_put: Vec<String>,
-        /// On failure: delete KEY.
-        #[arg(long = "else-del")]
-        else_del: Vec<String>,
-        /// On failure: get KEY.
-        #[arg(long = "else-get")]
-        else_get: Vec<String>,
-        /// Print the plan; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Txn(TxnArgs),
     /// Watches keys and prints events.
     Watch {
         #[command(flatten)]
@@ -245,27 +211,7 @@ pub enum Command {
     },
     /// Defragments the endpoints one by one (as etcdctl), or `--rolling`: safely, followers
     /// first and the leader last, refusing when the cluster is not healthy.
-    Defrag {
-        /// The safe rolling defragmentation.
-        #[arg(long)]
-        rolling: bool,
-        /// Move leadership to a caught-up follower before defragmenting the leader
-        /// (implies --rolling).
-        #[arg(long)]
-        move_leader: bool,
-        /// Only members with fragmentation >= RATIO and database >= SIZE
-        /// (e.g. `45%,100MB`; implies --rolling).
-        #[arg(long, value_parser = clap::value_parser!(Fragmentation))]
-        if_fragmented: Option<Fragmentation>,
-        #[command(flatten)]
-        safety: Safety,
-        /// Without --rolling: every member of the cluster, not only --endpoints.
-        #[arg(long)]
-        cluster: bool,
-        /// Print the plan; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Defrag(DefragArgs),
     /// Recovers from NOSPACE: compact, rolling defrag, disarm, prove a write.
     RecoverNospace {
         /// Revisions to keep when compacting.
@@ -302,6 +248,68 @@ pub enum Command {
         #[command(subcommand)]
         op: LeaseOp,
     },
+}
+
+// The flags of `txn` (its help text is the `Command::Txn` variant's doc comment).
+#[derive(Debug, Args)]
+pub struct TxnArgs {
+    /// Compare a key's value.
+    #[arg(long = "if-value")]
+    pub if_value: Vec<String>,
+    /// Compare a key's version (number of puts since creation; 0 = absent).
+    #[arg(long = "if-version")]
+    pub if_version: Vec<String>,
+    /// Compare a key's mod revision.
+    #[arg(long = "if-mod-revision")]
+    pub if_mod_revision: Vec<String>,
+    /// Compare a key's create revision (0 = absent).
+    #[arg(long = "if-create-revision")]
+    pub if_create_revision: Vec<String>,
+    /// On success: put KEY=VALUE.
+    #[arg(long = "then-put")]
+    pub then_put: Vec<String>,
+    /// On success: delete KEY.
+    #[arg(long = "then-del")]
+    pub then_del: Vec<String>,
+    /// On success: get KEY.
+    #[arg(long = "then-get")]
+    pub then_get: Vec<String>,
+    /// On failure: put KEY=VALUE.
+    #[arg(long = "else-put")]
+    pub else_put: Vec<String>,
+    /// On failure: delete KEY.
+    #[arg(long = "else-del")]
+    pub else_del: Vec<String>,
+    /// On failure: get KEY.
+    #[arg(long = "else-get")]
+    pub else_get: Vec<String>,
+    /// Print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+// The flags of `defrag` (its help text is the `Command::Defrag` variant's doc comment).
+#[derive(Debug, Args)]
+pub struct DefragArgs {
+    /// The safe rolling defragmentation.
+    #[arg(long)]
+    pub rolling: bool,
+    /// Move leadership to a caught-up follower before defragmenting the leader
+    /// (implies --rolling).
+    #[arg(long)]
+    pub move_leader: bool,
+    /// Only members with fragmentation >= RATIO and database >= SIZE
+    /// (e.g. `45%,100MB`; implies --rolling).
+    #[arg(long, value_parser = clap::value_parser!(Fragmentation))]
+    pub if_fragmented: Option<Fragmentation>,
+    #[command(flatten)]
+    pub safety: Safety,
+    /// Without --rolling: every member of the cluster, not only --endpoints.
+    #[arg(long)]
+    pub cluster: bool,
+    /// Print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Guard-rail tuning of the safe operations.
@@ -656,7 +664,6 @@ pub async fn run(cli: &CtlCli, config: &ClusterConfig) -> CtlResult {
         out: cli.write_out,
         timeout: cli.command_timeout,
     };
-    let out = cli.write_out;
     match &cli.command {
         Command::Get {
             range,
@@ -664,212 +671,20 @@ pub async fn run(cli: &CtlCli, config: &ClusterConfig) -> CtlResult {
             limit,
             keys_only,
             count_only,
-        } => {
-            let (key, mut o) = range_options_get(range)?;
-            if *rev > 0 {
-                o = o.with_revision(*rev);
-            }
-            if *limit > 0 {
-                o = o.with_limit(*limit);
-            }
-            if *keys_only {
-                o = o.with_keys_only();
-            }
-            if *count_only {
-                o = o.with_count_only();
-            }
-            let r = ctx
-                .client()
-                .await?
-                .get(key, Some(o))
-                .await
-                .map_err(|e| ctx.err(e))?;
-            match out {
-                Output::Json => print_json(&get_json(&r)),
-                Output::Simple if *count_only => println!("{}", r.count()),
-                Output::Simple => print_kvs_simple(r.kvs(), *keys_only),
-            }
-            Ok(exit::OK)
-        }
+        } => get(&ctx, range, *rev, *limit, *keys_only, *count_only).await,
         Command::Put {
             key,
             value,
             lease,
             prev_kv,
             dry_run,
-        } => {
-            let mut o = PutOptions::new();
-            if let Some(l) = lease {
-                o = o.with_lease(lease_id(l)?);
-            }
-            if *prev_kv {
-                o = o.with_prev_key();
-            }
-            if *dry_run {
-                return dry(
-                    out,
-                    json!({"op": "put", "key": key, "value": value, "lease": lease}),
-                    &format!("put {key:?} = {value:?}"),
-                );
-            }
-            let r = ctx
-                .client()
-                .await?
-                .put(key.as_str(), value.as_str(), Some(o))
-                .await
-                .map_err(|e| ctx.err(e))?;
-            match out {
-                Output::Json => {
-                    let mut m = Map::new();
-                    m.insert("header".into(), header(r.header()));
-                    if let Some(p) = r.prev_key() {
-                        m.insert("prev_kv".into(), kv_json(p));
-                    }
-                    print_json(&Value::Object(m));
-                }
-                Output::Simple => {
-                    println!("OK");
-                    if let Some(p) = r.prev_key() {
-                        print_kvs_simple(std::slice::from_ref(p), false);
-                    }
-                }
-            }
-            Ok(exit::OK)
-        }
+        } => put(&ctx, key, value, lease.as_deref(), *prev_kv, *dry_run).await,
         Command::Del {
             range,
             prev_kv,
             dry_run,
-        } => {
-            let mut o = range_options_del(range)?;
-            if *dry_run {
-                let (key, g) = range_options_get(range)?;
-                let n = ctx
-                    .client()
-                    .await?
-                    .get(key, Some(g.with_count_only()))
-                    .await
-                    .map_err(|e| ctx.err(e))?
-                    .count();
-                return dry(
-                    out,
-                    json!({"op": "delete", "key": range.key, "range_end": range.range_end,
-                           "prefix": range.prefix, "from_key": range.from_key, "matching_keys": n}),
-                    &format!("delete {n} key(s) from {:?}", range.key),
-                );
-            }
-            if *prev_kv {
-                o = o.with_prev_key();
-            }
-            let r = ctx
-                .client()
-                .await?
-                .delete(range.key.as_str(), Some(o))
-                .await
-                .map_err(|e| ctx.err(e))?;
-            match out {
-                Output::Json => {
-                    let mut m = Map::new();
-                    m.insert("header".into(), header(r.header()));
-                    super::json::put_nonzero(&mut m, "deleted", json!(r.deleted()));
-                    super::json::put_nonzero(
-                        &mut m,
-                        "prev_kvs",
-                        Value::Array(r.prev_kvs().iter().map(kv_json).collect()),
-                    );
-                    print_json(&Value::Object(m));
-                }
-                Output::Simple => {
-                    println!("{}", r.deleted());
-                    print_kvs_simple(r.prev_kvs(), false);
-                }
-            }
-            Ok(exit::OK)
-        }
-        Command::Txn {
-            if_value,
-            if_version,
-            if_mod_revision,
-            if_create_revision,
-            then_put,
-            then_del,
-            then_get,
-            else_put,
-            else_del,
-            else_get,
-            dry_run,
-        } => {
-            let mut compares = Vec::new();
-            let mut plan = Vec::new();
-            for (specs, kind) in [
-                (if_value, "value"),
-                (if_version, "version"),
-                (if_mod_revision, "mod-revision"),
-                (if_create_revision, "create-revision"),
-            ] {
-                for s in specs {
-                    compares.push(parse_compare(s, kind)?);
-                    plan.push(format!("if {kind} {s}"));
-                }
-            }
-            let then_ops = txn_ops(then_put, then_del, then_get, "then", &mut plan)?;
-            let else_ops = txn_ops(else_put, else_del, else_get, "else", &mut plan)?;
-            if *dry_run {
-                return dry(out, json!({"op": "txn", "steps": plan}), &plan.join(", "));
-            }
-            let txn = Txn::new()
-                .when(compares)
-                .and_then(then_ops)
-                .or_else(else_ops);
-            let r = ctx.client().await?.txn(txn).await.map_err(|e| ctx.err(e))?;
-            match out {
-                Output::Json => {
-                    let mut m = Map::new();
-                    m.insert("header".into(), header(r.header()));
-                    super::json::put_nonzero(&mut m, "succeeded", json!(r.succeeded()));
-                    let responses: Vec<Value> = r
-                        .op_responses()
-                        .iter()
-                        .map(|op| match op {
-                            TxnOpResponse::Put(p) => {
-                                json!({"Response": {"ResponsePut": {"header": header(p.header())}}})
-                            }
-                            TxnOpResponse::Delete(d) => {
-                                let mut m = Map::new();
-                                m.insert("header".into(), header(d.header()));
-                                super::json::put_nonzero(&mut m, "deleted", json!(d.deleted()));
-                                json!({"Response": {"ResponseDeleteRange": m}})
-                            }
-                            TxnOpResponse::Get(g) => {
-                                json!({"Response": {"ResponseRange": get_json(g)}})
-                            }
-                            TxnOpResponse::Txn(t) => {
-                                json!({"Response": {"ResponseTxn": {"header": header(t.header()), "succeeded": t.succeeded()}}})
-                            }
-                        })
-                        .collect();
-                    super::json::put_nonzero(&mut m, "responses", Value::Array(responses));
-                    print_json(&Value::Object(m));
-                }
-                Output::Simple => {
-                    println!("{}", if r.succeeded() { "SUCCESS" } else { "FAILURE" });
-                    for op in r.op_responses() {
-                        println!();
-                        match op {
-                            TxnOpResponse::Put(_) => println!("OK"),
-                            TxnOpResponse::Delete(d) => println!("{}", d.deleted()),
-                            TxnOpResponse::Get(g) => print_kvs_simple(g.kvs(), false),
-                            TxnOpResponse::Txn(t) => println!("{}", t.succeeded()),
-                        }
-                    }
-                }
-            }
-            Ok(if r.succeeded() {
-                exit::OK
-            } else {
-                exit::COMPARE_FAILED
-            })
-        }
+        } => del(&ctx, range, *prev_kv, *dry_run).await,
+        Command::Txn(args) => txn(&ctx, args).await,
         Command::Watch {
             range,
             rev,
@@ -877,288 +692,554 @@ pub async fn run(cli: &CtlCli, config: &ClusterConfig) -> CtlResult {
             prev_kv,
         } => watch(&ctx, range, *rev, *max_events, *prev_kv).await,
         Command::Member { op } => member(&ctx, op).await,
-        Command::MoveLeader { target, dry_run } => {
-            let target_id = hex_id(target, "member")?;
-            let survey = safe::survey(config).await?;
-            let leader = survey
-                .members
-                .iter()
-                .find(|m| m.is_leader)
-                .ok_or_else(|| CtlError::etcd("no leader"))?;
-            if !survey
-                .members
-                .iter()
-                .any(|m| m.id == format!("{target_id:x}"))
-            {
-                return Err(CtlError::usage(format!("{target}: no such member")));
-            }
-            if *dry_run {
-                return dry(
-                    out,
-                    json!({"op": "move-leader", "from": leader.id, "to": format!("{target_id:x}")}),
-                    &format!("move leadership from {} to {target_id:x}", leader.id),
-                );
-            }
-            let mut c = member_client(config, &leader.endpoint, ctx.timeout)
-                .await
-                .map_err(|e| CtlError::etcd(e.to_string()))?;
-            let r = c.move_leader(target_id).await.map_err(|e| ctx.err(e))?;
-            match out {
-                Output::Json => print_json(&json!({"header": header(r.header())})),
-                Output::Simple => {
-                    println!("Leadership transferred from {} to {target_id:x}", leader.id)
-                }
-            }
-            Ok(exit::OK)
-        }
+        Command::MoveLeader { target, dry_run } => move_leader(&ctx, target, *dry_run).await,
         Command::Endpoint { op } => endpoint(&ctx, op).await,
         Command::Compact {
             revision,
             retain,
             physical,
             dry_run,
-        } => {
-            let mut c = ctx.client().await?;
-            let to = match (revision, retain) {
-                (Some(r), None) => *r,
-                (None, Some(n)) if *n >= 1 => {
-                    let current = c
-                        .get("\0", Some(GetOptions::new().with_count_only()))
-                        .await
-                        .map_err(|e| ctx.err(e))?
-                        .header()
-                        .map_or(0, |h| h.revision());
-                    let to = current - n;
-                    if to < 1 {
-                        println!("nothing to compact: revision {current}, retaining {n}");
-                        return Ok(exit::OK);
-                    }
-                    to
-                }
-                (None, Some(_)) => return Err(CtlError::usage("--retain must be at least 1")),
-                _ => return Err(CtlError::usage("give REVISION or --retain N")),
-            };
-            if *dry_run {
-                return dry(
-                    out,
-                    json!({"op": "compact", "revision": to, "physical": physical}),
-                    &format!("compact up to revision {to}"),
-                );
-            }
-            let o = physical.then(|| CompactionOptions::new().with_physical());
-            let r = c.compact(to, o).await.map_err(|e| ctx.err(e))?;
-            match out {
-                Output::Json => print_json(&json!({"header": header(r.header()), "revision": to})),
-                Output::Simple => println!("compacted revision {to}"),
-            }
-            Ok(exit::OK)
-        }
-        Command::Defrag {
-            rolling,
-            move_leader,
-            if_fragmented,
-            safety,
-            cluster,
-            dry_run,
-        } => {
-            if *rolling || *move_leader || if_fragmented.is_some() {
-                let options = DefragOptions {
-                    if_fragmented: *if_fragmented,
-                    move_leader: *move_leader,
-                    max_lag: safety.max_lag,
-                    catch_up_timeout: safety.catch_up_timeout,
-                    defrag_timeout: safety.defrag_timeout,
-                    dry_run: *dry_run,
-                };
-                let report = safe::rolling_defrag(config, &options, &progress_printer(out)).await?;
-                match out {
-                    Output::Json => print_json(&json!(report)),
-                    Output::Simple => print_defrag_simple(&report),
-                }
-                return Ok(exit::OK);
-            }
-            let endpoints = ctx.endpoints(*cluster).await?;
-            if *dry_run {
-                return dry(
-                    out,
-                    json!({"op": "defrag", "endpoints": endpoints}),
-                    &format!("defragment {} one after another", endpoints.join(", ")),
-                );
-            }
-            let mut failed = false;
-            for ep in &endpoints {
-                let result = async {
-                    let mut c = member_client(config, ep, safety.defrag_timeout)
-                        .await
-                        .map_err(|e| e.message)?;
-                    c.defragment()
-                        .await
-                        .map_err(|e| crate::sources::etcd::client::explain(&e, config.tls.as_ref()))
-                }
-                .await;
-                match result {
-                    Ok(_) => println!("Finished defragmenting etcd member[{ep}]"),
-                    Err(e) => {
-                        eprintln!("Failed to defragment etcd member[{ep}] ({e})");
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed { exit::ETCD_ERROR } else { exit::OK })
-        }
+        } => compact(&ctx, *revision, *retain, *physical, *dry_run).await,
+        Command::Defrag(args) => defrag(&ctx, args).await,
         Command::RecoverNospace {
             retain,
             quota_bytes,
             move_leader,
             safety,
             dry_run,
-        } => {
-            let options = RecoverOptions {
-                retain: *retain,
-                quota_bytes: *quota_bytes,
-                defrag: DefragOptions {
-                    if_fragmented: None,
-                    move_leader: *move_leader,
-                    max_lag: safety.max_lag,
-                    catch_up_timeout: safety.catch_up_timeout,
-                    defrag_timeout: safety.defrag_timeout,
-                    dry_run: *dry_run,
-                },
-            };
-            let report = safe::recover_nospace(config, &options, &progress_printer(out)).await?;
-            match out {
-                Output::Json => print_json(&json!(report)),
-                Output::Simple => {
-                    let verb = if report.dry_run { "would " } else { "" };
-                    match report.compacted_to {
-                        Some(r) => println!(
-                            "{verb}compact up to revision {r} (revision {})",
-                            report.revision
-                        ),
-                        None => println!("no compaction: fewer than {retain} revisions"),
-                    }
-                    print_defrag_simple(&report.defrag);
-                    if let Some(q) = &report.quota {
-                        println!("quota {} B ({})", q.bytes, q.source);
-                    }
-                    for (m, a) in &report.disarmed {
-                        println!("{verb}disarm {a} on member {m}");
-                    }
-                    if let Some(r) = report.write_revision {
-                        println!("write succeeded at revision {r}");
-                    }
-                }
-            }
-            Ok(exit::OK)
-        }
-        Command::Snapshot { op } => match op {
-            SnapshotOp::Save { file, timeout } => {
-                match snapshot::save(config, file, *timeout).await {
-                    Ok(meta) => {
-                        match out {
-                            Output::Json => print_json(&json!(meta)),
-                            Output::Simple => println!(
-                                "Snapshot saved at {} (revision {}, sha256 {}, {} B; metadata in {})",
-                                file.display(),
-                                meta.revision,
-                                meta.sha256,
-                                meta.size,
-                                snapshot::meta_path(file).display()
-                            ),
-                        }
-                        Ok(exit::OK)
-                    }
-                    Err(e @ snapshot::SnapshotError::Verify { .. }) => Err(CtlError {
-                        code: exit::VERIFY_FAILED,
-                        message: e.to_string(),
-                    }),
-                    Err(e) => Err(CtlError::etcd(e.to_string())),
-                }
-            }
-            SnapshotOp::Verify { file } => match snapshot::verify(file) {
-                Ok(meta) => {
-                    match out {
-                        Output::Json => print_json(&json!(meta)),
-                        Output::Simple => println!(
-                            "{}: OK (revision {}, sha256 {})",
-                            file.display(),
-                            meta.revision,
-                            meta.sha256
-                        ),
-                    }
-                    Ok(exit::OK)
-                }
-                Err(e) => Err(CtlError {
-                    code: exit::VERIFY_FAILED,
-                    message: e.to_string(),
-                }),
-            },
-        },
-        Command::Alarm { op } => {
-            let mut c = ctx.client().await?;
-            let list = c
-                .alarm(AlarmAction::Get, AlarmType::None, None)
-                .await
-                .map_err(|e| ctx.err(e))?;
-            let alarms: Vec<(u64, AlarmType)> = list
-                .alarms()
-                .iter()
-                .map(|a| (a.member_id(), a.alarm()))
-                .collect();
-            let show =
-                |alarms: &[(u64, AlarmType)], h: Option<&etcd_client::ResponseHeader>| match out {
-                    Output::Json => {
-                        let mut m = Map::new();
-                        m.insert("header".into(), header(h));
-                        super::json::put_nonzero(
-                            &mut m,
-                            "alarms",
-                            Value::Array(
-                                alarms
-                                    .iter()
-                                    .map(|(id, t)| json!({"memberID": id, "alarm": *t as i32}))
-                                    .collect(),
-                            ),
-                        );
-                        print_json(&Value::Object(m));
-                    }
-                    Output::Simple => {
-                        for (id, t) in alarms {
-                            println!("memberID:{id} alarm:{}", alarm_str(*t));
-                        }
-                    }
-                };
-            match op {
-                AlarmOp::List => show(&alarms, list.header()),
-                AlarmOp::Disarm { dry_run } => {
-                    if *dry_run {
-                        let plan: Vec<Value> = alarms
-                            .iter()
-                            .map(|(id, t)| json!({"memberID": format!("{id:x}"), "alarm": alarm_str(*t)}))
-                            .collect();
-                        return dry(
-                            out,
-                            json!({"op": "alarm-disarm", "alarms": plan}),
-                            &format!("disarm {} alarm(s)", alarms.len()),
-                        );
-                    }
-                    let mut last_header = None;
-                    for (id, t) in &alarms {
-                        let mut o = etcd_client::AlarmOptions::new();
-                        o.with_member(*id);
-                        let r = c
-                            .alarm(AlarmAction::Deactivate, *t, Some(o))
-                            .await
-                            .map_err(|e| ctx.err(e))?;
-                        last_header = r.header().cloned();
-                    }
-                    show(&alarms, last_header.as_ref().or(list.header()));
-                }
-            }
-            Ok(exit::OK)
-        }
+        } => recover_nospace(&ctx, *retain, *quota_bytes, *move_leader, safety, *dry_run).await,
+        Command::Snapshot { op } => snapshot_op(&ctx, op).await,
+        Command::Alarm { op } => alarm(&ctx, op).await,
         Command::Lease { op } => lease(&ctx, op).await,
     }
+}
+
+/// `get`: reads a key or range, optionally at a revision, keys or count only.
+async fn get(
+    ctx: &Ctx<'_>,
+    range: &Range,
+    rev: i64,
+    limit: i64,
+    keys_only: bool,
+    count_only: bool,
+) -> CtlResult {
+    let out = ctx.out;
+    let (key, mut o) = range_options_get(range)?;
+    if rev > 0 {
+        o = o.with_revision(rev);
+    }
+    if limit > 0 {
+        o = o.with_limit(limit);
+    }
+    if keys_only {
+        o = o.with_keys_only();
+    }
+    if count_only {
+        o = o.with_count_only();
+    }
+    let r = ctx
+        .client()
+        .await?
+        .get(key, Some(o))
+        .await
+        .map_err(|e| ctx.err(e))?;
+    match out {
+        Output::Json => print_json(&get_json(&r)),
+        Output::Simple if count_only => println!("{}", r.count()),
+        Output::Simple => print_kvs_simple(r.kvs(), keys_only),
+    }
+    Ok(exit::OK)
+}
+
+/// `put`: writes one key (or prints the plan with `--dry-run`).
+async fn put(
+    ctx: &Ctx<'_>,
+    key: &str,
+    value: &str,
+    lease: Option<&str>,
+    prev_kv: bool,
+    dry_run: bool,
+) -> CtlResult {
+    let out = ctx.out;
+    let mut o = PutOptions::new();
+    if let Some(l) = lease {
+        o = o.with_lease(lease_id(l)?);
+    }
+    if prev_kv {
+        o = o.with_prev_key();
+    }
+    if dry_run {
+        return dry(
+            out,
+            json!({"op": "put", "key": key, "value": value, "lease": lease}),
+            &format!("put {key:?} = {value:?}"),
+        );
+    }
+    let r = ctx
+        .client()
+        .await?
+        .put(key, value, Some(o))
+        .await
+        .map_err(|e| ctx.err(e))?;
+    match out {
+        Output::Json => {
+            let mut m = Map::new();
+            m.insert("header".into(), header(r.header()));
+            if let Some(p) = r.prev_key() {
+                m.insert("prev_kv".into(), kv_json(p));
+            }
+            print_json(&Value::Object(m));
+        }
+        Output::Simple => {
+            println!("OK");
+            if let Some(p) = r.prev_key() {
+                print_kvs_simple(std::slice::from_ref(p), false);
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `del`: deletes a key or range; `--dry-run` counts the keys that would go.
+async fn del(ctx: &Ctx<'_>, range: &Range, prev_kv: bool, dry_run: bool) -> CtlResult {
+    let out = ctx.out;
+    let mut o = range_options_del(range)?;
+    if dry_run {
+        let (key, g) = range_options_get(range)?;
+        let n = ctx
+            .client()
+            .await?
+            .get(key, Some(g.with_count_only()))
+            .await
+            .map_err(|e| ctx.err(e))?
+            .count();
+        return dry(
+            out,
+            json!({"op": "delete", "key": range.key, "range_end": range.range_end,
+                   "prefix": range.prefix, "from_key": range.from_key, "matching_keys": n}),
+            &format!("delete {n} key(s) from {:?}", range.key),
+        );
+    }
+    if prev_kv {
+        o = o.with_prev_key();
+    }
+    let r = ctx
+        .client()
+        .await?
+        .delete(range.key.as_str(), Some(o))
+        .await
+        .map_err(|e| ctx.err(e))?;
+    match out {
+        Output::Json => {
+            let mut m = Map::new();
+            m.insert("header".into(), header(r.header()));
+            super::json::put_nonzero(&mut m, "deleted", json!(r.deleted()));
+            super::json::put_nonzero(
+                &mut m,
+                "prev_kvs",
+                Value::Array(r.prev_kvs().iter().map(kv_json).collect()),
+            );
+            print_json(&Value::Object(m));
+        }
+        Output::Simple => {
+            println!("{}", r.deleted());
+            print_kvs_simple(r.prev_kvs(), false);
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `txn`: builds the comparisons and both branches, runs them, prints etcdctl's answer; exit 3
+/// when the comparisons failed.
+async fn txn(ctx: &Ctx<'_>, args: &TxnArgs) -> CtlResult {
+    let out = ctx.out;
+    let mut compares = Vec::new();
+    let mut plan = Vec::new();
+    for (specs, kind) in [
+        (&args.if_value, "value"),
+        (&args.if_version, "version"),
+        (&args.if_mod_revision, "mod-revision"),
+        (&args.if_create_revision, "create-revision"),
+    ] {
+        for s in specs {
+            compares.push(parse_compare(s, kind)?);
+            plan.push(format!("if {kind} {s}"));
+        }
+    }
+    let then_ops = txn_ops(
+        [&args.then_put, &args.then_del, &args.then_get],
+        "then",
+        &mut plan,
+    )?;
+    let else_ops = txn_ops(
+        [&args.else_put, &args.else_del, &args.else_get],
+        "else",
+        &mut plan,
+    )?;
+    if args.dry_run {
+        return dry(out, json!({"op": "txn", "steps": plan}), &plan.join(", "));
+    }
+    let txn = Txn::new()
+        .when(compares)
+        .and_then(then_ops)
+        .or_else(else_ops);
+    let r = ctx.client().await?.txn(txn).await.map_err(|e| ctx.err(e))?;
+    print_txn(out, &r);
+    Ok(if r.succeeded() {
+        exit::OK
+    } else {
+        exit::COMPARE_FAILED
+    })
+}
+
+/// Prints a `txn` answer as etcdctl does: `SUCCESS`/`FAILURE` and each operation's result.
+fn print_txn(out: Output, r: &etcd_client::TxnResponse) {
+    match out {
+        Output::Json => {
+            let mut m = Map::new();
+            m.insert("header".into(), header(r.header()));
+            super::json::put_nonzero(&mut m, "succeeded", json!(r.succeeded()));
+            let responses: Vec<Value> = r
+                .op_responses()
+                .iter()
+                .map(|op| match op {
+                    TxnOpResponse::Put(p) => {
+                        json!({"Response": {"ResponsePut": {"header": header(p.header())}}})
+                    }
+                    TxnOpResponse::Delete(d) => {
+                        let mut m = Map::new();
+                        m.insert("header".into(), header(d.header()));
+                        super::json::put_nonzero(&mut m, "deleted", json!(d.deleted()));
+                        json!({"Response": {"ResponseDeleteRange": m}})
+                    }
+                    TxnOpResponse::Get(g) => {
+                        json!({"Response": {"ResponseRange": get_json(g)}})
+                    }
+                    TxnOpResponse::Txn(t) => {
+                        json!({"Response": {"ResponseTxn": {"header": header(t.header()), "succeeded": t.succeeded()}}})
+                    }
+                })
+                .collect();
+            super::json::put_nonzero(&mut m, "responses", Value::Array(responses));
+            print_json(&Value::Object(m));
+        }
+        Output::Simple => {
+            println!("{}", if r.succeeded() { "SUCCESS" } else { "FAILURE" });
+            for op in r.op_responses() {
+                println!();
+                match op {
+                    TxnOpResponse::Put(_) => println!("OK"),
+                    TxnOpResponse::Delete(d) => println!("{}", d.deleted()),
+                    TxnOpResponse::Get(g) => print_kvs_simple(g.kvs(), false),
+                    TxnOpResponse::Txn(t) => println!("{}", t.succeeded()),
+                }
+            }
+        }
+    }
+}
+
+/// `move-leader`: hands leadership from the current leader to `target` (hex member ID).
+async fn move_leader(ctx: &Ctx<'_>, target: &str, dry_run: bool) -> CtlResult {
+    let out = ctx.out;
+    let config = ctx.config;
+    let target_id = hex_id(target, "member")?;
+    let survey = safe::survey(config).await?;
+    let leader = survey
+        .members
+        .iter()
+        .find(|m| m.is_leader)
+        .ok_or_else(|| CtlError::etcd("no leader"))?;
+    if !survey
+        .members
+        .iter()
+        .any(|m| m.id == format!("{target_id:x}"))
+    {
+        return Err(CtlError::usage(format!("{target}: no such member")));
+    }
+    if dry_run {
+        return dry(
+            out,
+            json!({"op": "move-leader", "from": leader.id, "to": format!("{target_id:x}")}),
+            &format!("move leadership from {} to {target_id:x}", leader.id),
+        );
+    }
+    let mut c = member_client(config, &leader.endpoint, ctx.timeout)
+        .await
+        .map_err(|e| CtlError::etcd(e.to_string()))?;
+    let r = c.move_leader(target_id).await.map_err(|e| ctx.err(e))?;
+    match out {
+        Output::Json => print_json(&json!({"header": header(r.header())})),
+        Output::Simple => {
+            println!("Leadership transferred from {} to {target_id:x}", leader.id)
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `compact`: compacts up to a revision, or keeping the last `retain` revisions.
+async fn compact(
+    ctx: &Ctx<'_>,
+    revision: Option<i64>,
+    retain: Option<i64>,
+    physical: bool,
+    dry_run: bool,
+) -> CtlResult {
+    let out = ctx.out;
+    let mut c = ctx.client().await?;
+    let to = match (revision, retain) {
+        (Some(r), None) => r,
+        (None, Some(n)) if n >= 1 => {
+            let current = c
+                .get("\0", Some(GetOptions::new().with_count_only()))
+                .await
+                .map_err(|e| ctx.err(e))?
+                .header()
+                .map_or(0, |h| h.revision());
+            let to = current - n;
+            if to < 1 {
+                println!("nothing to compact: revision {current}, retaining {n}");
+                return Ok(exit::OK);
+            }
+            to
+        }
+        (None, Some(_)) => return Err(CtlError::usage("--retain must be at least 1")),
+        _ => return Err(CtlError::usage("give REVISION or --retain N")),
+    };
+    if dry_run {
+        return dry(
+            out,
+            json!({"op": "compact", "revision": to, "physical": physical}),
+            &format!("compact up to revision {to}"),
+        );
+    }
+    let o = physical.then(|| CompactionOptions::new().with_physical());
+    let r = c.compact(to, o).await.map_err(|e| ctx.err(e))?;
+    match out {
+        Output::Json => print_json(&json!({"header": header(r.header()), "revision": to})),
+        Output::Simple => println!("compacted revision {to}"),
+    }
+    Ok(exit::OK)
+}
+
+/// `recover-nospace`: compact, rolling defrag, disarm, prove a write; prints the report.
+async fn recover_nospace(
+    ctx: &Ctx<'_>,
+    retain: i64,
+    quota_bytes: Option<u64>,
+    move_leader: bool,
+    safety: &Safety,
+    dry_run: bool,
+) -> CtlResult {
+    let out = ctx.out;
+    let config = ctx.config;
+    let options = RecoverOptions {
+        retain,
+        quota_bytes,
+        defrag: DefragOptions {
+            if_fragmented: None,
+            move_leader,
+            max_lag: safety.max_lag,
+            catch_up_timeout: safety.catch_up_timeout,
+            defrag_timeout: safety.defrag_timeout,
+            dry_run,
+        },
+    };
+    let report = safe::recover_nospace(config, &options, &progress_printer(out)).await?;
+    match out {
+        Output::Json => print_json(&json!(report)),
+        Output::Simple => {
+            let verb = if report.dry_run { "would " } else { "" };
+            match report.compacted_to {
+                Some(r) => println!(
+                    "{verb}compact up to revision {r} (revision {})",
+                    report.revision
+                ),
+                None => println!("no compaction: fewer than {retain} revisions"),
+            }
+            print_defrag_simple(&report.defrag);
+            if let Some(q) = &report.quota {
+                println!("quota {} B ({})", q.bytes, q.source);
+            }
+            for (m, a) in &report.disarmed {
+                println!("{verb}disarm {a} on member {m}");
+            }
+            if let Some(r) = report.write_revision {
+                println!("write succeeded at revision {r}");
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `snapshot save|verify`.
+async fn snapshot_op(ctx: &Ctx<'_>, op: &SnapshotOp) -> CtlResult {
+    let out = ctx.out;
+    let config = ctx.config;
+    match op {
+        SnapshotOp::Save { file, timeout } => match snapshot::save(config, file, *timeout).await {
+            Ok(meta) => {
+                match out {
+                    Output::Json => print_json(&json!(meta)),
+                    Output::Simple => println!(
+                        "Snapshot saved at {} (revision {}, sha256 {}, {} B; metadata in {})",
+                        file.display(),
+                        meta.revision,
+                        meta.sha256,
+                        meta.size,
+                        snapshot::meta_path(file).display()
+                    ),
+                }
+                Ok(exit::OK)
+            }
+            Err(e @ snapshot::SnapshotError::Verify { .. }) => Err(CtlError {
+                code: exit::VERIFY_FAILED,
+                message: e.to_string(),
+            }),
+            Err(e) => Err(CtlError::etcd(e.to_string())),
+        },
+        SnapshotOp::Verify { file } => match snapshot::verify(file) {
+            Ok(meta) => {
+                match out {
+                    Output::Json => print_json(&json!(meta)),
+                    Output::Simple => println!(
+                        "{}: OK (revision {}, sha256 {})",
+                        file.display(),
+                        meta.revision,
+                        meta.sha256
+                    ),
+                }
+                Ok(exit::OK)
+            }
+            Err(e) => Err(CtlError {
+                code: exit::VERIFY_FAILED,
+                message: e.to_string(),
+            }),
+        },
+    }
+}
+
+/// `alarm list|disarm`: lists the cluster's alarms, or deactivates every one of them.
+async fn alarm(ctx: &Ctx<'_>, op: &AlarmOp) -> CtlResult {
+    let out = ctx.out;
+    let mut c = ctx.client().await?;
+    let list = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .map_err(|e| ctx.err(e))?;
+    let alarms: Vec<(u64, AlarmType)> = list
+        .alarms()
+        .iter()
+        .map(|a| (a.member_id(), a.alarm()))
+        .collect();
+    let show = |alarms: &[(u64, AlarmType)], h: Option<&etcd_client::ResponseHeader>| match out {
+        Output::Json => {
+            let mut m = Map::new();
+            m.insert("header".into(), header(h));
+            super::json::put_nonzero(
+                &mut m,
+                "alarms",
+                Value::Array(
+                    alarms
+                        .iter()
+                        .map(|(id, t)| json!({"memberID": id, "alarm": *t as i32}))
+                        .collect(),
+                ),
+            );
+            print_json(&Value::Object(m));
+        }
+        Output::Simple => {
+            for (id, t) in alarms {
+                println!("memberID:{id} alarm:{}", alarm_str(*t));
+            }
+        }
+    };
+    match op {
+        AlarmOp::List => show(&alarms, list.header()),
+        AlarmOp::Disarm { dry_run } => {
+            if *dry_run {
+                let plan: Vec<Value> = alarms
+                    .iter()
+                    .map(|(id, t)| json!({"memberID": format!("{id:x}"), "alarm": alarm_str(*t)}))
+                    .collect();
+                return dry(
+                    out,
+                    json!({"op": "alarm-disarm", "alarms": plan}),
+                    &format!("disarm {} alarm(s)", alarms.len()),
+                );
+            }
+            let mut last_header = None;
+            for (id, t) in &alarms {
+                let mut o = etcd_client::AlarmOptions::new();
+                o.with_member(*id);
+                let r = c
+                    .alarm(AlarmAction::Deactivate, *t, Some(o))
+                    .await
+                    .map_err(|e| ctx.err(e))?;
+                last_header = r.header().cloned();
+            }
+            show(&alarms, last_header.as_ref().or(list.header()));
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `defrag`: `--rolling` (or an option implying it) runs the safe rolling defragmentation;
+/// otherwise each endpoint is defragmented one after another, as etcdctl does.
+async fn defrag(ctx: &Ctx<'_>, d: &DefragArgs) -> CtlResult {
+    let out = ctx.out;
+    let config = ctx.config;
+    let DefragArgs {
+        rolling,
+        move_leader,
+        if_fragmented,
+        ref safety,
+        cluster,
+        dry_run,
+    } = *d;
+    if rolling || move_leader || if_fragmented.is_some() {
+        let options = DefragOptions {
+            if_fragmented,
+            move_leader,
+            max_lag: safety.max_lag,
+            catch_up_timeout: safety.catch_up_timeout,
+            defrag_timeout: safety.defrag_timeout,
+            dry_run,
+        };
+        let report = safe::rolling_defrag(config, &options, &progress_printer(out)).await?;
+        match out {
+            Output::Json => print_json(&json!(report)),
+            Output::Simple => print_defrag_simple(&report),
+        }
+        return Ok(exit::OK);
+    }
+    let endpoints = ctx.endpoints(cluster).await?;
+    if dry_run {
+        return dry(
+            out,
+            json!({"op": "defrag", "endpoints": endpoints}),
+            &format!("defragment {} one after another", endpoints.join(", ")),
+        );
+    }
+    let mut failed = false;
+    for ep in &endpoints {
+        let result = async {
+            let mut c = member_client(config, ep, safety.defrag_timeout)
+                .await
+                .map_err(|e| e.message)?;
+            c.defragment()
+                .await
+                .map_err(|e| crate::sources::etcd::client::explain(&e, config.tls.as_ref()))
+        }
+        .await;
+        match result {
+            Ok(_) => println!("Finished defragmenting etcd member[{ep}]"),
+            Err(e) => {
+                eprintln!("Failed to defragment etcd member[{ep}] ({e})");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { exit::ETCD_ERROR } else { exit::OK })
 }
 
 fn alarm_str(t: AlarmType) -> &'static str {
@@ -1216,10 +1297,10 @@ fn parse_compare(s: &str, kind: &str) -> Result<Compare, CtlError> {
     })
 }
 
+/// One branch's operations (`[puts, deletes, gets]` of `--then-*` or `--else-*`) as `TxnOp`s,
+/// each also written to `plan` for `--dry-run`.
 fn txn_ops(
-    puts: &[String],
-    dels: &[String],
-    gets: &[String],
+    [puts, dels, gets]: [&Vec<String>; 3],
     branch: &str,
     plan: &mut Vec<String>,
 ) -> Result<Vec<TxnOp>, CtlError> {
@@ -1244,24 +1325,7 @@ fn txn_ops(
 }
 
 async fn watch(ctx: &Ctx<'_>, range: &Range, rev: i64, max: u64, prev_kv: bool) -> CtlResult {
-    let mut o = WatchOptions::new();
-    match (&range.range_end, range.prefix, range.from_key) {
-        (Some(end), false, false) => o = o.with_range(end.as_bytes()),
-        (None, true, false) => o = o.with_prefix(),
-        (None, false, true) => o = o.with_from_key(),
-        (None, false, false) => {}
-        _ => {
-            return Err(CtlError::usage(
-                "use only one of RANGE_END, --prefix, --from-key",
-            ));
-        }
-    }
-    if rev > 0 {
-        o = o.with_start_revision(rev);
-    }
-    if prev_kv {
-        o = o.with_prev_key();
-    }
+    let o = watch_options(range, rev, prev_kv)?;
     let mut c = any_client(ctx.config, ctx.timeout)
         .await
         .map(|(_, c)| c)
@@ -1293,51 +1357,7 @@ async fn watch(ctx: &Ctx<'_>, range: &Range, rev: i64, max: u64, prev_kv: bool) 
             events.len()
         };
         let events = &events[..take];
-        match ctx.out {
-            Output::Json => {
-                let evs: Vec<Value> = events
-                    .iter()
-                    .map(|e| {
-                        let mut m = Map::new();
-                        if e.event_type() == EventType::Delete {
-                            m.insert("type".into(), json!(1));
-                        }
-                        if let Some(kv) = e.kv() {
-                            m.insert("kv".into(), kv_json(kv));
-                        }
-                        if let Some(p) = e.prev_kv() {
-                            m.insert("prev_kv".into(), kv_json(p));
-                        }
-                        Value::Object(m)
-                    })
-                    .collect();
-                print_json(&json!({
-                    "Header": header(r.header()),
-                    "Events": evs,
-                    "CompactRevision": r.compact_revision(),
-                    "Canceled": r.canceled(),
-                    "Created": r.created(),
-                }));
-            }
-            Output::Simple => {
-                for e in events {
-                    println!(
-                        "{}",
-                        if e.event_type() == EventType::Delete {
-                            "DELETE"
-                        } else {
-                            "PUT"
-                        }
-                    );
-                    if let Some(p) = e.prev_kv() {
-                        print_kvs_simple(std::slice::from_ref(p), false);
-                    }
-                    if let Some(kv) = e.kv() {
-                        print_kvs_simple(std::slice::from_ref(kv), false);
-                    }
-                }
-            }
-        }
+        print_watch_events(ctx.out, &r, events);
         use std::io::Write;
         let _ = std::io::stdout().flush();
         seen += take as u64;
@@ -1348,108 +1368,92 @@ async fn watch(ctx: &Ctx<'_>, range: &Range, rev: i64, max: u64, prev_kv: bool) 
     Err(CtlError::etcd("watch stream ended"))
 }
 
+/// `watch`'s options: the range, the start revision (history included) and `--prev-kv`.
+fn watch_options(range: &Range, rev: i64, prev_kv: bool) -> Result<WatchOptions, CtlError> {
+    let mut o = WatchOptions::new();
+    match (&range.range_end, range.prefix, range.from_key) {
+        (Some(end), false, false) => o = o.with_range(end.as_bytes()),
+        (None, true, false) => o = o.with_prefix(),
+        (None, false, true) => o = o.with_from_key(),
+        (None, false, false) => {}
+        _ => {
+            return Err(CtlError::usage(
+                "use only one of RANGE_END, --prefix, --from-key",
+            ));
+        }
+    }
+    if rev > 0 {
+        o = o.with_start_revision(rev);
+    }
+    if prev_kv {
+        o = o.with_prev_key();
+    }
+    Ok(o)
+}
+
+/// Prints one watch response's events as etcdctl does (`PUT`/`DELETE`, then the key-values).
+fn print_watch_events(out: Output, r: &etcd_client::WatchResponse, events: &[etcd_client::Event]) {
+    match out {
+        Output::Json => {
+            let evs: Vec<Value> = events
+                .iter()
+                .map(|e| {
+                    let mut m = Map::new();
+                    if e.event_type() == EventType::Delete {
+                        m.insert("type".into(), json!(1));
+                    }
+                    if let Some(kv) = e.kv() {
+                        m.insert("kv".into(), kv_json(kv));
+                    }
+                    if let Some(p) = e.prev_kv() {
+                        m.insert("prev_kv".into(), kv_json(p));
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            print_json(&json!({
+                "Header": header(r.header()),
+                "Events": evs,
+                "CompactRevision": r.compact_revision(),
+                "Canceled": r.canceled(),
+                "Created": r.created(),
+            }));
+        }
+        Output::Simple => {
+            for e in events {
+                println!(
+                    "{}",
+                    if e.event_type() == EventType::Delete {
+                        "DELETE"
+                    } else {
+                        "PUT"
+                    }
+                );
+                if let Some(p) = e.prev_kv() {
+                    print_kvs_simple(std::slice::from_ref(p), false);
+                }
+                if let Some(kv) = e.kv() {
+                    print_kvs_simple(std::slice::from_ref(kv), false);
+                }
+            }
+        }
+    }
+}
+
 async fn member(ctx: &Ctx<'_>, op: &MemberOp) -> CtlResult {
     let out = ctx.out;
     let mut c = ctx.client().await?;
-    let print_list =
-        |h: Option<&etcd_client::ResponseHeader>, members: &[etcd_client::Member]| match out {
-            Output::Json => print_json(&json!({
-                "header": header(h),
-                "members": members.iter().map(member_json).collect::<Vec<_>>(),
-            })),
-            Output::Simple => {
-                for m in members {
-                    println!(
-                        "{:x}, {}, {}, {}, {}, {}",
-                        m.id(),
-                        if m.name().is_empty() {
-                            "unstarted"
-                        } else {
-                            "started"
-                        },
-                        m.name(),
-                        m.peer_urls().join(","),
-                        m.client_urls().join(","),
-                        m.is_learner()
-                    );
-                }
-            }
-        };
-    // etcdctl's answer to a member change: the member list (JSON) or one line (simple).
-    let print_change = |h: Option<&etcd_client::ResponseHeader>,
-                        members: &[etcd_client::Member],
-                        id: u64,
-                        what: &str| match out {
-        Output::Json => print_list(h, members),
-        Output::Simple => println!(
-            "Member {id:x} {what} cluster {:x}",
-            h.map_or(0, |h| h.cluster_id())
-        ),
-    };
     match op {
         MemberOp::List => {
             let r = c.member_list().await.map_err(|e| ctx.err(e))?;
-            print_list(r.header(), r.members());
+            print_member_list(out, r.header(), r.members());
         }
         MemberOp::Add {
             name,
             peer_urls,
             learner,
             dry_run,
-        } => {
-            if *dry_run {
-                return dry(
-                    out,
-                    json!({"op": "member-add", "name": name, "peerURLs": peer_urls, "isLearner": learner}),
-                    &format!(
-                        "add member {name} ({}){}",
-                        peer_urls.join(","),
-                        if *learner { " as a learner" } else { "" }
-                    ),
-                );
-            }
-            let mut o = MemberAddOptions::new();
-            if *learner {
-                o = o.with_is_learner();
-            }
-            let r = c
-                .member_add(peer_urls.clone(), Some(o))
-                .await
-                .map_err(|e| ctx.err(e))?;
-            let added = r.member().map_or(0, |m| m.id());
-            match out {
-                Output::Json => print_json(&json!({
-                    "header": header(r.header()),
-                    "member": r.member().map(member_json),
-                    "members": r.member_list().iter().map(member_json).collect::<Vec<_>>(),
-                })),
-                Output::Simple => {
-                    println!(
-                        "Member {added:x} added to cluster {:x}",
-                        r.header().map_or(0, |h| h.cluster_id())
-                    );
-                    let mut initial = Vec::new();
-                    for m in r.member_list() {
-                        let n = if m.id() == added {
-                            name.as_str()
-                        } else {
-                            m.name()
-                        };
-                        for u in m.peer_urls() {
-                            initial.push(format!("{n}={u}"));
-                        }
-                    }
-                    println!();
-                    println!("ETCD_NAME=\"{name}\"");
-                    println!("ETCD_INITIAL_CLUSTER=\"{}\"", initial.join(","));
-                    println!(
-                        "ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{}\"",
-                        peer_urls.join(",")
-                    );
-                    println!("ETCD_INITIAL_CLUSTER_STATE=\"existing\"");
-                }
-            }
-        }
+        } => return member_add(ctx, &mut c, name, peer_urls, *learner, *dry_run).await,
         MemberOp::Remove { id, dry_run } => {
             let n = hex_id(id, "member")?;
             if *dry_run {
@@ -1460,7 +1464,7 @@ async fn member(ctx: &Ctx<'_>, op: &MemberOp) -> CtlResult {
                 );
             }
             let r = c.member_remove(n).await.map_err(|e| ctx.err(e))?;
-            print_change(r.header(), r.members(), n, "removed from");
+            print_member_change(out, r.header(), r.members(), n, "removed from");
         }
         MemberOp::Update {
             id,
@@ -1479,7 +1483,7 @@ async fn member(ctx: &Ctx<'_>, op: &MemberOp) -> CtlResult {
                 .member_update(n, peer_urls.clone())
                 .await
                 .map_err(|e| ctx.err(e))?;
-            print_change(r.header(), r.members(), n, "updated in");
+            print_member_change(out, r.header(), r.members(), n, "updated in");
         }
         MemberOp::Promote { id, dry_run } => {
             let n = hex_id(id, "member")?;
@@ -1491,7 +1495,118 @@ async fn member(ctx: &Ctx<'_>, op: &MemberOp) -> CtlResult {
                 );
             }
             let r = c.member_promote(n).await.map_err(|e| ctx.err(e))?;
-            print_change(r.header(), r.members(), n, "promoted in");
+            print_member_change(out, r.header(), r.members(), n, "promoted in");
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `member list`'s answer: the members as JSON, or etcdctl's `ID, status, name, peer URLs,
+/// client URLs, is-learner` lines.
+fn print_member_list(
+    out: Output,
+    h: Option<&etcd_client::ResponseHeader>,
+    members: &[etcd_client::Member],
+) {
+    match out {
+        Output::Json => print_json(&json!({
+            "header": header(h),
+            "members": members.iter().map(member_json).collect::<Vec<_>>(),
+        })),
+        Output::Simple => {
+            for m in members {
+                println!(
+                    "{:x}, {}, {}, {}, {}, {}",
+                    m.id(),
+                    if m.name().is_empty() {
+                        "unstarted"
+                    } else {
+                        "started"
+                    },
+                    m.name(),
+                    m.peer_urls().join(","),
+                    m.client_urls().join(","),
+                    m.is_learner()
+                );
+            }
+        }
+    }
+}
+
+/// etcdctl's answer to a member change: the member list (JSON) or one line (simple), e.g.
+/// `Member 8e9e05c52164694d removed from cluster cdf818194e3a8c32`.
+fn print_member_change(
+    out: Output,
+    h: Option<&etcd_client::ResponseHeader>,
+    members: &[etcd_client::Member],
+    id: u64,
+    what: &str,
+) {
+    match out {
+        Output::Json => print_member_list(out, h, members),
+        Output::Simple => println!(
+            "Member {id:x} {what} cluster {:x}",
+            h.map_or(0, |h| h.cluster_id())
+        ),
+    }
+}
+
+/// `member add`: adds a member (or learner) and prints the `ETCD_*` settings it must start with.
+async fn member_add(
+    ctx: &Ctx<'_>,
+    c: &mut Client,
+    name: &str,
+    peer_urls: &[String],
+    learner: bool,
+    dry_run: bool,
+) -> CtlResult {
+    let out = ctx.out;
+    if dry_run {
+        return dry(
+            out,
+            json!({"op": "member-add", "name": name, "peerURLs": peer_urls, "isLearner": learner}),
+            &format!(
+                "add member {name} ({}){}",
+                peer_urls.join(","),
+                if learner { " as a learner" } else { "" }
+            ),
+        );
+    }
+    let mut o = MemberAddOptions::new();
+    if learner {
+        o = o.with_is_learner();
+    }
+    let r = c
+        .member_add(peer_urls.to_vec(), Some(o))
+        .await
+        .map_err(|e| ctx.err(e))?;
+    let added = r.member().map_or(0, |m| m.id());
+    match out {
+        Output::Json => print_json(&json!({
+            "header": header(r.header()),
+            "member": r.member().map(member_json),
+            "members": r.member_list().iter().map(member_json).collect::<Vec<_>>(),
+        })),
+        Output::Simple => {
+            println!(
+                "Member {added:x} added to cluster {:x}",
+                r.header().map_or(0, |h| h.cluster_id())
+            );
+            let mut initial = Vec::new();
+            for m in r.member_list() {
+                let n = if m.id() == added { name } else { m.name() };
+                for u in m.peer_urls() {
+                    initial.push(format!("{n}={u}"));
+                }
+            }
+            println!();
+            println!("ETCD_NAME=\"{name}\"");
+            println!("ETCD_INITIAL_CLUSTER=\"{}\"", initial.join(","));
+            println!(
+                "ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{}\"",
+                peer_urls.join(",")
+            );
+            println!("ETCD_INITIAL_CLUSTER_STATE=\"existing\"");
         }
     }
     Ok(exit::OK)
@@ -1523,105 +1638,18 @@ async fn endpoint(ctx: &Ctx<'_>, op: &EndpointOp) -> CtlResult {
                 continue;
             }
         };
-        match op {
-            EndpointOp::Status { .. } => {
-                match tokio::time::timeout(ctx.timeout, c.status()).await {
-                    Ok(Ok(s)) => {
-                        let mut m = Map::new();
-                        m.insert("header".into(), header(s.header()));
-                        super::json::put_nonzero(&mut m, "version", json!(s.version()));
-                        super::json::put_nonzero(&mut m, "dbSize", json!(s.db_size()));
-                        super::json::put_nonzero(&mut m, "leader", json!(s.leader()));
-                        super::json::put_nonzero(&mut m, "raftIndex", json!(s.raft_index()));
-                        super::json::put_nonzero(&mut m, "raftTerm", json!(s.raft_term()));
-                        super::json::put_nonzero(
-                            &mut m,
-                            "raftAppliedIndex",
-                            json!(s.raft_applied_index()),
-                        );
-                        super::json::put_nonzero(&mut m, "errors", json!(s.errors()));
-                        super::json::put_nonzero(
-                            &mut m,
-                            "dbSizeInUse",
-                            json!(s.raft_used_db_size()),
-                        );
-                        super::json::put_nonzero(&mut m, "isLearner", json!(s.is_learner()));
-                        let id = s.header().map_or(0, |h| h.member_id());
-                        let simple = format!(
-                            "{ep}, {id:x}, {}, {} B, {}, {}, {}, {}, {}, {}",
-                            s.version(),
-                            s.db_size(),
-                            s.leader() == id,
-                            s.is_learner(),
-                            s.raft_term(),
-                            s.raft_index(),
-                            s.raft_applied_index(),
-                            s.errors().join(",")
-                        );
-                        rows.push((simple, json!({"Endpoint": ep, "Status": m})));
-                    }
-                    Ok(Err(e)) => {
-                        failed = true;
-                        eprintln!("{ep}: {}", ctx.err(e).message);
-                    }
-                    Err(_) => {
-                        failed = true;
-                        eprintln!("{ep}: no answer within {:?}", ctx.timeout);
-                    }
-                }
-            }
+        let row = match op {
+            EndpointOp::Status { .. } => endpoint_status(ctx, ep, &mut c).await,
             EndpointOp::Health { .. } => {
-                let started = Instant::now();
-                let r = tokio::time::timeout(ctx.timeout, c.get("health", None)).await;
-                let took = started.elapsed();
-                let (ok, err) = match r {
-                    Ok(Ok(_)) => (true, None),
-                    Ok(Err(e)) if e.to_string().contains("permission denied") => (true, None),
-                    Ok(Err(e)) => (false, Some(ctx.err(e).message)),
-                    Err(_) => (false, Some(format!("no answer within {:?}", ctx.timeout))),
-                };
+                let (row, ok) = endpoint_health(ctx, ep, &mut c).await;
                 failed |= !ok;
-                let simple = match &err {
-                    None => {
-                        format!("{ep} is healthy: successfully committed proposal: took = {took:?}")
-                    }
-                    Some(e) => format!("{ep} is unhealthy: failed to commit proposal: {e}"),
-                };
-                let mut m = Map::new();
-                m.insert("endpoint".into(), json!(ep));
-                m.insert("health".into(), json!(ok));
-                m.insert("took".into(), json!(format!("{took:?}")));
-                if let Some(e) = err {
-                    m.insert("error".into(), json!(e));
-                }
-                rows.push((simple, Value::Object(m)));
+                Some(row)
             }
-            EndpointOp::Hashkv { rev, .. } => {
-                match tokio::time::timeout(ctx.timeout, c.hash_kv(*rev)).await {
-                    Ok(Ok(h)) => {
-                        let mut m = Map::new();
-                        m.insert("header".into(), header(h.header()));
-                        super::json::put_nonzero(&mut m, "hash", json!(h.hash()));
-                        super::json::put_nonzero(
-                            &mut m,
-                            "compact_revision",
-                            json!(h.compact_version()),
-                        );
-                        rows.push((
-                            format!("{ep}, {}", h.hash()),
-                            json!({"Endpoint": ep, "HashKV": m}),
-                        ));
-                    }
-                    Ok(Err(e)) => {
-                        failed = true;
-                        eprintln!("{ep}: {}", ctx.err(e).message);
-                    }
-                    Err(_) => {
-                        failed = true;
-                        eprintln!("{ep}: no answer within {:?}", ctx.timeout);
-                    }
-                }
-            }
+            EndpointOp::Hashkv { rev, .. } => endpoint_hashkv(ctx, ep, &mut c, *rev).await,
+        };
+        match row {
+            Some(row) => rows.push(row),
+            None => failed = true,
         }
     }
     match ctx.out {
@@ -1633,6 +1661,102 @@ async fn endpoint(ctx: &Ctx<'_>, op: &EndpointOp) -> CtlResult {
         }
     }
     Ok(if failed { exit::ETCD_ERROR } else { exit::OK })
+}
+
+/// A request to one endpoint that failed or timed out: the reason on stderr.
+fn answer_or_report<E>(
+    ctx: &Ctx<'_>,
+    ep: &str,
+    r: Result<Result<E, etcd_client::Error>, tokio::time::error::Elapsed>,
+) -> Option<E> {
+    match r {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            eprintln!("{ep}: {}", ctx.err(e).message);
+            None
+        }
+        Err(_) => {
+            eprintln!("{ep}: no answer within {:?}", ctx.timeout);
+            None
+        }
+    }
+}
+
+/// `endpoint status` of one endpoint: its (simple line, JSON) row, or `None` when it failed.
+async fn endpoint_status(ctx: &Ctx<'_>, ep: &str, c: &mut Client) -> Option<(String, Value)> {
+    let s = answer_or_report(ctx, ep, tokio::time::timeout(ctx.timeout, c.status()).await)?;
+    let mut m = Map::new();
+    m.insert("header".into(), header(s.header()));
+    super::json::put_nonzero(&mut m, "version", json!(s.version()));
+    super::json::put_nonzero(&mut m, "dbSize", json!(s.db_size()));
+    super::json::put_nonzero(&mut m, "leader", json!(s.leader()));
+    super::json::put_nonzero(&mut m, "raftIndex", json!(s.raft_index()));
+    super::json::put_nonzero(&mut m, "raftTerm", json!(s.raft_term()));
+    super::json::put_nonzero(&mut m, "raftAppliedIndex", json!(s.raft_applied_index()));
+    super::json::put_nonzero(&mut m, "errors", json!(s.errors()));
+    super::json::put_nonzero(&mut m, "dbSizeInUse", json!(s.raft_used_db_size()));
+    super::json::put_nonzero(&mut m, "isLearner", json!(s.is_learner()));
+    let id = s.header().map_or(0, |h| h.member_id());
+    let simple = format!(
+        "{ep}, {id:x}, {}, {} B, {}, {}, {}, {}, {}, {}",
+        s.version(),
+        s.db_size(),
+        s.leader() == id,
+        s.is_learner(),
+        s.raft_term(),
+        s.raft_index(),
+        s.raft_applied_index(),
+        s.errors().join(",")
+    );
+    Some((simple, json!({"Endpoint": ep, "Status": m})))
+}
+
+/// `endpoint health` of one endpoint, as etcdctl checks it (a linearizable read of `health`;
+/// "permission denied" counts as healthy): its row and whether it is healthy.
+async fn endpoint_health(ctx: &Ctx<'_>, ep: &str, c: &mut Client) -> ((String, Value), bool) {
+    let started = Instant::now();
+    let r = tokio::time::timeout(ctx.timeout, c.get("health", None)).await;
+    let took = started.elapsed();
+    let (ok, err) = match r {
+        Ok(Ok(_)) => (true, None),
+        Ok(Err(e)) if e.to_string().contains("permission denied") => (true, None),
+        Ok(Err(e)) => (false, Some(ctx.err(e).message)),
+        Err(_) => (false, Some(format!("no answer within {:?}", ctx.timeout))),
+    };
+    let simple = match &err {
+        None => format!("{ep} is healthy: successfully committed proposal: took = {took:?}"),
+        Some(e) => format!("{ep} is unhealthy: failed to commit proposal: {e}"),
+    };
+    let mut m = Map::new();
+    m.insert("endpoint".into(), json!(ep));
+    m.insert("health".into(), json!(ok));
+    m.insert("took".into(), json!(format!("{took:?}")));
+    if let Some(e) = err {
+        m.insert("error".into(), json!(e));
+    }
+    ((simple, Value::Object(m)), ok)
+}
+
+/// `endpoint hashkv` of one endpoint at `rev` (0: latest): its row, or `None` when it failed.
+async fn endpoint_hashkv(
+    ctx: &Ctx<'_>,
+    ep: &str,
+    c: &mut Client,
+    rev: i64,
+) -> Option<(String, Value)> {
+    let h = answer_or_report(
+        ctx,
+        ep,
+        tokio::time::timeout(ctx.timeout, c.hash_kv(rev)).await,
+    )?;
+    let mut m = Map::new();
+    m.insert("header".into(), header(h.header()));
+    super::json::put_nonzero(&mut m, "hash", json!(h.hash()));
+    super::json::put_nonzero(&mut m, "compact_revision", json!(h.compact_version()));
+    Some((
+        format!("{ep}, {}", h.hash()),
+        json!({"Endpoint": ep, "HashKV": m}),
+    ))
 }
 
 async fn lease(ctx: &Ctx<'_>, op: &LeaseOp) -> CtlResult {
@@ -1674,70 +1798,9 @@ async fn lease(ctx: &Ctx<'_>, op: &LeaseOp) -> CtlResult {
                 Output::Simple => println!("lease {n:x} revoked"),
             }
         }
-        LeaseOp::KeepAlive { id, once } => {
-            let n = lease_id(id)?;
-            let (mut keeper, mut stream) = c.lease_keep_alive(n).await.map_err(|e| ctx.err(e))?;
-            loop {
-                keeper.keep_alive().await.map_err(|e| ctx.err(e))?;
-                let Some(r) = stream.message().await.map_err(|e| ctx.err(e))? else {
-                    return Err(CtlError::etcd("keep-alive stream ended"));
-                };
-                if r.ttl() <= 0 {
-                    return Err(CtlError::etcd(format!("lease {n:x} expired or revoked")));
-                }
-                match out {
-                    Output::Json => {
-                        let mut m = flat_header(r.header());
-                        m.insert("ID".into(), json!(r.id()));
-                        m.insert("TTL".into(), json!(r.ttl()));
-                        print_json(&Value::Object(m));
-                    }
-                    Output::Simple => println!("lease {n:x} keepalived with TTL({})", r.ttl()),
-                }
-                if *once {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_secs((r.ttl() as u64 / 3).max(1))).await;
-            }
-        }
+        LeaseOp::KeepAlive { id, once } => return lease_keep_alive(ctx, &mut c, id, *once).await,
         LeaseOp::Timetolive { id, keys } => {
-            let n = lease_id(id)?;
-            let o = keys.then(|| LeaseTimeToLiveOptions::new().with_keys());
-            let r = c.lease_time_to_live(n, o).await.map_err(|e| ctx.err(e))?;
-            match out {
-                Output::Json => {
-                    let mut m = flat_header(r.header());
-                    m.insert("id".into(), json!(r.id()));
-                    m.insert("ttl".into(), json!(r.ttl()));
-                    m.insert("granted-ttl".into(), json!(r.granted_ttl()));
-                    m.insert(
-                        "keys".into(),
-                        if r.keys().is_empty() {
-                            Value::Null
-                        } else {
-                            Value::Array(r.keys().iter().map(|k| json!(base64(k))).collect())
-                        },
-                    );
-                    print_json(&Value::Object(m));
-                }
-                Output::Simple if r.ttl() == -1 => println!("lease {n:x} already expired"),
-                Output::Simple => {
-                    let mut line = format!(
-                        "lease {n:x} granted with TTL({}s), remaining({}s)",
-                        r.granted_ttl(),
-                        r.ttl()
-                    );
-                    if *keys {
-                        let ks: Vec<String> = r
-                            .keys()
-                            .iter()
-                            .map(|k| String::from_utf8_lossy(k).into_owned())
-                            .collect();
-                        line.push_str(&format!(", attached keys({ks:?})"));
-                    }
-                    println!("{line}");
-                }
-            }
+            return lease_time_to_live(ctx, &mut c, id, *keys).await;
         }
         LeaseOp::List => {
             let r = c.leases().await.map_err(|e| ctx.err(e))?;
@@ -1757,6 +1820,80 @@ async fn lease(ctx: &Ctx<'_>, op: &LeaseOp) -> CtlResult {
                     }
                 }
             }
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `lease keep-alive`: refreshes the lease every third of its TTL (once with `--once`) and prints
+/// each answer; an error once the lease has expired or was revoked.
+async fn lease_keep_alive(ctx: &Ctx<'_>, c: &mut Client, id: &str, once: bool) -> CtlResult {
+    let out = ctx.out;
+    let n = lease_id(id)?;
+    let (mut keeper, mut stream) = c.lease_keep_alive(n).await.map_err(|e| ctx.err(e))?;
+    loop {
+        keeper.keep_alive().await.map_err(|e| ctx.err(e))?;
+        let Some(r) = stream.message().await.map_err(|e| ctx.err(e))? else {
+            return Err(CtlError::etcd("keep-alive stream ended"));
+        };
+        if r.ttl() <= 0 {
+            return Err(CtlError::etcd(format!("lease {n:x} expired or revoked")));
+        }
+        match out {
+            Output::Json => {
+                let mut m = flat_header(r.header());
+                m.insert("ID".into(), json!(r.id()));
+                m.insert("TTL".into(), json!(r.ttl()));
+                print_json(&Value::Object(m));
+            }
+            Output::Simple => println!("lease {n:x} keepalived with TTL({})", r.ttl()),
+        }
+        if once {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs((r.ttl() as u64 / 3).max(1))).await;
+    }
+    Ok(exit::OK)
+}
+
+/// `lease timetolive`: the lease's granted and remaining TTL, and with `--keys` its keys.
+async fn lease_time_to_live(ctx: &Ctx<'_>, c: &mut Client, id: &str, keys: bool) -> CtlResult {
+    let out = ctx.out;
+    let n = lease_id(id)?;
+    let o = keys.then(|| LeaseTimeToLiveOptions::new().with_keys());
+    let r = c.lease_time_to_live(n, o).await.map_err(|e| ctx.err(e))?;
+    match out {
+        Output::Json => {
+            let mut m = flat_header(r.header());
+            m.insert("id".into(), json!(r.id()));
+            m.insert("ttl".into(), json!(r.ttl()));
+            m.insert("granted-ttl".into(), json!(r.granted_ttl()));
+            m.insert(
+                "keys".into(),
+                if r.keys().is_empty() {
+                    Value::Null
+                } else {
+                    Value::Array(r.keys().iter().map(|k| json!(base64(k))).collect())
+                },
+            );
+            print_json(&Value::Object(m));
+        }
+        Output::Simple if r.ttl() == -1 => println!("lease {n:x} already expired"),
+        Output::Simple => {
+            let mut line = format!(
+                "lease {n:x} granted with TTL({}s), remaining({}s)",
+                r.granted_ttl(),
+                r.ttl()
+            );
+            if keys {
+                let ks: Vec<String> = r
+                    .keys()
+                    .iter()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect();
+                line.push_str(&format!(", attached keys({ks:?})"));
+            }
+            println!("{line}");
         }
     }
     Ok(exit::OK)

@@ -23,7 +23,10 @@
 //! Every entry also takes `name` (default: the type), `timeout` (10s), `retries` (3),
 //! `backoff` (500ms, doubled per retry) and `send_resolved` (true).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -364,139 +367,9 @@ pub fn validate(specs: &[ChannelSpec]) -> Result<Vec<ChannelConfig>, String> {
     for (i, spec) in specs.iter().enumerate() {
         let p = format!("notifiers[{i}].");
         let f = |name: &str| format!("{p}{name}");
-        let (kind, common) = match spec {
-            ChannelSpec::Console { common } => (ChannelKind::Console, common),
-            ChannelSpec::Webhook {
-                url,
-                hmac_key,
-                common,
-            } => (
-                ChannelKind::Webhook {
-                    url: http_url(&f("url"), url)?,
-                    hmac_key: hmac_key
-                        .as_ref()
-                        .map(|s| s.resolve(&f("hmac_key")))
-                        .transpose()?,
-                },
-                common,
-            ),
-            ChannelSpec::Slack { url, common } => {
-                let url = url.resolve(&f("url"))?;
-                // Checked without echoing the value: the URL is the secret.
-                http_url(&f("url"), url.expose())
-                    .map_err(|_| format!("{}: must be an http(s) URL", f("url")))?;
-                (ChannelKind::Slack { url }, common)
-            }
-            ChannelSpec::Pagerduty {
-                routing_key,
-                url,
-                common,
-            } => (
-                ChannelKind::PagerDuty {
-                    url: http_url(
-                        &f("url"),
-                        url.as_deref()
-                            .unwrap_or("https://events.pagerduty.com/v2/enqueue"),
-                    )?,
-                    routing_key: routing_key.resolve(&f("routing_key"))?,
-                },
-                common,
-            ),
-            ChannelSpec::Email {
-                smtp_host,
-                smtp_port,
-                tls,
-                ca_file,
-                username,
-                password,
-                from,
-                to,
-                common,
-            } => {
-                if smtp_host.trim().is_empty() {
-                    return Err(format!("{}: must not be empty", f("smtp_host")));
-                }
-                let ca_pem = match ca_file {
-                    Some(path) => Some(
-                        std::fs::read(path)
-                            .map_err(|e| format!("{}: {}: {e}", f("ca_file"), path.display()))?,
-                    ),
-                    None => None,
-                };
-                let credentials = match (username, password) {
-                    (Some(u), Some(p)) => Some((u.clone(), p.resolve(&f("password"))?)),
-                    (None, None) => None,
-                    (Some(_), None) => {
-                        return Err(format!("{}: required with username", f("password")));
-                    }
-                    (None, Some(_)) => {
-                        return Err(format!("{}: required with password", f("username")));
-                    }
-                };
-                let from = from
-                    .parse()
-                    .map_err(|e| format!("{}: {from:?}: {e}", f("from")))?;
-                if to.is_empty() {
-                    return Err(format!("{}: at least one recipient", f("to")));
-                }
-                let to = to
-                    .iter()
-                    .map(|t| t.parse().map_err(|e| format!("{}: {t:?}: {e}", f("to"))))
-                    .collect::<Result<Vec<_>, String>>()?;
-                (
-                    ChannelKind::Email(Box::new(EmailSettings {
-                        host: smtp_host.clone(),
-                        port: smtp_port.unwrap_or(587),
-                        tls: *tls,
-                        ca_pem,
-                        credentials,
-                        from,
-                        to,
-                    })),
-                    common,
-                )
-            }
-            ChannelSpec::Alertmanager { url, common } => (
-                ChannelKind::Alertmanager {
-                    url: http_url(&f("url"), url)?,
-                },
-                common,
-            ),
-        };
-        let dur = |field: &str, v: &Option<String>, default: Duration| match v {
-            Some(s) => {
-                crate::model::time::parse_duration(s).map_err(|e| format!("{}: {e}", f(field)))
-            }
-            None => Ok(default),
-        };
-        let name = common
-            .name
-            .clone()
-            .unwrap_or_else(|| kind.type_name().to_string());
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(format!(
-                "{}: use letters, digits, '-', '_' or '.'",
-                f("name")
-            ));
-        }
-        if out.iter().any(|c| c.name == name) {
-            return Err(format!(
-                "{}: {name:?} is used twice; set distinct names",
-                f("name")
-            ));
-        }
-        out.push(ChannelConfig {
-            name,
-            kind,
-            timeout: dur("timeout", &common.timeout, Duration::from_secs(10))?,
-            retries: common.retries.unwrap_or(3),
-            backoff: dur("backoff", &common.backoff, Duration::from_millis(500))?,
-            send_resolved: common.send_resolved.unwrap_or(true),
-        });
+        let (kind, common) = channel_kind(spec, &f)?;
+        let channel = channel_config(kind, common, &f, &out)?;
+        out.push(channel);
     }
     if !out.iter().any(|c| matches!(c.kind, ChannelKind::Console)) {
         out.insert(
@@ -512,6 +385,173 @@ pub fn validate(specs: &[ChannelSpec]) -> Result<Vec<ChannelConfig>, String> {
         );
     }
     Ok(out)
+}
+
+/// One channel's kind with its URLs checked and secrets and files read (`f` names a field of
+/// this entry in errors), and its common settings.
+fn channel_kind<'a>(
+    spec: &'a ChannelSpec,
+    f: &dyn Fn(&str) -> String,
+) -> Result<(ChannelKind, &'a Common), String> {
+    Ok(match spec {
+        ChannelSpec::Console { common } => (ChannelKind::Console, common),
+        ChannelSpec::Webhook {
+            url,
+            hmac_key,
+            common,
+        } => (
+            ChannelKind::Webhook {
+                url: http_url(&f("url"), url)?,
+                hmac_key: hmac_key
+                    .as_ref()
+                    .map(|s| s.resolve(&f("hmac_key")))
+                    .transpose()?,
+            },
+            common,
+        ),
+        ChannelSpec::Slack { url, common } => {
+            let url = url.resolve(&f("url"))?;
+            // Checked without echoing the value: the URL is the secret.
+            http_url(&f("url"), url.expose())
+                .map_err(|_| format!("{}: must be an http(s) URL", f("url")))?;
+            (ChannelKind::Slack { url }, common)
+        }
+        ChannelSpec::Pagerduty {
+            routing_key,
+            url,
+            common,
+        } => (
+            ChannelKind::PagerDuty {
+                url: http_url(
+                    &f("url"),
+                    url.as_deref()
+                        .unwrap_or("https://events.pagerduty.com/v2/enqueue"),
+                )?,
+                routing_key: routing_key.resolve(&f("routing_key"))?,
+            },
+            common,
+        ),
+        ChannelSpec::Email {
+            smtp_host,
+            smtp_port,
+            tls,
+            ca_file,
+            username,
+            password,
+            from,
+            to,
+            common,
+        } => {
+            if smtp_host.trim().is_empty() {
+                return Err(format!("{}: must not be empty", f("smtp_host")));
+            }
+            let ca_pem = read_ca(f, ca_file.as_deref())?;
+            let credentials = smtp_credentials(f, username, password)?;
+            let (from, to) = mailboxes(f, from, to)?;
+            (
+                ChannelKind::Email(Box::new(EmailSettings {
+                    host: smtp_host.clone(),
+                    port: smtp_port.unwrap_or(587),
+                    tls: *tls,
+                    ca_pem,
+                    credentials,
+                    from,
+                    to,
+                })),
+                common,
+            )
+        }
+        ChannelSpec::Alertmanager { url, common } => (
+            ChannelKind::Alertmanager {
+                url: http_url(&f("url"), url)?,
+            },
+            common,
+        ),
+    })
+}
+
+/// The SMTP server's CA bundle (PEM), when `ca_file` is given.
+fn read_ca(f: &dyn Fn(&str) -> String, ca_file: Option<&Path>) -> Result<Option<Vec<u8>>, String> {
+    ca_file
+        .map(|path| {
+            std::fs::read(path).map_err(|e| format!("{}: {}: {e}", f("ca_file"), path.display()))
+        })
+        .transpose()
+}
+
+/// SMTP user name and password: both or neither.
+fn smtp_credentials(
+    f: &dyn Fn(&str) -> String,
+    username: &Option<String>,
+    password: &Option<SecretSource>,
+) -> Result<Option<(String, Secret)>, String> {
+    match (username, password) {
+        (Some(u), Some(p)) => Ok(Some((u.clone(), p.resolve(&f("password"))?))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(format!("{}: required with username", f("password"))),
+        (None, Some(_)) => Err(format!("{}: required with password", f("username"))),
+    }
+}
+
+/// The sender and the recipients (at least one) as mailboxes.
+fn mailboxes(
+    f: &dyn Fn(&str) -> String,
+    from: &str,
+    to: &[String],
+) -> Result<(lettre::message::Mailbox, Vec<lettre::message::Mailbox>), String> {
+    let from = from
+        .parse()
+        .map_err(|e| format!("{}: {from:?}: {e}", f("from")))?;
+    if to.is_empty() {
+        return Err(format!("{}: at least one recipient", f("to")));
+    }
+    let to = to
+        .iter()
+        .map(|t| t.parse().map_err(|e| format!("{}: {t:?}: {e}", f("to"))))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((from, to))
+}
+
+/// The channel's name (default: its type; letters, digits, '-', '_' or '.'; unique among
+/// `earlier`), timeout (default 10 s), retries (3), backoff (500 ms) and send_resolved (true).
+fn channel_config(
+    kind: ChannelKind,
+    common: &Common,
+    f: &dyn Fn(&str) -> String,
+    earlier: &[ChannelConfig],
+) -> Result<ChannelConfig, String> {
+    let dur = |field: &str, v: &Option<String>, default: Duration| match v {
+        Some(s) => crate::model::time::parse_duration(s).map_err(|e| format!("{}: {e}", f(field))),
+        None => Ok(default),
+    };
+    let name = common
+        .name
+        .clone()
+        .unwrap_or_else(|| kind.type_name().to_string());
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "{}: use letters, digits, '-', '_' or '.'",
+            f("name")
+        ));
+    }
+    if earlier.iter().any(|c| c.name == name) {
+        return Err(format!(
+            "{}: {name:?} is used twice; set distinct names",
+            f("name")
+        ));
+    }
+    Ok(ChannelConfig {
+        name,
+        kind,
+        timeout: dur("timeout", &common.timeout, Duration::from_secs(10))?,
+        retries: common.retries.unwrap_or(3),
+        backoff: dur("backoff", &common.backoff, Duration::from_millis(500))?,
+        send_resolved: common.send_resolved.unwrap_or(true),
+    })
 }
 
 #[cfg(test)]

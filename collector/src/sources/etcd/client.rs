@@ -24,15 +24,15 @@ pub enum ClientError {
     /// No answer within the dial timeout.
     #[error("no answer from {url} within {timeout:?}")]
     Timeout {
-        /// URL.
+        /// The member endpoint (normalised client URL).
         url: String,
-        /// Timeout.
+        /// The dial timeout that ran out (`--dial-timeout`).
         timeout: Duration,
     },
     /// The request failed; the message explains TLS and auth failures in plain words.
     #[error("{url}: {message}")]
     Failed {
-        /// URL.
+        /// The member endpoint (normalised client URL).
         url: String,
         /// Explanation and the underlying error chain.
         message: String,
@@ -40,7 +40,7 @@ pub enum ClientError {
     /// Connecting failed recently; the next attempt waits for the backoff.
     #[error("{url}: connection attempts backing off ({last})")]
     BackingOff {
-        /// URL.
+        /// The member endpoint (normalised client URL).
         url: String,
         /// Last error.
         last: String,

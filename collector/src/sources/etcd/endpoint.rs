@@ -62,7 +62,30 @@ pub fn read_pem(prefix: &str, flag: &str, path: &Path) -> Result<Vec<u8>, Config
 /// error names its flag or file field. Shared by the collector and `etcd-monitor ctl`.
 pub fn validate_cluster(raw: RawCluster<'_>) -> Result<ClusterConfig, ConfigError> {
     let p = raw.field.as_str();
-    let name = raw.name.trim().to_string();
+    let name = cluster_name(p, &raw.name)?;
+    let uses_tls_files =
+        raw.ca_file.is_some() || raw.cert_file.is_some() || raw.key_file.is_some() || raw.insecure;
+    let endpoints = cluster_endpoints(p, &raw.endpoints, uses_tls_files)?;
+    let tls = if endpoints.iter().any(|e| e.starts_with("https://")) {
+        Some(tls_config(p, &raw)?)
+    } else {
+        None
+    };
+    let auth = auth_pair(p, raw.username, raw.password)?;
+    let metrics_urls = metrics_targets(p, raw.metrics_urls, &endpoints)?;
+    Ok(ClusterConfig {
+        name,
+        endpoints,
+        tls,
+        auth,
+        metrics_urls,
+        dial_timeout: raw.dial_timeout,
+    })
+}
+
+/// The cluster's name, trimmed: letters, digits, '-', '_' or '.', not empty.
+fn cluster_name(p: &str, raw: &str) -> Result<String, ConfigError> {
+    let name = raw.trim().to_string();
     if name.is_empty()
         || !name
             .chars()
@@ -73,15 +96,18 @@ pub fn validate_cluster(raw: RawCluster<'_>) -> Result<ClusterConfig, ConfigErro
             format!("{name:?}: use letters, digits, '-', '_' or '.'"),
         ));
     }
-    let uses_tls_files =
-        raw.ca_file.is_some() || raw.cert_file.is_some() || raw.key_file.is_some() || raw.insecure;
+    Ok(name)
+}
+
+/// The endpoints normalised (see [`normalize_endpoint`]): at least one, all http:// or all
+/// https://, and https:// when TLS files are given.
+fn cluster_endpoints(
+    p: &str,
+    raw: &[String],
+    uses_tls_files: bool,
+) -> Result<Vec<String>, ConfigError> {
     let mut endpoints = Vec::new();
-    for e in raw
-        .endpoints
-        .iter()
-        .map(|e| e.trim())
-        .filter(|e| !e.is_empty())
-    {
+    for e in raw.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
         endpoints
             .push(normalize_endpoint(e, uses_tls_files).map_err(|m| {
                 ConfigError::new(field_name(p, "endpoints"), format!("{e:?}: {m}"))
@@ -107,72 +133,82 @@ pub fn validate_cluster(raw: RawCluster<'_>) -> Result<ClusterConfig, ConfigErro
             "TLS settings are given but the endpoints are http://; use https://",
         ));
     }
-    let tls = if any_https {
-        let ca_pem = match raw.ca_file {
-            Some(path) => Some(read_pem(p, "ca-file", path)?),
-            None if raw.insecure => None,
-            None => {
-                return Err(ConfigError::new(
-                    field_name(p, "ca-file"),
-                    "https endpoints need a CA bundle (or --insecure-skip-tls)",
-                ));
-            }
-        };
-        let identity = match (raw.cert_file, raw.key_file) {
-            (Some(c), Some(k)) => Some((read_pem(p, "cert-file", c)?, read_pem(p, "key-file", k)?)),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    field_name(p, "key-file"),
-                    "required with --cert-file",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    field_name(p, "cert-file"),
-                    "required with --key-file",
-                ));
-            }
-        };
-        Some(TlsConfig {
-            ca_pem,
-            identity,
-            insecure_skip_verify: raw.insecure,
-            ca_source: raw
-                .ca_file
-                .map(|f| format!("{} {}", field_name(p, "ca-file"), f.display()))
-                .unwrap_or_else(|| "no CA (insecure)".to_string()),
-        })
-    } else {
-        None
-    };
-    let auth = match (raw.username, raw.password) {
-        (Some(u), Some(pw)) if !u.is_empty() => Some(Auth {
-            username: u,
-            password: pw,
-        }),
-        (None, None) => None,
-        (Some(_), _) => {
+    Ok(endpoints)
+}
+
+/// TLS for https:// endpoints: the CA bundle (required unless insecure) and the client
+/// certificate and key (both or neither), read from their PEM files.
+fn tls_config(p: &str, raw: &RawCluster<'_>) -> Result<TlsConfig, ConfigError> {
+    let ca_pem = match raw.ca_file {
+        Some(path) => Some(read_pem(p, "ca-file", path)?),
+        None if raw.insecure => None,
+        None => {
             return Err(ConfigError::new(
-                field_name(p, "password"),
-                "required with --username",
+                field_name(p, "ca-file"),
+                "https endpoints need a CA bundle (or --insecure-skip-tls)",
+            ));
+        }
+    };
+    let identity = match (raw.cert_file, raw.key_file) {
+        (Some(c), Some(k)) => Some((read_pem(p, "cert-file", c)?, read_pem(p, "key-file", k)?)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                field_name(p, "key-file"),
+                "required with --cert-file",
             ));
         }
         (None, Some(_)) => {
             return Err(ConfigError::new(
-                field_name(p, "username"),
-                "required with --password",
+                field_name(p, "cert-file"),
+                "required with --key-file",
             ));
         }
     };
+    Ok(TlsConfig {
+        ca_pem,
+        identity,
+        insecure_skip_verify: raw.insecure,
+        ca_source: raw
+            .ca_file
+            .map(|f| format!("{} {}", field_name(p, "ca-file"), f.display()))
+            .unwrap_or_else(|| "no CA (insecure)".to_string()),
+    })
+}
+
+/// etcd authentication: user name and password both given (a non-empty name), or neither.
+fn auth_pair(
+    p: &str,
+    username: Option<String>,
+    password: Option<String>,
+) -> Result<Option<Auth>, ConfigError> {
+    match (username, password) {
+        (Some(u), Some(pw)) if !u.is_empty() => Ok(Some(Auth {
+            username: u,
+            password: pw,
+        })),
+        (None, None) => Ok(None),
+        (Some(_), _) => Err(ConfigError::new(
+            field_name(p, "password"),
+            "required with --username",
+        )),
+        (None, Some(_)) => Err(ConfigError::new(
+            field_name(p, "username"),
+            "required with --password",
+        )),
+    }
+}
+
+/// The `--metrics-urls` entries: `NAME=URL` for a named member, or a bare URL for the endpoint
+/// at the same position; each an http(s) URL with a host.
+fn metrics_targets(
+    p: &str,
+    raw: &[String],
+    endpoints: &[String],
+) -> Result<Vec<(MetricsTarget, String)>, ConfigError> {
     let mut metrics_urls = Vec::new();
     let mut positional = 0;
-    for entry in raw
-        .metrics_urls
-        .iter()
-        .map(|e| e.trim())
-        .filter(|e| !e.is_empty())
-    {
+    for entry in raw.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
         let field = field_name(p, "metrics-urls");
         let (target, url) = match entry.split_once('=') {
             Some((name, url)) if !name.contains("://") => {
@@ -200,14 +236,7 @@ pub fn validate_cluster(raw: RawCluster<'_>) -> Result<ClusterConfig, ConfigErro
         }
         metrics_urls.push((target, url.to_string()));
     }
-    Ok(ClusterConfig {
-        name,
-        endpoints,
-        tls,
-        auth,
-        metrics_urls,
-        dial_timeout: raw.dial_timeout,
-    })
+    Ok(metrics_urls)
 }
 
 /// Normalises `e` to `scheme://host:port` (no path); a bare `host:port` gets `https://` when TLS

@@ -13,9 +13,9 @@ use std::{
 use etcd_client::{AlarmAction, AlarmType, Client};
 
 use crate::{
-    model::cluster::ClusterHandle, model::cluster::MemberStatus, model::time::hex_id,
-    model::time::now_ms, sources::etcd::client::ClientPool, sources::etcd::client::explain,
-    sources::etcd::leader::LeaderTracker, sources::etcd::members,
+    model::cluster::ClusterHandle, model::cluster::LeaderChange, model::cluster::MemberStatus,
+    model::time::hex_id, model::time::now_ms, sources::etcd::client::ClientPool,
+    sources::etcd::client::explain, sources::etcd::leader::LeaderTracker, sources::etcd::members,
     sources::etcd::members::ListedMember, sources::etcd::members::Observation,
     sources::etcd::members::StatusReply,
 };
@@ -27,9 +27,9 @@ use crate::{
 /// Settings of the health loop.
 #[derive(Debug, Clone, Copy)]
 pub struct HealthSettings {
-    /// Period.
+    /// Time between two health checks of the cluster.
     pub interval: Duration,
-    /// Thresholds.
+    /// Limits the cluster's health is judged against (latency, DB size, members available).
     pub thresholds: Thresholds,
     /// Read probe on.
     pub probe_read: bool,
@@ -184,6 +184,64 @@ impl HealthLoop {
     pub async fn round(&mut self) {
         let name = self.cluster.name().to_string();
         let timeout = self.cluster.config.dial_timeout;
+        let (statuses, answering) = self.poll_statuses(&name, timeout).await;
+        // MemberList is answered locally; AlarmList goes through raft in etcd 3.4 and hangs
+        // without quorum, so it is read after the rest of the state is published.
+        let mut member_list = None;
+        for (_, c) in answering.iter().take(2) {
+            member_list = Self::member_list(c.clone(), timeout).await;
+            if member_list.is_some() {
+                break;
+            }
+        }
+        let obs = Observation {
+            at_ms: now_ms(),
+            member_list,
+            statuses,
+            alarms: None,
+        };
+        let revision_rate = self.revision_rate(&obs);
+        let thresholds = self.settings.thresholds;
+        let tracker = &mut self.tracker;
+        let (change, snapshot) = self.cluster.update(|s| {
+            members::apply(s, &obs, &thresholds);
+            if revision_rate.is_some() {
+                s.revision_rate_per_second = revision_rate;
+            }
+            let change = tracker.observe(s.leader.as_ref(), obs.at_ms);
+            s.leader_changes_total = tracker.changes_total;
+            s.leader_history = tracker.history.clone();
+            (change, (s.available_members, s.member_count, s.has_leader))
+        });
+        self.refresh_alarms(&obs, &answering, timeout).await;
+        // Probes run after the state is published: a probe that hangs on a cluster without
+        // quorum must not delay what the health check already knows.
+        self.run_probes(&name, &answering, obs.member_list.as_deref(), timeout)
+            .await;
+        self.log_reachability(&name, snapshot);
+        if let Some(change) = change {
+            tracing::info!(
+                cluster = %name,
+                old = ?change.old_leader,
+                new = %change.new_leader,
+                term = change.term,
+                "Leader changed."
+            );
+            self.store_leader_change(&name, change).await;
+        }
+    }
+
+    /// Asks every target URL for its Status (in parallel): each URL's answer or error (failures
+    /// counted; an auth failure drops the pooled client), and one client per member that
+    /// answered, in the order they answered.
+    async fn poll_statuses(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> (
+        Vec<(String, Result<StatusReply, String>)>,
+        Vec<(u64, Client)>,
+    ) {
         let urls = self.targets();
         let clients: Vec<(String, Result<Client, String>)> = urls
             .iter()
@@ -219,7 +277,7 @@ impl HealthLoop {
                     }
                 }
                 Err(e) => {
-                    self.telemetry.status_failed(&name, &url, e);
+                    self.telemetry.status_failed(name, &url, e);
                     if e.contains("auth") {
                         self.pool.reset(&url);
                     }
@@ -227,23 +285,12 @@ impl HealthLoop {
             }
             statuses.push((url, result));
         }
+        (statuses, answering)
+    }
 
-        // MemberList is answered locally; AlarmList goes through raft in etcd 3.4 and hangs
-        // without quorum, so it is read after the rest of the state is published.
-        let mut member_list = None;
-        for (_, c) in answering.iter().take(2) {
-            member_list = Self::member_list(c.clone(), timeout).await;
-            if member_list.is_some() {
-                break;
-            }
-        }
-
-        let obs = Observation {
-            at_ms: now_ms(),
-            member_list,
-            statuses,
-            alarms: None,
-        };
+    /// The cluster's revision rate (revisions per second) since the previous round, from the
+    /// highest revision any member reported; remembers this round's revision.
+    fn revision_rate(&mut self, obs: &Observation) -> Option<f64> {
         let revision = obs
             .statuses
             .iter()
@@ -258,21 +305,18 @@ impl HealthLoop {
         if let Some(rev) = revision {
             self.previous_revision = Some((rev, obs.at_ms));
         }
-        let thresholds = self.settings.thresholds;
-        let tracker = &mut self.tracker;
-        let (change, snapshot) = self.cluster.update(|s| {
-            members::apply(s, &obs, &thresholds);
-            if revision_rate.is_some() {
-                s.revision_rate_per_second = revision_rate;
-            }
-            let change = tracker.observe(s.leader.as_ref(), obs.at_ms);
-            s.leader_changes_total = tracker.changes_total;
-            s.leader_history = tracker.history.clone();
-            (change, (s.available_members, s.member_count, s.has_leader))
-        });
-        // Alarms come from the Status answers (etcd lists active alarms in `errors`); every
-        // few rounds AlarmList itself is asked too. It is not asked every round because in
-        // etcd 3.4 it is a raft proposal (one log entry per call) and hangs without quorum.
+        revision_rate
+    }
+
+    /// Alarms come from the Status answers (etcd lists active alarms in `errors`); every few
+    /// rounds AlarmList itself is asked too. It is not asked every round because in etcd 3.4 it
+    /// is a raft proposal (one log entry per call) and hangs without quorum.
+    async fn refresh_alarms(
+        &mut self,
+        obs: &Observation,
+        answering: &[(u64, Client)],
+        timeout: Duration,
+    ) {
         let mut alarms = members::alarms_from_status(&obs.statuses);
         self.rounds += 1;
         if self.rounds % ALARM_LIST_EVERY == 1
@@ -282,11 +326,14 @@ impl HealthLoop {
             alarms = listed;
         }
         self.cluster.update(|s| members::apply_alarms(s, &alarms));
-        // Probes run after the state is published: a probe that hangs on a cluster without
-        // quorum must not delay what the health check already knows.
-        self.run_probes(&name, &answering, obs.member_list.as_deref(), timeout)
-            .await;
-        let (available, count, has_leader) = snapshot;
+    }
+
+    /// Logs once when no member answers any more, and once when one answers again.
+    fn log_reachability(
+        &mut self,
+        name: &str,
+        (available, count, has_leader): (usize, usize, bool),
+    ) {
         if available == 0 && !self.reported_down {
             tracing::warn!(cluster = %name, "No member of the cluster answers.");
             self.reported_down = true;
@@ -294,27 +341,21 @@ impl HealthLoop {
             tracing::info!(cluster = %name, available, count, has_leader, "Cluster answers again.");
             self.reported_down = false;
         }
-        if let Some(change) = change {
-            tracing::info!(
-                cluster = %name,
-                old = ?change.old_leader,
-                new = %change.new_leader,
-                term = change.term,
-                "Leader changed."
-            );
-            if let Some(store) = &self.store {
-                let store = store.clone();
-                let cluster = name.clone();
-                let telemetry = self.telemetry.clone();
-                let joined = tokio::task::spawn_blocking(move || {
-                    store.insert_leader_change(&cluster, &change)
-                })
-                .await;
-                match joined {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => telemetry.store_failed("insert_leader_change", &e.to_string()),
-                    Err(e) => telemetry.store_failed("insert_leader_change", &e.to_string()),
-                }
+    }
+
+    /// Records a leader change in the history store (when there is one); a failure is counted.
+    async fn store_leader_change(&self, name: &str, change: LeaderChange) {
+        if let Some(store) = &self.store {
+            let store = store.clone();
+            let cluster = name.to_string();
+            let telemetry = self.telemetry.clone();
+            let joined =
+                tokio::task::spawn_blocking(move || store.insert_leader_change(&cluster, &change))
+                    .await;
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => telemetry.store_failed("insert_leader_change", &e.to_string()),
+                Err(e) => telemetry.store_failed("insert_leader_change", &e.to_string()),
             }
         }
     }

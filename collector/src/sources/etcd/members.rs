@@ -11,15 +11,15 @@ use crate::{
 /// A member from MemberList.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListedMember {
-    /// Id.
+    /// Member ID as etcd assigns it (printed in hex elsewhere).
     pub id: u64,
-    /// Name.
+    /// The member's `--name`; empty for a member added but not started yet.
     pub name: String,
-    /// Peer URLs.
+    /// Where the other members reach it for raft (its advertised peer URLs).
     pub peer_urls: Vec<String>,
-    /// Client URLs.
+    /// Where clients reach it (its advertised client URLs); empty until it has started.
     pub client_urls: Vec<String>,
-    /// Learner.
+    /// A learner: it replicates the log but does not vote or count towards quorum.
     pub is_learner: bool,
 }
 
@@ -49,7 +49,36 @@ pub struct Observation {
 /// reachability and Status per member, endpoints, alarms, quorum, leader and split brain.
 /// Fields other loops own (server metrics, probe latency) are kept.
 pub fn apply(state: &mut ClusterState, obs: &Observation, thresholds: &Thresholds) {
-    let listed: Vec<ListedMember> = match &obs.member_list {
+    let listed = listed_members(state, obs);
+    let alarms = current_alarms(state, obs);
+    let mut members: Vec<MemberState> = listed
+        .iter()
+        .map(|l| member_state(state, obs, l, &alarms))
+        .collect();
+    let view = leader::evaluate(&members);
+    for m in &mut members {
+        m.is_leader = view.leader.as_ref().is_some_and(|l| l.id == m.id);
+    }
+    update_quorum(state, &members, thresholds);
+    state.cluster_id = members
+        .iter()
+        .filter(|m| m.reachable)
+        .find_map(|m| m.status.as_ref().map(|s| s.cluster_id.clone()))
+        .or_else(|| state.cluster_id.clone());
+    state.updated_at_ms = obs.at_ms;
+    state.has_leader = view.leader.is_some();
+    state.leader = view.leader;
+    state.split_brain = view.split_brain;
+    state.healthy =
+        state.has_leader && state.quorum_ok && !state.split_brain.detected && alarms.is_empty();
+    state.alarms = alarms;
+    state.members = members;
+    state.endpoints = endpoint_states(obs);
+}
+
+/// The members this check knows of: the member list it got, or else the previous members.
+fn listed_members(state: &ClusterState, obs: &Observation) -> Vec<ListedMember> {
+    match &obs.member_list {
         Some(list) => list.clone(),
         None => state
             .members
@@ -64,8 +93,12 @@ pub fn apply(state: &mut ClusterState, obs: &Observation, thresholds: &Threshold
                 })
             })
             .collect(),
-    };
-    let alarms: Vec<Alarm> = match &obs.alarms {
+    }
+}
+
+/// The alarms this check got, or else the previous ones.
+fn current_alarms(state: &ClusterState, obs: &Observation) -> Vec<Alarm> {
+    match &obs.alarms {
         Some(a) => a
             .iter()
             .map(|(id, kind)| Alarm {
@@ -74,72 +107,77 @@ pub fn apply(state: &mut ClusterState, obs: &Observation, thresholds: &Threshold
             })
             .collect(),
         None => state.alarms.clone(),
-    };
+    }
+}
 
-    let mut members = Vec::with_capacity(listed.len());
-    for l in &listed {
-        let id = hex_id(l.id);
-        let previous = state.members.iter().find(|m| m.id == id);
-        let reply = obs.statuses.iter().find_map(|(_, r)| match r {
-            Ok(s) if s.member_id == l.id => Some(s),
-            _ => None,
-        });
-        let error = if reply.is_some() {
-            None
+/// One listed member's state: reachable when a Status answer came from it (else the errors
+/// of its client URLs), its Status (kept from before while unreachable, so stale Status never
+/// counts towards leadership or split brain), and the fields other loops own kept.
+fn member_state(
+    state: &ClusterState,
+    obs: &Observation,
+    l: &ListedMember,
+    alarms: &[Alarm],
+) -> MemberState {
+    let id = hex_id(l.id);
+    let previous = state.members.iter().find(|m| m.id == id);
+    let reply = obs.statuses.iter().find_map(|(_, r)| match r {
+        Ok(s) if s.member_id == l.id => Some(s),
+        _ => None,
+    });
+    let error = if reply.is_some() {
+        None
+    } else {
+        let errors: Vec<&str> = obs
+            .statuses
+            .iter()
+            .filter(|(url, _)| l.client_urls.iter().any(|c| same_url(c, url)))
+            .filter_map(|(_, r)| r.as_ref().err().map(String::as_str))
+            .collect();
+        Some(if errors.is_empty() {
+            "no client URL of this member was polled".to_string()
         } else {
-            let errors: Vec<&str> = obs
-                .statuses
-                .iter()
-                .filter(|(url, _)| l.client_urls.iter().any(|c| same_url(c, url)))
-                .filter_map(|(_, r)| r.as_ref().err().map(String::as_str))
-                .collect();
-            Some(if errors.is_empty() {
-                "no client URL of this member was polled".to_string()
-            } else {
-                errors.join("; ")
+            errors.join("; ")
+        })
+    };
+    let mut m = MemberState {
+        id: id.clone(),
+        name: l.name.clone(),
+        peer_urls: l.peer_urls.clone(),
+        client_urls: l.client_urls.clone(),
+        reachable: reply.is_some(),
+        error,
+        is_leader: false,
+        last_seen_ms: if reply.is_some() {
+            Some(obs.at_ms)
+        } else {
+            previous.and_then(|p| p.last_seen_ms)
+        },
+        status: reply
+            .map(|r| {
+                let mut s = r.status.clone();
+                s.is_learner = s.is_learner || l.is_learner;
+                s
             })
-        };
-        let mut m = MemberState {
-            id: id.clone(),
-            name: l.name.clone(),
-            peer_urls: l.peer_urls.clone(),
-            client_urls: l.client_urls.clone(),
-            reachable: reply.is_some(),
-            error,
-            is_leader: false,
-            last_seen_ms: if reply.is_some() {
-                Some(obs.at_ms)
-            } else {
-                previous.and_then(|p| p.last_seen_ms)
-            },
-            status: reply
-                .map(|r| {
-                    let mut s = r.status.clone();
-                    s.is_learner = s.is_learner || l.is_learner;
-                    s
-                })
-                .or_else(|| previous.and_then(|p| p.status.clone())),
-            server: previous.and_then(|p| p.server.clone()),
-            scrape_error: previous.and_then(|p| p.scrape_error.clone()),
-            latency: previous.map(|p| p.latency.clone()).unwrap_or_default(),
-            alarms: alarms
-                .iter()
-                .filter(|a| a.member_id == id)
-                .map(|a| a.alarm.clone())
-                .collect(),
-        };
-        if !m.reachable {
-            // Stale Status must not count towards leadership or split brain.
-            m.status = previous.and_then(|p| p.status.clone());
-        }
-        members.push(m);
+            .or_else(|| previous.and_then(|p| p.status.clone())),
+        server: previous.and_then(|p| p.server.clone()),
+        scrape_error: previous.and_then(|p| p.scrape_error.clone()),
+        latency: previous.map(|p| p.latency.clone()).unwrap_or_default(),
+        alarms: alarms
+            .iter()
+            .filter(|a| a.member_id == id)
+            .map(|a| a.alarm.clone())
+            .collect(),
+    };
+    if !m.reachable {
+        // Stale Status must not count towards leadership or split brain.
+        m.status = previous.and_then(|p| p.status.clone());
     }
+    m
+}
 
-    let view = leader::evaluate(&members);
-    for m in &mut members {
-        m.is_leader = view.leader.as_ref().is_some_and(|l| l.id == m.id);
-    }
-
+/// Member count, quorum (of the voting members), availability and partition suspicion.
+fn update_quorum(state: &mut ClusterState, members: &[MemberState], thresholds: &Thresholds) {
     let voting: Vec<&MemberState> = members
         .iter()
         .filter(|m| !m.status.as_ref().is_some_and(|s| s.is_learner))
@@ -156,13 +194,6 @@ pub fn apply(state: &mut ClusterState, obs: &Observation, thresholds: &Threshold
         .filter(|m| !m.reachable)
         .map(ClusterState::member_label)
         .collect();
-
-    state.cluster_id = members
-        .iter()
-        .filter(|m| m.reachable)
-        .find_map(|m| m.status.as_ref().map(|s| s.cluster_id.clone()))
-        .or_else(|| state.cluster_id.clone());
-    state.updated_at_ms = obs.at_ms;
     state.member_count = members.len();
     state.available_members = available;
     state.quorum_size = quorum_size;
@@ -170,15 +201,11 @@ pub fn apply(state: &mut ClusterState, obs: &Observation, thresholds: &Threshold
     state.min_available_ok = available >= thresholds.min_available_nodes;
     state.possible_partition = !unreachable.is_empty() && available > 0;
     state.unreachable_members = unreachable;
-    state.has_leader = view.leader.is_some();
-    state.leader = view.leader;
-    state.split_brain = view.split_brain;
-    state.healthy =
-        state.has_leader && state.quorum_ok && !state.split_brain.detected && alarms.is_empty();
-    state.alarms = alarms;
-    state.members = members;
-    state.endpoints = obs
-        .statuses
+}
+
+/// Each polled URL: whether it answered, and which member or which error.
+fn endpoint_states(obs: &Observation) -> Vec<EndpointState> {
+    obs.statuses
         .iter()
         .map(|(url, r)| EndpointState {
             url: url.clone(),
@@ -186,7 +213,7 @@ pub fn apply(state: &mut ClusterState, obs: &Observation, thresholds: &Threshold
             member_id: r.as_ref().ok().map(|s| hex_id(s.member_id)),
             error: r.as_ref().err().cloned(),
         })
-        .collect();
+        .collect()
 }
 
 /// Alarms `(member id, kind)` listed in the `errors` of the Status answers

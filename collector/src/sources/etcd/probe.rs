@@ -84,7 +84,7 @@ impl LatencyWindow {
 pub struct MemberProbes {
     /// Linearizable reads.
     pub read: LatencyWindow,
-    /// Puts.
+    /// Puts of the probe key.
     pub write: LatencyWindow,
 }
 

@@ -116,11 +116,11 @@ pub struct SubscriberCounters {
 /// A subscriber as listed in stats.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberStats {
-    /// Id.
+    /// The subscriber's number: 1 for the first since the collector started, then counting up.
     pub id: u64,
-    /// Delivered.
+    /// Events queued to it since it subscribed.
     pub delivered: u64,
-    /// Missed.
+    /// Events it missed because its queue was full (it fell behind).
     pub lagged: u64,
 }
 

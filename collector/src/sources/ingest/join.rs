@@ -17,7 +17,7 @@ pub struct KernelLatency {
     pub p50_ms: f64,
     /// 99th percentile since the agent started, ms (same rule).
     pub p99_ms: f64,
-    /// Mean, ms.
+    /// Mean since the agent started, ms (sum over count, exact).
     pub mean_ms: f64,
 }
 
@@ -32,7 +32,7 @@ pub struct PeerView {
     pub retransmits: u64,
     /// Bytes sent (acknowledged by the peer).
     pub bytes_sent: u64,
-    /// Bytes received.
+    /// Bytes received from the peer.
     pub bytes_received: u64,
 }
 

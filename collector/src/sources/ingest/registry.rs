@@ -125,20 +125,20 @@ pub enum BatchError {
     /// The node name is not a DNS-1123 subdomain of at most 253 characters.
     #[error("node: {0}")]
     InvalidNode(String),
-    /// No boot id.
+    /// The batch from this node has an empty `boot_id`.
     #[error("batch from {0} has no boot id")]
     NoBootId(String),
     /// Sequence 0.
     #[error("batch from {0} has sequence 0 (sequences start at 1)")]
     ZeroSequence(String),
-    /// Too many events.
+    /// More events in one batch than the agent limits allow.
     #[error("batch from {node} has {events} events, more than the {max} allowed")]
     TooManyEvents {
-        /// Node.
+        /// The agent's node name, as the batch states it.
         node: String,
         /// Events in the batch.
         events: usize,
-        /// Limit.
+        /// The bound it exceeds.
         max: usize,
     },
     /// Larger than `--grpc-max-batch-bytes`.
@@ -146,17 +146,17 @@ pub enum BatchError {
         "batch from {node} is {bytes} bytes, more than the {max} allowed (--grpc-max-batch-bytes)"
     )]
     TooLarge {
-        /// Node.
+        /// The agent's node name, as the batch states it.
         node: String,
         /// Encoded size.
         bytes: usize,
-        /// Limit.
+        /// The bound it exceeds.
         max: usize,
     },
     /// An event without a payload.
     #[error("batch from {node}: event {index} has no payload")]
     EmptyEvent {
-        /// Node.
+        /// The agent's node name, as the batch states it.
         node: String,
         /// Index in the batch.
         index: usize,
@@ -164,43 +164,43 @@ pub enum BatchError {
     /// A status list longer than its limit.
     #[error("batch from {node}: status.{field} has {count} entries, more than the {max} allowed")]
     TooManyEntries {
-        /// Node.
+        /// The agent's node name, as the batch states it.
         node: String,
         /// Field, e.g. `members`.
         field: &'static str,
-        /// Entries.
+        /// How many entries it has.
         count: usize,
-        /// Limit.
+        /// The bound it exceeds.
         max: usize,
     },
     /// A string longer than its limit.
     #[error("batch from {node}: {field} is {bytes} bytes, more than the {max} allowed")]
     TooLong {
-        /// Node.
+        /// The agent's node name, as the batch states it.
         node: String,
-        /// Field.
+        /// The field that is over its bound.
         field: &'static str,
-        /// Length.
+        /// Its length in bytes.
         bytes: usize,
-        /// Limit.
+        /// The bound it exceeds.
         max: usize,
     },
     /// More log2 slots than a u64 has bits.
     #[error("batch from {node}: {field} has {count} log2 slots, more than {MAX_SLOTS}")]
     BadSlots {
-        /// Node.
+        /// The agent's node name, as the batch states it.
         node: String,
-        /// Field.
+        /// The field that is over its bound.
         field: &'static str,
-        /// Slots.
+        /// How many log2 slots it has.
         count: usize,
     },
     /// `--max-agents` reached.
     #[error("node {node}: {max} agents are already known (--max-agents); refused")]
     TooManyAgents {
-        /// Node.
+        /// The agent's node name, as the batch states it.
         node: String,
-        /// Limit.
+        /// The bound it exceeds.
         max: usize,
     },
     /// A member already claimed by another live agent.
@@ -544,7 +544,7 @@ pub struct AgentRegistry {
     agents: RwLock<HashMap<String, AgentRecord>>,
     writer: Option<SyncSender<AgentSequence>>,
     limits: AgentLimits,
-    /// Counters.
+    /// Refusals and evictions of agents, for `/metrics`.
     pub counters: Arc<RegistryCounters>,
 }
 

@@ -25,7 +25,7 @@ use tonic::{
 use super::{
     AgentRegistry, Fanout,
     fanout::Filter,
-    registry::{BatchError, RefusalCounters, validate_with},
+    registry::{AgentLimits, BatchError, RefusalCounters, validate_with},
 };
 use crate::{model::cluster::ClusterState, model::cluster::Clusters};
 
@@ -104,13 +104,13 @@ impl std::fmt::Debug for IngestSettings {
 /// What the services share.
 #[derive(Clone)]
 pub struct IngestState {
-    /// Agents.
+    /// Every agent seen: its node, sequence and what it reports.
     pub registry: Arc<AgentRegistry>,
-    /// Subscribers.
+    /// The Subscribe streams events are published to.
     pub fanout: Arc<Fanout>,
     /// Clusters, for the join.
     pub clusters: Clusters,
-    /// Counters.
+    /// Batches, events, refusals and unjoined events, for `/metrics`.
     pub counters: Arc<IngestCounters>,
 }
 
@@ -217,6 +217,60 @@ fn certified_names(request: &Request<Streaming<EventBatch>>) -> Vec<String> {
 
 impl Ingest {
     /// Counts and reports a refused batch; the stream stays up.
+    /// Why a batch is refused before the registry sees it, with the node to blame: too large or
+    /// malformed, a node its client certificate does not name (`certified`), or another node
+    /// than the one this stream started as (`stream_node`).
+    fn precheck(
+        &self,
+        batch: &EventBatch,
+        limits: &AgentLimits,
+        certified: Option<&[String]>,
+        stream_node: Option<&str>,
+    ) -> Result<(), (BatchError, String)> {
+        validate_with(batch, self.max_batch_bytes, limits).map_err(|e| (e, batch.node.clone()))?;
+        if let Some(names) = certified
+            && !names.iter().any(|n| n == &batch.node)
+        {
+            let err = BatchError::NodeMismatch {
+                node: batch.node.clone(),
+                certified: names.to_vec(),
+            };
+            return Err((err, batch.node.clone()));
+        }
+        if let Some(node) = stream_node
+            && node != batch.node
+        {
+            let err = BatchError::InvalidNode(format!(
+                "{:?}: this stream started as node {node:?}; one stream carries one node",
+                batch.node
+            ));
+            return Err((err, node.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Counts an accepted, new batch and publishes its events, joined to members, to the
+    /// subscribers (if any); a status batch (an agent restart) empties the join cache first.
+    fn deliver(&self, cache: &mut JoinCache, batch: EventBatch) {
+        if batch.status.is_some() {
+            cache.entries.clear();
+        }
+        self.state.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.state
+            .counters
+            .events
+            .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+        if !self.state.fanout.is_empty() {
+            let mut events = batch.events;
+            let unjoined = cache.enrich(&self.state, &mut events);
+            self.state
+                .counters
+                .unjoined
+                .fetch_add(unjoined, Ordering::Relaxed);
+            self.state.fanout.publish(&events);
+        }
+    }
+
     fn refuse(&self, ack: &mut PushAck, sequence: u64, node: &str, err: &BatchError) {
         ack.rejected_batches = ack.rejected_batches.saturating_add(1);
         ack.last_rejection = format!("INVALID_ARGUMENT: batch {sequence}: {err}");
@@ -277,28 +331,11 @@ impl AgentIngest for Ingest {
                 Ok(None) => break Ok(()),
                 Err(status) => break Err(self.transport_error(status)),
             };
-            if let Err(err) = validate_with(&batch, self.max_batch_bytes, &limits) {
-                self.refuse(&mut ack, batch.sequence, &batch.node, &err);
-                continue;
-            }
-            if let Some(names) = &certified
-                && !names.iter().any(|n| n == &batch.node)
+            let stream_node = cache.as_ref().map(|c| c.node.as_str());
+            if let Err((err, node)) =
+                self.precheck(&batch, &limits, certified.as_deref(), stream_node)
             {
-                let err = BatchError::NodeMismatch {
-                    node: batch.node.clone(),
-                    certified: names.clone(),
-                };
-                self.refuse(&mut ack, batch.sequence, &batch.node, &err);
-                continue;
-            }
-            if let Some(cache) = &cache
-                && cache.node != batch.node
-            {
-                let err = BatchError::InvalidNode(format!(
-                    "{:?}: this stream started as node {:?}; one stream carries one node",
-                    batch.node, cache.node
-                ));
-                self.refuse(&mut ack, batch.sequence, &cache.node, &err);
+                self.refuse(&mut ack, batch.sequence, &node, &err);
                 continue;
             }
             let accepted = match self.state.registry.accept(&batch) {
@@ -325,23 +362,7 @@ impl AgentIngest for Ingest {
             if accepted.duplicate {
                 continue;
             }
-            if batch.status.is_some() {
-                cache.entries.clear();
-            }
-            self.state.counters.batches.fetch_add(1, Ordering::Relaxed);
-            self.state
-                .counters
-                .events
-                .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
-            if !self.state.fanout.is_empty() {
-                let mut events = batch.events;
-                let unjoined = cache.enrich(&self.state, &mut events);
-                self.state
-                    .counters
-                    .unjoined
-                    .fetch_add(unjoined, Ordering::Relaxed);
-                self.state.fanout.publish(&events);
-            }
+            self.deliver(cache, batch);
         };
         if let Some(cache) = &cache {
             self.state.registry.stream(&cache.node, false);
@@ -384,9 +405,9 @@ pub enum ServeError {
     /// The port could not be bound.
     #[error("--grpc-port: cannot listen on {addr}: {source}")]
     Bind {
-        /// Address.
+        /// The `--grpc-port` address it tried.
         addr: SocketAddr,
-        /// Cause.
+        /// The I/O error.
         source: std::io::Error,
     },
     /// Reflection could not be built.
@@ -669,19 +690,9 @@ fn spawn_housekeeping(state: IngestState) {
     });
 }
 
-/// Binds `addr` and serves until `shutdown` completes. Returns the bound address.
-pub async fn serve(
-    addr: SocketAddr,
-    settings: IngestSettings,
-    state: IngestState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServeError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind { addr, source })?;
+/// The gRPC server's transport settings: HTTP/2 keep-alive, stream and per-connection
+/// concurrency limits (0: unlimited), and TLS (with client certificates when a CA is given).
+fn server_builder(settings: &IngestSettings) -> Result<Server, ServeError> {
     let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(20)));
     if settings.max_concurrent_streams > 0 {
         builder = builder.max_concurrent_streams(Some(settings.max_concurrent_streams));
@@ -696,6 +707,23 @@ pub async fn serve(
         }
         builder = builder.tls_config(tls).map_err(ServeError::Tls)?;
     }
+    Ok(builder)
+}
+
+/// Binds `addr` and serves until `shutdown` completes. Returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    settings: IngestSettings,
+    state: IngestState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ServeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let mut builder = server_builder(&settings)?;
     let ingest_check = TokenCheck {
         expected: settings.ingest_token.as_deref().map(Arc::from),
         counters: state.counters.clone(),

@@ -99,8 +99,13 @@ pub async fn run(
     fanout: Arc<Fanout>,
     counters: Arc<WatchCounters>,
 ) {
-    let name = cluster.name().to_string();
-    let mut next_revision: i64 = 0; // 0: from now
+    let mut w = Watcher {
+        name: cluster.name().to_string(),
+        prefix,
+        prev_kv,
+        counters,
+        next_revision: 0, // 0: from now
+    };
     let mut attempt: u32 = 0;
     loop {
         if attempt > 0 {
@@ -115,83 +120,117 @@ pub async fn run(
         else {
             return;
         };
-        let mut client = match connect(&cluster.config, &url).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(cluster = %name, %prefix, error = %e, "Watch connect failed; retrying.");
-                continue;
-            }
+        let Some(mut stream) = w.open(&cluster, &url).await else {
+            continue;
         };
-        let mut options = WatchOptions::new().with_prefix().with_progress_notify();
-        if prev_kv {
-            options = options.with_prev_key();
-        }
-        if next_revision > 0 {
-            options = options.with_start_revision(next_revision);
-        }
-        let mut stream = match client.watch(prefix.clone(), Some(options)).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(cluster = %name, %prefix, error = %e, "Watch failed to start; retrying.");
-                continue;
-            }
-        };
-        if next_revision > 0 {
-            counters.update(&name, &prefix, |c| c.resumes += 1);
-            tracing::info!(cluster = %name, %prefix, from = next_revision, "Watch resumed.");
-        }
         loop {
             let response = match stream.message().await {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::debug!(cluster = %name, %prefix, error = %e, "Watch stream broke; resuming.");
+                    tracing::debug!(cluster = %w.name, prefix = %w.prefix, error = %e, "Watch stream broke; resuming.");
                     break;
                 }
             };
             attempt = 0;
-            if response.canceled() {
-                let compacted = response.compact_revision();
-                if compacted > 0 && compacted > next_revision {
-                    counters.update(&name, &prefix, |c| c.gaps += 1);
-                    tracing::warn!(cluster = %name, %prefix, from = next_revision, compacted, "Watch history compacted; events in between are lost.");
-                    next_revision = compacted;
-                }
+            let Some(events) = w.take(&response) else {
                 break;
-            }
-            let mut events = Vec::new();
-            for e in response.events() {
-                if let Some(kv) = e.kv() {
-                    next_revision = next_revision.max(kv.mod_revision() + 1);
-                }
-                if let Some(event) = to_event(&name, &prefix, e, prev_kv) {
-                    let is_put = matches!(e.event_type(), EventType::Put);
-                    counters.update(&name, &prefix, |c| {
-                        if is_put {
-                            c.puts += 1
-                        } else {
-                            c.deletes += 1
-                        }
-                        c.last_revision = next_revision - 1;
-                    });
-                    events.push(event);
-                }
-            }
-            if let Some(header) = response.header()
-                && events.is_empty()
-            {
-                if response.created() {
-                    // Started "from now": history begins after the creation revision. A resumed
-                    // watch may still owe us events up to it, so it does not move.
-                    if next_revision == 0 {
-                        next_revision = header.revision() + 1;
-                    }
-                } else {
-                    // A progress notification: every event up to this revision was sent.
-                    next_revision = next_revision.max(header.revision() + 1);
-                }
-            }
+            };
             fanout.publish(&events);
         }
+    }
+}
+
+/// One watch of a prefix across its restarts: where to resume, and its counters.
+struct Watcher {
+    name: String,
+    prefix: String,
+    prev_kv: bool,
+    counters: Arc<WatchCounters>,
+    /// The first revision not yet delivered; 0 before the first answer (watch from now).
+    next_revision: i64,
+}
+
+impl Watcher {
+    /// Connects to `url` and starts the watch at `next_revision` (counted as a resume when it
+    /// is not the first start); `None` (logged) when either fails.
+    async fn open(&self, cluster: &ClusterHandle, url: &str) -> Option<etcd_client::WatchStream> {
+        let (name, prefix) = (&self.name, &self.prefix);
+        let mut client = match connect(&cluster.config, url).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(cluster = %name, %prefix, error = %e, "Watch connect failed; retrying.");
+                return None;
+            }
+        };
+        let mut options = WatchOptions::new().with_prefix().with_progress_notify();
+        if self.prev_kv {
+            options = options.with_prev_key();
+        }
+        if self.next_revision > 0 {
+            options = options.with_start_revision(self.next_revision);
+        }
+        let stream = match client.watch(prefix.clone(), Some(options)).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(cluster = %name, %prefix, error = %e, "Watch failed to start; retrying.");
+                return None;
+            }
+        };
+        if self.next_revision > 0 {
+            self.counters.update(name, prefix, |c| c.resumes += 1);
+            tracing::info!(cluster = %name, %prefix, from = self.next_revision, "Watch resumed.");
+        }
+        Some(stream)
+    }
+
+    /// The events of one answer (counted), moving `next_revision` past them, past a progress
+    /// notification or, for a new watch, past its creation revision; `None` when etcd canceled
+    /// the watch (after a compaction past `next_revision`: the gap is counted and skipped).
+    fn take(&mut self, response: &etcd_client::WatchResponse) -> Option<Vec<Event>> {
+        let (name, prefix) = (&self.name, &self.prefix);
+        if response.canceled() {
+            let compacted = response.compact_revision();
+            if compacted > 0 && compacted > self.next_revision {
+                self.counters.update(name, prefix, |c| c.gaps += 1);
+                tracing::warn!(cluster = %name, %prefix, from = self.next_revision, compacted, "Watch history compacted; events in between are lost.");
+                self.next_revision = compacted;
+            }
+            return None;
+        }
+        let mut events = Vec::new();
+        for e in response.events() {
+            if let Some(kv) = e.kv() {
+                self.next_revision = self.next_revision.max(kv.mod_revision() + 1);
+            }
+            if let Some(event) = to_event(name, prefix, e, self.prev_kv) {
+                let is_put = matches!(e.event_type(), EventType::Put);
+                let last = self.next_revision - 1;
+                self.counters.update(name, prefix, |c| {
+                    if is_put {
+                        c.puts += 1
+                    } else {
+                        c.deletes += 1
+                    }
+                    c.last_revision = last;
+                });
+                events.push(event);
+            }
+        }
+        if let Some(header) = response.header()
+            && events.is_empty()
+        {
+            if response.created() {
+                // Started "from now": history begins after the creation revision. A resumed
+                // watch may still owe us events up to it, so it does not move.
+                if self.next_revision == 0 {
+                    self.next_revision = header.revision() + 1;
+                }
+            } else {
+                // A progress notification: every event up to this revision was sent.
+                self.next_revision = self.next_revision.max(header.revision() + 1);
+            }
+        }
+        Some(events)
     }
 }
