@@ -128,7 +128,8 @@ pub struct Lifecycle {
     pub window: Duration,
 }
 
-fn ms(d: Duration) -> u64 {
+/// A duration in whole milliseconds (saturating).
+pub fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -8,6 +8,7 @@
 //! has no data (member unreachable, no scrape yet) keeps its state; so a collector restart
 //! neither resolves nor re-notifies what was firing.
 
+pub mod handover;
 pub mod lifecycle;
 pub mod persist;
 pub mod rules;
@@ -108,6 +109,8 @@ struct Inner {
     last_refresh_ms: AtomicU64,
     /// Verdicts of the diagnosis engine, attached to the disk-path alerts.
     diagnoses: std::sync::OnceLock<Arc<crate::analysis::diagnosis::Diagnoses>>,
+    /// The leader gate and the notification-state hand-over (`--ha-election`).
+    handover: std::sync::OnceLock<handover::Handover>,
 }
 
 /// Rules about a slow WAL sync or backend commit: their alerts carry the member's diagnosis
@@ -175,6 +178,30 @@ pub fn fmt_value(v: f64) -> String {
     }
 }
 
+/// One evaluation's outcome, between its steps.
+struct Round {
+    transitions: Vec<Transition>,
+    notify: Vec<Alert>,
+    changed: Vec<String>,
+    active: HashMap<String, Alert>,
+    delivered: HashMap<String, lifecycle::Delivered>,
+    refresh: Vec<Alert>,
+}
+
+fn log_transitions(transitions: &[Transition]) {
+    for t in transitions {
+        tracing::info!(
+            alertname = %t.alert.name,
+            state = t.state.as_str(),
+            cluster = %t.alert.cluster,
+            member = t.alert.member.as_deref().unwrap_or(""),
+            value = t.alert.value,
+            silenced = t.alert.silenced_by.is_some(),
+            "Alert transition."
+        );
+    }
+}
+
 /// Escapes a Prometheus label value.
 impl Alerting {
     /// Loads the rules (an invalid file fails here, naming the line), restores the persisted
@@ -220,6 +247,7 @@ impl Alerting {
                 silence_seq: AtomicU64::new(0),
                 last_refresh_ms: AtomicU64::new(now_ms()),
                 diagnoses: std::sync::OnceLock::new(),
+                handover: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -308,94 +336,142 @@ impl Alerting {
         read(&self.inner.rules).iter().map(RuleView::from).collect()
     }
 
-    /// Evaluates every rule once, records and notifies.
+    /// Evaluates every rule once, records and notifies (only the leader notifies under
+    /// `--ha-election`; see [`handover`]).
     pub async fn evaluate(&self) {
         let now = now_ms();
-        let (transitions, notify, changed, active, delivered, refresh) = {
-            let rules = read(&self.inner.rules).clone();
-            let (candidates, mut known) = self.candidates(&rules, now);
-            let names: HashSet<&str> = rules.iter().map(|r| r.name.as_str()).collect();
-            let silences = read(&self.inner.silences).clone();
-            let mut lc = lock(&self.inner.lifecycle);
-            for (k, a) in &lc.active {
-                if !names.contains(a.name.as_str()) {
-                    known.insert(k.clone());
-                }
-            }
-            let stale = max_window(&rules).max(Duration::from_secs(300));
-            let out = lc.step(now, candidates, &known, stale, |a| {
-                silences::muting(&silences, a, now).map(|s| s.id.clone())
-            });
-            let last = self.inner.last_refresh_ms.load(Ordering::Relaxed);
-            let refresh: Vec<Alert> = if now.saturating_sub(last) >= REFRESH_EVERY_MS {
-                self.inner.last_refresh_ms.store(now, Ordering::Relaxed);
-                lc.active
-                    .iter()
-                    .filter(|(k, a)| {
-                        a.state == AlertState::Firing
-                            && a.silenced_by.is_none()
-                            && lc.delivered.get(*k).and_then(|d| d.state)
-                                == Some(AlertState::Firing)
-                            && !out.notify.iter().any(|n| &n.key == *k)
-                    })
-                    .map(|(_, a)| a.clone())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            (
-                out.transitions,
-                out.notify,
-                out.changed,
-                lc.active.clone(),
-                lc.delivered.clone(),
-                refresh,
-            )
+        let mut gate = match self.inner.handover.get() {
+            Some(h) => h.begin().await,
+            None => handover::Gate {
+                leading: true,
+                takeover: None,
+            },
         };
+        let mut round = self.step(now, &mut gate);
         self.inner
             .counters
             .evaluations
             .fetch_add(1, Ordering::Relaxed);
-        for t in &transitions {
-            tracing::info!(
-                alertname = %t.alert.name,
-                state = t.state.as_str(),
-                cluster = %t.alert.cluster,
-                member = t.alert.member.as_deref().unwrap_or(""),
-                value = t.alert.value,
-                silenced = t.alert.silenced_by.is_some(),
-                "Alert transition."
-            );
+        log_transitions(&round.transitions);
+        if let Some(h) = self.inner.handover.get() {
+            round.notify = h
+                .commit(&gate, std::mem::take(&mut round.notify), now)
+                .await;
+            if !gate.leading {
+                round.refresh.clear();
+            }
         }
         // Persist before notifying: a crash in between can lose a notification but never
         // send one twice.
-        if let Some(store) = &self.inner.store
-            && (!changed.is_empty() || !transitions.is_empty() || !notify.is_empty())
-        {
-            let store = store.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                persist::save_step(&store, &changed, &active, &delivered, &transitions)
-            })
-            .await;
-            let failed = match result {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(error) = failed {
-                self.inner
-                    .counters
-                    .store_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, "Cannot record alert state.");
-            }
-        }
-        for alert in &notify {
+        self.persist(&round).await;
+        for alert in &round.notify {
             self.inner.notifier.notify(alert);
         }
-        for alert in &refresh {
+        for alert in &round.refresh {
             self.inner.notifier.refresh(alert);
         }
+    }
+
+    /// Evaluates the rules and advances the lifecycle (a new term's notified state applied
+    /// first); returns what to record and send.
+    fn step(&self, now: u64, gate: &mut handover::Gate) -> Round {
+        let rules = read(&self.inner.rules).clone();
+        let (candidates, mut known) = self.candidates(&rules, now);
+        let names: HashSet<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        let silences = read(&self.inner.silences).clone();
+        let mut lc = lock(&self.inner.lifecycle);
+        for (k, a) in &lc.active {
+            if !names.contains(a.name.as_str()) {
+                known.insert(k.clone());
+            }
+        }
+        let stale = max_window(&rules).max(Duration::from_secs(300));
+        if let (Some(h), true) = (self.inner.handover.get(), gate.leading) {
+            if let Some(notified) = gate.takeover.take() {
+                h.apply(&mut lc, notified, now);
+                gate.takeover = Some(HashMap::new());
+            }
+            let holding: HashSet<String> = candidates.iter().map(|c| c.alert.key.clone()).collect();
+            h.settle(&mut lc, &holding, &known, now, lifecycle::ms(stale));
+        }
+        let out = lc.step(now, candidates, &known, stale, |a| {
+            silences::muting(&silences, a, now).map(|s| s.id.clone())
+        });
+        let refresh = self.due_refresh(&lc, &out.notify, now);
+        Round {
+            transitions: out.transitions,
+            notify: out.notify,
+            changed: out.changed,
+            active: lc.active.clone(),
+            delivered: lc.delivered.clone(),
+            refresh,
+        }
+    }
+
+    /// Firing alerts to re-send to Alertmanager, once every [`REFRESH_EVERY_MS`].
+    fn due_refresh(&self, lc: &Lifecycle, notify: &[Alert], now: u64) -> Vec<Alert> {
+        let last = self.inner.last_refresh_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < REFRESH_EVERY_MS {
+            return Vec::new();
+        }
+        self.inner.last_refresh_ms.store(now, Ordering::Relaxed);
+        lc.active
+            .iter()
+            .filter(|(k, a)| {
+                a.state == AlertState::Firing
+                    && a.silenced_by.is_none()
+                    && lc.delivered.get(*k).and_then(|d| d.state) == Some(AlertState::Firing)
+                    && !notify.iter().any(|n| &n.key == *k)
+            })
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
+    /// Records a round in the store (active alerts, delivery state, transitions).
+    async fn persist(&self, round: &Round) {
+        let Some(store) = &self.inner.store else {
+            return;
+        };
+        if round.changed.is_empty() && round.transitions.is_empty() && round.notify.is_empty() {
+            return;
+        }
+        let store = store.clone();
+        let (changed, active, delivered, transitions) = (
+            round.changed.clone(),
+            round.active.clone(),
+            round.delivered.clone(),
+            round.transitions.clone(),
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            persist::save_step(&store, &changed, &active, &delivered, &transitions)
+        })
+        .await;
+        let failed = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(error) = failed {
+            self.inner
+                .counters
+                .store_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, "Cannot record alert state.");
+        }
+    }
+
+    /// Makes notifications and scheduled re-sends leader-only (`--ha-election`): followers
+    /// evaluate and record, the leader alone notifies, handing its state over through etcd.
+    pub fn attach_leadership(&self, leadership: crate::sources::ha::Leadership) {
+        let _ = self.inner.handover.set(handover::Handover::new(leadership));
+    }
+
+    /// The leader gate attached with [`Alerting::attach_leadership`], if any.
+    pub fn leadership(&self) -> Option<&crate::sources::ha::Leadership> {
+        self.inner
+            .handover
+            .get()
+            .map(handover::Handover::leadership)
     }
 
     /// Attaches the diagnosis engine's verdicts (see [`DIAGNOSED_RULES`]).
@@ -715,6 +791,9 @@ impl Alerting {
             c.store_failures.load(Ordering::Relaxed) as f64,
         );
         self.inner.notifier.render(out);
+        if let Some(h) = self.inner.handover.get() {
+            h.render(out);
+        }
     }
 }
 
