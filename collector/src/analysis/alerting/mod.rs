@@ -178,6 +178,58 @@ pub fn fmt_value(v: f64) -> String {
     }
 }
 
+/// Samples of one cluster by (signal, window), computed once per evaluation.
+type SampleCache = HashMap<(Signal, Duration), Vec<Sample>>;
+
+/// The template context of `s` when the rest of `rule`'s conditions hold for the same member
+/// (each adds its sample's context); `None` when one does not.
+fn joined_context(
+    rule: &Rule,
+    s: &Sample,
+    cache: &SampleCache,
+) -> Option<BTreeMap<String, String>> {
+    let mut context = s.context.clone();
+    for c in &rule.expr.0[1..] {
+        let others = cache.get(&(c.signal, c.window))?;
+        let hit = others.iter().find(|o| {
+            c.op.holds(o.value, c.threshold)
+                && o.labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k).is_none_or(|x| x == v))
+        })?;
+        context.extend(hit.context.clone());
+    }
+    Some(context)
+}
+
+/// Values templates may use: labels (bare and as `labels.<name>`), the samples' context,
+/// `value` in several units, `threshold` and `for`.
+fn template_vars(
+    rule: &Rule,
+    labels: &BTreeMap<String, String>,
+    context: BTreeMap<String, String>,
+    value: f64,
+) -> BTreeMap<String, String> {
+    let first = &rule.expr.0[0];
+    let mut vars: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (format!("labels.{k}"), v.clone()))
+        .collect();
+    for (k, v) in labels {
+        vars.insert(k.clone(), v.clone());
+    }
+    vars.extend(context);
+    vars.insert("value".into(), fmt_value(value));
+    vars.insert("value_ms".into(), format!("{:.1}", value * 1000.0));
+    vars.insert("value_percent".into(), format!("{:.1}", value * 100.0));
+    vars.insert("threshold".into(), fmt_value(first.threshold));
+    vars.insert(
+        "for".into(),
+        humantime::format_duration(rule.for_).to_string(),
+    );
+    vars
+}
+
 /// One evaluation's outcome, between its steps.
 struct Round {
     transitions: Vec<Transition>,
@@ -504,102 +556,95 @@ impl Alerting {
                 continue;
             }
             history.record(&state, self.inner.registry.as_deref(), now);
-            let mut cache: HashMap<(Signal, Duration), Vec<Sample>> = HashMap::new();
+            let mut cache: SampleCache = HashMap::new();
             for rule in rules {
                 for c in &rule.expr.0 {
                     cache.entry((c.signal, c.window)).or_insert_with(|| {
                         signals::samples(c.signal, c.window, &state, &history, now)
                     });
                 }
-                let first = &rule.expr.0[0];
-                let Some(samples) = cache.get(&(first.signal, first.window)) else {
-                    continue;
-                };
-                for s in samples {
-                    let mut labels = BTreeMap::new();
-                    labels.insert("alertname".to_string(), rule.name.clone());
-                    labels.insert("severity".to_string(), rule.severity.as_str().to_string());
-                    labels.extend(s.labels.clone());
-                    labels.extend(rule.labels.clone());
-                    let key = lifecycle::fingerprint(&labels);
-                    known.insert(key.clone());
-                    if !first.op.holds(s.value, first.threshold) {
-                        continue;
-                    }
-                    let mut context = s.context.clone();
-                    let mut all = true;
-                    for c in &rule.expr.0[1..] {
-                        let others = cache.get(&(c.signal, c.window));
-                        let hit = others.and_then(|o| {
-                            o.iter().find(|o| {
-                                c.op.holds(o.value, c.threshold)
-                                    && o.labels
-                                        .iter()
-                                        .all(|(k, v)| s.labels.get(k).is_none_or(|x| x == v))
-                            })
-                        });
-                        match hit {
-                            Some(o) => context.extend(o.context.clone()),
-                            None => {
-                                all = false;
-                                break;
-                            }
-                        }
-                    }
-                    if !all {
-                        continue;
-                    }
-                    let mut vars: BTreeMap<String, String> = labels
-                        .iter()
-                        .map(|(k, v)| (format!("labels.{k}"), v.clone()))
-                        .collect();
-                    for (k, v) in &labels {
-                        vars.insert(k.clone(), v.clone());
-                    }
-                    vars.extend(context);
-                    vars.insert("value".into(), fmt_value(s.value));
-                    vars.insert("value_ms".into(), format!("{:.1}", s.value * 1000.0));
-                    vars.insert("value_percent".into(), format!("{:.1}", s.value * 100.0));
-                    vars.insert("threshold".into(), fmt_value(first.threshold));
-                    vars.insert(
-                        "for".into(),
-                        humantime::format_duration(rule.for_).to_string(),
-                    );
-                    let diagnosis = self.diagnosis_for(&rule.name, &state.cluster, &labels);
-                    if let Some(text) = &diagnosis {
-                        vars.insert("diagnosis".into(), text.clone());
-                    }
-                    let mut annotations: BTreeMap<String, String> = rule
-                        .annotations
-                        .iter()
-                        .map(|(k, t)| (k.clone(), t.render(&vars)))
-                        .collect();
-                    if let Some(text) = diagnosis {
-                        annotations.entry("diagnosis".into()).or_insert(text);
-                    }
-                    out.push(Candidate {
-                        alert: Alert {
-                            key,
-                            name: rule.name.clone(),
-                            severity: rule.severity.as_str().to_string(),
-                            cluster: state.cluster.clone(),
-                            member: s.labels.get("member").cloned(),
-                            labels,
-                            annotations,
-                            state: AlertState::Pending,
-                            value: s.value,
-                            active_since_ms: now,
-                            fired_at_ms: None,
-                            resolved_at_ms: None,
-                            last_eval_ms: now,
-                            silenced_by: None,
-                        },
-                        for_: rule.for_,
-                    });
-                }
+                self.rule_candidates(rule, &state.cluster, &cache, now, &mut out, &mut known);
             }
         }
         (out, known)
+    }
+
+    /// One rule over one cluster's samples: every sample's key is known; those where every
+    /// condition holds are candidates.
+    fn rule_candidates(
+        &self,
+        rule: &Rule,
+        cluster: &str,
+        cache: &SampleCache,
+        now: u64,
+        out: &mut Vec<Candidate>,
+        known: &mut HashSet<String>,
+    ) {
+        let first = &rule.expr.0[0];
+        let Some(samples) = cache.get(&(first.signal, first.window)) else {
+            return;
+        };
+        for s in samples {
+            let mut labels = BTreeMap::new();
+            labels.insert("alertname".to_string(), rule.name.clone());
+            labels.insert("severity".to_string(), rule.severity.as_str().to_string());
+            labels.extend(s.labels.clone());
+            labels.extend(rule.labels.clone());
+            let key = lifecycle::fingerprint(&labels);
+            known.insert(key.clone());
+            if !first.op.holds(s.value, first.threshold) {
+                continue;
+            }
+            let Some(context) = joined_context(rule, s, cache) else {
+                continue;
+            };
+            out.push(self.candidate(rule, cluster, s, labels, context, now));
+        }
+    }
+
+    /// The candidate of `rule` for sample `s`: labels, rendered annotations, diagnosis.
+    fn candidate(
+        &self,
+        rule: &Rule,
+        cluster: &str,
+        s: &Sample,
+        labels: BTreeMap<String, String>,
+        context: BTreeMap<String, String>,
+        now: u64,
+    ) -> Candidate {
+        let key = lifecycle::fingerprint(&labels);
+        let mut vars = template_vars(rule, &labels, context, s.value);
+        let diagnosis = self.diagnosis_for(&rule.name, cluster, &labels);
+        if let Some(text) = &diagnosis {
+            vars.insert("diagnosis".into(), text.clone());
+        }
+        let mut annotations: BTreeMap<String, String> = rule
+            .annotations
+            .iter()
+            .map(|(k, t)| (k.clone(), t.render(&vars)))
+            .collect();
+        if let Some(text) = diagnosis {
+            annotations.entry("diagnosis".into()).or_insert(text);
+        }
+        Candidate {
+            alert: Alert {
+                key,
+                name: rule.name.clone(),
+                severity: rule.severity.as_str().to_string(),
+                cluster: cluster.to_string(),
+                member: s.labels.get("member").cloned(),
+                labels,
+                annotations,
+                state: AlertState::Pending,
+                value: s.value,
+                active_since_ms: now,
+                fired_at_ms: None,
+                resolved_at_ms: None,
+                last_eval_ms: now,
+                silenced_by: None,
+            },
+            for_: rule.for_,
+        }
     }
 
     /// Active alerts (pending and firing) of `cluster`, firing first, then by name.
