@@ -325,3 +325,134 @@ impl Handover {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use super::*;
+    use crate::analysis::alerting::lifecycle::{Candidate, DEDUP_WINDOW, fingerprint};
+
+    fn alert(member: &str) -> Alert {
+        let mut labels = BTreeMap::new();
+        labels.insert("alertname".to_string(), "MemberUnavailable".to_string());
+        labels.insert("member".to_string(), member.to_string());
+        Alert {
+            key: fingerprint(&labels),
+            name: "MemberUnavailable".into(),
+            severity: "critical".into(),
+            cluster: "default".into(),
+            member: Some(member.into()),
+            labels,
+            annotations: BTreeMap::new(),
+            state: AlertState::Firing,
+            value: 0.0,
+            active_since_ms: 0,
+            fired_at_ms: Some(0),
+            resolved_at_ms: None,
+            last_eval_ms: 0,
+            silenced_by: None,
+        }
+    }
+
+    fn notified(member: &str) -> (String, Notified) {
+        let a = alert(member);
+        let n = Notified {
+            state: AlertState::Firing,
+            notified_at_ms: 500,
+            by: "old-leader".into(),
+            term: 7,
+            alert: a.clone(),
+        };
+        (a.key, n)
+    }
+
+    fn cand(member: &str) -> Candidate {
+        Candidate {
+            alert: alert(member),
+            for_: Duration::ZERO,
+        }
+    }
+
+    const STALE: Duration = Duration::from_secs(600);
+
+    /// One leader round as the engine runs it: settle orphans, then step.
+    fn round(
+        h: &Handover,
+        lc: &mut Lifecycle,
+        now: u64,
+        holding: &[&str],
+        known: &[&str],
+    ) -> Vec<(String, AlertState)> {
+        let keys = |m: &[&str]| m.iter().map(|m| alert(m).key).collect::<HashSet<_>>();
+        let known = keys(known);
+        h.settle(lc, &keys(holding), &known, now, 600_000);
+        let out = lc.step(
+            now,
+            holding.iter().map(|m| cand(m)).collect(),
+            &known,
+            STALE,
+            |_| None,
+        );
+        out.notify
+            .into_iter()
+            .map(|a| (a.member.unwrap_or_default(), a.state))
+            .collect()
+    }
+
+    fn sorted(mut v: Vec<(String, AlertState)>) -> Vec<(String, AlertState)> {
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn a_new_term_sends_only_what_the_old_leader_had_not() {
+        let h = Handover::new(Leadership::standalone());
+        let mut lc = Lifecycle::new(DEDUP_WINDOW);
+        let all = ["m1", "m2", "m3", "m4"];
+        // This engine (a follower until now) has m1, m2 and m3 firing, as if it had told them.
+        round(&h, &mut lc, 1_000, &["m1", "m2", "m3"], &all);
+        // The old leader told m1 (still firing) and m4 (resolved meanwhile, firing nowhere
+        // here), never m2 or m3 (it died first).
+        let etcd: HashMap<_, _> = [notified("m1"), notified("m4")].into_iter().collect();
+        h.apply(&mut lc, etcd, 2_000);
+        let sent = sorted(round(&h, &mut lc, 2_000, &["m1", "m2", "m3"], &all));
+        assert_eq!(
+            sent,
+            vec![
+                ("m2".to_string(), AlertState::Firing),
+                ("m3".to_string(), AlertState::Firing),
+                ("m4".to_string(), AlertState::Resolved),
+            ]
+        );
+        // Nothing more next round.
+        assert!(round(&h, &mut lc, 3_000, &["m1", "m2", "m3"], &all).is_empty());
+    }
+
+    #[test]
+    fn an_orphan_waits_for_data_and_is_resolved_once_or_adopted() {
+        let h = Handover::new(Leadership::standalone());
+        let mut lc = Lifecycle::new(DEDUP_WINDOW);
+        let etcd: HashMap<_, _> = [notified("m1"), notified("m2")].into_iter().collect();
+        h.apply(&mut lc, etcd, 1_000);
+        // No data about either yet: nothing is sent.
+        assert!(round(&h, &mut lc, 1_000, &[], &[]).is_empty());
+        // m1 fires here too: adopted, not sent again. m2 is evaluated and clear: resolved once.
+        let sent = round(&h, &mut lc, 2_000, &["m1"], &["m1", "m2"]);
+        assert_eq!(sent, vec![("m2".to_string(), AlertState::Resolved)]);
+        assert!(round(&h, &mut lc, 3_000, &["m1"], &["m1", "m2"]).is_empty());
+        // m1 then resolves through the lifecycle: one resolve.
+        let sent = round(&h, &mut lc, 4_000, &[], &["m1", "m2"]);
+        assert_eq!(sent, vec![("m1".to_string(), AlertState::Resolved)]);
+    }
+
+    #[test]
+    fn an_orphan_never_evaluated_again_is_resolved_after_the_stale_window() {
+        let h = Handover::new(Leadership::standalone());
+        let mut lc = Lifecycle::new(DEDUP_WINDOW);
+        h.apply(&mut lc, [notified("gone")].into_iter().collect(), 1_000);
+        assert!(round(&h, &mut lc, 2_000, &[], &[]).is_empty());
+        let sent = round(&h, &mut lc, 1_000 + 600_000, &[], &[]);
+        assert_eq!(sent, vec![("gone".to_string(), AlertState::Resolved)]);
+    }
+}
