@@ -948,7 +948,7 @@ fn check_collector(label: &str, objects: &[Value]) -> anyhow::Result<()> {
     // Collector HA: two replicas, the leader election on, each named by its pod.
     let ha_env: BTreeMap<&str, &Value> = seq(c, "env").iter().map(|e| (s(e, "name"), e)).collect();
     ensure!(
-        at(dep, &["spec"])["replicas"] == Value::from(2)
+        at(dep, &["spec"])["replicas"] == 2
             && ha_env
                 .get("ETCD_MONITOR_HA_ELECTION")
                 .map(|e| s(e, "value"))
