@@ -14,8 +14,15 @@ use std::{
 use crate::common::{start_collector, tail};
 use etcd_monitor_tests::{ClusterOptions, CollectorProcess, EtcdCluster, http, wait_for};
 
-/// Lease TTL of the election in these tests (the default is 10 s).
-const TTL: Duration = Duration::from_secs(5);
+/// Lease TTL of the election in these tests: 5 s, or `ETCDMON_HA_TEST_TTL_S` seconds (e.g. 10,
+/// the default of `--ha-ttl`, to measure failover at the default).
+fn ttl() -> Duration {
+    let secs = std::env::var("ETCDMON_HA_TEST_TTL_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    Duration::from_secs(secs)
+}
 
 type Inbox = Arc<Mutex<Vec<serde_json::Value>>>;
 
@@ -93,7 +100,7 @@ fn setup() -> anyhow::Result<Setup> {
             format!("--data-dir={}", data.display()),
             "--ha-election".into(),
             format!("--ha-endpoints={}", ha_etcd.endpoints()),
-            format!("--ha-ttl={}s", TTL.as_secs()),
+            format!("--ha-ttl={}s", ttl().as_secs()),
             format!("--ha-id={id}"),
         ];
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -240,7 +247,7 @@ fn exactly_once(s: &Setup, name: &str) -> anyhow::Result<()> {
     })
     .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&s.collectors)))?;
     // Long enough for a duplicate from any collector to arrive.
-    std::thread::sleep(TTL + Duration::from_secs(3));
+    std::thread::sleep(ttl() + Duration::from_secs(3));
     let (firing, resolved) = (
         count(&s.inbox, name, "firing"),
         count(&s.inbox, name, "resolved"),
@@ -275,7 +282,7 @@ fn sigkilled_leader_is_replaced_and_notifications_are_sent_exactly_once() -> any
     eprintln!(
         "HA failover after SIGKILL of the leader: {} ms (lease TTL {} ms)",
         failover.as_millis(),
-        TTL.as_millis()
+        ttl().as_millis()
     );
     exactly_once(&s, &name)?;
     let text = s.collectors[survivor].metrics()?;
@@ -302,7 +309,7 @@ fn sigkilled_leader_is_replaced_and_notifications_are_sent_exactly_once() -> any
     );
     // Generous: the lease TTL plus the election's and the test's polling, on a loaded machine.
     assert!(
-        failover < TTL * 3,
+        failover < ttl() * 3,
         "failover took {failover:?}, more than three lease TTLs"
     );
     Ok(())
@@ -327,7 +334,7 @@ fn paused_leader_steps_down_and_does_not_notify_when_it_wakes() -> anyhow::Resul
     eprintln!(
         "HA failover after SIGSTOP of the leader: {} ms (lease TTL {} ms)",
         paused_at.elapsed().as_millis(),
-        TTL.as_millis()
+        ttl().as_millis()
     );
     // The alert resolves while the old leader sleeps; the new leader sends the resolution.
     s.monitored.members[victim].signal(libc::SIGCONT)?;
@@ -364,5 +371,25 @@ fn paused_leader_steps_down_and_does_not_notify_when_it_wakes() -> anyhow::Resul
         overlaps, 0,
         "two collectors reported etcdmon_collector_leader 1 at once"
     );
+    Ok(())
+}
+
+#[test]
+fn bad_ha_flags_exit_non_zero_naming_the_flag() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    for (flag, field) in [
+        ("--ha-ttl=1s", "--ha-ttl"),
+        ("--ha-prefix=relative", "--ha-prefix"),
+        ("--ha-id=two words", "--ha-id"),
+        ("--ha-endpoints=ftp://x:1", "--ha-endpoints"),
+    ] {
+        let out = std::process::Command::new(crate::common::collector_bin())
+            .args(["--ha-election", flag])
+            .arg(format!("--data-dir={}", dir.path().display()))
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}: started");
+        assert!(stderr.contains(field), "{flag}: {stderr}");
+    }
     Ok(())
 }
