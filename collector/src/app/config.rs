@@ -331,6 +331,10 @@ pub struct Cli {
     #[command(flatten)]
     pub diagnosis: crate::analysis::diagnosis::DiagnosisArgs,
 
+    /// Leader election between collectors (`--ha-*`).
+    #[command(flatten)]
+    pub ha: crate::sources::ha::HaArgs,
+
     /// Log format.
     #[arg(
         long,
@@ -408,6 +412,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Diagnosis windows and thresholds.
     pub diagnosis: crate::analysis::diagnosis::DiagnosisConfig,
+    /// The leader election (`--ha-election`), `None` when off.
+    pub ha: Option<crate::sources::ha::HaConfig>,
 }
 
 /// The REST API's access control, TLS and silence bounds, files already read.
@@ -1025,7 +1031,9 @@ impl Cli {
             .diagnosis
             .validate()
             .map_err(|(field, message)| ConfigError::new(field, message))?;
+        let ha = self.ha.validate(&clusters)?;
         Ok(Config {
+            ha,
             diagnosis,
             clusters,
             api_host: self.api_host,

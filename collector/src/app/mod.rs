@@ -196,6 +196,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         }
     }
 
+    // The one leader gate: notifications and scheduled work run only while it leads
+    // (always without --ha-election).
+    let leadership = match &config.ha {
+        Some(ha) => crate::sources::ha::Leadership::start(ha.clone()),
+        None => crate::sources::ha::Leadership::standalone(),
+    };
     let alerting = crate::analysis::alerting::Alerting::new(
         crate::analysis::alerting::AlertingSettings {
             rules_path: config.rules.clone(),
@@ -209,10 +215,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         clusters.clone(),
         Some(pipeline.registry.clone()),
         Some(store.clone()),
-        Arc::new(crate::outputs::notify::Notifier::start(
-            config.notifiers.clone(),
-        )),
+        Arc::new(
+            crate::outputs::notify::Notifier::start(config.notifiers.clone())
+                .with_leadership(leadership.clone()),
+        ),
     )?;
+    alerting.attach_leadership(leadership.clone());
     let diagnoses = Arc::new(crate::analysis::diagnosis::Diagnoses::default());
     alerting.attach_diagnoses(diagnoses.clone());
     alerting.spawn();
@@ -263,6 +271,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         diagnoses,
         access,
         silence_limits: config.rest.silences,
+        leadership,
     };
     let bind = format!("{}:{}", config.api_host, config.api_port);
     let listener = tokio::net::TcpListener::bind(&bind)

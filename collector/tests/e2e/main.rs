@@ -11,6 +11,7 @@ mod benchmark;
 mod cluster_failures;
 mod common;
 mod ctl;
+mod ha;
 mod history_api;
 mod hostile;
 mod mcp;

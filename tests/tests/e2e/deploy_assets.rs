@@ -945,6 +945,20 @@ fn check_collector(label: &str, objects: &[Value]) -> anyhow::Result<()> {
     let c = seq(pod, "containers")
         .first()
         .context("collector container")?;
+    // Collector HA: two replicas, the leader election on, each named by its pod.
+    let ha_env: BTreeMap<&str, &Value> = seq(c, "env").iter().map(|e| (s(e, "name"), e)).collect();
+    ensure!(
+        at(dep, &["spec"])["replicas"] == 2
+            && ha_env
+                .get("ETCD_MONITOR_HA_ELECTION")
+                .map(|e| s(e, "value"))
+                == Some("true")
+            && ha_env
+                .get("ETCD_MONITOR_HA_ID")
+                .map(|e| s(at(e, &["valueFrom", "fieldRef"]), "fieldPath"))
+                == Some("metadata.name"),
+        "{label}: the collector runs 2 replicas with --ha-election and --ha-id from the pod name"
+    );
     let mounts: Vec<(&str, &str)> = seq(c, "volumeMounts")
         .iter()
         .map(|m| (s(m, "name"), s(m, "mountPath")))

@@ -128,7 +128,8 @@ pub struct Lifecycle {
     pub window: Duration,
 }
 
-fn ms(d: Duration) -> u64 {
+/// A duration in whole milliseconds (saturating).
+pub fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -156,11 +157,33 @@ impl Lifecycle {
         silenced: impl Fn(&Alert) -> Option<String>,
     ) -> StepOutput {
         let mut out = StepOutput::default();
+        let seen = self.advance_holding(now, holding, &mut out);
+        self.resolve_gone(now, &seen, known, stale, &mut out);
+        // Silences, then deliveries.
+        for alert in self.active.values_mut() {
+            alert.silenced_by = silenced(alert);
+        }
+        let mut to_send = self.firing_to_send(now);
+        to_send.extend(self.resolved_to_send(now, &silenced));
+        self.forget_told(now);
+        to_send.sort_by(|a, b| a.key.cmp(&b.key));
+        out.notify = to_send;
+        out
+    }
+
+    /// Candidates holding now: new ones go pending, pending ones past their `for` fire.
+    /// Returns their keys.
+    fn advance_holding(
+        &mut self,
+        now: u64,
+        holding: Vec<Candidate>,
+        out: &mut StepOutput,
+    ) -> std::collections::HashSet<String> {
         let mut seen = std::collections::HashSet::new();
         for c in holding {
             let key = c.alert.key.clone();
             seen.insert(key.clone());
-            let alert = match self.active.remove(&key) {
+            let mut alert = match self.active.remove(&key) {
                 Some(mut a) => {
                     a.value = c.alert.value;
                     a.annotations = c.alert.annotations;
@@ -177,7 +200,6 @@ impl Lifecycle {
                     a
                 }
             };
-            let mut alert = alert;
             if alert.state == AlertState::Pending
                 && now.saturating_sub(alert.active_since_ms) >= ms(c.for_)
             {
@@ -192,6 +214,19 @@ impl Lifecycle {
             out.changed.push(key.clone());
             self.active.insert(key, alert);
         }
+        seen
+    }
+
+    /// Active alerts evaluated and not holding (or stale) end; a firing one resolves and its
+    /// resolution is held for delivery when receivers know it as firing.
+    fn resolve_gone(
+        &mut self,
+        now: u64,
+        seen: &std::collections::HashSet<String>,
+        known: &std::collections::HashSet<String>,
+        stale: Duration,
+        out: &mut StepOutput,
+    ) {
         let gone: Vec<String> = self
             .active
             .iter()
@@ -220,12 +255,12 @@ impl Lifecycle {
                 }
             }
         }
-        // Silences, then deliveries.
-        for alert in self.active.values_mut() {
-            alert.silenced_by = silenced(alert);
-        }
+    }
+
+    /// Firing, unsilenced alerts receivers do not know as firing, within the dedup budget.
+    fn firing_to_send(&mut self, now: u64) -> Vec<Alert> {
         let window = ms(self.window);
-        let mut to_send: Vec<Alert> = Vec::new();
+        let mut to_send = Vec::new();
         for (key, alert) in &self.active {
             if alert.state != AlertState::Firing || alert.silenced_by.is_some() {
                 continue;
@@ -243,6 +278,17 @@ impl Lifecycle {
             d.held_resolved = None;
             to_send.push(alert.clone());
         }
+        to_send
+    }
+
+    /// Held resolutions of alerts no longer firing, unsilenced, within the dedup budget.
+    fn resolved_to_send(
+        &mut self,
+        now: u64,
+        silenced: &impl Fn(&Alert) -> Option<String>,
+    ) -> Vec<Alert> {
+        let window = ms(self.window);
+        let mut to_send = Vec::new();
         for (key, d) in self.delivered.iter_mut() {
             if self
                 .active
@@ -266,16 +312,18 @@ impl Lifecycle {
             d.held_resolved = None;
             to_send.push(held);
         }
-        // Forget delivery state of keys resolved and told long ago.
+        to_send
+    }
+
+    /// Forgets delivery state of keys resolved and told long ago.
+    fn forget_told(&mut self, now: u64) {
+        let window = ms(self.window);
         let active = &self.active;
         self.delivered.retain(|k, d| {
             active.contains_key(k)
                 || d.held_resolved.is_some()
                 || d.sent_ms.iter().any(|t| now.saturating_sub(*t) < window)
         });
-        to_send.sort_by(|a, b| a.key.cmp(&b.key));
-        out.notify = to_send;
-        out
     }
 }
 

@@ -8,6 +8,7 @@
 //! has no data (member unreachable, no scrape yet) keeps its state; so a collector restart
 //! neither resolves nor re-notifies what was firing.
 
+pub mod handover;
 pub mod lifecycle;
 pub mod persist;
 pub mod rules;
@@ -108,6 +109,8 @@ struct Inner {
     last_refresh_ms: AtomicU64,
     /// Verdicts of the diagnosis engine, attached to the disk-path alerts.
     diagnoses: std::sync::OnceLock<Arc<crate::analysis::diagnosis::Diagnoses>>,
+    /// The leader gate and the notification-state hand-over (`--ha-election`).
+    handover: std::sync::OnceLock<handover::Handover>,
 }
 
 /// Rules about a slow WAL sync or backend commit: their alerts carry the member's diagnosis
@@ -175,6 +178,82 @@ pub fn fmt_value(v: f64) -> String {
     }
 }
 
+/// Samples of one cluster by (signal, window), computed once per evaluation.
+type SampleCache = HashMap<(Signal, Duration), Vec<Sample>>;
+
+/// The template context of `s` when the rest of `rule`'s conditions hold for the same member
+/// (each adds its sample's context); `None` when one does not.
+fn joined_context(
+    rule: &Rule,
+    s: &Sample,
+    cache: &SampleCache,
+) -> Option<BTreeMap<String, String>> {
+    let mut context = s.context.clone();
+    for c in &rule.expr.0[1..] {
+        let others = cache.get(&(c.signal, c.window))?;
+        let hit = others.iter().find(|o| {
+            c.op.holds(o.value, c.threshold)
+                && o.labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k).is_none_or(|x| x == v))
+        })?;
+        context.extend(hit.context.clone());
+    }
+    Some(context)
+}
+
+/// Values templates may use: labels (bare and as `labels.<name>`), the samples' context,
+/// `value` in several units, `threshold` and `for`.
+fn template_vars(
+    rule: &Rule,
+    labels: &BTreeMap<String, String>,
+    context: BTreeMap<String, String>,
+    value: f64,
+) -> BTreeMap<String, String> {
+    let first = &rule.expr.0[0];
+    let mut vars: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (format!("labels.{k}"), v.clone()))
+        .collect();
+    for (k, v) in labels {
+        vars.insert(k.clone(), v.clone());
+    }
+    vars.extend(context);
+    vars.insert("value".into(), fmt_value(value));
+    vars.insert("value_ms".into(), format!("{:.1}", value * 1000.0));
+    vars.insert("value_percent".into(), format!("{:.1}", value * 100.0));
+    vars.insert("threshold".into(), fmt_value(first.threshold));
+    vars.insert(
+        "for".into(),
+        humantime::format_duration(rule.for_).to_string(),
+    );
+    vars
+}
+
+/// One evaluation's outcome, between its steps.
+struct Round {
+    transitions: Vec<Transition>,
+    notify: Vec<Alert>,
+    changed: Vec<String>,
+    active: HashMap<String, Alert>,
+    delivered: HashMap<String, lifecycle::Delivered>,
+    refresh: Vec<Alert>,
+}
+
+fn log_transitions(transitions: &[Transition]) {
+    for t in transitions {
+        tracing::info!(
+            alertname = %t.alert.name,
+            state = t.state.as_str(),
+            cluster = %t.alert.cluster,
+            member = t.alert.member.as_deref().unwrap_or(""),
+            value = t.alert.value,
+            silenced = t.alert.silenced_by.is_some(),
+            "Alert transition."
+        );
+    }
+}
+
 /// Escapes a Prometheus label value.
 impl Alerting {
     /// Loads the rules (an invalid file fails here, naming the line), restores the persisted
@@ -220,6 +299,7 @@ impl Alerting {
                 silence_seq: AtomicU64::new(0),
                 last_refresh_ms: AtomicU64::new(now_ms()),
                 diagnoses: std::sync::OnceLock::new(),
+                handover: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -308,94 +388,142 @@ impl Alerting {
         read(&self.inner.rules).iter().map(RuleView::from).collect()
     }
 
-    /// Evaluates every rule once, records and notifies.
+    /// Evaluates every rule once, records and notifies (only the leader notifies under
+    /// `--ha-election`; see [`handover`]).
     pub async fn evaluate(&self) {
         let now = now_ms();
-        let (transitions, notify, changed, active, delivered, refresh) = {
-            let rules = read(&self.inner.rules).clone();
-            let (candidates, mut known) = self.candidates(&rules, now);
-            let names: HashSet<&str> = rules.iter().map(|r| r.name.as_str()).collect();
-            let silences = read(&self.inner.silences).clone();
-            let mut lc = lock(&self.inner.lifecycle);
-            for (k, a) in &lc.active {
-                if !names.contains(a.name.as_str()) {
-                    known.insert(k.clone());
-                }
-            }
-            let stale = max_window(&rules).max(Duration::from_secs(300));
-            let out = lc.step(now, candidates, &known, stale, |a| {
-                silences::muting(&silences, a, now).map(|s| s.id.clone())
-            });
-            let last = self.inner.last_refresh_ms.load(Ordering::Relaxed);
-            let refresh: Vec<Alert> = if now.saturating_sub(last) >= REFRESH_EVERY_MS {
-                self.inner.last_refresh_ms.store(now, Ordering::Relaxed);
-                lc.active
-                    .iter()
-                    .filter(|(k, a)| {
-                        a.state == AlertState::Firing
-                            && a.silenced_by.is_none()
-                            && lc.delivered.get(*k).and_then(|d| d.state)
-                                == Some(AlertState::Firing)
-                            && !out.notify.iter().any(|n| &n.key == *k)
-                    })
-                    .map(|(_, a)| a.clone())
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            (
-                out.transitions,
-                out.notify,
-                out.changed,
-                lc.active.clone(),
-                lc.delivered.clone(),
-                refresh,
-            )
+        let mut gate = match self.inner.handover.get() {
+            Some(h) => h.begin().await,
+            None => handover::Gate {
+                leading: true,
+                takeover: None,
+            },
         };
+        let mut round = self.step(now, &mut gate);
         self.inner
             .counters
             .evaluations
             .fetch_add(1, Ordering::Relaxed);
-        for t in &transitions {
-            tracing::info!(
-                alertname = %t.alert.name,
-                state = t.state.as_str(),
-                cluster = %t.alert.cluster,
-                member = t.alert.member.as_deref().unwrap_or(""),
-                value = t.alert.value,
-                silenced = t.alert.silenced_by.is_some(),
-                "Alert transition."
-            );
+        log_transitions(&round.transitions);
+        if let Some(h) = self.inner.handover.get() {
+            round.notify = h
+                .commit(&gate, std::mem::take(&mut round.notify), now)
+                .await;
+            if !gate.leading {
+                round.refresh.clear();
+            }
         }
         // Persist before notifying: a crash in between can lose a notification but never
         // send one twice.
-        if let Some(store) = &self.inner.store
-            && (!changed.is_empty() || !transitions.is_empty() || !notify.is_empty())
-        {
-            let store = store.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                persist::save_step(&store, &changed, &active, &delivered, &transitions)
-            })
-            .await;
-            let failed = match result {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(error) = failed {
-                self.inner
-                    .counters
-                    .store_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, "Cannot record alert state.");
-            }
-        }
-        for alert in &notify {
+        self.persist(&round).await;
+        for alert in &round.notify {
             self.inner.notifier.notify(alert);
         }
-        for alert in &refresh {
+        for alert in &round.refresh {
             self.inner.notifier.refresh(alert);
         }
+    }
+
+    /// Evaluates the rules and advances the lifecycle (a new term's notified state applied
+    /// first); returns what to record and send.
+    fn step(&self, now: u64, gate: &mut handover::Gate) -> Round {
+        let rules = read(&self.inner.rules).clone();
+        let (candidates, mut known) = self.candidates(&rules, now);
+        let names: HashSet<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        let silences = read(&self.inner.silences).clone();
+        let mut lc = lock(&self.inner.lifecycle);
+        for (k, a) in &lc.active {
+            if !names.contains(a.name.as_str()) {
+                known.insert(k.clone());
+            }
+        }
+        let stale = max_window(&rules).max(Duration::from_secs(300));
+        if let (Some(h), true) = (self.inner.handover.get(), gate.leading) {
+            if let Some(notified) = gate.takeover.take() {
+                h.apply(&mut lc, notified, now);
+                gate.takeover = Some(HashMap::new());
+            }
+            let holding: HashSet<String> = candidates.iter().map(|c| c.alert.key.clone()).collect();
+            h.settle(&mut lc, &holding, &known, now, lifecycle::ms(stale));
+        }
+        let out = lc.step(now, candidates, &known, stale, |a| {
+            silences::muting(&silences, a, now).map(|s| s.id.clone())
+        });
+        let refresh = self.due_refresh(&lc, &out.notify, now);
+        Round {
+            transitions: out.transitions,
+            notify: out.notify,
+            changed: out.changed,
+            active: lc.active.clone(),
+            delivered: lc.delivered.clone(),
+            refresh,
+        }
+    }
+
+    /// Firing alerts to re-send to Alertmanager, once every [`REFRESH_EVERY_MS`].
+    fn due_refresh(&self, lc: &Lifecycle, notify: &[Alert], now: u64) -> Vec<Alert> {
+        let last = self.inner.last_refresh_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < REFRESH_EVERY_MS {
+            return Vec::new();
+        }
+        self.inner.last_refresh_ms.store(now, Ordering::Relaxed);
+        lc.active
+            .iter()
+            .filter(|(k, a)| {
+                a.state == AlertState::Firing
+                    && a.silenced_by.is_none()
+                    && lc.delivered.get(*k).and_then(|d| d.state) == Some(AlertState::Firing)
+                    && !notify.iter().any(|n| &n.key == *k)
+            })
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
+    /// Records a round in the store (active alerts, delivery state, transitions).
+    async fn persist(&self, round: &Round) {
+        let Some(store) = &self.inner.store else {
+            return;
+        };
+        if round.changed.is_empty() && round.transitions.is_empty() && round.notify.is_empty() {
+            return;
+        }
+        let store = store.clone();
+        let (changed, active, delivered, transitions) = (
+            round.changed.clone(),
+            round.active.clone(),
+            round.delivered.clone(),
+            round.transitions.clone(),
+        );
+        let result = tokio::task::spawn_blocking(move || {
+            persist::save_step(&store, &changed, &active, &delivered, &transitions)
+        })
+        .await;
+        let failed = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(error) = failed {
+            self.inner
+                .counters
+                .store_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, "Cannot record alert state.");
+        }
+    }
+
+    /// Makes notifications and scheduled re-sends leader-only (`--ha-election`): followers
+    /// evaluate and record, the leader alone notifies, handing its state over through etcd.
+    pub fn attach_leadership(&self, leadership: crate::sources::ha::Leadership) {
+        let _ = self.inner.handover.set(handover::Handover::new(leadership));
+    }
+
+    /// The leader gate attached with [`Alerting::attach_leadership`], if any.
+    pub fn leadership(&self) -> Option<&crate::sources::ha::Leadership> {
+        self.inner
+            .handover
+            .get()
+            .map(handover::Handover::leadership)
     }
 
     /// Attaches the diagnosis engine's verdicts (see [`DIAGNOSED_RULES`]).
@@ -428,102 +556,95 @@ impl Alerting {
                 continue;
             }
             history.record(&state, self.inner.registry.as_deref(), now);
-            let mut cache: HashMap<(Signal, Duration), Vec<Sample>> = HashMap::new();
+            let mut cache: SampleCache = HashMap::new();
             for rule in rules {
                 for c in &rule.expr.0 {
                     cache.entry((c.signal, c.window)).or_insert_with(|| {
                         signals::samples(c.signal, c.window, &state, &history, now)
                     });
                 }
-                let first = &rule.expr.0[0];
-                let Some(samples) = cache.get(&(first.signal, first.window)) else {
-                    continue;
-                };
-                for s in samples {
-                    let mut labels = BTreeMap::new();
-                    labels.insert("alertname".to_string(), rule.name.clone());
-                    labels.insert("severity".to_string(), rule.severity.as_str().to_string());
-                    labels.extend(s.labels.clone());
-                    labels.extend(rule.labels.clone());
-                    let key = lifecycle::fingerprint(&labels);
-                    known.insert(key.clone());
-                    if !first.op.holds(s.value, first.threshold) {
-                        continue;
-                    }
-                    let mut context = s.context.clone();
-                    let mut all = true;
-                    for c in &rule.expr.0[1..] {
-                        let others = cache.get(&(c.signal, c.window));
-                        let hit = others.and_then(|o| {
-                            o.iter().find(|o| {
-                                c.op.holds(o.value, c.threshold)
-                                    && o.labels
-                                        .iter()
-                                        .all(|(k, v)| s.labels.get(k).is_none_or(|x| x == v))
-                            })
-                        });
-                        match hit {
-                            Some(o) => context.extend(o.context.clone()),
-                            None => {
-                                all = false;
-                                break;
-                            }
-                        }
-                    }
-                    if !all {
-                        continue;
-                    }
-                    let mut vars: BTreeMap<String, String> = labels
-                        .iter()
-                        .map(|(k, v)| (format!("labels.{k}"), v.clone()))
-                        .collect();
-                    for (k, v) in &labels {
-                        vars.insert(k.clone(), v.clone());
-                    }
-                    vars.extend(context);
-                    vars.insert("value".into(), fmt_value(s.value));
-                    vars.insert("value_ms".into(), format!("{:.1}", s.value * 1000.0));
-                    vars.insert("value_percent".into(), format!("{:.1}", s.value * 100.0));
-                    vars.insert("threshold".into(), fmt_value(first.threshold));
-                    vars.insert(
-                        "for".into(),
-                        humantime::format_duration(rule.for_).to_string(),
-                    );
-                    let diagnosis = self.diagnosis_for(&rule.name, &state.cluster, &labels);
-                    if let Some(text) = &diagnosis {
-                        vars.insert("diagnosis".into(), text.clone());
-                    }
-                    let mut annotations: BTreeMap<String, String> = rule
-                        .annotations
-                        .iter()
-                        .map(|(k, t)| (k.clone(), t.render(&vars)))
-                        .collect();
-                    if let Some(text) = diagnosis {
-                        annotations.entry("diagnosis".into()).or_insert(text);
-                    }
-                    out.push(Candidate {
-                        alert: Alert {
-                            key,
-                            name: rule.name.clone(),
-                            severity: rule.severity.as_str().to_string(),
-                            cluster: state.cluster.clone(),
-                            member: s.labels.get("member").cloned(),
-                            labels,
-                            annotations,
-                            state: AlertState::Pending,
-                            value: s.value,
-                            active_since_ms: now,
-                            fired_at_ms: None,
-                            resolved_at_ms: None,
-                            last_eval_ms: now,
-                            silenced_by: None,
-                        },
-                        for_: rule.for_,
-                    });
-                }
+                self.rule_candidates(rule, &state.cluster, &cache, now, &mut out, &mut known);
             }
         }
         (out, known)
+    }
+
+    /// One rule over one cluster's samples: every sample's key is known; those where every
+    /// condition holds are candidates.
+    fn rule_candidates(
+        &self,
+        rule: &Rule,
+        cluster: &str,
+        cache: &SampleCache,
+        now: u64,
+        out: &mut Vec<Candidate>,
+        known: &mut HashSet<String>,
+    ) {
+        let first = &rule.expr.0[0];
+        let Some(samples) = cache.get(&(first.signal, first.window)) else {
+            return;
+        };
+        for s in samples {
+            let mut labels = BTreeMap::new();
+            labels.insert("alertname".to_string(), rule.name.clone());
+            labels.insert("severity".to_string(), rule.severity.as_str().to_string());
+            labels.extend(s.labels.clone());
+            labels.extend(rule.labels.clone());
+            let key = lifecycle::fingerprint(&labels);
+            known.insert(key.clone());
+            if !first.op.holds(s.value, first.threshold) {
+                continue;
+            }
+            let Some(context) = joined_context(rule, s, cache) else {
+                continue;
+            };
+            out.push(self.candidate(rule, cluster, s, labels, context, now));
+        }
+    }
+
+    /// The candidate of `rule` for sample `s`: labels, rendered annotations, diagnosis.
+    fn candidate(
+        &self,
+        rule: &Rule,
+        cluster: &str,
+        s: &Sample,
+        labels: BTreeMap<String, String>,
+        context: BTreeMap<String, String>,
+        now: u64,
+    ) -> Candidate {
+        let key = lifecycle::fingerprint(&labels);
+        let mut vars = template_vars(rule, &labels, context, s.value);
+        let diagnosis = self.diagnosis_for(&rule.name, cluster, &labels);
+        if let Some(text) = &diagnosis {
+            vars.insert("diagnosis".into(), text.clone());
+        }
+        let mut annotations: BTreeMap<String, String> = rule
+            .annotations
+            .iter()
+            .map(|(k, t)| (k.clone(), t.render(&vars)))
+            .collect();
+        if let Some(text) = diagnosis {
+            annotations.entry("diagnosis".into()).or_insert(text);
+        }
+        Candidate {
+            alert: Alert {
+                key,
+                name: rule.name.clone(),
+                severity: rule.severity.as_str().to_string(),
+                cluster: cluster.to_string(),
+                member: s.labels.get("member").cloned(),
+                labels,
+                annotations,
+                state: AlertState::Pending,
+                value: s.value,
+                active_since_ms: now,
+                fired_at_ms: None,
+                resolved_at_ms: None,
+                last_eval_ms: now,
+                silenced_by: None,
+            },
+            for_: rule.for_,
+        }
     }
 
     /// Active alerts (pending and firing) of `cluster`, firing first, then by name.
@@ -715,6 +836,9 @@ impl Alerting {
             c.store_failures.load(Ordering::Relaxed) as f64,
         );
         self.inner.notifier.render(out);
+        if let Some(h) = self.inner.handover.get() {
+            h.render(out);
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod benchmark;
 pub mod diagnosis;
 pub mod error;
+pub mod ha;
 pub mod routes;
 pub mod tls;
 
@@ -58,6 +59,8 @@ pub struct AppState {
     pub access: access::Access,
     /// `--silence-max-duration` and `--max-silences`.
     pub silence_limits: SilenceLimits,
+    /// Which collector leads (`--ha-election`); standalone: this one.
+    pub leadership: crate::sources::ha::Leadership,
 }
 
 /// The OpenAPI document, generated from the handlers and their types.
@@ -87,6 +90,7 @@ pub struct AppState {
         benchmark::get,
         routes::metrics,
         crate::outputs::api::diagnosis::diagnosis,
+        ha::ha,
     ),
     components(schemas(error::ErrorBody))
 )]
@@ -303,6 +307,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/diagnosis",
             get(crate::outputs::api::diagnosis::diagnosis),
         )
+        .route("/api/v1/ha", get(ha::ha))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             access::require_viewer,
@@ -395,6 +400,7 @@ mod tests {
             benchmarks: crate::ops::bench::jobs::BenchJobs::default(),
             access: access::Access::new(vec![], &["http://ui.example".into()], 0),
             silence_limits: SilenceLimits::default(),
+            leadership: crate::sources::ha::Leadership::standalone(),
         }
     }
 

@@ -77,6 +77,10 @@ struct Running {
 #[derive(Clone, Default)]
 pub struct Notifier {
     channels: Arc<Vec<Running>>,
+    /// Under `--ha-election`, only the leader queues notifications.
+    gate: Option<crate::sources::ha::Leadership>,
+    /// Notifications refused by the gate.
+    not_leader: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -106,11 +110,36 @@ impl Notifier {
             .collect();
         Self {
             channels: Arc::new(running),
+            gate: None,
+            not_leader: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Queues notifications only while `leadership` leads (`--ha-election`); refusals are
+    /// counted as `etcdmon_ha_notifications_withheld_total{reason="not_leader"}`.
+    pub fn with_leadership(mut self, leadership: crate::sources::ha::Leadership) -> Self {
+        self.gate = leadership.is_enabled().then_some(leadership);
+        self
+    }
+
+    /// Whether the gate lets a notification through now (always without `--ha-election`).
+    fn leading(&self, alert: &Alert) -> bool {
+        let Some(gate) = &self.gate else {
+            return true;
+        };
+        if gate.is_leader() {
+            return true;
+        }
+        self.not_leader.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(alert = %alert.name, state = alert.state.as_str(), "Notification withheld: this collector no longer leads.");
+        false
     }
 
     /// Queues `alert` (state firing or resolved) on every channel; never waits.
     pub fn notify(&self, alert: &Alert) {
+        if !self.leading(alert) {
+            return;
+        }
         for c in self.channels.iter() {
             if c.queue.try_send(alert.clone()).is_err() {
                 c.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -126,6 +155,9 @@ impl Notifier {
     /// Re-sends a firing `alert` to the channels that forget alerts not re-sent (Alertmanager
     /// resolves an alert on its own after its `resolve_timeout`, 5 minutes by default).
     pub fn refresh(&self, alert: &Alert) {
+        if !self.leading(alert) {
+            return;
+        }
         for c in self.channels.iter() {
             if matches!(c.config.kind, ChannelKind::Alertmanager { .. })
                 && c.queue.try_send(alert.clone()).is_err()
@@ -142,6 +174,14 @@ impl Notifier {
         const SENT_HELP: &str = "Alert notifications by channel and result (sent, failed after retries, dropped on a full queue).";
         const FAILED: &str = "etcdmon_alert_notification_failures_total";
         const FAILED_HELP: &str = "Failed delivery attempts by channel (each retry counts).";
+        if self.gate.is_some() {
+            out.counter(
+                "etcdmon_ha_notifications_withheld_total",
+                crate::analysis::alerting::handover::WITHHELD_HELP,
+                &[("reason", "not_leader")],
+                self.not_leader.load(Ordering::Relaxed) as f64,
+            );
+        }
         for c in self.channels.iter() {
             let (channel, kind) = (c.config.name.as_str(), c.config.kind.type_name());
             for (result, v) in [

@@ -199,6 +199,19 @@ function renderChart(points) {
   $("#fsync-legend").replaceChildren(...legend);
 }
 
+// Which collector leads (--ha-election): only the leader sends notifications.
+function renderHa(ha) {
+  const section = $("#ha");
+  section.hidden = !(ha && ha.enabled);
+  if (section.hidden) return;
+  const role = ha.is_leader ? `leader (term ${ha.term})` : "follower";
+  $("#ha-text").replaceChildren(
+    "This collector: ", el("strong", {}, ha.id), ` — ${role}. Leader: `,
+    el("strong", { class: ha.leader ? "" : "bad" }, ha.leader || "none"),
+    ` · lease TTL ${ha.ttl_seconds}s · terms won ${ha.acquired}, lost ${ha.lost}.`,
+  );
+}
+
 async function refresh() {
   try {
     if (!cluster) await loadClusters();
@@ -213,6 +226,7 @@ async function refresh() {
     renderMembers(members.members, diagnosis);
     renderChart(history.points || []);
     renderAlerts(alerts);
+    renderHa(await optional("/api/v1/ha"));
     const u = $("#updated");
     u.textContent = `updated ${new Date().toLocaleTimeString()}`;
     u.dataset.updatedAt = String(Date.now());
