@@ -9,6 +9,7 @@ pub mod grafana;
 pub mod http;
 pub mod inject;
 pub mod load;
+pub mod netfault;
 pub mod process;
 pub mod proxy;
 pub mod tls;
