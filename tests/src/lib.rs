@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod collector;
+pub mod diagrig;
 pub mod docs;
 pub mod grafana;
 pub mod http;
