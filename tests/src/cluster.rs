@@ -213,10 +213,7 @@ impl EtcdCluster {
                 "http"
             };
             let placement = place(i);
-            let client_url = format!(
-                "{client_scheme}://{}:{client}",
-                host(placement.client_host)
-            );
+            let client_url = format!("{client_scheme}://{}:{client}", host(placement.client_host));
             let peer_url = format!("http://{}:{peer}", host(placement.peer_host));
             let mut args = vec![
                 format!("--name={name}"),

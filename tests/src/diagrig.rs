@@ -19,12 +19,14 @@ use crate::{
     inject::LoopDisk, netfault::NetNs, wait_for,
 };
 
-/// Slow-sync rule for this shared 2-core machine (the same as `tests/tests/diagnosis.rs`): p90
-/// above 40 ms instead of the default p99 above 10 ms, and run-queue p99 above 25 ms.
+/// Rules for this shared 2-core machine: slow sync as in `tests/tests/diagnosis.rs` (p90 above
+/// 40 ms instead of the default p99 above 10 ms), and run-queue p99 above 60 ms (default 10):
+/// at a load average of 15-20 from other builds every process here waits 30 ms for a CPU now
+/// and then. A CFS quota is still seen at once (`throttled`, not the run queue).
 pub const SHARED_MACHINE_THRESHOLDS: [&str; 3] = [
     "--diagnosis-slow-fsync-ms=40",
     "--diagnosis-quantile=0.9",
-    "--diagnosis-runq-ms=25",
+    "--diagnosis-runq-ms=60",
 ];
 
 /// How to build a [`DiagRig`].
@@ -90,7 +92,13 @@ impl DiagRig {
         }
         let placement = match (&netns, options.netns_member) {
             (Some(ns), Some(inside)) => (0..3)
-                .map(|i| if i == inside { ns.inside() } else { ns.outside() })
+                .map(|i| {
+                    if i == inside {
+                        ns.inside()
+                    } else {
+                        ns.outside()
+                    }
+                })
                 .collect(),
             _ => Vec::<Placement>::new(),
         };
@@ -135,13 +143,7 @@ impl DiagRig {
                 .then_some(())
             },
         )
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{e}: {:?}\n{}",
-                self.diagnoses(),
-                self.collector.log_text()
-            )
-        })
+        .map_err(|e| anyhow::anyhow!("{e}: {:?}\n{}", self.diagnoses(), self.collector.log_text()))
     }
 
     /// Every member's latest verdict (`GET /api/v1/diagnosis`).

@@ -293,10 +293,7 @@ impl IoThrottle {
 
 impl Drop for IoThrottle {
     fn drop(&mut self) {
-        let _ = std::fs::write(
-            "/sys/fs/cgroup/blkio/cgroup.procs",
-            self.pid.to_string(),
-        );
+        let _ = std::fs::write("/sys/fs/cgroup/blkio/cgroup.procs", self.pid.to_string());
         let _ = std::fs::remove_dir(&self.dir);
     }
 }

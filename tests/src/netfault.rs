@@ -82,11 +82,11 @@ fn nft_script(ns: &str, script: &str) -> anyhow::Result<()> {
 /// Whether the tools this module runs are on `PATH` (for [`crate::require`]).
 pub fn tools_present() -> Result<(), String> {
     for (tool, package) in [("ip", "iproute2"), ("nft", "nftables"), ("tc", "iproute2")] {
-        let found = std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
-        }) || ["/usr/sbin", "/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).is_file());
+        let found = std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+            || ["/usr/sbin", "/sbin"]
+                .iter()
+                .any(|d| Path::new(d).join(tool).is_file());
         if !found {
             return Err(format!(
                 "`{tool}` is missing (Debian package {package}; `cargo xtask setup` installs it)"
@@ -199,8 +199,8 @@ impl NetNs {
         }
         sweep_leftovers();
         std::fs::create_dir_all(STATE_DIR).with_context(|| format!("creating {STATE_DIR}"))?;
-        let start = (std::process::id().wrapping_mul(97) + NEXT.fetch_add(1, Ordering::Relaxed))
-            % SLOTS;
+        let start =
+            (std::process::id().wrapping_mul(97) + NEXT.fetch_add(1, Ordering::Relaxed)) % SLOTS;
         for k in 0..SLOTS {
             let index = (start + k) % SLOTS;
             if let Some(ns) = Self::claim(index)? {
@@ -340,7 +340,9 @@ impl NetNs {
     pub fn dropped_packets(&self) -> u64 {
         let Ok(text) = run(
             "ip",
-            &["netns", "exec", &self.name, "nft", "list", "table", "inet", TABLE],
+            &[
+                "netns", "exec", &self.name, "nft", "list", "table", "inet", TABLE,
+            ],
         ) else {
             return 0;
         };
@@ -401,8 +403,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn namespace_is_reachable_and_loss_drops_packets_and_nothing_is_left() -> anyhow::Result<()>
-    {
+    fn namespace_is_reachable_and_loss_drops_packets_and_nothing_is_left() -> anyhow::Result<()> {
         let test = "netfault::namespace_is_reachable_and_loss_drops_packets_and_nothing_is_left";
         if !crate::require_root(test, "network namespaces")? {
             return Ok(());
@@ -425,13 +426,20 @@ mod tests {
         let status = cmd.status()?;
         assert!(status.success(), "bash inside could not reach the host end");
         let (_, peer) = listener.accept()?;
-        assert_eq!(peer.ip(), std::net::IpAddr::V4(ns.ns_addr()), "came over the veth");
+        assert_eq!(
+            peer.ip(),
+            std::net::IpAddr::V4(ns.ns_addr()),
+            "came over the veth"
+        );
         // 100 % loss on that port: the next connection attempt fails and packets are counted.
         ns.set_loss(100, &[port])?;
         let mut cmd = Command::new("bash");
         cmd.args([
             "-c",
-            &format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{}/{port}'", ns.host_addr()),
+            &format!(
+                "timeout 3 bash -c 'exec 3<>/dev/tcp/{}/{port}'",
+                ns.host_addr()
+            ),
         ]);
         let _file = enter_on_exec(&mut cmd, &ns.path())?;
         assert!(!cmd.status()?.success(), "connected through 100 % loss");
@@ -443,7 +451,10 @@ mod tests {
         assert!(qdisc.contains("tbf"), "{qdisc}");
         drop(ns);
         assert!(!Path::new("/run/netns").join(&name).exists(), "{name} left");
-        assert!(!Path::new("/sys/class/net").join(&host_if).exists(), "{host_if} left");
+        assert!(
+            !Path::new("/sys/class/net").join(&host_if).exists(),
+            "{host_if} left"
+        );
         Ok(())
     }
 }
