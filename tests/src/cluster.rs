@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context;
 
-use crate::{free_port, process::ChildGuard, wait_for};
+use crate::{free_port, netfault::Placement, process::ChildGuard, wait_for};
 
 /// How to start a cluster.
 #[derive(Debug, Clone)]
@@ -28,17 +28,6 @@ pub struct ClusterOptions {
     /// Per-member (index → placement) addresses and network namespace; a missing entry is
     /// 127.0.0.1 in the test's own namespace.
     pub placement: Vec<Placement>,
-}
-
-/// Where one member listens and runs (see [`crate::netfault`]).
-#[derive(Debug, Clone, Default)]
-pub struct Placement {
-    /// Host of its client URLs instead of 127.0.0.1.
-    pub client_host: Option<String>,
-    /// Host of its peer URLs instead of 127.0.0.1.
-    pub peer_host: Option<String>,
-    /// A network namespace file (`/run/netns/NAME`) the process enters before it runs etcd.
-    pub netns: Option<PathBuf>,
 }
 
 /// PEM files of a TLS-serving cluster: the CA, the server certificate every member uses, and a

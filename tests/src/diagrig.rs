@@ -15,8 +15,10 @@ use std::{
 };
 
 use crate::{
-    AgentProcess, ClusterOptions, CollectorProcess, EtcdCluster, binary, cluster::Placement,
-    inject::LoopDisk, netfault::NetNs, wait_for,
+    AgentProcess, ClusterOptions, CollectorProcess, EtcdCluster, binary,
+    inject::LoopDisk,
+    netfault::{NetNs, Placement},
+    wait_for,
 };
 
 /// Rules for this shared 2-core machine: slow sync as in `tests/tests/diagnosis.rs` (p90 above

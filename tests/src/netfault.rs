@@ -29,7 +29,16 @@ use std::{
 
 use anyhow::Context;
 
-use crate::cluster::Placement;
+/// Where one member listens and runs in an [`crate::EtcdCluster`] (`ClusterOptions::placement`).
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// Host of its client URLs instead of 127.0.0.1.
+    pub client_host: Option<String>,
+    /// Host of its peer URLs instead of 127.0.0.1.
+    pub peer_host: Option<String>,
+    /// A network namespace file (`/run/netns/NAME`) the process enters before it runs etcd.
+    pub netns: Option<PathBuf>,
+}
 
 /// Where owner files live.
 const STATE_DIR: &str = "/run/etcdmon-netfault";
