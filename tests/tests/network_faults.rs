@@ -171,6 +171,10 @@ fn lossy_link_to_one_member_is_peer_network_slow_naming_that_member() -> anyhow:
     for v in verdicts.values() {
         eprintln!("  {}", line(v));
     }
+    // What the agent's TCP tracepoints attributed across the namespace boundary.
+    for l in agent_peer_lines(&rig, IMPAIRED) {
+        eprintln!("  agent: {l}");
+    }
     assert!(dropped > 0, "the loss rules dropped nothing");
     ns.clear()?;
     let took = wait_all_healthy(&rig, "every member healthy after the loss is lifted")?;
