@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context;
 
-use crate::{free_port, process::ChildGuard, wait_for};
+use crate::{free_port, netfault::Placement, process::ChildGuard, wait_for};
 
 /// How to start a cluster.
 #[derive(Debug, Clone)]
@@ -25,6 +25,9 @@ pub struct ClusterOptions {
     pub name_prefix: String,
     /// Serve clients over TLS (https client URLs, `--client-cert-auth`) with these files.
     pub tls: Option<ClientTls>,
+    /// Per-member (index → placement) addresses and network namespace; a missing entry is
+    /// 127.0.0.1 in the test's own namespace.
+    pub placement: Vec<Placement>,
 }
 
 /// PEM files of a TLS-serving cluster: the CA, the server certificate every member uses, and a
@@ -63,6 +66,7 @@ impl Default for ClusterOptions {
             extra_args: Vec::new(),
             name_prefix: "member".to_string(),
             tls: None,
+            placement: Vec::new(),
         }
     }
 }
@@ -82,6 +86,7 @@ pub struct Member {
     pub log: PathBuf,
     process: Option<ChildGuard>,
     args: Vec<String>,
+    netns: Option<PathBuf>,
 }
 
 impl Member {
@@ -121,7 +126,12 @@ impl Member {
                 *a = "--initial-cluster-state=existing".to_string();
             }
         }
-        self.process = Some(spawn_etcd(&self.name, &args, &self.log)?);
+        self.process = Some(spawn_etcd(
+            &self.name,
+            &args,
+            &self.log,
+            self.netns.as_deref(),
+        )?);
         Ok(())
     }
 
@@ -166,10 +176,15 @@ impl EtcdCluster {
         let names: Vec<String> = (0..options.members)
             .map(|i| format!("{}{i}", options.name_prefix))
             .collect();
+        let place = |i: usize| options.placement.get(i).cloned().unwrap_or_default();
+        let host = |h: Option<String>| h.unwrap_or_else(|| "127.0.0.1".to_string());
         let initial_cluster = names
             .iter()
             .zip(&ports)
-            .map(|(name, (_, peer))| format!("{name}=http://127.0.0.1:{peer}"))
+            .enumerate()
+            .map(|(i, (name, (_, peer)))| {
+                format!("{name}=http://{}:{peer}", host(place(i).peer_host))
+            })
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("etcdmon-{}", std::process::id());
@@ -186,8 +201,9 @@ impl EtcdCluster {
             } else {
                 "http"
             };
-            let client_url = format!("{client_scheme}://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
+            let placement = place(i);
+            let client_url = format!("{client_scheme}://{}:{client}", host(placement.client_host));
+            let peer_url = format!("http://{}:{peer}", host(placement.peer_host));
             let mut args = vec![
                 format!("--name={name}"),
                 format!("--data-dir={}", data_dir.display()),
@@ -211,7 +227,7 @@ impl EtcdCluster {
             }
             args.extend(options.extra_args.iter().cloned());
             let log = dir.path().join(format!("{name}.log"));
-            let process = spawn_etcd(name, &args, &log)?;
+            let process = spawn_etcd(name, &args, &log, placement.netns.as_deref())?;
             members.push(Member {
                 name: name.clone(),
                 client_url,
@@ -220,6 +236,7 @@ impl EtcdCluster {
                 log,
                 process: Some(process),
                 args,
+                netns: placement.netns,
             });
         }
         let cluster = Self {
@@ -328,9 +345,18 @@ fn etcdctl_health(url: &str, tls: &ClientTls) -> bool {
         .unwrap_or(false)
 }
 
-fn spawn_etcd(name: &str, args: &[String], log: &Path) -> anyhow::Result<ChildGuard> {
+fn spawn_etcd(
+    name: &str,
+    args: &[String],
+    log: &Path,
+    netns: Option<&Path>,
+) -> anyhow::Result<ChildGuard> {
     let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_string());
     let mut cmd = Command::new(bin);
     cmd.args(args);
+    // Held open until the child has entered it (after spawn).
+    let _netns = netns
+        .map(|ns| crate::netfault::enter_on_exec(&mut cmd, ns))
+        .transpose()?;
     ChildGuard::spawn(&format!("etcd {name}"), cmd, log)
 }

@@ -245,3 +245,55 @@ impl Drop for SyncWriter {
         self.child.kill();
     }
 }
+
+/// Block I/O throttling of one process by its cgroup, the way container platforms cap I/O: a
+/// new cgroup v1 `blkio` cgroup with `blkio.throttle.write_iops_device` on one device, the
+/// process moved into it. The device itself stays fast; only that cgroup's writes wait.
+pub struct IoThrottle {
+    dir: PathBuf,
+    pid: u32,
+}
+
+impl IoThrottle {
+    /// Limits writes of `pid` (all its threads) to `device` (kernel name, `loop3`) to
+    /// `write_iops` per second.
+    pub fn apply(pid: u32, device: &str, write_iops: u64) -> anyhow::Result<Self> {
+        let root = Path::new("/sys/fs/cgroup/blkio");
+        anyhow::ensure!(
+            root.join("blkio.throttle.write_iops_device").exists(),
+            "{} has no blkio throttling (cgroup v1 blkio is needed)",
+            root.display()
+        );
+        let numbers = std::fs::read_to_string(format!("/sys/block/{device}/dev"))
+            .with_context(|| format!("reading the numbers of {device}"))?;
+        let dir = root.join(format!("etcdmon-io-{}-{pid}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let throttle = Self { dir, pid };
+        std::fs::write(
+            throttle.dir.join("blkio.throttle.write_iops_device"),
+            format!("{} {write_iops}", numbers.trim()),
+        )
+        .context("writing blkio.throttle.write_iops_device")?;
+        std::fs::write(throttle.dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving {pid} into {}", throttle.dir.display()))?;
+        Ok(throttle)
+    }
+
+    /// The cgroup's path relative to the blkio hierarchy (`/etcdmon-io-…`).
+    pub fn cgroup(&self) -> String {
+        format!(
+            "/{}",
+            self.dir
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for IoThrottle {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/sys/fs/cgroup/blkio/cgroup.procs", self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

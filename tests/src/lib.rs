@@ -4,11 +4,13 @@
 pub mod agent;
 pub mod cluster;
 pub mod collector;
+pub mod diagrig;
 pub mod docs;
 pub mod grafana;
 pub mod http;
 pub mod inject;
 pub mod load;
+pub mod netfault;
 pub mod process;
 pub mod proxy;
 pub mod tls;

@@ -2,6 +2,8 @@
 //! demo, run benchmarks.
 
 #[cfg(feature = "full")]
+mod accuracy;
+#[cfg(feature = "full")]
 mod bench;
 mod bench_args;
 mod checks;
@@ -59,6 +61,17 @@ enum Command {
         #[command(subcommand)]
         which: bench_args::Which,
     },
+    /// Diagnosis accuracy against real faults (healthy, slow device, I/O-throttled cgroup, CPU
+    /// starvation, noisy neighbour, lossy peer network, starved peer, symlinked data dir on a
+    /// slow device); writes docs/bench/accuracy.md. Needs root.
+    Accuracy {
+        /// Runs (fault applied and cleared) per scenario.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Only these scenarios (comma-separated names).
+        #[arg(long)]
+        scenario: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,8 +94,12 @@ fn main() -> std::process::ExitCode {
         Command::Bench { which } => bench::run(which),
         #[cfg(feature = "full")]
         Command::Docs => docs::run(),
+        #[cfg(feature = "full")]
+        Command::Accuracy { runs, scenario } => accuracy::run(runs, scenario),
         #[cfg(not(feature = "full"))]
         Command::Demo { .. } | Command::Bench { .. } | Command::Docs => full::reexec(),
+        #[cfg(not(feature = "full"))]
+        Command::Accuracy { .. } => full::reexec(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -37,6 +37,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // alerting and diagnosis e2e: throttled ext4 filesystems on loop devices
     "e2fsprogs",
+    // network-fault e2e and accuracy scenarios: a member in its own network namespace behind
+    // a veth pair, packet loss with nftables, rate limits with tc (netem may be absent)
+    "nftables",
+    "iproute2",
 ];
 
 /// PyPI tools the tests run: (requirement, command and arguments that succeed once it is
