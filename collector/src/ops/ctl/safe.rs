@@ -759,7 +759,10 @@ pub async fn transfer_leadership(
         .find(|m| m.id == to)
         .ok_or_else(|| refuse(format!("{to}: no such member")))?;
     if target.is_leader {
-        return Err(refuse(format!("member {} is already the leader", target.name)));
+        return Err(refuse(format!(
+            "member {} is already the leader",
+            target.name
+        )));
     }
     if target.is_learner || target.error.is_some() {
         return Err(refuse(format!(
