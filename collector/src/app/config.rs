@@ -331,6 +331,10 @@ pub struct Cli {
     #[command(flatten)]
     pub diagnosis: crate::analysis::diagnosis::DiagnosisArgs,
 
+    /// Admin operations: `--auto-defrag*`, snapshot and audit bounds.
+    #[command(flatten)]
+    pub admin: crate::ops::admin::flags::AdminFlags,
+
     /// Log format.
     #[arg(
         long,
@@ -408,6 +412,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Diagnosis windows and thresholds.
     pub diagnosis: crate::analysis::diagnosis::DiagnosisConfig,
+    /// Admin operations: automatic defrag, snapshot and audit bounds.
+    pub admin: crate::ops::admin::flags::AdminConfig,
 }
 
 /// The REST API's access control, TLS and silence bounds, files already read.
@@ -1025,7 +1031,9 @@ impl Cli {
             .diagnosis
             .validate()
             .map_err(|(field, message)| ConfigError::new(field, message))?;
+        let admin = self.admin.validate()?;
         Ok(Config {
+            admin,
             diagnosis,
             clusters,
             api_host: self.api_host,

@@ -563,6 +563,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
     state.benchmarks.render_metrics(&mut page);
     state.access.render(&mut page);
+    state.admin.render(&mut page);
     crate::analysis::diagnosis::metrics::render(&state.diagnoses, &mut page);
     let text = page.encode();
     (
