@@ -744,6 +744,7 @@ mod exposition_tests {
             benchmarks: crate::ops::bench::jobs::BenchJobs::default(),
             access: Access::new(vec![], &[], 0),
             silence_limits: SilenceLimits::default(),
+            admin: crate::ops::admin::AdminJobs::default(),
         };
         let req = Request::builder()
             .uri("/metrics")
