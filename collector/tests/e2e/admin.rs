@@ -18,7 +18,7 @@ use anyhow::Context;
 use etcd_monitor_tests::{ClusterOptions, CollectorProcess, EtcdCluster, http, wait_for};
 use serde_json::Value;
 
-use crate::common::{endpoint_status, metric, start_collector, tail};
+use crate::common::{endpoint_status, start_collector, tail};
 
 const ADMIN: &str = "admin-secret-0123456789";
 const VIEWER: &str = "viewer-secret-0123456789";
@@ -200,6 +200,12 @@ impl DropWatcher {
         }
         self.drops.lock().map(|d| d.clone()).unwrap_or_default()
     }
+}
+
+/// A sample from `/metrics` (read with the viewer token: viewer tokens close reads).
+fn metric(c: &CollectorProcess, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let r = call(c, "GET", "/metrics", None, Some(VIEWER)).ok()?;
+    http::prom_sum(&r.body, name, labels)
 }
 
 /// The audit records (viewer token), newest first.
