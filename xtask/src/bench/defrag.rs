@@ -158,7 +158,7 @@ impl Writers {
 }
 
 async fn defrag_all_at_once(endpoints: &[String]) -> anyhow::Result<()> {
-    let calls = endpoints.iter().map(|e| async move {
+    let calls = endpoints.iter().cloned().map(|e| async move {
         let mut c = Client::connect([e.as_str()], None).await?;
         c.defragment().await?;
         Ok::<(), etcd_client::Error>(())
