@@ -32,14 +32,14 @@ pub const OPS: [&str; 6] = [
 /// message) may take.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Where a compaction stops.
+/// Where a compaction stops: at `revision`, keeping the latest `retain` revisions, or (both
+/// given) at whichever of the two is older.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CompactTarget {
-    /// Up to this revision.
-    Revision(i64),
-    /// Keeping this many latest revisions.
-    Retain(i64),
+pub struct CompactTarget {
+    /// No further than this revision.
+    pub revision: Option<i64>,
+    /// Keep at least this many latest revisions.
+    pub retain: Option<i64>,
 }
 
 /// A validated admin operation.
@@ -174,15 +174,17 @@ async fn compact(
         .map_err(|e| etcd(config, &url, &e))?
         .header()
         .map_or(0, |h| h.revision());
-    let to = match target {
-        CompactTarget::Revision(r) if r > current => {
-            return Err(refused(format!(
-                "revision {r} is in the future (the current revision is {current})"
-            )));
-        }
-        CompactTarget::Revision(r) => r,
-        CompactTarget::Retain(n) => current - n,
-    };
+    if let Some(r) = target.revision
+        && r > current
+    {
+        return Err(refused(format!(
+            "revision {r} is in the future (the current revision is {current})"
+        )));
+    }
+    let to = target
+        .revision
+        .unwrap_or(i64::MAX)
+        .min(target.retain.map_or(i64::MAX, |n| current - n));
     if to < 1 {
         return Ok(json!({"revision": current, "compacted_to": null,
             "note": format!("nothing to compact: revision {current}")}));

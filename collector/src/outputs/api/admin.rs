@@ -64,21 +64,26 @@ pub struct DefragBody {
     #[serde(default)]
     pub dry_run: bool,
     /// Raft entries a member may trail the leader and count as caught up (default 100).
-    #[schema(minimum = 0, maximum = 1_000_000)]
-    pub max_lag: Option<u64>,
+    #[schema(minimum = 0, maximum = 1_000_000, value_type = Option<i64>)]
+    #[serde(default, deserialize_with = "opt_int")]
+    pub max_lag: Option<i64>,
 }
 
-/// `POST /api/v1/admin/compact`: exactly one of `revision` and `retain`.
+/// `POST /api/v1/admin/compact`: `revision`, `retain`, or both (then the compaction stops at
+/// whichever is older: it keeps at least `retain` revisions and goes no further than
+/// `revision`).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompactBody {
     /// Cluster name; default the first configured.
     pub cluster: Option<String>,
     /// Compact up to this revision.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, value_type = Option<i64>)]
+    #[serde(default, deserialize_with = "opt_int")]
     pub revision: Option<i64>,
     /// Keep this many latest revisions.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, value_type = Option<i64>)]
+    #[serde(default, deserialize_with = "opt_int")]
     pub retain: Option<i64>,
     /// Wait until the compaction reaches the backend (default true).
     pub physical: Option<bool>,
@@ -112,6 +117,22 @@ pub struct MemberRemoveBody {
     /// The member to remove, hex ID.
     #[schema(pattern = r"^[0-9a-fA-F]{1,16}$")]
     pub id: String,
+}
+
+/// An optional integer that also accepts an integral JSON float (`5.0`), as JSON Schema's
+/// `integer` does.
+fn opt_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v = Option::<serde_json::Number>::deserialize(d)?;
+    v.map(|n| {
+        n.as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not an integer")))
+    })
+    .transpose()
 }
 
 /// Parses a JSON body (an empty one is `T::default()`); errors name the field.
@@ -177,12 +198,13 @@ pub async fn defrag(
         ),
         None => None,
     };
-    let max_lag = b.max_lag.unwrap_or(crate::ops::ctl::safe::DEFAULT_MAX_LAG);
-    if max_lag > MAX_LAG_MAX {
-        return Err(ApiError::BadRequest(format!(
-            "max_lag: at most {MAX_LAG_MAX}"
-        )));
-    }
+    let max_lag = match b.max_lag {
+        None => crate::ops::ctl::safe::DEFAULT_MAX_LAG,
+        Some(n) => u64::try_from(n)
+            .ok()
+            .filter(|n| *n <= MAX_LAG_MAX)
+            .ok_or_else(|| ApiError::BadRequest(format!("max_lag: must be 0-{MAX_LAG_MAX}")))?,
+    };
     let options = DefragOptions {
         if_fragmented,
         move_leader: b.move_leader,
@@ -208,16 +230,20 @@ pub async fn compact(
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<StartedJob>), ApiError> {
     let b: CompactBody = body(&bytes)?;
-    let target = match (b.revision, b.retain) {
-        (Some(r), None) if r >= 1 => CompactTarget::Revision(r),
-        (None, Some(n)) if n >= 1 => CompactTarget::Retain(n),
-        (Some(_), None) => return Err(ApiError::BadRequest("revision: must be at least 1".into())),
-        (None, Some(_)) => return Err(ApiError::BadRequest("retain: must be at least 1".into())),
-        _ => {
-            return Err(ApiError::BadRequest(
-                "revision/retain: give exactly one of revision and retain".into(),
-            ));
-        }
+    if b.revision.is_some_and(|r| r < 1) {
+        return Err(ApiError::BadRequest("revision: must be at least 1".into()));
+    }
+    if b.retain.is_some_and(|n| n < 1) {
+        return Err(ApiError::BadRequest("retain: must be at least 1".into()));
+    }
+    if b.revision.is_none() && b.retain.is_none() {
+        return Err(ApiError::BadRequest(
+            "revision/retain: give revision, retain or both".into(),
+        ));
+    }
+    let target = CompactTarget {
+        revision: b.revision,
+        retain: b.retain,
     };
     let op = AdminOp::Compact {
         target,
@@ -380,12 +406,13 @@ pub async fn snapshot_download(
         .into_response())
 }
 
-/// Declares what the derive cannot: a compaction takes exactly one of `revision` and
-/// `retain`.
+/// Declares what the derive cannot: a compaction needs `revision`, `retain` or both.
 pub fn document(doc: &mut serde_json::Value) {
     let compact = &mut doc["components"]["schemas"]["CompactBody"];
     if compact.is_object() {
-        compact["oneOf"] =
-            serde_json::json!([{"required": ["revision"]}, {"required": ["retain"]}]);
+        compact["anyOf"] = serde_json::json!([
+            {"required": ["revision"], "properties": {"revision": {"type": "integer", "minimum": 1}}},
+            {"required": ["retain"], "properties": {"retain": {"type": "integer", "minimum": 1}}}
+        ]);
     }
 }
