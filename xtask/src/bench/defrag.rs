@@ -67,8 +67,21 @@ async fn fragment(client: &mut Client, keys: usize) -> anyhow::Result<()> {
                 if i >= keys {
                     return Ok::<(), etcd_client::Error>(());
                 }
-                c.put(format!("/defrag-bench/fill/{i:08}"), value.clone(), None)
-                    .await?;
+                // A loaded machine times requests out now and then: retry a few times.
+                let mut attempt = 0;
+                loop {
+                    match c
+                        .put(format!("/defrag-bench/fill/{i:08}"), value.clone(), None)
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(e) if attempt >= 5 => return Err(e),
+                        Err(_) => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                        }
+                    }
+                }
             }
         }));
     }
