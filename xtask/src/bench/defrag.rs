@@ -321,7 +321,12 @@ fn markdown(rows: &[Row], mb: usize, on_disk: bool) -> String {
 
 /// Runs the benchmark with a fill of about `mb` MB.
 pub fn run(mb: usize) -> anyhow::Result<()> {
-    let binary = super::runner::build()?;
+    // `ETCD_MONITOR_BIN` reuses a binary already built (the release build takes long on a
+    // shared machine); the rolling defrag's time is etcd's, not the binary's.
+    let binary = match std::env::var_os("ETCD_MONITOR_BIN") {
+        Some(b) => std::path::PathBuf::from(b),
+        None => super::runner::build()?,
+    };
     let cluster = EtcdCluster::start(ClusterOptions {
         members: 3,
         name_prefix: "defrag".into(),
