@@ -57,6 +57,14 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Write latency (p99) while a ~200 MB fragmented database is defragmented with the
+    /// collector's rolling defrag and on all members at once, side by side; writes
+    /// docs/bench/defrag.md.
+    Defrag {
+        /// MB written per member before 90 % is deleted again.
+        #[arg(long, default_value_t = 200)]
+        mb: usize,
+    },
     /// Alert latency: SIGSTOP one etcd member at a time (5-member cluster) and time the
     /// MemberUnavailable alert to the engine and to a webhook receiver, and the resolve.
     Alerting {

@@ -334,6 +334,9 @@ pub struct Cli {
     /// Leader election between collectors (`--ha-*`).
     #[command(flatten)]
     pub ha: crate::sources::ha::HaArgs,
+    /// Admin operations: `--auto-defrag*`, snapshot and audit bounds.
+    #[command(flatten)]
+    pub admin: crate::ops::admin::flags::AdminFlags,
 
     /// Log format.
     #[arg(
@@ -414,6 +417,8 @@ pub struct Config {
     pub diagnosis: crate::analysis::diagnosis::DiagnosisConfig,
     /// The leader election (`--ha-election`), `None` when off.
     pub ha: Option<crate::sources::ha::HaConfig>,
+    /// Admin operations: automatic defrag, snapshot and audit bounds.
+    pub admin: crate::ops::admin::flags::AdminConfig,
 }
 
 /// The REST API's access control, TLS and silence bounds, files already read.
@@ -1032,8 +1037,10 @@ impl Cli {
             .validate()
             .map_err(|(field, message)| ConfigError::new(field, message))?;
         let ha = self.ha.validate(&clusters)?;
+        let admin = self.admin.validate()?;
         Ok(Config {
             ha,
+            admin,
             diagnosis,
             clusters,
             api_host: self.api_host,

@@ -259,9 +259,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         }
     );
     let tls_failures = access.tls_handshake_failures();
+    let admin = start_admin(&config, &store, &clusters, &alerting, &leadership);
     let state = AppState {
+        admin,
         clusters: clusters.clone(),
-        alerting: Some(alerting),
+        alerting: Some(alerting.clone()),
         benchmarks: benchmarks.clone(),
         store: Some(store),
         telemetry,
@@ -322,6 +324,31 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         server,
         benchmarks,
     })
+}
+
+/// The admin jobs (audit bound, snapshot directory) and, with `--auto-defrag`, its scheduler.
+fn start_admin(
+    config: &Config,
+    store: &Arc<Store>,
+    clusters: &Clusters,
+    alerting: &crate::analysis::alerting::Alerting,
+    leadership: &crate::sources::ha::Leadership,
+) -> crate::ops::admin::AdminJobs {
+    store.set_audit_max_rows(config.admin.audit_max_records);
+    let jobs = crate::ops::admin::AdminJobs::new(
+        Some(store.clone()),
+        config.admin.snapshot_dir(&config.data_dir),
+    );
+    if let Some(auto) = config.admin.auto_defrag {
+        let scheduler = crate::ops::admin::auto::AutoDefrag::new(
+            auto,
+            clusters.clone(),
+            jobs.clone(),
+            Some(alerting.clone()),
+        );
+        tokio::spawn(scheduler.run(leadership.clone()));
+    }
+    jobs
 }
 
 /// The address to listen on for `host` (an IPv4 or IPv6 literal, bracketed or not, or a host

@@ -3,5 +3,6 @@
 //! defrag, NOSPACE recovery) that the CLI, and later the REST admin API and automatic defrag,
 //! call.
 
+pub mod admin;
 pub mod bench;
 pub mod ctl;

@@ -34,6 +34,9 @@ use utoipa::ToSchema;
 use crate::model::cluster::LeaderChange;
 use crate::model::sync;
 
+mod audit;
+pub use audit::{AUDIT_QUERY_MAX, AuditRecord, DEFAULT_AUDIT_MAX_ROWS};
+
 /// File name inside `--data-dir`.
 pub const FILE_NAME: &str = "history.db";
 
@@ -160,6 +163,8 @@ pub struct Store {
     max_range_ms: AtomicU64,
     health: Mutex<Option<&'static str>>,
     metrics: StoreMetrics,
+    /// Bound on the admin audit trail's rows.
+    audit_max_rows: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -397,6 +402,7 @@ impl Store {
         conn.execute_batch(PRAGMAS)
             .map_err(|e| open_err(e.to_string()))?;
         conn.execute_batch(SCHEMA)
+            .and_then(|()| conn.execute_batch(audit::SCHEMA))
             .map_err(|e| corrupt_or(e, "cannot create tables"))?;
         migrate(&conn).map_err(|e| corrupt_or(e, "cannot upgrade tables"))?;
         conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
@@ -417,6 +423,7 @@ impl Store {
             max_range_ms: AtomicU64::new(duration_ms(DEFAULT_MAX_RANGE)),
             health: Mutex::new(None),
             metrics: StoreMetrics::new(),
+            audit_max_rows: AtomicU64::new(DEFAULT_AUDIT_MAX_ROWS),
         })
     }
 

@@ -4,6 +4,7 @@
 //! of once per suite. Run one suite with `cargo test -p etcd-monitor --test e2e -- alerting::`
 //! (the module path is the filter), or one test by its full name, e.g. `hostile::rest::`.
 
+mod admin;
 mod alerting;
 mod alerting_kernel;
 mod auth;

@@ -3,6 +3,7 @@
 mod agent_overhead;
 mod alerting;
 mod collector;
+mod defrag;
 mod pipeline;
 mod probe_cost;
 mod runner;
@@ -29,5 +30,6 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             on_disk,
         } => runner::run(seconds, clients, perf_seconds, on_disk),
         Which::Collector { soak_secs } => collector::run(std::time::Duration::from_secs(soak_secs)),
+        Which::Defrag { mb } => defrag::run(mb),
     }
 }

@@ -167,7 +167,7 @@ fn check_perf(cluster: &EtcdCluster) -> anyhow::Result<(Vec<String>, f64)> {
 }
 
 /// Builds the collector in release mode and returns the binary.
-fn build() -> anyhow::Result<PathBuf> {
+pub(super) fn build() -> anyhow::Result<PathBuf> {
     run_with(Command::new("cargo").current_dir(root()).args([
         "build",
         "--release",

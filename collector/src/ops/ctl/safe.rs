@@ -263,6 +263,39 @@ pub async fn survey(config: &ClusterConfig) -> Result<Survey, OpError> {
         .member_list()
         .await
         .map_err(|e| etcd_err(&any_url, config, &e))?;
+    let members = member_urls(config, &list).await;
+    let statuses = futures::future::join_all(members.iter().map(|(_, _, _, url)| async move {
+        match url {
+            Some(u) => status_of(config, u).await,
+            None => Err("not started (no client URL)".to_string()),
+        }
+    }))
+    .await;
+    let mut views: Vec<MemberView> = members
+        .into_iter()
+        .zip(statuses)
+        .map(|(member, status)| member_view(member, status))
+        .collect();
+    let leader = agreed_leader(&mut views);
+    let alarms = active_alarms(&mut client)
+        .await
+        .map_err(|e| etcd_err(&any_url, config, &e))?;
+    Ok(Survey {
+        members: views,
+        alarms,
+        leader: leader.map(|l| format!("{l:x}")),
+    })
+}
+
+/// A member as listed: (id, name, learner, the URL to reach it at).
+type ListedMember = (u64, String, bool, Option<String>);
+
+/// Every listed member with the `--endpoints` entry that answers with its ID, else its first
+/// advertised client URL.
+async fn member_urls(
+    config: &ClusterConfig,
+    list: &etcd_client::MemberListResponse,
+) -> Vec<ListedMember> {
     let given = futures::future::join_all(
         config
             .endpoints
@@ -278,8 +311,7 @@ pub async fn survey(config: &ClusterConfig) -> Result<Survey, OpError> {
             by_id.entry(h.member_id()).or_insert_with(|| url.clone());
         }
     }
-    let members: Vec<(u64, String, bool, Option<String>)> = list
-        .members()
+    list.members()
         .iter()
         .map(|m| {
             let url = by_id
@@ -288,40 +320,40 @@ pub async fn survey(config: &ClusterConfig) -> Result<Survey, OpError> {
                 .or_else(|| m.client_urls().first().cloned());
             (m.id(), m.name().to_string(), m.is_learner(), url)
         })
-        .collect();
-    let statuses = futures::future::join_all(members.iter().map(|(_, _, _, url)| async move {
-        match url {
-            Some(u) => status_of(config, u).await,
-            None => Err("not started (no client URL)".to_string()),
-        }
-    }))
-    .await;
-    let mut views = Vec::new();
-    for ((id, name, learner, url), status) in members.into_iter().zip(statuses) {
-        // Status lists active alarms among its errors; those are judged from AlarmList.
-        let errors = |s: &etcd_client::StatusResponse| -> Vec<String> {
-            s.errors()
-                .iter()
-                .filter(|e| !e.contains("alarm:"))
-                .cloned()
-                .collect()
-        };
-        let (status, error) = match status {
-            Ok(s) if !errors(&s).is_empty() => (Some(figures(&s)), Some(errors(&s).join(", "))),
-            Ok(s) => (Some(figures(&s)), None),
-            Err(e) => (None, Some(e)),
-        };
-        views.push(MemberView {
-            id: format!("{id:x}"),
-            name,
-            endpoint: url.unwrap_or_default(),
-            is_learner: learner,
-            is_leader: false,
-            status,
-            error,
-            raw_id: id,
-        });
+        .collect()
+}
+
+fn member_view(
+    (id, name, learner, url): ListedMember,
+    status: Result<etcd_client::StatusResponse, String>,
+) -> MemberView {
+    // Status lists active alarms among its errors; those are judged from AlarmList.
+    let errors = |s: &etcd_client::StatusResponse| -> Vec<String> {
+        s.errors()
+            .iter()
+            .filter(|e| !e.contains("alarm:"))
+            .cloned()
+            .collect()
+    };
+    let (status, error) = match status {
+        Ok(s) if !errors(&s).is_empty() => (Some(figures(&s)), Some(errors(&s).join(", "))),
+        Ok(s) => (Some(figures(&s)), None),
+        Err(e) => (None, Some(e)),
+    };
+    MemberView {
+        id: format!("{id:x}"),
+        name,
+        endpoint: url.unwrap_or_default(),
+        is_learner: learner,
+        is_leader: false,
+        status,
+        error,
+        raw_id: id,
     }
+}
+
+/// The leader every answering member agrees on (marked in `views`), if there is one.
+fn agreed_leader(views: &mut [MemberView]) -> Option<u64> {
     let leaders: std::collections::BTreeSet<u64> = views
         .iter()
         .filter_map(|v| v.status.map(|s| s.leader))
@@ -331,14 +363,20 @@ pub async fn survey(config: &ClusterConfig) -> Result<Survey, OpError> {
     } else {
         None
     };
-    for v in &mut views {
+    for v in views.iter_mut() {
         v.is_leader = Some(v.raw_id) == leader;
     }
+    leader
+}
+
+/// Active alarms as `(member id hex, NOSPACE|CORRUPT)`.
+async fn active_alarms(
+    client: &mut etcd_client::Client,
+) -> Result<Vec<(String, String)>, etcd_client::Error> {
     let alarms = client
         .alarm(AlarmAction::Get, AlarmType::None, None)
-        .await
-        .map_err(|e| etcd_err(&any_url, config, &e))?;
-    let alarms = alarms
+        .await?;
+    Ok(alarms
         .alarms()
         .iter()
         .map(|a| {
@@ -347,12 +385,7 @@ pub async fn survey(config: &ClusterConfig) -> Result<Survey, OpError> {
                 alarm_name(a.alarm()).to_string(),
             )
         })
-        .collect();
-    Ok(Survey {
-        members: views,
-        alarms,
-        leader: leader.map(|l| format!("{l:x}")),
-    })
+        .collect())
 }
 
 /// The reasons not to block any member now (empty: safe). `allow_nospace` lets an active
@@ -690,9 +723,6 @@ async fn move_leader_away(
     now: &Survey,
     done: &[String],
 ) -> Result<LeaderMove, OpError> {
-    let leader = now.leader_view().ok_or_else(|| OpError::Refused {
-        reasons: vec!["no leader to move".to_string()],
-    })?;
     // A healthy voting follower with the highest applied index, preferring one already
     // defragmented (it will not be blocked again in this run).
     let target = now
@@ -708,6 +738,38 @@ async fn move_leader_away(
         .ok_or_else(|| OpError::Refused {
             reasons: vec!["no healthy voting follower to take leadership".to_string()],
         })?;
+    transfer_leadership(config, now, &target.id, options.catch_up_timeout).await
+}
+
+/// Moves leadership from the current leader (in `now`) to the voting, healthy member `to`
+/// (hex ID), then waits up to `timeout` until every member agrees on the new leader.
+pub async fn transfer_leadership(
+    config: &ClusterConfig,
+    now: &Survey,
+    to: &str,
+    timeout: Duration,
+) -> Result<LeaderMove, OpError> {
+    let refuse = |r: String| OpError::Refused { reasons: vec![r] };
+    let leader = now
+        .leader_view()
+        .ok_or_else(|| refuse("no leader to move".to_string()))?;
+    let target = now
+        .members
+        .iter()
+        .find(|m| m.id == to)
+        .ok_or_else(|| refuse(format!("{to}: no such member")))?;
+    if target.is_leader {
+        return Err(refuse(format!(
+            "member {} is already the leader",
+            target.name
+        )));
+    }
+    if target.is_learner || target.error.is_some() {
+        return Err(refuse(format!(
+            "member {} cannot take leadership: it is a learner or unhealthy",
+            target.name
+        )));
+    }
     let mut client = member_client(config, &leader.endpoint, config.dial_timeout)
         .await
         .map_err(|e| OpError::Etcd {
@@ -718,7 +780,7 @@ async fn move_leader_away(
         .move_leader(target.raw_id)
         .await
         .map_err(|e| etcd_err(&leader.endpoint, config, &e))?;
-    let deadline = Instant::now() + options.catch_up_timeout;
+    let deadline = Instant::now() + timeout;
     loop {
         if let Ok(s) = survey(config).await
             && s.leader.as_deref() == Some(target.id.as_str())
@@ -854,24 +916,7 @@ pub async fn recover_nospace(
     options: &RecoverOptions,
     progress: ProgressFn<'_>,
 ) -> Result<RecoverReport, OpError> {
-    if options.retain < 1 {
-        return Err(OpError::Refused {
-            reasons: vec!["--retain must be at least 1".to_string()],
-        });
-    }
-    let first = survey(config).await?;
-    let reasons = preflight(&first, options.defrag.max_lag, true);
-    if !reasons.is_empty() {
-        return Err(OpError::Refused { reasons });
-    }
-    let revision = first
-        .members
-        .iter()
-        .filter_map(|m| m.status.map(|s| s.revision))
-        .max()
-        .unwrap_or(0);
-    let compact_to = revision - options.retain;
-    let compacted_to = (compact_to > 0).then_some(compact_to);
+    let (first, revision, compacted_to) = recover_preflight(config, options).await?;
     let mut defrag_options = options.defrag.clone();
     defrag_options.if_fragmented = None;
     if options.defrag.dry_run {
@@ -898,67 +943,19 @@ pub async fn recover_nospace(
             message: e.message,
         })?;
     if let Some(to) = compacted_to {
-        match client
-            .compact(to, Some(CompactionOptions::new().with_physical()))
-            .await
-        {
-            Ok(_) => progress(&Progress::Compacted { revision: to }),
-            Err(e)
-                if e.to_string()
-                    .contains("required revision has been compacted") => {}
-            Err(e) => return Err(etcd_err(&url, config, &e)),
-        }
-    }
-    let defrag = rolling(config, &defrag_options, true, progress).await?;
-    let over: Vec<String> = defrag
-        .members
-        .iter()
-        .filter(|m| m.db_size_after.max(0) as u64 >= quota.bytes)
-        .map(|m| {
-            format!(
-                "member {}: database {} B after defragmentation is still at or over the quota {} B ({}); delete data or raise --quota-backend-bytes",
-                m.name, m.db_size_after, quota.bytes, quota.source
-            )
-        })
-        .collect();
-    if !over.is_empty() {
-        return Err(OpError::Refused { reasons: over });
-    }
-    let alarms = client
-        .alarm(AlarmAction::Get, AlarmType::None, None)
-        .await
-        .map_err(|e| etcd_err(&url, config, &e))?;
-    let mut disarmed = Vec::new();
-    for a in alarms.alarms() {
-        if a.alarm() != AlarmType::Nospace {
-            continue;
-        }
-        let mut opts = etcd_client::AlarmOptions::new();
-        opts.with_member(a.member_id());
-        client
-            .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(opts))
+        compact_physical(&mut client, to)
             .await
             .map_err(|e| etcd_err(&url, config, &e))?;
-        let member = format!("{:x}", a.member_id());
-        progress(&Progress::Disarmed {
-            member: member.clone(),
-            alarm: "NOSPACE".to_string(),
-        });
-        disarmed.push((member, "NOSPACE".to_string()));
+        progress(&Progress::Compacted { revision: to });
     }
-    let key = format!(
-        "{RESERVED_PREFIX}recover-nospace/{}",
-        crate::model::time::now_ms()
-    );
-    let put = client
-        .put(key.as_str(), "ok", None)
+    let defrag = rolling(config, &defrag_options, true, progress).await?;
+    fits_quota(&defrag, &quota)?;
+    let disarmed = disarm_all(&mut client, Some(AlarmType::Nospace), progress)
         .await
         .map_err(|e| etcd_err(&url, config, &e))?;
-    client
-        .delete(key.as_str(), None)
+    let write_revision = prove_write(&mut client)
         .await
         .map_err(|e| etcd_err(&url, config, &e))?;
-    let write_revision = put.header().map(|h| h.revision());
     if let Some(revision) = write_revision {
         progress(&Progress::WriteProven { revision });
     }
@@ -971,6 +968,113 @@ pub async fn recover_nospace(
         disarmed,
         write_revision,
     })
+}
+
+/// The survey (refusing when unsafe), the current revision and the compaction target.
+async fn recover_preflight(
+    config: &ClusterConfig,
+    options: &RecoverOptions,
+) -> Result<(Survey, i64, Option<i64>), OpError> {
+    if options.retain < 1 {
+        return Err(OpError::Refused {
+            reasons: vec!["--retain must be at least 1".to_string()],
+        });
+    }
+    let first = survey(config).await?;
+    let reasons = preflight(&first, options.defrag.max_lag, true);
+    if !reasons.is_empty() {
+        return Err(OpError::Refused { reasons });
+    }
+    let revision = first
+        .members
+        .iter()
+        .filter_map(|m| m.status.map(|s| s.revision))
+        .max()
+        .unwrap_or(0);
+    let compact_to = revision - options.retain;
+    Ok((first, revision, (compact_to > 0).then_some(compact_to)))
+}
+
+/// A physical compaction up to `to`; one that is already compacted counts as done.
+pub async fn compact_physical(
+    client: &mut etcd_client::Client,
+    to: i64,
+) -> Result<(), etcd_client::Error> {
+    match client
+        .compact(to, Some(CompactionOptions::new().with_physical()))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.to_string()
+                .contains("required revision has been compacted") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Refuses when a member's database is still at or over the quota after defragmentation.
+fn fits_quota(defrag: &DefragReport, quota: &Quota) -> Result<(), OpError> {
+    let over: Vec<String> = defrag
+        .members
+        .iter()
+        .filter(|m| m.db_size_after.max(0) as u64 >= quota.bytes)
+        .map(|m| {
+            format!(
+                "member {}: database {} B after defragmentation is still at or over the quota {} B ({}); delete data or raise --quota-backend-bytes",
+                m.name, m.db_size_after, quota.bytes, quota.source
+            )
+        })
+        .collect();
+    if over.is_empty() {
+        Ok(())
+    } else {
+        Err(OpError::Refused { reasons: over })
+    }
+}
+
+/// Disarms every active alarm of type `only` (every alarm when `None`); returns what it
+/// disarmed as `(member hex, alarm)`.
+pub async fn disarm_all(
+    client: &mut etcd_client::Client,
+    only: Option<AlarmType>,
+    progress: ProgressFn<'_>,
+) -> Result<Vec<(String, String)>, etcd_client::Error> {
+    let alarms = client
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await?;
+    let mut disarmed = Vec::new();
+    for a in alarms.alarms() {
+        if only.is_some_and(|t| a.alarm() != t) || a.alarm() == AlarmType::None {
+            continue;
+        }
+        let mut opts = etcd_client::AlarmOptions::new();
+        opts.with_member(a.member_id());
+        client
+            .alarm(AlarmAction::Deactivate, a.alarm(), Some(opts))
+            .await?;
+        let member = format!("{:x}", a.member_id());
+        let alarm = alarm_name(a.alarm()).to_string();
+        progress(&Progress::Disarmed {
+            member: member.clone(),
+            alarm: alarm.clone(),
+        });
+        disarmed.push((member, alarm));
+    }
+    Ok(disarmed)
+}
+
+/// Puts and deletes a key under [`RESERVED_PREFIX`]; returns the put's revision.
+async fn prove_write(client: &mut etcd_client::Client) -> Result<Option<i64>, etcd_client::Error> {
+    let key = format!(
+        "{RESERVED_PREFIX}recover-nospace/{}",
+        crate::model::time::now_ms()
+    );
+    let put = client.put(key.as_str(), "ok", None).await?;
+    client.delete(key.as_str(), None).await?;
+    Ok(put.header().map(|h| h.revision()))
 }
 
 /// The quota: `given`, else the smallest `etcd_server_quota_backend_bytes` the members' own

@@ -4,7 +4,9 @@
 //! given the bounds the server enforces ([`document`]). Who may call what is [`access`].
 
 pub mod access;
+pub mod admin;
 pub mod alerts;
+pub mod audit;
 pub mod benchmark;
 pub mod diagnosis;
 pub mod error;
@@ -61,6 +63,8 @@ pub struct AppState {
     pub silence_limits: SilenceLimits,
     /// Which collector leads (`--ha-election`); standalone: this one.
     pub leadership: crate::sources::ha::Leadership,
+    /// Admin operations (jobs, audit, snapshots).
+    pub admin: crate::ops::admin::AdminJobs,
 }
 
 /// The OpenAPI document, generated from the handlers and their types.
@@ -91,6 +95,16 @@ pub struct AppState {
         routes::metrics,
         crate::outputs::api::diagnosis::diagnosis,
         ha::ha,
+        admin::defrag,
+        admin::compact,
+        admin::alarm_disarm,
+        admin::move_leader,
+        admin::snapshot,
+        admin::member_remove,
+        admin::job,
+        admin::snapshots,
+        admin::snapshot_download,
+        audit::audit,
     ),
     components(schemas(error::ErrorBody))
 )]
@@ -214,6 +228,7 @@ pub fn document(limits: &SilenceLimits, now: u64) -> Value {
         },
         "oneOf": [{"required": ["duration"]}, {"required": ["ends_at_ms"]}]
     });
+    admin::document(&mut doc);
     let error = json!({
         "description": "Refused by the access policy",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
@@ -308,6 +323,19 @@ pub fn router(state: AppState) -> Router {
             get(crate::outputs::api::diagnosis::diagnosis),
         )
         .route("/api/v1/ha", get(ha::ha))
+        .route("/api/v1/admin/defrag", post(admin::defrag))
+        .route("/api/v1/admin/compact", post(admin::compact))
+        .route("/api/v1/admin/alarm/disarm", post(admin::alarm_disarm))
+        .route("/api/v1/admin/move-leader", post(admin::move_leader))
+        .route("/api/v1/admin/snapshot", post(admin::snapshot))
+        .route("/api/v1/admin/member/remove", post(admin::member_remove))
+        .route("/api/v1/admin/jobs/{id}", get(admin::job))
+        .route("/api/v1/admin/snapshots", get(admin::snapshots))
+        .route(
+            "/api/v1/admin/snapshots/{name}",
+            get(admin::snapshot_download),
+        )
+        .route("/api/v1/audit", get(audit::audit))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             access::require_viewer,
@@ -401,6 +429,7 @@ mod tests {
             access: access::Access::new(vec![], &["http://ui.example".into()], 0),
             silence_limits: SilenceLimits::default(),
             leadership: crate::sources::ha::Leadership::standalone(),
+            admin: crate::ops::admin::AdminJobs::default(),
         }
     }
 

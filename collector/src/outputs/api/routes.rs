@@ -563,6 +563,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
     state.benchmarks.render_metrics(&mut page);
     state.access.render(&mut page);
+    state.admin.render(&mut page);
     crate::analysis::diagnosis::metrics::render(&state.diagnoses, &mut page);
     crate::outputs::mcp::metrics::render(&mut page);
     let text = page.encode();
@@ -745,6 +746,7 @@ mod exposition_tests {
             access: Access::new(vec![], &[], 0),
             silence_limits: SilenceLimits::default(),
             leadership: crate::sources::ha::Leadership::standalone(),
+            admin: crate::ops::admin::AdminJobs::default(),
         };
         let req = Request::builder()
             .uri("/metrics")
