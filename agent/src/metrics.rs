@@ -606,9 +606,13 @@ struct ResourceCollector {
 }
 
 const READ_FAILURES: &str = "etcdmon_agent_resource_read_failures_total";
+const CGROUP_IO_LIMIT: &str = "etcdmon_member_cgroup_io_limit";
+const CGROUP_IO_IOS: &str = "etcdmon_member_cgroup_io_serviced_total";
+const CGROUP_IO_BYTES: &str = "etcdmon_member_cgroup_io_serviced_bytes_total";
+const PRESSURE: &str = "etcdmon_member_pressure_stall_seconds_total";
 
 /// (name, help, per member) of every resource family, in exposition order.
-const RESOURCE_FAMILIES: [(&str, &str, bool); 18] = [
+const RESOURCE_FAMILIES: [(&str, &str, bool); 22] = [
     (
         "etcd_server_memory_usage_bytes",
         "Resident set size (VmRSS) of the member's process.",
@@ -685,8 +689,28 @@ const RESOURCE_FAMILIES: [(&str, &str, bool); 18] = [
         true,
     ),
     (
+        CGROUP_IO_LIMIT,
+        "A limit the member's I/O cgroup (v1 blkio throttle or v2 io.max, its own or the innermost ancestor's that sets one) puts on a device, by kind: read_bps, write_bps, read_iops, write_iops.",
+        true,
+    ),
+    (
+        CGROUP_IO_IOS,
+        "I/O requests the member's I/O cgroup got serviced on a device (v1 blkio.throttle.io_serviced, v2 io.stat), by direction.",
+        true,
+    ),
+    (
+        CGROUP_IO_BYTES,
+        "Bytes the member's I/O cgroup got serviced on a device (v1 blkio.throttle.io_service_bytes, v2 io.stat), by direction.",
+        true,
+    ),
+    (
+        PRESSURE,
+        "Pressure stall time (PSI total) by resource (cpu, io) and kind (some, full); source cgroup is the member's own v2 cgroup, system the node's /proc/pressure.",
+        true,
+    ),
+    (
         READ_FAILURES,
-        "Resource reads that failed (the figure is left out, not reported as zero), by figure: meminfo, process, cgroup, rss, fs, fds.",
+        "Resource reads that failed (the figure is left out, not reported as zero), by figure: meminfo, process, cgroup, rss, fs, fds, cgroup_io.",
         false,
     ),
     (
@@ -711,6 +735,17 @@ impl ResourceCollector {
                 (true, "etcdmon_member_cpu_limit_cores" | "etcdmon_member_memory_limit_bytes") => {
                     vec!["member".to_string(), "source".to_string()]
                 }
+                (true, CGROUP_IO_LIMIT) => ["member", "cgroup", "device", "kind"]
+                    .map(String::from)
+                    .to_vec(),
+                (true, CGROUP_IO_IOS | CGROUP_IO_BYTES) => {
+                    ["member", "cgroup", "device", "direction"]
+                        .map(String::from)
+                        .to_vec()
+                }
+                (true, PRESSURE) => ["member", "resource", "kind", "source"]
+                    .map(String::from)
+                    .to_vec(),
                 (true, _) => vec!["member".to_string()],
             };
             descs.push(Desc::new(name.into(), help.into(), labels, HashMap::new())?);
@@ -732,74 +767,9 @@ impl Collector for ResourceCollector {
         let mut put =
             |name: &'static str, m: proto::Metric| by_name.entry(name).or_default().push(m);
         for r in &snapshot.members {
-            let member = [("member", r.member.as_str())];
-            let source = |cgroup: bool| if cgroup { "cgroup" } else { "node" };
-            put(
-                "etcdmon_member_cpu_seconds_total",
-                gauge_counter(&member, r.cpu_seconds_total),
-            );
-            if let Some(cores) = r.cpu_cores {
-                put("etcdmon_member_cpu_cores", gauge(&member, cores));
-            }
-            put(
-                "etcdmon_member_cpu_limit_cores",
-                gauge(
-                    &[member[0], ("source", source(r.cpu_limit.from_cgroup))],
-                    r.cpu_limit.value,
-                ),
-            );
-            if let Some(ratio) = r.cpu_limit_ratio() {
-                put("etcdmon_member_cpu_limit_ratio", gauge(&member, ratio));
-            }
-            if let Some(rss) = r.rss_bytes {
-                put("etcd_server_memory_usage_bytes", gauge(&member, rss as f64));
-            }
-            if let Some(limit) = r.memory_limit {
-                put(
-                    "etcdmon_member_memory_limit_bytes",
-                    gauge(
-                        &[member[0], ("source", source(limit.from_cgroup))],
-                        limit.value,
-                    ),
-                );
-            }
-            if let Some(ratio) = r.memory_limit_ratio() {
-                put("etcdmon_member_memory_limit_ratio", gauge(&member, ratio));
-            }
-            if let Some(fs) = r.fs {
-                put(
-                    "etcd_server_disk_usage_bytes",
-                    gauge(&member, fs.used_bytes as f64),
-                );
-                put(
-                    "etcdmon_member_fs_size_bytes",
-                    gauge(&member, fs.size_bytes as f64),
-                );
-                put(
-                    "etcdmon_member_fs_used_bytes",
-                    gauge(&member, fs.used_bytes as f64),
-                );
-                put(
-                    "etcdmon_member_fs_free_bytes",
-                    gauge(&member, fs.free_bytes as f64),
-                );
-                put(
-                    "etcdmon_member_fs_inodes_total",
-                    gauge(&member, fs.inodes_total as f64),
-                );
-                put(
-                    "etcdmon_member_fs_inodes_free",
-                    gauge(&member, fs.inodes_free as f64),
-                );
-            }
-            if let Some(fds) = r.open_fds {
-                put("etcdmon_member_open_fds", gauge(&member, fds as f64));
-            }
-            if let Some(conns) = r.client_connections {
-                put(
-                    "etcd_server_active_connections",
-                    gauge(&member, conns as f64),
-                );
+            member_resource_series(r, &mut put);
+            if let Some(io) = &r.cgroup_io {
+                cgroup_io_series(&r.member, io, &mut put);
             }
         }
         if let Some(node) = snapshot.node_memory {
@@ -822,17 +792,125 @@ impl Collector for ResourceCollector {
                 let mut f = MetricFamily::default();
                 f.set_name((*name).to_string());
                 f.set_help((*help).to_string());
-                f.set_field_type(
-                    if name.ends_with("_seconds_total") || *name == READ_FAILURES {
-                        MetricType::COUNTER
-                    } else {
-                        MetricType::GAUGE
-                    },
-                );
+                f.set_field_type(if name.ends_with("_total") {
+                    MetricType::COUNTER
+                } else {
+                    MetricType::GAUGE
+                });
                 f.set_metric(metrics);
                 Some(f)
             })
             .collect()
+    }
+}
+
+/// The per-member figures of one resource sample (unknown ones left out).
+fn member_resource_series(
+    r: &crate::resources::MemberResources,
+    put: &mut impl FnMut(&'static str, proto::Metric),
+) {
+    let member = [("member", r.member.as_str())];
+    let source = |cgroup: bool| if cgroup { "cgroup" } else { "node" };
+    put(
+        "etcdmon_member_cpu_seconds_total",
+        gauge_counter(&member, r.cpu_seconds_total),
+    );
+    if let Some(cores) = r.cpu_cores {
+        put("etcdmon_member_cpu_cores", gauge(&member, cores));
+    }
+    put(
+        "etcdmon_member_cpu_limit_cores",
+        gauge(
+            &[member[0], ("source", source(r.cpu_limit.from_cgroup))],
+            r.cpu_limit.value,
+        ),
+    );
+    if let Some(ratio) = r.cpu_limit_ratio() {
+        put("etcdmon_member_cpu_limit_ratio", gauge(&member, ratio));
+    }
+    if let Some(rss) = r.rss_bytes {
+        put("etcd_server_memory_usage_bytes", gauge(&member, rss as f64));
+    }
+    if let Some(limit) = r.memory_limit {
+        let labels = [member[0], ("source", source(limit.from_cgroup))];
+        put("etcdmon_member_memory_limit_bytes", gauge(&labels, limit.value));
+    }
+    if let Some(ratio) = r.memory_limit_ratio() {
+        put("etcdmon_member_memory_limit_ratio", gauge(&member, ratio));
+    }
+    if let Some(fs) = r.fs {
+        for (name, value) in [
+            ("etcd_server_disk_usage_bytes", fs.used_bytes),
+            ("etcdmon_member_fs_size_bytes", fs.size_bytes),
+            ("etcdmon_member_fs_used_bytes", fs.used_bytes),
+            ("etcdmon_member_fs_free_bytes", fs.free_bytes),
+            ("etcdmon_member_fs_inodes_total", fs.inodes_total),
+            ("etcdmon_member_fs_inodes_free", fs.inodes_free),
+        ] {
+            put(name, gauge(&member, value as f64));
+        }
+    }
+    if let Some(fds) = r.open_fds {
+        put("etcdmon_member_open_fds", gauge(&member, fds as f64));
+    }
+    if let Some(conns) = r.client_connections {
+        put(
+            "etcd_server_active_connections",
+            gauge(&member, conns as f64),
+        );
+    }
+}
+
+/// A member's I/O cgroup limits and counters, and its PSI.
+fn cgroup_io_series(
+    member: &str,
+    io: &crate::cgroup_io::CgroupIo,
+    put: &mut impl FnMut(&'static str, proto::Metric),
+) {
+    for d in &io.devices {
+        let at = [
+            ("member", member),
+            ("cgroup", io.cgroup.as_str()),
+            ("device", d.device.as_str()),
+        ];
+        let l = d.limits;
+        for (kind, limit) in [
+            ("read_bps", l.read_bps),
+            ("write_bps", l.write_bps),
+            ("read_iops", l.read_iops),
+            ("write_iops", l.write_iops),
+        ] {
+            if let Some(limit) = limit {
+                let labels = [at[0], at[1], at[2], ("kind", kind)];
+                put(CGROUP_IO_LIMIT, gauge(&labels, limit as f64));
+            }
+        }
+        let c = d.counters;
+        for (direction, ios, bytes) in [
+            ("read", c.read_ios, c.read_bytes),
+            ("write", c.write_ios, c.write_bytes),
+        ] {
+            let labels = [at[0], at[1], at[2], ("direction", direction)];
+            put(CGROUP_IO_IOS, counter(&labels, ios));
+            put(CGROUP_IO_BYTES, counter(&labels, bytes));
+        }
+    }
+    let Some(source) = io.pressure_source.map(|s| s.label()) else {
+        return;
+    };
+    for (resource, p) in [("io", io.io_pressure), ("cpu", io.cpu_pressure)] {
+        let Some(p) = p else { continue };
+        for (kind, us) in [("some", Some(p.some_us)), ("full", p.full_us)] {
+            if let Some(us) = us {
+                let labels = [
+                    ("member", member),
+                    ("resource", resource),
+                    ("kind", kind),
+                    ("source", source),
+                ];
+                put(PRESSURE, gauge_counter(&labels, us as f64 / 1e6));
+            }
+        }
     }
 }
 
@@ -866,6 +944,29 @@ mod tests {
             }),
             open_fds: Some(7),
             client_connections: None,
+            state: Some('S'),
+            cgroup_io: Some(crate::cgroup_io::CgroupIo {
+                cgroup: "/slow".into(),
+                v2: false,
+                devices: vec![crate::cgroup_io::DeviceIo {
+                    device: "7:3".into(),
+                    limits: crate::cgroup_io::IoLimits {
+                        write_iops: Some(20),
+                        ..Default::default()
+                    },
+                    counters: crate::cgroup_io::IoCounters {
+                        write_ios: 40,
+                        ..Default::default()
+                    },
+                }],
+                pressure_source: Some(crate::cgroup_io::PressureSource::System),
+                io_pressure: Some(crate::cgroup_io::Pressure {
+                    some_us: 2_500_000,
+                    full_us: None,
+                }),
+                cpu_pressure: None,
+            }),
+            sampled_at_ms: 1,
         };
         let shared = crate::resources::SharedResources::default();
         *shared.lock().expect("lock") = ResourceSnapshot {
@@ -901,6 +1002,11 @@ mod tests {
             "etcdmon_node_memory_available_bytes 1024".to_string(),
             "# TYPE etcdmon_member_cpu_seconds_total counter".to_string(),
             "# TYPE etcdmon_member_fs_inodes_total gauge".to_string(),
+            r#"etcdmon_member_cgroup_io_limit{cgroup="/slow",device="7:3",kind="write_iops",member="fresh"} 20"#.to_string(),
+            r#"etcdmon_member_cgroup_io_serviced_total{cgroup="/slow",device="7:3",direction="write",member="fresh"} 40"#.to_string(),
+            r#"etcdmon_member_pressure_stall_seconds_total{kind="some",member="fresh",resource="io",source="system"} 2.5"#.to_string(),
+            "# TYPE etcdmon_member_cgroup_io_limit gauge".to_string(),
+            "# TYPE etcdmon_member_pressure_stall_seconds_total counter".to_string(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
