@@ -152,7 +152,10 @@ pub fn parse_v1_rwstat(text: &str) -> BTreeMap<String, (u64, u64)> {
 fn keyed(line: &str) -> Option<(String, BTreeMap<&str, &str>)> {
     let mut w = line.split_whitespace();
     let dev = w.next().filter(|d| d.contains(':'))?;
-    Some((dev.to_string(), w.filter_map(|kv| kv.split_once('=')).collect()))
+    Some((
+        dev.to_string(),
+        w.filter_map(|kv| kv.split_once('=')).collect(),
+    ))
 }
 
 /// Parses v2 `io.max` (`8:0 rbps=max wbps=1048576 riops=max wiops=100`).
@@ -297,7 +300,11 @@ fn label(root: &Path, dir: &Path) -> String {
 /// Reads the I/O cgroup evidence and PSI of the process whose cgroups are `cgroups`.
 /// `proc_root` is `/proc` normally (for `/proc/pressure`). `None` when neither a blkio/io
 /// cgroup nor PSI is readable.
-pub fn read_member(roots: &CgroupRoots, cgroups: &ProcCgroups, proc_root: &Path) -> Option<CgroupIo> {
+pub fn read_member(
+    roots: &CgroupRoots,
+    cgroups: &ProcCgroups,
+    proc_root: &Path,
+) -> Option<CgroupIo> {
     let mut out = CgroupIo::default();
     let mut found = false;
     if let (Some(root), Some(path)) = (roots.v1.get("blkio"), cgroups.v1.get("blkio"))
@@ -350,7 +357,11 @@ mod tests {
         );
         let serviced = "7:3 Read 4\n7:3 Write 300\n7:3 Sync 300\n7:3 Async 4\n7:3 Discard 0\n7:3 Total 304\nTotal 304\n";
         assert_eq!(parse_v1_rwstat(serviced)["7:3"], (4, 300));
-        assert_eq!(parse_v1_rwstat(serviced).len(), 1, "the Total line is no device");
+        assert_eq!(
+            parse_v1_rwstat(serviced).len(),
+            1,
+            "the Total line is no device"
+        );
     }
 
     #[test]
@@ -408,7 +419,10 @@ mod tests {
     fn v1_limit_on_an_ancestor_is_found_with_its_counters_and_node_psi() {
         let dir = tempfile::tempdir().expect("tempdir");
         let blkio = dir.path().join("blkio");
-        write(blkio.join("pod/blkio.throttle.write_iops_device"), "7:3 20\n");
+        write(
+            blkio.join("pod/blkio.throttle.write_iops_device"),
+            "7:3 20\n",
+        );
         write(
             blkio.join("pod/blkio.throttle.io_serviced_recursive"),
             "7:3 Write 200\n8:0 Read 5\nTotal 205\n",
@@ -438,9 +452,18 @@ mod tests {
     fn v2_cgroup_with_its_own_psi() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("unified");
-        write(root.join("a/io.max"), "7:3 rbps=max wbps=max riops=max wiops=50\n");
-        write(root.join("a/io.stat"), "7:3 rbytes=0 wbytes=8192 rios=0 wios=2\n");
-        write(root.join("a/cpu.pressure"), "some avg10=0 avg60=0 avg300=0 total=77\n");
+        write(
+            root.join("a/io.max"),
+            "7:3 rbps=max wbps=max riops=max wiops=50\n",
+        );
+        write(
+            root.join("a/io.stat"),
+            "7:3 rbytes=0 wbytes=8192 rios=0 wios=2\n",
+        );
+        write(
+            root.join("a/cpu.pressure"),
+            "some avg10=0 avg60=0 avg300=0 total=77\n",
+        );
         let roots = CgroupRoots {
             v2: Some(root),
             v1: HashMap::new(),

@@ -833,7 +833,10 @@ fn member_resource_series(
     }
     if let Some(limit) = r.memory_limit {
         let labels = [member[0], ("source", source(limit.from_cgroup))];
-        put("etcdmon_member_memory_limit_bytes", gauge(&labels, limit.value));
+        put(
+            "etcdmon_member_memory_limit_bytes",
+            gauge(&labels, limit.value),
+        );
     }
     if let Some(ratio) = r.memory_limit_ratio() {
         put("etcdmon_member_memory_limit_ratio", gauge(&member, ratio));

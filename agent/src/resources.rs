@@ -242,7 +242,11 @@ pub fn parse_stat_cpu_ticks(text: &str) -> Option<u64> {
 
 /// The state letter (field 3) of `/proc/PID/stat`.
 pub fn parse_stat_state(text: &str) -> Option<char> {
-    text.get(text.rfind(')')? + 1..)?.split_whitespace().next()?.chars().next()
+    text.get(text.rfind(')')? + 1..)?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// `VmRSS` of `/proc/PID/status`, bytes.

@@ -2,8 +2,8 @@
 
 use etcd_monitor_proto::v1::{
     AgentStatus, CgroupIoDevice, CgroupIoStats, ClientConnStats, DeviceStats, DropCounters,
-    IoIssuer, KernelHistogram, MemberIdentity, MemberResources, NodeResources, PeerStats,
-    Pressure, SchedStats,
+    IoIssuer, KernelHistogram, MemberIdentity, MemberResources, NodeResources, PeerStats, Pressure,
+    SchedStats,
 };
 
 use super::convert::{disk_op, file_class};
@@ -166,10 +166,7 @@ pub fn cgroup_io_stats(
                 write_ios: d.counters.write_ios,
             })
             .collect(),
-        pressure_source: io
-            .pressure_source
-            .map_or("", |s| s.label())
-            .to_string(),
+        pressure_source: io.pressure_source.map_or("", |s| s.label()).to_string(),
         has_io_pressure: io.io_pressure.is_some(),
         io_pressure: io.io_pressure.map(pressure),
         has_cpu_pressure: io.cpu_pressure.is_some(),
@@ -342,12 +339,21 @@ mod tests {
             cpu_pressure: None,
         };
         let wire = cgroup_io_stats(&sampled, &io);
-        assert_eq!((wire.member.as_str(), wire.cgroup.as_str()), ("m0", "/slow"));
+        assert_eq!(
+            (wire.member.as_str(), wire.cgroup.as_str()),
+            ("m0", "/slow")
+        );
         let d = &wire.devices[0];
-        assert_eq!((d.write_iops_limit, d.read_iops_limit, d.write_ios), (20, 0, 99));
+        assert_eq!(
+            (d.write_iops_limit, d.read_iops_limit, d.write_ios),
+            (20, 0, 99)
+        );
         assert_eq!(wire.pressure_source, "system");
         assert!(wire.has_io_pressure && !wire.has_cpu_pressure);
-        assert_eq!(wire.io_pressure.map(|p| (p.some_micros, p.full_micros)), Some((10, 3)));
+        assert_eq!(
+            wire.io_pressure.map(|p| (p.some_micros, p.full_micros)),
+            Some((10, 3))
+        );
         assert_eq!(wire.sampled_at_ms, 1234);
     }
 }

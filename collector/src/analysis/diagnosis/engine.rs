@@ -301,8 +301,7 @@ pub fn findings(first: &MemberSample, last: &MemberSample, cfg: &DiagnosisConfig
     let slow = |p: Option<f64>| p.is_some_and(|p| p > cfg.slow_fsync_ms);
     f.slow_sync = (enough(f.ev.etcd_wal_syncs) && slow(f.ev.etcd_wal_fsync_at_quantile_ms))
         || (enough(f.ev.syscall_fdatasyncs) && slow(f.ev.syscall_fdatasync_at_quantile_ms));
-    f.slow_write =
-        enough(f.ev.syscall_wal_writes) && slow(f.ev.syscall_wal_write_at_quantile_ms);
+    f.slow_write = enough(f.ev.syscall_wal_writes) && slow(f.ev.syscall_wal_write_at_quantile_ms);
     f
 }
 
@@ -339,10 +338,9 @@ fn devices(f: &mut Findings, a: &AgentSample, b: &AgentSample, cfg: &DiagnosisCo
         f.ev.other_io_share = share;
         f.neighbor = top;
     }
-    f.device_slow = f
-        .ev
-        .device_service_mean_ms
-        .is_some_and(|m| m > cfg.slow_device_ms);
+    f.device_slow =
+        f.ev.device_service_mean_ms
+            .is_some_and(|m| m > cfg.slow_device_ms);
 }
 
 /// Others' share of a device's I/O in the window (bytes or bios, whichever is larger; kernel
@@ -462,10 +460,22 @@ fn closest_limit(
         let rate = |new: u64, old: u64| new.saturating_sub(old) as f64 / seconds;
         let o = old.cloned().unwrap_or_default();
         for (kind, limit, r) in [
-            ("read_bps", d.read_bps_limit, rate(d.read_bytes, o.read_bytes)),
-            ("write_bps", d.write_bps_limit, rate(d.write_bytes, o.write_bytes)),
+            (
+                "read_bps",
+                d.read_bps_limit,
+                rate(d.read_bytes, o.read_bytes),
+            ),
+            (
+                "write_bps",
+                d.write_bps_limit,
+                rate(d.write_bytes, o.write_bytes),
+            ),
             ("read_iops", d.read_iops_limit, rate(d.read_ios, o.read_ios)),
-            ("write_iops", d.write_iops_limit, rate(d.write_ios, o.write_ios)),
+            (
+                "write_iops",
+                d.write_iops_limit,
+                rate(d.write_ios, o.write_ios),
+            ),
         ] {
             if limit == 0 {
                 continue;
@@ -564,7 +574,10 @@ pub fn own_verdict(f: &Findings, cfg: &DiagnosisConfig) -> Verdict {
         && let Some(reason) = f.cpu
     {
         let mut v = cpu_verdict(f, reason);
-        v.summary = format!("{} — its own starvation makes its peers look slow", v.summary);
+        v.summary = format!(
+            "{} — its own starvation makes its peers look slow",
+            v.summary
+        );
         return v;
     }
     if !ev.reachable {
@@ -802,7 +815,13 @@ pub fn resolve(members: &mut [Judged], cfg: &DiagnosisConfig) {
             .iter()
             .filter_map(|p| unwell(&p.peer))
             .max_by_key(|(_, is_leader, _, _)| *is_leader)
-            .map(|(n, _, c, _)| (n.clone(), c.clone().unwrap_or_default(), slow_detail(&slow, n)));
+            .map(|(n, _, c, _)| {
+                (
+                    n.clone(),
+                    c.clone().unwrap_or_default(),
+                    slow_detail(&slow, n),
+                )
+            });
         if blamed.is_none()
             && !m.is_leader
             && let Some((n, _, Some(c), own)) = leader
@@ -825,9 +844,14 @@ pub fn resolve(members: &mut [Judged], cfg: &DiagnosisConfig) {
 
 /// "RTT 40.0 ms, 78 retransmits" for `peer`, when it is among the slow ones.
 fn slow_detail(slow: &[&PeerEvidence], peer: &str) -> String {
-    slow.iter().find(|p| p.peer == peer).map_or_else(String::new, |p| {
-        format!("RTT {:.1} ms, {} retransmits to it", p.rtt_ms, p.retransmits)
-    })
+    slow.iter()
+        .find(|p| p.peer == peer)
+        .map_or_else(String::new, |p| {
+            format!(
+                "RTT {:.1} ms, {} retransmits to it",
+                p.rtt_ms, p.retransmits
+            )
+        })
 }
 
 #[cfg(test)]
@@ -836,9 +860,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        analysis::diagnosis::sample::AgentSample, analysis::diagnosis::sample::DeviceSample,
+        analysis::diagnosis::sample::AgentSample, analysis::diagnosis::sample::CgroupIoSample,
+        analysis::diagnosis::sample::DeviceSample,
     };
     use etcd_monitor_histogram::{CumulativeBuckets, Log2Slots};
+    use etcd_monitor_proto::v1::{CgroupIoDevice, Pressure};
 
     fn log2(count: u64, each_ns: u64) -> Log2Slots {
         let mut slots = vec![0u64; 40];
@@ -858,6 +884,9 @@ mod tests {
     fn sample(at: u64, fsyncs: u64, fsync_ns: u64, device_ns: u64) -> MemberSample {
         MemberSample {
             at_ms: at,
+            name: "member0".into(),
+            reachable: true,
+            is_leader: false,
             server_wal: Some(server(fsyncs as f64, fsync_ns > 10_000_000)),
             agent: Some(AgentSample {
                 pid: 100,
@@ -865,6 +894,7 @@ mod tests {
                 wal_fdatasync: log2(fsyncs, fsync_ns),
                 devices: vec![DeviceSample {
                     name: "loop3".into(),
+                    id: "7:3".into(),
                     service: log2(fsyncs * 3, device_ns),
                     issuers: vec![IoIssuer {
                         pid: 100,
@@ -877,6 +907,9 @@ mod tests {
                 throttle: Some((fsyncs, 0, 0)),
                 cgroup: "/".into(),
                 peers: vec![("member1".into(), 100, 0)],
+                wal_write: log2(fsyncs, 10_000),
+                process_state: "S".into(),
+                cgroup_io: None,
             }),
         }
     }
@@ -978,5 +1011,245 @@ mod tests {
         let v = diagnose(&first, &last, &cfg());
         assert_eq!(v.cause, "peer_network_slow", "{v:?}");
         assert_eq!(v.peer.as_deref(), Some("member2"));
+    }
+    fn agent(s: &mut MemberSample) -> &mut AgentSample {
+        s.agent.as_mut().expect("an agent sample")
+    }
+
+    /// A window of `name` judged alone (phase 1), ready for phase 2.
+    fn judged(name: &str, leader: bool, first: &MemberSample, last: &MemberSample) -> Judged {
+        let mut last = last.clone();
+        last.name = name.to_string();
+        last.is_leader = leader;
+        Judged::new(&findings(first, &last, &cfg()), &last, &cfg())
+    }
+
+    /// A member with a fast disk whose agent sees `peers` as (name, RTT µs, retransmits).
+    fn with_peers(peers: Vec<(&str, u32, u64)>) -> (MemberSample, MemberSample) {
+        let first = sample(0, 0, 1, 1);
+        let mut last = sample(1, 100, 1_000_000, 100_000);
+        agent(&mut last).peers = peers
+            .into_iter()
+            .map(|(p, r, t)| (p.into(), r, t))
+            .collect();
+        (first, last)
+    }
+
+    /// A member on a fast disk whose cgroup was throttled in 80 of 100 periods, WAL sync
+    /// still fine.
+    fn starved() -> (MemberSample, MemberSample) {
+        let (first, mut last) = with_peers(vec![("member0", 90_000, 40)]);
+        agent(&mut last).throttle = Some((100, 80, 4_000_000_000));
+        (first, last)
+    }
+
+    #[test]
+    fn a_starved_peer_seen_from_a_healthy_member_is_peer_unhealthy_not_the_network() {
+        let (f0, l0) = with_peers(vec![("member2", 45_000, 78)]);
+        let (f1, l1) = with_peers(vec![("member2", 200, 0)]);
+        let (f2, l2) = starved();
+        let mut members = vec![
+            judged("member0", true, &f0, &l0),
+            judged("member1", false, &f1, &l1),
+            judged("member2", false, &f2, &l2),
+        ];
+        assert_eq!(
+            members[0].verdict.cause, "peer_network_slow",
+            "phase 1 alone"
+        );
+        assert_eq!(
+            members[2].verdict.cause, "cpu_starved",
+            "its slow peers are its own doing"
+        );
+        assert_eq!(members[2].condition.as_deref(), Some("cpu_starved"));
+        resolve(&mut members, &cfg());
+        let v = &members[0].verdict;
+        assert_eq!(v.cause, "peer_unhealthy", "{v:?}");
+        assert_eq!(v.peer.as_deref(), Some("member2"));
+        assert_eq!(v.peer_cause.as_deref(), Some("cpu_starved"));
+        assert!(v.summary.contains("not the network"), "{}", v.summary);
+        assert_eq!(members[1].verdict.cause, "healthy", "no symptom, no blame");
+        assert_eq!(members[2].verdict.cause, "cpu_starved");
+    }
+
+    #[test]
+    fn a_slow_network_between_well_members_stays_peer_network_slow() {
+        let (f0, l0) = with_peers(vec![("member1", 120_000, 3)]);
+        let (f1, l1) = with_peers(vec![("member0", 120_000, 3)]);
+        let mut members = vec![
+            judged("member0", true, &f0, &l0),
+            judged("member1", false, &f1, &l1),
+        ];
+        resolve(&mut members, &cfg());
+        for m in &members {
+            assert_eq!(m.verdict.cause, "peer_network_slow", "{:?}", m.verdict);
+            assert_eq!(m.verdict.peer_cause, None);
+        }
+    }
+
+    #[test]
+    fn a_leader_with_a_fault_is_weighed_into_its_followers_verdicts() {
+        let first = sample(0, 0, 1, 1);
+        let slow_disk = sample(1, 100, 60_000_000, 20_000_000);
+        let fine = sample(1, 100, 1_000_000, 100_000);
+        let mut members = vec![
+            judged("member0", true, &first, &slow_disk),
+            judged("member1", false, &first, &fine),
+        ];
+        resolve(&mut members, &cfg());
+        assert_eq!(members[0].verdict.cause, "disk_slow");
+        let v = &members[1].verdict;
+        assert_eq!(
+            (v.cause.as_str(), v.peer.as_deref(), v.peer_cause.as_deref()),
+            ("peer_unhealthy", Some("member0"), Some("disk_slow")),
+            "{v:?}"
+        );
+        // A follower's fault is not blamed on its fellow followers or the leader.
+        let mut members = vec![
+            judged("member0", true, &first, &fine),
+            judged("member1", false, &first, &slow_disk),
+            judged("member2", false, &first, &fine),
+        ];
+        resolve(&mut members, &cfg());
+        let causes: Vec<&str> = members.iter().map(|m| m.verdict.cause.as_str()).collect();
+        assert_eq!(causes, ["healthy", "disk_slow", "healthy"]);
+    }
+
+    #[test]
+    fn a_stopped_process_is_stopped_and_its_slow_peers_say_so() {
+        let first = sample(0, 0, 1, 1);
+        let mut last = sample(1, 100, 1_000_000, 100_000);
+        last.reachable = false;
+        agent(&mut last).process_state = "T".into();
+        let (f1, l1) = with_peers(vec![("member0", 300_000, 25)]);
+        let mut members = vec![
+            judged("member0", false, &first, &last),
+            judged("member1", true, &f1, &l1),
+        ];
+        assert_eq!(
+            members[0].verdict.cause, "stopped",
+            "{:?}",
+            members[0].verdict
+        );
+        resolve(&mut members, &cfg());
+        let v = &members[1].verdict;
+        assert_eq!(
+            (v.cause.as_str(), v.peer.as_deref(), v.peer_cause.as_deref()),
+            ("peer_unhealthy", Some("member0"), Some("stopped"))
+        );
+    }
+
+    #[test]
+    fn an_unreachable_member_is_unreachable_unless_it_is_starved() {
+        let first = sample(0, 0, 1, 1);
+        let mut last = sample(1, 100, 1_000_000, 100_000);
+        last.reachable = false;
+        assert_eq!(diagnose(&first, &last, &cfg()).cause, "unreachable");
+        agent(&mut last).throttle = Some((100, 80, 4_000_000_000));
+        let v = diagnose(&first, &last, &cfg());
+        assert_eq!(
+            (v.cause.as_str(), v.reason.as_deref()),
+            ("cpu_starved", Some("throttled")),
+            "{v:?}"
+        );
+    }
+
+    fn cgroup_io(at_ms: u64, device: &str, write_ios: u64, limit: u64) -> CgroupIoSample {
+        CgroupIoSample {
+            cgroup: "/etcd-slow-io".into(),
+            devices: vec![CgroupIoDevice {
+                device: device.into(),
+                write_iops_limit: limit,
+                write_ios,
+                ..CgroupIoDevice::default()
+            }],
+            pressure_source: "system".into(),
+            io_pressure: Some(Pressure {
+                some_micros: at_ms * 500,
+                ..Pressure::default()
+            }),
+            cpu_pressure: None,
+            sampled_at_ms: at_ms,
+        }
+    }
+
+    #[test]
+    fn slow_sync_with_the_cgroup_at_its_io_limit_is_io_throttled() {
+        let mut first = sample(0, 0, 1, 1);
+        let mut last = sample(10_000, 200, 60_000_000, 100_000);
+        agent(&mut first).cgroup_io = Some(cgroup_io(0, "7:3", 0, 20));
+        agent(&mut last).cgroup_io = Some(cgroup_io(10_000, "7:3", 195, 20));
+        let v = diagnose(&first, &last, &cfg());
+        assert_eq!(v.cause, "io_throttled", "{v:?}");
+        assert_eq!(v.cgroup.as_deref(), Some("/etcd-slow-io"));
+        let io = v.evidence.cgroup_io.expect("cgroup evidence");
+        assert_eq!(io.limit_kind.as_deref(), Some("write_iops"));
+        assert!(io.rate.is_some_and(|r| (r - 19.5).abs() < 1e-9), "{io:?}");
+        assert_eq!(v.evidence.pressure_source.as_deref(), Some("system"));
+        assert!(
+            v.evidence
+                .io_pressure_share
+                .is_some_and(|s| (s - 0.5).abs() < 1e-9)
+        );
+        // Well under the limit: not the cgroup's doing (the device is fast: inconclusive).
+        agent(&mut last).cgroup_io = Some(cgroup_io(10_000, "7:3", 50, 20));
+        assert_eq!(diagnose(&first, &last, &cfg()).cause, "inconclusive");
+        // A limit on another device than the data dir's does not slow the WAL.
+        agent(&mut first).cgroup_io = Some(cgroup_io(0, "8:0", 0, 20));
+        agent(&mut last).cgroup_io = Some(cgroup_io(10_000, "8:0", 200, 20));
+        assert_eq!(diagnose(&first, &last, &cfg()).cause, "inconclusive");
+    }
+
+    #[test]
+    fn own_cgroup_cpu_pressure_is_cpu_starved_but_the_nodes_is_not() {
+        let mut first = sample(0, 0, 1, 1);
+        let mut last = sample(10_000, 100, 60_000_000, 100_000);
+        let psi = |at: u64, source: &str| CgroupIoSample {
+            pressure_source: source.into(),
+            cpu_pressure: Some(Pressure {
+                some_micros: at * 400,
+                ..Pressure::default()
+            }),
+            sampled_at_ms: at,
+            ..CgroupIoSample::default()
+        };
+        agent(&mut first).cgroup_io = Some(psi(0, "system"));
+        agent(&mut last).cgroup_io = Some(psi(10_000, "system"));
+        assert_eq!(diagnose(&first, &last, &cfg()).cause, "inconclusive");
+        agent(&mut first).cgroup_io = Some(psi(0, "cgroup"));
+        agent(&mut last).cgroup_io = Some(psi(10_000, "cgroup"));
+        let v = diagnose(&first, &last, &cfg());
+        assert_eq!(
+            (v.cause.as_str(), v.reason.as_deref()),
+            ("cpu_starved", Some("pressure")),
+            "{v:?}"
+        );
+        assert!(
+            v.evidence
+                .cpu_pressure_share
+                .is_some_and(|s| (s - 0.4).abs() < 1e-9)
+        );
+    }
+
+    #[test]
+    fn slow_wal_writes_with_fast_fdatasync_are_wal_write_slow() {
+        let first = sample(0, 0, 1, 1);
+        let mut last = sample(1, 100, 1_000_000, 100_000);
+        agent(&mut last).wal_write = log2(100, 50_000_000);
+        let v = diagnose(&first, &last, &cfg());
+        assert_eq!(v.cause, "wal_write_slow", "{v:?}");
+        assert_eq!(v.evidence.syscall_wal_writes, 100);
+        assert!(
+            v.evidence
+                .syscall_wal_write_at_quantile_ms
+                .is_some_and(|p| p > 10.0)
+        );
+        // Too few writes say nothing.
+        agent(&mut last).wal_write = log2(3, 50_000_000);
+        assert_eq!(diagnose(&first, &last, &cfg()).cause, "healthy");
+        // Slow writes of a starved member are its starvation.
+        agent(&mut last).wal_write = log2(100, 50_000_000);
+        agent(&mut last).throttle = Some((100, 80, 4_000_000_000));
+        assert_eq!(diagnose(&first, &last, &cfg()).cause, "cpu_starved");
     }
 }

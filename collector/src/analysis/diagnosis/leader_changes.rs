@@ -3,11 +3,11 @@
 //! evidence at that moment and what each other member saw of it (its own verdict, and its RTT
 //! and retransmits to the old leader). `GET /api/v1/cluster/leader` joins them to its history,
 //! the status page shows them, and the leader-change alerts carry the newest one
-//! ([`latest_text`]).
+//! (`annotations.diagnosis`, through `super::leader_change_text`).
 //!
 //! "At that moment" is the first diagnosis tick after the change; while the old leader's
-//! cause is not yet a fault (the agent samples process state every few seconds) the
-//! explanation is refreshed for up to [`SETTLE_MS`], then frozen.
+//! cause is not yet a fault more specific than `unreachable` (the agent samples process state
+//! every few seconds) the explanation is refreshed for up to [`SETTLE_MS`], then frozen.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +20,8 @@ use crate::model::cluster::{LEADER_HISTORY, LeaderChange};
 /// How long after a change its explanation may still be refreshed while it names no fault.
 pub const SETTLE_MS: u64 = 15_000;
 
-/// The rules whose alerts carry the latest explanation (`annotations.leader_change`).
+/// The rules whose alerts carry the latest explanation (`annotations.diagnosis`, and
+/// `{{ diagnosis }}` in their templates).
 pub const LEADER_CHANGE_RULES: &[&str] = &["HighLeaderChangeRate", "etcdHighNumberOfLeaderChanges"];
 
 /// What one other member saw of the previous leader.
@@ -89,12 +90,13 @@ impl Explanations {
         let known = self.by_cluster.entry(cluster.to_string()).or_default();
         for change in history.iter().filter(|c| c.at_ms <= now_ms) {
             let key = (change.at_ms, change.new_leader.clone());
-            let settled = known.get(&key).is_some_and(|e| {
-                now_ms.saturating_sub(change.at_ms) > SETTLE_MS || names_fault(e)
-            });
+            let settled = known
+                .get(&key)
+                .is_some_and(|e| now_ms.saturating_sub(change.at_ms) > SETTLE_MS || names_fault(e));
             // A change older than the settling time that was never seen (history loaded at
             // start-up) is not explained with today's verdicts.
-            let stale = !known.contains_key(&key) && now_ms.saturating_sub(change.at_ms) > SETTLE_MS;
+            let stale =
+                !known.contains_key(&key) && now_ms.saturating_sub(change.at_ms) > SETTLE_MS;
             if settled || stale {
                 continue;
             }
@@ -111,10 +113,13 @@ impl Explanations {
     }
 }
 
+/// Whether the explanation names a fault more specific than `unreachable` (which a stopped
+/// or starved member first looks like, until its agent's next resource sample).
 fn names_fault(e: &LeaderChangeExplanation) -> bool {
-    e.previous_leader
-        .as_ref()
-        .is_some_and(|d| FAULTS.contains(&d.verdict.cause.as_str()))
+    e.previous_leader.as_ref().is_some_and(|d| {
+        let cause = d.verdict.cause.as_str();
+        cause != "unreachable" && FAULTS.contains(&cause)
+    })
 }
 
 /// The explanation of `change` from this tick's verdicts.
@@ -128,9 +133,9 @@ pub fn explain(change: &LeaderChange, verdicts: &[MemberDiagnosis]) -> LeaderCha
         .iter()
         .filter(|d| Some(&d.member_id) != change.old_leader.as_ref())
         .map(|d| {
-            let to_old = name.as_deref().and_then(|n| {
-                d.verdict.evidence.peers.iter().find(|p| p.peer == n)
-            });
+            let to_old = name
+                .as_deref()
+                .and_then(|n| d.verdict.evidence.peers.iter().find(|p| p.peer == n));
             PeerView {
                 member: d.member.clone(),
                 cause: d.verdict.cause.clone(),
@@ -245,12 +250,18 @@ mod tests {
             x.previous_leader.as_ref().map(|p| p.verdict.cause.as_str()),
             Some("stopped")
         );
-        assert!(x.summary.contains("previous leader was stopped"), "{}", x.summary);
+        assert!(
+            x.summary.contains("previous leader was stopped"),
+            "{}",
+            x.summary
+        );
         assert!(x.summary.contains("m1 blamed it"), "{}", x.summary);
         // …and then it stays.
         e.observe("c", &[change(1000)], &first, 7000);
         assert_eq!(
-            e.latest("c").and_then(|x| x.previous_leader).map(|p| p.verdict.cause),
+            e.latest("c")
+                .and_then(|x| x.previous_leader)
+                .map(|p| p.verdict.cause),
             Some("stopped".to_string())
         );
     }
@@ -264,6 +275,9 @@ mod tests {
         let history: Vec<LeaderChange> = (0..150).map(|i| change(now - 100 + i)).collect();
         e.observe("c", &history, &[], now + 100);
         assert_eq!(e.by_cluster["c"].len(), LEADER_HISTORY);
-        assert!(e.latest("c").is_some_and(|x| x.summary.contains("has no verdict")));
+        assert!(
+            e.latest("c")
+                .is_some_and(|x| x.summary.contains("has no verdict"))
+        );
     }
 }

@@ -313,7 +313,7 @@ pub fn verdict_text(diagnoses: &Diagnoses, cluster: &str, member: &str) -> Optio
     Some(format!("{head}: {}", v.summary))
 }
 
-/// The text a leader-change alert of `rule` carries (`annotations.leader_change`): the newest
+/// The text a leader-change alert of `rule` carries (`annotations.diagnosis`): the newest
 /// change of `cluster` explained. `None` for other rules or before any change was explained.
 pub fn leader_change_text(diagnoses: &Diagnoses, rule: &str, cluster: &str) -> Option<String> {
     if !leader_changes::LEADER_CHANGE_RULES.contains(&rule) {
