@@ -326,16 +326,18 @@ pub fn read_member(
         }
         _ => None,
     };
-    let psi = |dir: &Path| {
-        let io = read(&dir.join("io.pressure")).and_then(|t| parse_pressure(&t));
-        let cpu = read(&dir.join("cpu.pressure")).and_then(|t| parse_pressure(&t));
+    let psi = |io: PathBuf, cpu: PathBuf| {
+        let io = read(&io).and_then(|t| parse_pressure(&t));
+        let cpu = read(&cpu).and_then(|t| parse_pressure(&t));
         (io.is_some() || cpu.is_some()).then_some((io, cpu))
     };
+    let system = proc_root.join("pressure");
     let pressure = own_v2
-        .as_deref()
-        .and_then(psi)
+        .and_then(|d| psi(d.join("io.pressure"), d.join("cpu.pressure")))
         .map(|p| (PressureSource::Cgroup, p))
-        .or_else(|| psi(&proc_root.join("pressure")).map(|p| (PressureSource::System, p)));
+        .or_else(|| {
+            psi(system.join("io"), system.join("cpu")).map(|p| (PressureSource::System, p))
+        });
     if let Some((source, (io, cpu))) = pressure {
         (out.pressure_source, out.io_pressure, out.cpu_pressure) = (Some(source), io, cpu);
         found = true;

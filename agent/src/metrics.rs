@@ -792,7 +792,9 @@ impl Collector for ResourceCollector {
                 let mut f = MetricFamily::default();
                 f.set_name((*name).to_string());
                 f.set_help((*help).to_string());
-                f.set_field_type(if name.ends_with("_total") {
+                let counter = name.ends_with("_seconds_total")
+                    || [READ_FAILURES, CGROUP_IO_IOS, CGROUP_IO_BYTES].contains(name);
+                f.set_field_type(if counter {
                     MetricType::COUNTER
                 } else {
                     MetricType::GAUGE
