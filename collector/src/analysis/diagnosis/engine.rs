@@ -30,8 +30,9 @@
 //!    else `healthy`.
 //!
 //! Phase 2, across the cluster ([`resolve`]): a member judged `healthy`, `inconclusive` or
-//! `peer_network_slow` whose slow peer is itself unwell (its own verdict, or its CPU, I/O
-//! cgroup or device evidence: [`Findings::condition`]) → `peer_unhealthy{peer, peer_cause}`;
+//! `peer_network_slow` whose peer looks slow ([`symptomatic_peers`]: a lower bar than phase
+//! 1's) and is itself unwell (its own verdict, or its CPU, I/O cgroup or device evidence:
+//! [`Findings::condition`]) → `peer_unhealthy{peer, peer_cause}`;
 //! and a follower judged `inconclusive` or `peer_network_slow` — or `healthy`, when the leader's
 //! own verdict is a fault — while the leader is unwell → `peer_unhealthy` naming the leader.
 //! `peer_network_slow` is left only for a slow network between two members that are well.
@@ -810,7 +811,7 @@ pub fn resolve(members: &mut [Judged], cfg: &DiagnosisConfig) {
             view.iter()
                 .find(|(n, _, c, _)| n == name && c.is_some() && n != &m.name)
         };
-        let slow = slow_peers(&m.verdict.evidence, cfg);
+        let slow = symptomatic_peers(&m.verdict.evidence, cfg);
         let mut blamed = slow
             .iter()
             .filter_map(|p| unwell(&p.peer))
@@ -840,6 +841,20 @@ pub fn resolve(members: &mut [Judged], cfg: &DiagnosisConfig) {
             m.verdict.missing.clear();
         }
     }
+}
+
+/// The peers that look slow when the peer is independently known to be unwell: a lower bar
+/// than [`slow_peers`] — an RTT above a fifth of `peer_rtt_ms` or any retransmit — since the
+/// peer's own evidence already says what is wrong. (A CPU-starved follower measured here
+/// raised its leader's RTT to it from 0.5 ms to 28 ms, with no retransmits.)
+pub fn symptomatic_peers<'a>(ev: &'a Evidence, cfg: &DiagnosisConfig) -> Vec<&'a PeerEvidence> {
+    let mut slow: Vec<&PeerEvidence> = ev
+        .peers
+        .iter()
+        .filter(|p| p.rtt_ms > cfg.peer_rtt_ms / 5.0 || p.retransmits > 0)
+        .collect();
+    slow.sort_by(|a, b| b.rtt_ms.total_cmp(&a.rtt_ms));
+    slow
 }
 
 /// "RTT 40.0 ms, 78 retransmits" for `peer`, when it is among the slow ones.
@@ -1070,6 +1085,19 @@ mod tests {
         assert!(v.summary.contains("not the network"), "{}", v.summary);
         assert_eq!(members[1].verdict.cause, "healthy", "no symptom, no blame");
         assert_eq!(members[2].verdict.cause, "cpu_starved");
+        // Measured: the leader's RTT to a starved follower rose to 28 ms, no retransmits —
+        // under phase 1's bar, over phase 2's.
+        let (f1, l1) = with_peers(vec![("member2", 28_000, 0)]);
+        let mut members = vec![
+            judged("member1", true, &f1, &l1),
+            judged("member2", false, &f2, &l2),
+        ];
+        assert_eq!(members[0].verdict.cause, "healthy");
+        resolve(&mut members, &cfg());
+        assert_eq!(
+            members[0].verdict.peer_cause.as_deref(),
+            Some("cpu_starved")
+        );
     }
 
     #[test]
