@@ -71,139 +71,122 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
     c
 }
 
+fn int_counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    Ok(register(r, IntCounter::new(name, help)?))
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    Ok(register(r, IntGauge::new(name, help)?))
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    Ok(register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels)?,
+    ))
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    Ok(register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels)?,
+    ))
+}
+
 impl AgentMetrics {
     /// Creates the registry with every self-metric and the kernel collector over `tracker`.
     pub fn new(tracker: Arc<Mutex<Tracker>>) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let drops = Arc::new(AgentDrops::default());
-        let events = register(
-            &registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "etcdmon_agent_events_total",
-                    "Ring-buffer records read, by kind.",
-                ),
+        registry.register(Box::new(KernelCollector::new(tracker, drops.clone())?))?;
+        let r = &registry;
+        Ok(Self {
+            events: counter_vec(
+                r,
+                "etcdmon_agent_events_total",
+                "Ring-buffer records read, by kind.",
                 &["kind"],
             )?,
-        );
-        let unknown_fd_events = register(
-            &registry,
-            IntCounter::new(
+            unknown_fd_events: int_counter(
+                r,
                 "etcdmon_agent_unknown_fd_events_total",
                 "Syscall events on fds the kernel had not classified yet.",
             )?,
-        );
-        let rescans = register(
-            &registry,
-            IntCounter::new(
+            rescans: int_counter(
+                r,
                 "etcdmon_agent_rescans_total",
                 "Scans of /proc for etcd processes.",
             )?,
-        );
-        let tracked = register(
-            &registry,
-            IntGauge::new(
+            tracked: int_gauge(
+                r,
                 "etcdmon_agent_tracked_processes",
                 "etcd processes traced now.",
             )?,
-        );
-        let mode = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "etcdmon_agent_mode",
-                    "1 for the agent's current mode (ebpf, ebpf-partial, client-only).",
-                ),
+            mode: gauge_vec(
+                r,
+                "etcdmon_agent_mode",
+                "1 for the agent's current mode (ebpf, ebpf-partial, client-only).",
                 &["mode"],
             )?,
-        );
-        let skipped_probes = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "etcdmon_agent_probe_skipped",
-                    "1 for each optional probe that failed to attach.",
-                ),
+            skipped_probes: gauge_vec(
+                r,
+                "etcdmon_agent_probe_skipped",
+                "1 for each optional probe that failed to attach.",
                 &["program"],
             )?,
-        );
-        let member_info = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "etcdmon_agent_member_info",
-                    "Identity of each traced etcd process.",
-                ),
+            member_info: gauge_vec(
+                r,
+                "etcdmon_agent_member_info",
+                "Identity of each traced etcd process.",
                 &["member", "pid", "data_dir", "client_url", "peer_url"],
             )?,
-        );
-        let map_errors = register(
-            &registry,
-            IntCounter::new(
+            map_errors: int_counter(
+                r,
                 "etcdmon_agent_map_errors_total",
                 "Failed eBPF map operations.",
             )?,
-        );
-        let batches_sent = register(
-            &registry,
-            IntCounter::new(
+            batches_sent: int_counter(
+                r,
                 "etcdmon_agent_batches_sent_total",
                 "Event batches handed to the gRPC stream to the collector.",
             )?,
-        );
-        let events_batched = register(
-            &registry,
-            IntCounter::new(
+            events_batched: int_counter(
+                r,
                 "etcdmon_agent_events_batched_total",
                 "Events put into batches for the collector; each arrives or is counted there as lost.",
             )?,
-        );
-        let reconnects = register(
-            &registry,
-            IntCounter::new(
+            reconnects: int_counter(
+                r,
                 "etcdmon_agent_reconnects_total",
                 "Reconnection attempts to the collector.",
             )?,
-        );
-        let connected = register(
-            &registry,
-            IntGauge::new(
+            connected: int_gauge(
+                r,
                 "etcdmon_agent_collector_connected",
                 "1 while the stream to the collector is open.",
             )?,
-        );
-        let queue_batches = register(
-            &registry,
-            IntGauge::new(
+            queue_batches: int_gauge(
+                r,
                 "etcdmon_agent_queue_batches",
                 "Batches waiting for the collector.",
             )?,
-        );
-        let queue_bytes = register(
-            &registry,
-            IntGauge::new(
+            queue_bytes: int_gauge(
+                r,
                 "etcdmon_agent_queue_bytes",
                 "Encoded bytes waiting for the collector.",
             )?,
-        );
-        registry.register(Box::new(KernelCollector::new(tracker, drops.clone())?))?;
-        Ok(Self {
-            registry,
-            events,
-            unknown_fd_events,
-            rescans,
-            tracked,
-            mode,
-            skipped_probes,
-            member_info,
-            map_errors,
-            batches_sent,
-            events_batched,
-            reconnects,
-            connected,
-            queue_batches,
-            queue_bytes,
             drops,
+            registry,
         })
     }
 
@@ -469,33 +452,17 @@ impl Collector for KernelCollector {
             ),
             Err(_) => return Vec::new(),
         };
-        let (mut fsync, mut write, mut bytes, mut errors) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut receive, mut received) = (Vec::new(), Vec::new());
-        for (member, ops) in &snapshot {
-            for ((op, class), totals) in ops {
-                let pairs = [
-                    ("member", member.as_str()),
-                    ("file", class.name()),
-                    ("op", op.name()),
-                ];
-                let mut m = proto::Metric::from_label(labels(&pairs));
-                m.set_histogram(histogram(totals));
-                if op.is_receive() {
-                    receive.push(m);
-                    received.push(counter(&pairs, totals.bytes));
-                    errors.push(counter(&pairs, totals.errors));
-                    continue;
-                }
-                if op.is_sync() {
-                    fsync.push(m)
-                } else {
-                    write.push(m)
-                }
-                bytes.push(counter(&pairs, totals.bytes));
-                errors.push(counter(&pairs, totals.errors));
-            }
-        }
+        let mut families = syscall_families(&snapshot);
+        families.push(self.dropped(&kernel_drops));
+        families.extend(net_families(&net));
+        families.extend(diag_families(&diag));
+        families
+    }
+}
+
+impl KernelCollector {
+    /// `etcdmon_events_dropped_total`: the kernel's and the agent's own drops.
+    fn dropped(&self, kernel_drops: &crate::kernel::KernelDrops) -> MetricFamily {
         let d = &self.drops;
         let dropped = vec![
             counter(
@@ -519,84 +486,127 @@ impl Collector for KernelCollector {
                 d.decode.load(Ordering::Relaxed),
             ),
         ];
-        let (mut rtt, mut retrans, mut peer_bytes) = (Vec::new(), Vec::new(), Vec::new());
-        for ((member, peer), t) in &net.peers {
-            let pair = [("member", member.as_str()), ("peer", peer.as_str())];
-            if t.srtt_us > 0 {
-                rtt.push(gauge(&pair, f64::from(t.srtt_us) / 1e6));
-            }
-            retrans.push(counter(&pair, t.retransmits));
-            peer_bytes.push(counter(
-                &[pair[0], pair[1], ("direction", "received")],
-                t.rx_bytes,
-            ));
-            peer_bytes.push(counter(
-                &[pair[0], pair[1], ("direction", "sent")],
-                t.tx_bytes,
-            ));
-        }
-        let (mut open, mut opened, mut closed) = (Vec::new(), Vec::new(), Vec::new());
-        for (member, c) in &net.clients {
-            let m = [("member", member.as_str())];
-            open.push(gauge(&m, c.open as f64));
-            opened.push(counter(&m, c.opened));
-            closed.push(counter(&m, c.closed));
-        }
-        let mut peer_syscall = Vec::new();
-        for ((member, peer), b) in &net.syscall {
-            let pair = [("member", member.as_str()), ("peer", peer.as_str())];
-            peer_syscall.push(counter(
-                &[pair[0], pair[1], ("direction", "received")],
-                b.received,
-            ));
-            peer_syscall.push(counter(&[pair[0], pair[1], ("direction", "sent")], b.sent));
-        }
-        let mut block = Vec::new();
-        for d in &diag.devices {
-            for member in &d.members {
-                let mut m = proto::Metric::from_label(labels(&[
-                    ("member", member.as_str()),
-                    ("device", d.device.name.as_str()),
-                ]));
-                m.set_histogram(histogram(&d.service));
-                block.push(m);
-            }
-        }
-        let (mut runq, mut throttled, mut periods, mut throttled_s) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for s in &diag.sched {
-            let m = [("member", s.member.as_str())];
-            let mut h = proto::Metric::from_label(labels(&m));
-            h.set_histogram(histogram(&s.runq));
-            runq.push(h);
-            if let Some(t) = s.throttle {
-                throttled.push(counter(&m, t.nr_throttled));
-                periods.push(counter(&m, t.nr_periods));
-                throttled_s.push(gauge_counter(&m, t.throttled_ns as f64 / 1e9));
-            }
-        }
-        vec![
-            family(RECEIVE, MetricType::HISTOGRAM, receive),
-            family(RECEIVED, MetricType::COUNTER, received),
-            family(PEER_SYSCALL_BYTES, MetricType::COUNTER, peer_syscall),
-            family(BLOCK_SERVICE, MetricType::HISTOGRAM, block),
-            family(RUNQ, MetricType::HISTOGRAM, runq),
-            family(THROTTLED_PERIODS, MetricType::COUNTER, throttled),
-            family(CPU_PERIODS, MetricType::COUNTER, periods),
-            family(THROTTLED_SECONDS, MetricType::COUNTER, throttled_s),
-            family(PEER_RTT, MetricType::GAUGE, rtt),
-            family(PEER_RETRANS, MetricType::COUNTER, retrans),
-            family(PEER_BYTES, MetricType::COUNTER, peer_bytes),
-            family(CLIENT_CONNS, MetricType::GAUGE, open),
-            family(CLIENT_OPENED, MetricType::COUNTER, opened),
-            family(CLIENT_CLOSED, MetricType::COUNTER, closed),
-            family(FSYNC, MetricType::HISTOGRAM, fsync),
-            family(WRITE, MetricType::HISTOGRAM, write),
-            family(BYTES, MetricType::COUNTER, bytes),
-            family(ERRORS, MetricType::COUNTER, errors),
-            family(DROPPED, MetricType::COUNTER, dropped),
-        ]
+        family(DROPPED, MetricType::COUNTER, dropped)
     }
+}
+
+/// Per (member, op, file): the syscall histograms, bytes and errors.
+fn syscall_families(snapshot: &crate::stats::Snapshot) -> Vec<MetricFamily> {
+    let (mut fsync, mut write, mut bytes, mut errors) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut receive, mut received) = (Vec::new(), Vec::new());
+    for (member, ops) in snapshot {
+        for ((op, class), totals) in ops {
+            let pairs = [
+                ("member", member.as_str()),
+                ("file", class.name()),
+                ("op", op.name()),
+            ];
+            let mut m = proto::Metric::from_label(labels(&pairs));
+            m.set_histogram(histogram(totals));
+            if op.is_receive() {
+                receive.push(m);
+                received.push(counter(&pairs, totals.bytes));
+                errors.push(counter(&pairs, totals.errors));
+                continue;
+            }
+            if op.is_sync() {
+                fsync.push(m)
+            } else {
+                write.push(m)
+            }
+            bytes.push(counter(&pairs, totals.bytes));
+            errors.push(counter(&pairs, totals.errors));
+        }
+    }
+    vec![
+        family(RECEIVE, MetricType::HISTOGRAM, receive),
+        family(RECEIVED, MetricType::COUNTER, received),
+        family(FSYNC, MetricType::HISTOGRAM, fsync),
+        family(WRITE, MetricType::HISTOGRAM, write),
+        family(BYTES, MetricType::COUNTER, bytes),
+        family(ERRORS, MetricType::COUNTER, errors),
+    ]
+}
+
+/// Per (member, peer) and per member: TCP figures, syscall bytes and client connections.
+fn net_families(net: &crate::net::NetSnapshot) -> Vec<MetricFamily> {
+    let (mut rtt, mut retrans, mut peer_bytes) = (Vec::new(), Vec::new(), Vec::new());
+    for ((member, peer), t) in &net.peers {
+        let pair = [("member", member.as_str()), ("peer", peer.as_str())];
+        if t.srtt_us > 0 {
+            rtt.push(gauge(&pair, f64::from(t.srtt_us) / 1e6));
+        }
+        retrans.push(counter(&pair, t.retransmits));
+        peer_bytes.push(counter(
+            &[pair[0], pair[1], ("direction", "received")],
+            t.rx_bytes,
+        ));
+        peer_bytes.push(counter(
+            &[pair[0], pair[1], ("direction", "sent")],
+            t.tx_bytes,
+        ));
+    }
+    let (mut open, mut opened, mut closed) = (Vec::new(), Vec::new(), Vec::new());
+    for (member, c) in &net.clients {
+        let m = [("member", member.as_str())];
+        open.push(gauge(&m, c.open as f64));
+        opened.push(counter(&m, c.opened));
+        closed.push(counter(&m, c.closed));
+    }
+    let mut peer_syscall = Vec::new();
+    for ((member, peer), b) in &net.syscall {
+        let pair = [("member", member.as_str()), ("peer", peer.as_str())];
+        peer_syscall.push(counter(
+            &[pair[0], pair[1], ("direction", "received")],
+            b.received,
+        ));
+        peer_syscall.push(counter(&[pair[0], pair[1], ("direction", "sent")], b.sent));
+    }
+    vec![
+        family(PEER_SYSCALL_BYTES, MetricType::COUNTER, peer_syscall),
+        family(PEER_RTT, MetricType::GAUGE, rtt),
+        family(PEER_RETRANS, MetricType::COUNTER, retrans),
+        family(PEER_BYTES, MetricType::COUNTER, peer_bytes),
+        family(CLIENT_CONNS, MetricType::GAUGE, open),
+        family(CLIENT_OPENED, MetricType::COUNTER, opened),
+        family(CLIENT_CLOSED, MetricType::COUNTER, closed),
+    ]
+}
+
+/// Per device and per member: block service time, run-queue latency and CFS throttling.
+fn diag_families(diag: &crate::diag::DiagSnapshot) -> Vec<MetricFamily> {
+    let mut block = Vec::new();
+    for d in &diag.devices {
+        for member in &d.members {
+            let mut m = proto::Metric::from_label(labels(&[
+                ("member", member.as_str()),
+                ("device", d.device.name.as_str()),
+            ]));
+            m.set_histogram(histogram(&d.service));
+            block.push(m);
+        }
+    }
+    let (mut runq, mut throttled, mut periods, mut throttled_s) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for s in &diag.sched {
+        let m = [("member", s.member.as_str())];
+        let mut h = proto::Metric::from_label(labels(&m));
+        h.set_histogram(histogram(&s.runq));
+        runq.push(h);
+        if let Some(t) = s.throttle {
+            throttled.push(counter(&m, t.nr_throttled));
+            periods.push(counter(&m, t.nr_periods));
+            throttled_s.push(gauge_counter(&m, t.throttled_ns as f64 / 1e9));
+        }
+    }
+    vec![
+        family(BLOCK_SERVICE, MetricType::HISTOGRAM, block),
+        family(RUNQ, MetricType::HISTOGRAM, runq),
+        family(THROTTLED_PERIODS, MetricType::COUNTER, throttled),
+        family(CPU_PERIODS, MetricType::COUNTER, periods),
+        family(THROTTLED_SECONDS, MetricType::COUNTER, throttled_s),
+    ]
 }
 
 /// The resource series: one gauge family per figure, from the sampler's latest snapshot.

@@ -54,6 +54,15 @@ struct Setup {
 
 impl Setup {
     fn start(tag: &str, throttleable_member0: bool) -> anyhow::Result<Self> {
+        Self::start_with(tag, throttleable_member0, &[])
+    }
+
+    /// [`Setup::start`] with more collector flags (one named here replaces the default).
+    fn start_with(
+        tag: &str,
+        throttleable_member0: bool,
+        collector_flags: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut disks = Vec::new();
         for i in 0..3 {
             let name = format!("{tag}{i}");
@@ -86,7 +95,16 @@ impl Setup {
                 SLOW_FSYNC[0].to_string(),
                 SLOW_FSYNC[1].to_string(),
                 RUNQ.to_string(),
-            ],
+            ]
+            .into_iter()
+            .filter(|f| {
+                let name = f.split('=').next().unwrap_or_default();
+                !collector_flags
+                    .iter()
+                    .any(|o| o.split('=').next() == Some(name))
+            })
+            .chain(collector_flags.iter().map(|f| f.to_string()))
+            .collect::<Vec<_>>(),
             cluster.dir(),
         )?;
         let pattern = format!(
@@ -410,7 +428,10 @@ fn starved_follower_seen_from_a_healthy_peer_is_peer_unhealthy_not_the_network()
         return Ok(());
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let setup = Setup::start("peerstarve", false)?;
+    // Only the CFS quota may starve a member here: with eight builds on two cores every
+    // member's run-queue p99 reaches ~50 ms (measured), which would make the healthy peers
+    // `cpu_starved` themselves. The quota is seen through `cpu.stat` (reason `throttled`).
+    let setup = Setup::start_with("peerstarve", false, &["--diagnosis-runq-ms=250"])?;
     for run in 1..=2 {
         let leader = leader_name(&setup)?;
         let (index, starved) = setup
