@@ -212,10 +212,13 @@ fn read(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
+/// Which limit of an [`IoLimits`] a file sets.
+type LimitField = fn(&mut IoLimits) -> &mut Option<u64>;
+
 /// v1 limits of one blkio directory.
 fn v1_limits(dir: &Path) -> BTreeMap<String, IoLimits> {
     let mut out: BTreeMap<String, IoLimits> = BTreeMap::new();
-    let files: [(&str, fn(&mut IoLimits) -> &mut Option<u64>); 4] = [
+    let files: [(&str, LimitField); 4] = [
         ("blkio.throttle.read_bps_device", |l| &mut l.read_bps),
         ("blkio.throttle.write_bps_device", |l| &mut l.write_bps),
         ("blkio.throttle.read_iops_device", |l| &mut l.read_iops),
@@ -321,7 +324,7 @@ pub fn read_member(
         }
     }
     let own_v2 = match (&roots.v2, &cgroups.v2) {
-        (Some(root), Some(path)) if path.trim_matches('/') != "" => {
+        (Some(root), Some(path)) if !path.trim_matches('/').is_empty() => {
             ancestors(root, path).into_iter().next()
         }
         _ => None,
