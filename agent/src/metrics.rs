@@ -71,12 +71,76 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
     c
 }
 
-fn int_counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
-    Ok(register(r, IntCounter::new(name, help)?))
+/// (name, help) of the plain self-counters, in [`AgentMetrics::new`]'s order.
+const COUNTERS: [(&str, &str); 6] = [
+    (
+        "etcdmon_agent_unknown_fd_events_total",
+        "Syscall events on fds the kernel had not classified yet.",
+    ),
+    (
+        "etcdmon_agent_rescans_total",
+        "Scans of /proc for etcd processes.",
+    ),
+    (
+        "etcdmon_agent_map_errors_total",
+        "Failed eBPF map operations.",
+    ),
+    (
+        "etcdmon_agent_batches_sent_total",
+        "Event batches handed to the gRPC stream to the collector.",
+    ),
+    (
+        "etcdmon_agent_events_batched_total",
+        "Events put into batches for the collector; each arrives or is counted there as lost.",
+    ),
+    (
+        "etcdmon_agent_reconnects_total",
+        "Reconnection attempts to the collector.",
+    ),
+];
+
+/// (name, help) of the plain self-gauges, in [`AgentMetrics::new`]'s order.
+const GAUGES: [(&str, &str); 4] = [
+    (
+        "etcdmon_agent_tracked_processes",
+        "etcd processes traced now.",
+    ),
+    (
+        "etcdmon_agent_collector_connected",
+        "1 while the stream to the collector is open.",
+    ),
+    (
+        "etcdmon_agent_queue_batches",
+        "Batches waiting for the collector.",
+    ),
+    (
+        "etcdmon_agent_queue_bytes",
+        "Encoded bytes waiting for the collector.",
+    ),
+];
+
+fn int_counters<const N: usize>(
+    r: &Registry,
+    specs: [(&str, &str); N],
+) -> Result<[IntCounter; N], prometheus::Error> {
+    let mut out = Vec::with_capacity(N);
+    for (name, help) in specs {
+        out.push(register(r, IntCounter::new(name, help)?));
+    }
+    out.try_into()
+        .map_err(|_| prometheus::Error::Msg("counter count".to_string()))
 }
 
-fn int_gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
-    Ok(register(r, IntGauge::new(name, help)?))
+fn int_gauges<const N: usize>(
+    r: &Registry,
+    specs: [(&str, &str); N],
+) -> Result<[IntGauge; N], prometheus::Error> {
+    let mut out = Vec::with_capacity(N);
+    for (name, help) in specs {
+        out.push(register(r, IntGauge::new(name, help)?));
+    }
+    out.try_into()
+        .map_err(|_| prometheus::Error::Msg("gauge count".to_string()))
 }
 
 fn counter_vec(
@@ -110,27 +174,21 @@ impl AgentMetrics {
         let drops = Arc::new(AgentDrops::default());
         registry.register(Box::new(KernelCollector::new(tracker, drops.clone())?))?;
         let r = &registry;
+        let [
+            unknown_fd_events,
+            rescans,
+            map_errors,
+            batches_sent,
+            events_batched,
+            reconnects,
+        ] = int_counters(r, COUNTERS)?;
+        let [tracked, connected, queue_batches, queue_bytes] = int_gauges(r, GAUGES)?;
         Ok(Self {
             events: counter_vec(
                 r,
                 "etcdmon_agent_events_total",
                 "Ring-buffer records read, by kind.",
                 &["kind"],
-            )?,
-            unknown_fd_events: int_counter(
-                r,
-                "etcdmon_agent_unknown_fd_events_total",
-                "Syscall events on fds the kernel had not classified yet.",
-            )?,
-            rescans: int_counter(
-                r,
-                "etcdmon_agent_rescans_total",
-                "Scans of /proc for etcd processes.",
-            )?,
-            tracked: int_gauge(
-                r,
-                "etcdmon_agent_tracked_processes",
-                "etcd processes traced now.",
             )?,
             mode: gauge_vec(
                 r,
@@ -150,41 +208,16 @@ impl AgentMetrics {
                 "Identity of each traced etcd process.",
                 &["member", "pid", "data_dir", "client_url", "peer_url"],
             )?,
-            map_errors: int_counter(
-                r,
-                "etcdmon_agent_map_errors_total",
-                "Failed eBPF map operations.",
-            )?,
-            batches_sent: int_counter(
-                r,
-                "etcdmon_agent_batches_sent_total",
-                "Event batches handed to the gRPC stream to the collector.",
-            )?,
-            events_batched: int_counter(
-                r,
-                "etcdmon_agent_events_batched_total",
-                "Events put into batches for the collector; each arrives or is counted there as lost.",
-            )?,
-            reconnects: int_counter(
-                r,
-                "etcdmon_agent_reconnects_total",
-                "Reconnection attempts to the collector.",
-            )?,
-            connected: int_gauge(
-                r,
-                "etcdmon_agent_collector_connected",
-                "1 while the stream to the collector is open.",
-            )?,
-            queue_batches: int_gauge(
-                r,
-                "etcdmon_agent_queue_batches",
-                "Batches waiting for the collector.",
-            )?,
-            queue_bytes: int_gauge(
-                r,
-                "etcdmon_agent_queue_bytes",
-                "Encoded bytes waiting for the collector.",
-            )?,
+            unknown_fd_events,
+            rescans,
+            tracked,
+            map_errors,
+            batches_sent,
+            events_batched,
+            reconnects,
+            connected,
+            queue_batches,
+            queue_bytes,
             drops,
             registry,
         })
