@@ -31,8 +31,8 @@
 //!
 //! Phase 2, across the cluster ([`resolve`]): a member judged `healthy`, `inconclusive` or
 //! `peer_network_slow` whose peer looks slow ([`symptomatic_peers`]: a lower bar than phase
-//! 1's) and is itself unwell (its own verdict, or its CPU, I/O cgroup or device evidence:
-//! [`Findings::condition`]) → `peer_unhealthy{peer, peer_cause}`;
+//! 1's) and is itself unwell (its own verdict is a fault, or its cgroup's CFS throttling or
+//! PSI, or its I/O cgroup at its limit: [`Findings::condition`]) → `peer_unhealthy{peer, peer_cause}`;
 //! and a follower judged `inconclusive` or `peer_network_slow` — or `healthy`, when the leader's
 //! own verdict is a fault — while the leader is unwell → `peer_unhealthy` naming the leader.
 //! `peer_network_slow` is left only for a slow network between two members that are well.
@@ -248,14 +248,15 @@ impl Findings {
         if FAULTS.contains(&own.cause.as_str()) {
             return Some(own.cause.clone());
         }
+        // Only evidence that is the member's own: its cgroup's CFS throttling or PSI, its I/O
+        // cgroup at its limit. A long run queue alone is not (on a loaded node every member
+        // has one: a healthy cluster here measured run-queue p99s of 20-50 ms).
         let cause = if self.stopped {
             "stopped"
-        } else if self.cpu.is_some() {
+        } else if matches!(self.cpu, Some("throttled" | "pressure")) {
             "cpu_starved"
         } else if self.io_limited {
             "io_throttled"
-        } else if self.device_slow {
-            "disk_slow"
         } else if !self.ev.reachable {
             "unreachable"
         } else {
@@ -844,14 +845,14 @@ pub fn resolve(members: &mut [Judged], cfg: &DiagnosisConfig) {
 }
 
 /// The peers that look slow when the peer is independently known to be unwell: a lower bar
-/// than [`slow_peers`] — an RTT above a fifth of `peer_rtt_ms` or any retransmit — since the
-/// peer's own evidence already says what is wrong. (A CPU-starved follower measured here
+/// than [`slow_peers`] — an RTT above a fifth of `peer_rtt_ms` or more than a quarter of
+/// `peer_retransmits` — since the peer's own evidence already says what is wrong. (A CPU-starved follower measured here
 /// raised its leader's RTT to it from 0.5 ms to 28 ms, with no retransmits.)
 pub fn symptomatic_peers<'a>(ev: &'a Evidence, cfg: &DiagnosisConfig) -> Vec<&'a PeerEvidence> {
     let mut slow: Vec<&PeerEvidence> = ev
         .peers
         .iter()
-        .filter(|p| p.rtt_ms > cfg.peer_rtt_ms / 5.0 || p.retransmits > 0)
+        .filter(|p| p.rtt_ms > cfg.peer_rtt_ms / 5.0 || p.retransmits > cfg.peer_retransmits / 4)
         .collect();
     slow.sort_by(|a, b| b.rtt_ms.total_cmp(&a.rtt_ms));
     slow
@@ -1098,6 +1099,22 @@ mod tests {
             members[0].verdict.peer_cause.as_deref(),
             Some("cpu_starved")
         );
+    }
+
+    #[test]
+    fn a_peer_waiting_in_a_busy_run_queue_is_not_blamed() {
+        // Measured on a loaded node: a healthy member's run-queue p99 at 23 ms and one
+        // retransmit to it from a peer must not make that peer `peer_unhealthy`.
+        let (f0, mut l0) = with_peers(vec![("member1", 200, 0)]);
+        agent(&mut l0).runq = Some(log2(1000, 30_000_000));
+        let (f1, l1) = with_peers(vec![("member0", 1_800, 1)]);
+        let mut members = vec![
+            judged("member0", false, &f0, &l0),
+            judged("member1", true, &f1, &l1),
+        ];
+        assert_eq!(members[0].condition, None);
+        resolve(&mut members, &cfg());
+        assert_eq!(members[1].verdict.cause, "healthy");
     }
 
     #[test]
