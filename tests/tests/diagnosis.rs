@@ -445,6 +445,17 @@ fn starved_follower_seen_from_a_healthy_peer_is_peer_unhealthy_not_the_network()
         setup
             .wait_baseline(&starved)
             .map_err(|e| anyhow::anyhow!("before run {run}: {e}"))?;
+        // The previous run's verdicts have left every window.
+        wait_for(
+            "no member saying peer_unhealthy",
+            Duration::from_secs(90),
+            || {
+                let all = setup.diagnoses().ok()?;
+                all.iter()
+                    .all(|d| d["cause"] != "peer_unhealthy")
+                    .then_some(())
+            },
+        )?;
         let quota = CpuQuota::apply(setup.cluster.members[index].pid(), 1_000, 100_000)?;
         let start = Instant::now();
         let (v, took) = loop {
