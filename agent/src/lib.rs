@@ -7,8 +7,10 @@
 //! maps, ring-buffer reader) · `probes` (what attaches where) · `decode` (ring-buffer records)
 //! · `stats` + `metrics` (exact kernel counters → Prometheus) · `http` · `mode` · `sockio`
 //! (syscall bytes per peer socket) · `diag` (block devices, threads, cgroup CPU throttling) ·
-//! `resources` (per-member CPU, memory, data-dir filesystem, fds; node memory).
+//! `resources` (per-member CPU, memory, data-dir filesystem, fds, process state; node memory)
+//! · `cgroup_io` (a member's I/O cgroup limits and counters, PSI).
 
+pub mod cgroup_io;
 pub mod config;
 pub mod decode;
 pub mod diag;

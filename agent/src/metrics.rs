@@ -71,131 +71,146 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
     c
 }
 
+/// (name, help) of the plain self-counters, in [`AgentMetrics::new`]'s order.
+const COUNTERS: [(&str, &str); 6] = [
+    (
+        "etcdmon_agent_unknown_fd_events_total",
+        "Syscall events on fds the kernel had not classified yet.",
+    ),
+    (
+        "etcdmon_agent_rescans_total",
+        "Scans of /proc for etcd processes.",
+    ),
+    (
+        "etcdmon_agent_map_errors_total",
+        "Failed eBPF map operations.",
+    ),
+    (
+        "etcdmon_agent_batches_sent_total",
+        "Event batches handed to the gRPC stream to the collector.",
+    ),
+    (
+        "etcdmon_agent_events_batched_total",
+        "Events put into batches for the collector; each arrives or is counted there as lost.",
+    ),
+    (
+        "etcdmon_agent_reconnects_total",
+        "Reconnection attempts to the collector.",
+    ),
+];
+
+/// (name, help) of the plain self-gauges, in [`AgentMetrics::new`]'s order.
+const GAUGES: [(&str, &str); 4] = [
+    (
+        "etcdmon_agent_tracked_processes",
+        "etcd processes traced now.",
+    ),
+    (
+        "etcdmon_agent_collector_connected",
+        "1 while the stream to the collector is open.",
+    ),
+    (
+        "etcdmon_agent_queue_batches",
+        "Batches waiting for the collector.",
+    ),
+    (
+        "etcdmon_agent_queue_bytes",
+        "Encoded bytes waiting for the collector.",
+    ),
+];
+
+fn int_counters<const N: usize>(
+    r: &Registry,
+    specs: [(&str, &str); N],
+) -> Result<[IntCounter; N], prometheus::Error> {
+    let mut out = Vec::with_capacity(N);
+    for (name, help) in specs {
+        out.push(register(r, IntCounter::new(name, help)?));
+    }
+    out.try_into()
+        .map_err(|_| prometheus::Error::Msg("counter count".to_string()))
+}
+
+fn int_gauges<const N: usize>(
+    r: &Registry,
+    specs: [(&str, &str); N],
+) -> Result<[IntGauge; N], prometheus::Error> {
+    let mut out = Vec::with_capacity(N);
+    for (name, help) in specs {
+        out.push(register(r, IntGauge::new(name, help)?));
+    }
+    out.try_into()
+        .map_err(|_| prometheus::Error::Msg("gauge count".to_string()))
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    Ok(register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels)?,
+    ))
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    Ok(register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels)?,
+    ))
+}
+
 impl AgentMetrics {
     /// Creates the registry with every self-metric and the kernel collector over `tracker`.
     pub fn new(tracker: Arc<Mutex<Tracker>>) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let drops = Arc::new(AgentDrops::default());
-        let events = register(
-            &registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "etcdmon_agent_events_total",
-                    "Ring-buffer records read, by kind.",
-                ),
+        registry.register(Box::new(KernelCollector::new(tracker, drops.clone())?))?;
+        let r = &registry;
+        let [
+            unknown_fd_events,
+            rescans,
+            map_errors,
+            batches_sent,
+            events_batched,
+            reconnects,
+        ] = int_counters(r, COUNTERS)?;
+        let [tracked, connected, queue_batches, queue_bytes] = int_gauges(r, GAUGES)?;
+        Ok(Self {
+            events: counter_vec(
+                r,
+                "etcdmon_agent_events_total",
+                "Ring-buffer records read, by kind.",
                 &["kind"],
             )?,
-        );
-        let unknown_fd_events = register(
-            &registry,
-            IntCounter::new(
-                "etcdmon_agent_unknown_fd_events_total",
-                "Syscall events on fds the kernel had not classified yet.",
-            )?,
-        );
-        let rescans = register(
-            &registry,
-            IntCounter::new(
-                "etcdmon_agent_rescans_total",
-                "Scans of /proc for etcd processes.",
-            )?,
-        );
-        let tracked = register(
-            &registry,
-            IntGauge::new(
-                "etcdmon_agent_tracked_processes",
-                "etcd processes traced now.",
-            )?,
-        );
-        let mode = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "etcdmon_agent_mode",
-                    "1 for the agent's current mode (ebpf, ebpf-partial, client-only).",
-                ),
+            mode: gauge_vec(
+                r,
+                "etcdmon_agent_mode",
+                "1 for the agent's current mode (ebpf, ebpf-partial, client-only).",
                 &["mode"],
             )?,
-        );
-        let skipped_probes = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "etcdmon_agent_probe_skipped",
-                    "1 for each optional probe that failed to attach.",
-                ),
+            skipped_probes: gauge_vec(
+                r,
+                "etcdmon_agent_probe_skipped",
+                "1 for each optional probe that failed to attach.",
                 &["program"],
             )?,
-        );
-        let member_info = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "etcdmon_agent_member_info",
-                    "Identity of each traced etcd process.",
-                ),
+            member_info: gauge_vec(
+                r,
+                "etcdmon_agent_member_info",
+                "Identity of each traced etcd process.",
                 &["member", "pid", "data_dir", "client_url", "peer_url"],
             )?,
-        );
-        let map_errors = register(
-            &registry,
-            IntCounter::new(
-                "etcdmon_agent_map_errors_total",
-                "Failed eBPF map operations.",
-            )?,
-        );
-        let batches_sent = register(
-            &registry,
-            IntCounter::new(
-                "etcdmon_agent_batches_sent_total",
-                "Event batches handed to the gRPC stream to the collector.",
-            )?,
-        );
-        let events_batched = register(
-            &registry,
-            IntCounter::new(
-                "etcdmon_agent_events_batched_total",
-                "Events put into batches for the collector; each arrives or is counted there as lost.",
-            )?,
-        );
-        let reconnects = register(
-            &registry,
-            IntCounter::new(
-                "etcdmon_agent_reconnects_total",
-                "Reconnection attempts to the collector.",
-            )?,
-        );
-        let connected = register(
-            &registry,
-            IntGauge::new(
-                "etcdmon_agent_collector_connected",
-                "1 while the stream to the collector is open.",
-            )?,
-        );
-        let queue_batches = register(
-            &registry,
-            IntGauge::new(
-                "etcdmon_agent_queue_batches",
-                "Batches waiting for the collector.",
-            )?,
-        );
-        let queue_bytes = register(
-            &registry,
-            IntGauge::new(
-                "etcdmon_agent_queue_bytes",
-                "Encoded bytes waiting for the collector.",
-            )?,
-        );
-        registry.register(Box::new(KernelCollector::new(tracker, drops.clone())?))?;
-        Ok(Self {
-            registry,
-            events,
             unknown_fd_events,
             rescans,
             tracked,
-            mode,
-            skipped_probes,
-            member_info,
             map_errors,
             batches_sent,
             events_batched,
@@ -204,6 +219,7 @@ impl AgentMetrics {
             queue_batches,
             queue_bytes,
             drops,
+            registry,
         })
     }
 
@@ -469,33 +485,17 @@ impl Collector for KernelCollector {
             ),
             Err(_) => return Vec::new(),
         };
-        let (mut fsync, mut write, mut bytes, mut errors) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut receive, mut received) = (Vec::new(), Vec::new());
-        for (member, ops) in &snapshot {
-            for ((op, class), totals) in ops {
-                let pairs = [
-                    ("member", member.as_str()),
-                    ("file", class.name()),
-                    ("op", op.name()),
-                ];
-                let mut m = proto::Metric::from_label(labels(&pairs));
-                m.set_histogram(histogram(totals));
-                if op.is_receive() {
-                    receive.push(m);
-                    received.push(counter(&pairs, totals.bytes));
-                    errors.push(counter(&pairs, totals.errors));
-                    continue;
-                }
-                if op.is_sync() {
-                    fsync.push(m)
-                } else {
-                    write.push(m)
-                }
-                bytes.push(counter(&pairs, totals.bytes));
-                errors.push(counter(&pairs, totals.errors));
-            }
-        }
+        let mut families = syscall_families(&snapshot);
+        families.push(self.dropped(&kernel_drops));
+        families.extend(net_families(&net));
+        families.extend(diag_families(&diag));
+        families
+    }
+}
+
+impl KernelCollector {
+    /// `etcdmon_events_dropped_total`: the kernel's and the agent's own drops.
+    fn dropped(&self, kernel_drops: &crate::kernel::KernelDrops) -> MetricFamily {
         let d = &self.drops;
         let dropped = vec![
             counter(
@@ -519,84 +519,127 @@ impl Collector for KernelCollector {
                 d.decode.load(Ordering::Relaxed),
             ),
         ];
-        let (mut rtt, mut retrans, mut peer_bytes) = (Vec::new(), Vec::new(), Vec::new());
-        for ((member, peer), t) in &net.peers {
-            let pair = [("member", member.as_str()), ("peer", peer.as_str())];
-            if t.srtt_us > 0 {
-                rtt.push(gauge(&pair, f64::from(t.srtt_us) / 1e6));
-            }
-            retrans.push(counter(&pair, t.retransmits));
-            peer_bytes.push(counter(
-                &[pair[0], pair[1], ("direction", "received")],
-                t.rx_bytes,
-            ));
-            peer_bytes.push(counter(
-                &[pair[0], pair[1], ("direction", "sent")],
-                t.tx_bytes,
-            ));
-        }
-        let (mut open, mut opened, mut closed) = (Vec::new(), Vec::new(), Vec::new());
-        for (member, c) in &net.clients {
-            let m = [("member", member.as_str())];
-            open.push(gauge(&m, c.open as f64));
-            opened.push(counter(&m, c.opened));
-            closed.push(counter(&m, c.closed));
-        }
-        let mut peer_syscall = Vec::new();
-        for ((member, peer), b) in &net.syscall {
-            let pair = [("member", member.as_str()), ("peer", peer.as_str())];
-            peer_syscall.push(counter(
-                &[pair[0], pair[1], ("direction", "received")],
-                b.received,
-            ));
-            peer_syscall.push(counter(&[pair[0], pair[1], ("direction", "sent")], b.sent));
-        }
-        let mut block = Vec::new();
-        for d in &diag.devices {
-            for member in &d.members {
-                let mut m = proto::Metric::from_label(labels(&[
-                    ("member", member.as_str()),
-                    ("device", d.device.name.as_str()),
-                ]));
-                m.set_histogram(histogram(&d.service));
-                block.push(m);
-            }
-        }
-        let (mut runq, mut throttled, mut periods, mut throttled_s) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for s in &diag.sched {
-            let m = [("member", s.member.as_str())];
-            let mut h = proto::Metric::from_label(labels(&m));
-            h.set_histogram(histogram(&s.runq));
-            runq.push(h);
-            if let Some(t) = s.throttle {
-                throttled.push(counter(&m, t.nr_throttled));
-                periods.push(counter(&m, t.nr_periods));
-                throttled_s.push(gauge_counter(&m, t.throttled_ns as f64 / 1e9));
-            }
-        }
-        vec![
-            family(RECEIVE, MetricType::HISTOGRAM, receive),
-            family(RECEIVED, MetricType::COUNTER, received),
-            family(PEER_SYSCALL_BYTES, MetricType::COUNTER, peer_syscall),
-            family(BLOCK_SERVICE, MetricType::HISTOGRAM, block),
-            family(RUNQ, MetricType::HISTOGRAM, runq),
-            family(THROTTLED_PERIODS, MetricType::COUNTER, throttled),
-            family(CPU_PERIODS, MetricType::COUNTER, periods),
-            family(THROTTLED_SECONDS, MetricType::COUNTER, throttled_s),
-            family(PEER_RTT, MetricType::GAUGE, rtt),
-            family(PEER_RETRANS, MetricType::COUNTER, retrans),
-            family(PEER_BYTES, MetricType::COUNTER, peer_bytes),
-            family(CLIENT_CONNS, MetricType::GAUGE, open),
-            family(CLIENT_OPENED, MetricType::COUNTER, opened),
-            family(CLIENT_CLOSED, MetricType::COUNTER, closed),
-            family(FSYNC, MetricType::HISTOGRAM, fsync),
-            family(WRITE, MetricType::HISTOGRAM, write),
-            family(BYTES, MetricType::COUNTER, bytes),
-            family(ERRORS, MetricType::COUNTER, errors),
-            family(DROPPED, MetricType::COUNTER, dropped),
-        ]
+        family(DROPPED, MetricType::COUNTER, dropped)
     }
+}
+
+/// Per (member, op, file): the syscall histograms, bytes and errors.
+fn syscall_families(snapshot: &crate::stats::Snapshot) -> Vec<MetricFamily> {
+    let (mut fsync, mut write, mut bytes, mut errors) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut receive, mut received) = (Vec::new(), Vec::new());
+    for (member, ops) in snapshot {
+        for ((op, class), totals) in ops {
+            let pairs = [
+                ("member", member.as_str()),
+                ("file", class.name()),
+                ("op", op.name()),
+            ];
+            let mut m = proto::Metric::from_label(labels(&pairs));
+            m.set_histogram(histogram(totals));
+            if op.is_receive() {
+                receive.push(m);
+                received.push(counter(&pairs, totals.bytes));
+                errors.push(counter(&pairs, totals.errors));
+                continue;
+            }
+            if op.is_sync() {
+                fsync.push(m)
+            } else {
+                write.push(m)
+            }
+            bytes.push(counter(&pairs, totals.bytes));
+            errors.push(counter(&pairs, totals.errors));
+        }
+    }
+    vec![
+        family(RECEIVE, MetricType::HISTOGRAM, receive),
+        family(RECEIVED, MetricType::COUNTER, received),
+        family(FSYNC, MetricType::HISTOGRAM, fsync),
+        family(WRITE, MetricType::HISTOGRAM, write),
+        family(BYTES, MetricType::COUNTER, bytes),
+        family(ERRORS, MetricType::COUNTER, errors),
+    ]
+}
+
+/// Per (member, peer) and per member: TCP figures, syscall bytes and client connections.
+fn net_families(net: &crate::net::NetSnapshot) -> Vec<MetricFamily> {
+    let (mut rtt, mut retrans, mut peer_bytes) = (Vec::new(), Vec::new(), Vec::new());
+    for ((member, peer), t) in &net.peers {
+        let pair = [("member", member.as_str()), ("peer", peer.as_str())];
+        if t.srtt_us > 0 {
+            rtt.push(gauge(&pair, f64::from(t.srtt_us) / 1e6));
+        }
+        retrans.push(counter(&pair, t.retransmits));
+        peer_bytes.push(counter(
+            &[pair[0], pair[1], ("direction", "received")],
+            t.rx_bytes,
+        ));
+        peer_bytes.push(counter(
+            &[pair[0], pair[1], ("direction", "sent")],
+            t.tx_bytes,
+        ));
+    }
+    let (mut open, mut opened, mut closed) = (Vec::new(), Vec::new(), Vec::new());
+    for (member, c) in &net.clients {
+        let m = [("member", member.as_str())];
+        open.push(gauge(&m, c.open as f64));
+        opened.push(counter(&m, c.opened));
+        closed.push(counter(&m, c.closed));
+    }
+    let mut peer_syscall = Vec::new();
+    for ((member, peer), b) in &net.syscall {
+        let pair = [("member", member.as_str()), ("peer", peer.as_str())];
+        peer_syscall.push(counter(
+            &[pair[0], pair[1], ("direction", "received")],
+            b.received,
+        ));
+        peer_syscall.push(counter(&[pair[0], pair[1], ("direction", "sent")], b.sent));
+    }
+    vec![
+        family(PEER_SYSCALL_BYTES, MetricType::COUNTER, peer_syscall),
+        family(PEER_RTT, MetricType::GAUGE, rtt),
+        family(PEER_RETRANS, MetricType::COUNTER, retrans),
+        family(PEER_BYTES, MetricType::COUNTER, peer_bytes),
+        family(CLIENT_CONNS, MetricType::GAUGE, open),
+        family(CLIENT_OPENED, MetricType::COUNTER, opened),
+        family(CLIENT_CLOSED, MetricType::COUNTER, closed),
+    ]
+}
+
+/// Per device and per member: block service time, run-queue latency and CFS throttling.
+fn diag_families(diag: &crate::diag::DiagSnapshot) -> Vec<MetricFamily> {
+    let mut block = Vec::new();
+    for d in &diag.devices {
+        for member in &d.members {
+            let mut m = proto::Metric::from_label(labels(&[
+                ("member", member.as_str()),
+                ("device", d.device.name.as_str()),
+            ]));
+            m.set_histogram(histogram(&d.service));
+            block.push(m);
+        }
+    }
+    let (mut runq, mut throttled, mut periods, mut throttled_s) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for s in &diag.sched {
+        let m = [("member", s.member.as_str())];
+        let mut h = proto::Metric::from_label(labels(&m));
+        h.set_histogram(histogram(&s.runq));
+        runq.push(h);
+        if let Some(t) = s.throttle {
+            throttled.push(counter(&m, t.nr_throttled));
+            periods.push(counter(&m, t.nr_periods));
+            throttled_s.push(gauge_counter(&m, t.throttled_ns as f64 / 1e9));
+        }
+    }
+    vec![
+        family(BLOCK_SERVICE, MetricType::HISTOGRAM, block),
+        family(RUNQ, MetricType::HISTOGRAM, runq),
+        family(THROTTLED_PERIODS, MetricType::COUNTER, throttled),
+        family(CPU_PERIODS, MetricType::COUNTER, periods),
+        family(THROTTLED_SECONDS, MetricType::COUNTER, throttled_s),
+    ]
 }
 
 /// The resource series: one gauge family per figure, from the sampler's latest snapshot.
@@ -606,9 +649,13 @@ struct ResourceCollector {
 }
 
 const READ_FAILURES: &str = "etcdmon_agent_resource_read_failures_total";
+const CGROUP_IO_LIMIT: &str = "etcdmon_member_cgroup_io_limit";
+const CGROUP_IO_IOS: &str = "etcdmon_member_cgroup_io_serviced_total";
+const CGROUP_IO_BYTES: &str = "etcdmon_member_cgroup_io_serviced_bytes_total";
+const PRESSURE: &str = "etcdmon_member_pressure_stall_seconds_total";
 
 /// (name, help, per member) of every resource family, in exposition order.
-const RESOURCE_FAMILIES: [(&str, &str, bool); 18] = [
+const RESOURCE_FAMILIES: [(&str, &str, bool); 22] = [
     (
         "etcd_server_memory_usage_bytes",
         "Resident set size (VmRSS) of the member's process.",
@@ -685,8 +732,28 @@ const RESOURCE_FAMILIES: [(&str, &str, bool); 18] = [
         true,
     ),
     (
+        CGROUP_IO_LIMIT,
+        "A limit the member's I/O cgroup (v1 blkio throttle or v2 io.max, its own or the innermost ancestor's that sets one) puts on a device, by kind: read_bps, write_bps, read_iops, write_iops.",
+        true,
+    ),
+    (
+        CGROUP_IO_IOS,
+        "I/O requests the member's I/O cgroup got serviced on a device (v1 blkio.throttle.io_serviced, v2 io.stat), by direction.",
+        true,
+    ),
+    (
+        CGROUP_IO_BYTES,
+        "Bytes the member's I/O cgroup got serviced on a device (v1 blkio.throttle.io_service_bytes, v2 io.stat), by direction.",
+        true,
+    ),
+    (
+        PRESSURE,
+        "Pressure stall time (PSI total) by resource (cpu, io) and kind (some, full); source cgroup is the member's own v2 cgroup, system the node's /proc/pressure.",
+        true,
+    ),
+    (
         READ_FAILURES,
-        "Resource reads that failed (the figure is left out, not reported as zero), by figure: meminfo, process, cgroup, rss, fs, fds.",
+        "Resource reads that failed (the figure is left out, not reported as zero), by figure: meminfo, process, cgroup, rss, fs, fds, cgroup_io.",
         false,
     ),
     (
@@ -711,6 +778,17 @@ impl ResourceCollector {
                 (true, "etcdmon_member_cpu_limit_cores" | "etcdmon_member_memory_limit_bytes") => {
                     vec!["member".to_string(), "source".to_string()]
                 }
+                (true, CGROUP_IO_LIMIT) => ["member", "cgroup", "device", "kind"]
+                    .map(String::from)
+                    .to_vec(),
+                (true, CGROUP_IO_IOS | CGROUP_IO_BYTES) => {
+                    ["member", "cgroup", "device", "direction"]
+                        .map(String::from)
+                        .to_vec()
+                }
+                (true, PRESSURE) => ["member", "resource", "kind", "source"]
+                    .map(String::from)
+                    .to_vec(),
                 (true, _) => vec!["member".to_string()],
             };
             descs.push(Desc::new(name.into(), help.into(), labels, HashMap::new())?);
@@ -732,74 +810,9 @@ impl Collector for ResourceCollector {
         let mut put =
             |name: &'static str, m: proto::Metric| by_name.entry(name).or_default().push(m);
         for r in &snapshot.members {
-            let member = [("member", r.member.as_str())];
-            let source = |cgroup: bool| if cgroup { "cgroup" } else { "node" };
-            put(
-                "etcdmon_member_cpu_seconds_total",
-                gauge_counter(&member, r.cpu_seconds_total),
-            );
-            if let Some(cores) = r.cpu_cores {
-                put("etcdmon_member_cpu_cores", gauge(&member, cores));
-            }
-            put(
-                "etcdmon_member_cpu_limit_cores",
-                gauge(
-                    &[member[0], ("source", source(r.cpu_limit.from_cgroup))],
-                    r.cpu_limit.value,
-                ),
-            );
-            if let Some(ratio) = r.cpu_limit_ratio() {
-                put("etcdmon_member_cpu_limit_ratio", gauge(&member, ratio));
-            }
-            if let Some(rss) = r.rss_bytes {
-                put("etcd_server_memory_usage_bytes", gauge(&member, rss as f64));
-            }
-            if let Some(limit) = r.memory_limit {
-                put(
-                    "etcdmon_member_memory_limit_bytes",
-                    gauge(
-                        &[member[0], ("source", source(limit.from_cgroup))],
-                        limit.value,
-                    ),
-                );
-            }
-            if let Some(ratio) = r.memory_limit_ratio() {
-                put("etcdmon_member_memory_limit_ratio", gauge(&member, ratio));
-            }
-            if let Some(fs) = r.fs {
-                put(
-                    "etcd_server_disk_usage_bytes",
-                    gauge(&member, fs.used_bytes as f64),
-                );
-                put(
-                    "etcdmon_member_fs_size_bytes",
-                    gauge(&member, fs.size_bytes as f64),
-                );
-                put(
-                    "etcdmon_member_fs_used_bytes",
-                    gauge(&member, fs.used_bytes as f64),
-                );
-                put(
-                    "etcdmon_member_fs_free_bytes",
-                    gauge(&member, fs.free_bytes as f64),
-                );
-                put(
-                    "etcdmon_member_fs_inodes_total",
-                    gauge(&member, fs.inodes_total as f64),
-                );
-                put(
-                    "etcdmon_member_fs_inodes_free",
-                    gauge(&member, fs.inodes_free as f64),
-                );
-            }
-            if let Some(fds) = r.open_fds {
-                put("etcdmon_member_open_fds", gauge(&member, fds as f64));
-            }
-            if let Some(conns) = r.client_connections {
-                put(
-                    "etcd_server_active_connections",
-                    gauge(&member, conns as f64),
-                );
+            member_resource_series(r, &mut put);
+            if let Some(io) = &r.cgroup_io {
+                cgroup_io_series(&r.member, io, &mut put);
             }
         }
         if let Some(node) = snapshot.node_memory {
@@ -822,17 +835,130 @@ impl Collector for ResourceCollector {
                 let mut f = MetricFamily::default();
                 f.set_name((*name).to_string());
                 f.set_help((*help).to_string());
-                f.set_field_type(
-                    if name.ends_with("_seconds_total") || *name == READ_FAILURES {
-                        MetricType::COUNTER
-                    } else {
-                        MetricType::GAUGE
-                    },
-                );
+                let counter = name.ends_with("_seconds_total")
+                    || [READ_FAILURES, CGROUP_IO_IOS, CGROUP_IO_BYTES].contains(name);
+                f.set_field_type(if counter {
+                    MetricType::COUNTER
+                } else {
+                    MetricType::GAUGE
+                });
                 f.set_metric(metrics);
                 Some(f)
             })
             .collect()
+    }
+}
+
+/// The per-member figures of one resource sample (unknown ones left out).
+fn member_resource_series(
+    r: &crate::resources::MemberResources,
+    put: &mut impl FnMut(&'static str, proto::Metric),
+) {
+    let member = [("member", r.member.as_str())];
+    let source = |cgroup: bool| if cgroup { "cgroup" } else { "node" };
+    put(
+        "etcdmon_member_cpu_seconds_total",
+        gauge_counter(&member, r.cpu_seconds_total),
+    );
+    if let Some(cores) = r.cpu_cores {
+        put("etcdmon_member_cpu_cores", gauge(&member, cores));
+    }
+    put(
+        "etcdmon_member_cpu_limit_cores",
+        gauge(
+            &[member[0], ("source", source(r.cpu_limit.from_cgroup))],
+            r.cpu_limit.value,
+        ),
+    );
+    if let Some(ratio) = r.cpu_limit_ratio() {
+        put("etcdmon_member_cpu_limit_ratio", gauge(&member, ratio));
+    }
+    if let Some(rss) = r.rss_bytes {
+        put("etcd_server_memory_usage_bytes", gauge(&member, rss as f64));
+    }
+    if let Some(limit) = r.memory_limit {
+        let labels = [member[0], ("source", source(limit.from_cgroup))];
+        put(
+            "etcdmon_member_memory_limit_bytes",
+            gauge(&labels, limit.value),
+        );
+    }
+    if let Some(ratio) = r.memory_limit_ratio() {
+        put("etcdmon_member_memory_limit_ratio", gauge(&member, ratio));
+    }
+    if let Some(fs) = r.fs {
+        for (name, value) in [
+            ("etcd_server_disk_usage_bytes", fs.used_bytes),
+            ("etcdmon_member_fs_size_bytes", fs.size_bytes),
+            ("etcdmon_member_fs_used_bytes", fs.used_bytes),
+            ("etcdmon_member_fs_free_bytes", fs.free_bytes),
+            ("etcdmon_member_fs_inodes_total", fs.inodes_total),
+            ("etcdmon_member_fs_inodes_free", fs.inodes_free),
+        ] {
+            put(name, gauge(&member, value as f64));
+        }
+    }
+    if let Some(fds) = r.open_fds {
+        put("etcdmon_member_open_fds", gauge(&member, fds as f64));
+    }
+    if let Some(conns) = r.client_connections {
+        put(
+            "etcd_server_active_connections",
+            gauge(&member, conns as f64),
+        );
+    }
+}
+
+/// A member's I/O cgroup limits and counters, and its PSI.
+fn cgroup_io_series(
+    member: &str,
+    io: &crate::cgroup_io::CgroupIo,
+    put: &mut impl FnMut(&'static str, proto::Metric),
+) {
+    for d in &io.devices {
+        let at = [
+            ("member", member),
+            ("cgroup", io.cgroup.as_str()),
+            ("device", d.device.as_str()),
+        ];
+        let l = d.limits;
+        for (kind, limit) in [
+            ("read_bps", l.read_bps),
+            ("write_bps", l.write_bps),
+            ("read_iops", l.read_iops),
+            ("write_iops", l.write_iops),
+        ] {
+            if let Some(limit) = limit {
+                let labels = [at[0], at[1], at[2], ("kind", kind)];
+                put(CGROUP_IO_LIMIT, gauge(&labels, limit as f64));
+            }
+        }
+        let c = d.counters;
+        for (direction, ios, bytes) in [
+            ("read", c.read_ios, c.read_bytes),
+            ("write", c.write_ios, c.write_bytes),
+        ] {
+            let labels = [at[0], at[1], at[2], ("direction", direction)];
+            put(CGROUP_IO_IOS, counter(&labels, ios));
+            put(CGROUP_IO_BYTES, counter(&labels, bytes));
+        }
+    }
+    let Some(source) = io.pressure_source.map(|s| s.label()) else {
+        return;
+    };
+    for (resource, p) in [("io", io.io_pressure), ("cpu", io.cpu_pressure)] {
+        let Some(p) = p else { continue };
+        for (kind, us) in [("some", Some(p.some_us)), ("full", p.full_us)] {
+            if let Some(us) = us {
+                let labels = [
+                    ("member", member),
+                    ("resource", resource),
+                    ("kind", kind),
+                    ("source", source),
+                ];
+                put(PRESSURE, gauge_counter(&labels, us as f64 / 1e6));
+            }
+        }
     }
 }
 
@@ -866,6 +992,29 @@ mod tests {
             }),
             open_fds: Some(7),
             client_connections: None,
+            state: Some('S'),
+            cgroup_io: Some(crate::cgroup_io::CgroupIo {
+                cgroup: "/slow".into(),
+                v2: false,
+                devices: vec![crate::cgroup_io::DeviceIo {
+                    device: "7:3".into(),
+                    limits: crate::cgroup_io::IoLimits {
+                        write_iops: Some(20),
+                        ..Default::default()
+                    },
+                    counters: crate::cgroup_io::IoCounters {
+                        write_ios: 40,
+                        ..Default::default()
+                    },
+                }],
+                pressure_source: Some(crate::cgroup_io::PressureSource::System),
+                io_pressure: Some(crate::cgroup_io::Pressure {
+                    some_us: 2_500_000,
+                    full_us: None,
+                }),
+                cpu_pressure: None,
+            }),
+            sampled_at_ms: 1,
         };
         let shared = crate::resources::SharedResources::default();
         *shared.lock().expect("lock") = ResourceSnapshot {
@@ -901,6 +1050,11 @@ mod tests {
             "etcdmon_node_memory_available_bytes 1024".to_string(),
             "# TYPE etcdmon_member_cpu_seconds_total counter".to_string(),
             "# TYPE etcdmon_member_fs_inodes_total gauge".to_string(),
+            r#"etcdmon_member_cgroup_io_limit{cgroup="/slow",device="7:3",kind="write_iops",member="fresh"} 20"#.to_string(),
+            r#"etcdmon_member_cgroup_io_serviced_total{cgroup="/slow",device="7:3",direction="write",member="fresh"} 40"#.to_string(),
+            r#"etcdmon_member_pressure_stall_seconds_total{kind="some",member="fresh",resource="io",source="system"} 2.5"#.to_string(),
+            "# TYPE etcdmon_member_cgroup_io_limit gauge".to_string(),
+            "# TYPE etcdmon_member_pressure_stall_seconds_total counter".to_string(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

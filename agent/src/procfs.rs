@@ -29,6 +29,11 @@ impl ProcFs {
         Self { root: root.into() }
     }
 
+    /// The root itself (`/proc`): node-wide files such as `pressure/` live there.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// `<root>/<pid>/<rest>`.
     pub fn path(&self, pid: u32, rest: &str) -> PathBuf {
         self.root.join(pid.to_string()).join(rest)

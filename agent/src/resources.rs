@@ -97,6 +97,13 @@ pub struct MemberResources {
     pub open_fds: Option<u64>,
     /// ESTABLISHED TCP sockets the member owns on its client listen ports.
     pub client_connections: Option<u64>,
+    /// The process state letter of `/proc/PID/stat` (`R`, `S`, `D`, `T` stopped, `t`
+    /// traced…).
+    pub state: Option<char>,
+    /// Its I/O cgroup limits and counters, and PSI (see `cgroup_io`).
+    pub cgroup_io: Option<crate::cgroup_io::CgroupIo>,
+    /// When this sample was read (Unix ms): the collector's rates are over these.
+    pub sampled_at_ms: u64,
 }
 
 impl MemberResources {
@@ -151,7 +158,7 @@ pub struct Target {
 pub struct CgroupRoots {
     /// The cgroup v2 mount.
     pub v2: Option<PathBuf>,
-    /// cgroup v1 mounts by controller (`cpu`, `memory`).
+    /// cgroup v1 mounts by controller (`cpu`, `memory`, `blkio`).
     pub v1: HashMap<String, PathBuf>,
 }
 
@@ -180,7 +187,7 @@ impl CgroupRoots {
             if fstype == "cgroup2" && roots.v2.is_none() {
                 roots.v2 = Some(PathBuf::from(mount_point));
             } else if fstype == "cgroup" {
-                for controller in ["cpu", "memory"] {
+                for controller in ["cpu", "memory", "blkio"] {
                     if options.split(',').any(|o| o == controller) {
                         roots
                             .v1
@@ -231,6 +238,15 @@ pub fn parse_stat_cpu_ticks(text: &str) -> Option<u64> {
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(utime.saturating_add(stime))
+}
+
+/// The state letter (field 3) of `/proc/PID/stat`.
+pub fn parse_stat_state(text: &str) -> Option<char> {
+    text.get(text.rfind(')')? + 1..)?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// `VmRSS` of `/proc/PID/status`, bytes.
@@ -288,7 +304,7 @@ pub fn parse_memory_limit(text: &str) -> Option<u64> {
 }
 
 /// The directories of `path` and its ancestors under `root`, innermost first.
-fn ancestors(root: &Path, path: &str) -> Vec<PathBuf> {
+pub(crate) fn ancestors(root: &Path, path: &str) -> Vec<PathBuf> {
     let relative = path.trim_start_matches('/');
     if relative.split('/').any(|c| c == "..") {
         return Vec::new(); // outside the agent's cgroup namespace: not reachable from here
@@ -315,6 +331,13 @@ fn min_over<T: PartialOrd + Copy>(
             Some(b) if b <= v => Some(b),
             _ => Some(v),
         })
+}
+
+/// Now as Unix milliseconds (0 if the clock is before 1970).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn read(path: PathBuf) -> Option<String> {
@@ -414,7 +437,8 @@ impl ResourceSampler {
     ) -> Option<MemberResources> {
         let pid = target.pid;
         // A process that is gone (or a reused pid) is not sampled.
-        let ticks = read(self.proc.path(pid, "stat")).and_then(|t| parse_stat_cpu_ticks(&t));
+        let stat = read(self.proc.path(pid, "stat"));
+        let ticks = stat.as_deref().and_then(parse_stat_cpu_ticks);
         let Some(ticks) = ticks.filter(|_| self.proc.start_time(pid) == Some(target.start_time))
         else {
             self.failed("process");
@@ -430,8 +454,38 @@ impl ResourceSampler {
         };
         let cgroups = read(self.proc.path(pid, "cgroup")).map(|t| parse_proc_cgroup(&t));
         let cgroups = self.counted("cgroup", cgroups).unwrap_or_default();
+        let open_fds = std::fs::read_dir(self.proc.path(pid, "fd"))
+            .ok()
+            .map(|d| d.count() as u64);
+        let open_fds = self.counted("fds", open_fds);
+        let client_connections = self.client_connections(target);
+        let rss_bytes = read(self.proc.path(pid, "status")).and_then(|t| parse_status_rss(&t));
+        let rss_bytes = self.counted("rss", rss_bytes);
+        let fs = data_dir_usage(&self.proc.path(pid, "root"), &target.identity.data_dir);
+        let fs = self.counted("fs", fs);
+        let cgroup_io = crate::cgroup_io::read_member(&self.roots, &cgroups, self.proc.root());
+        let cgroup_io = self.counted("cgroup_io", cgroup_io);
+        Some(MemberResources {
+            member: target.identity.name.clone(),
+            pid,
+            cpu_seconds_total: ticks as f64 / self.clock_ticks,
+            cpu_cores,
+            cpu_limit: self.cpu_limit(pid, &cgroups),
+            rss_bytes,
+            memory_limit: self.memory_limit_or_node(pid, &cgroups, node_memory),
+            fs,
+            open_fds,
+            client_connections,
+            state: stat.as_deref().and_then(parse_stat_state),
+            cgroup_io,
+            sampled_at_ms: unix_ms(),
+        })
+    }
+
+    /// The member's cgroup CPU quota when below the node's cores, else the node's cores.
+    fn cpu_limit(&self, pid: u32, cgroups: &ProcCgroups) -> Limit {
         let node_cores = f64::from(self.node_cpus);
-        let cpu_limit = match self.cpu_quota(pid, &cgroups) {
+        match self.cpu_quota(pid, cgroups) {
             Some(q) if q < node_cores => Limit {
                 value: q,
                 from_cgroup: true,
@@ -440,9 +494,18 @@ impl ResourceSampler {
                 value: node_cores,
                 from_cgroup: false,
             },
-        };
+        }
+    }
+
+    /// The member's cgroup memory limit capped at the node's memory, else the node's memory.
+    fn memory_limit_or_node(
+        &self,
+        pid: u32,
+        cgroups: &ProcCgroups,
+        node_memory: Option<NodeMemory>,
+    ) -> Option<Limit> {
         let node_total = node_memory.map(|m| m.total_bytes);
-        let memory_limit = match (self.memory_limit(pid, &cgroups), node_total) {
+        match (self.memory_limit(pid, cgroups), node_total) {
             (Some(l), Some(total)) if l < total => Some(Limit {
                 value: l as f64,
                 from_cgroup: true,
@@ -456,28 +519,7 @@ impl ResourceSampler {
                 from_cgroup: false,
             }),
             (None, None) => None,
-        };
-        let open_fds = std::fs::read_dir(self.proc.path(pid, "fd"))
-            .ok()
-            .map(|d| d.count() as u64);
-        let open_fds = self.counted("fds", open_fds);
-        let client_connections = self.client_connections(target);
-        let rss_bytes = read(self.proc.path(pid, "status")).and_then(|t| parse_status_rss(&t));
-        let rss_bytes = self.counted("rss", rss_bytes);
-        let fs = data_dir_usage(&self.proc.path(pid, "root"), &target.identity.data_dir);
-        let fs = self.counted("fs", fs);
-        Some(MemberResources {
-            member: target.identity.name.clone(),
-            pid,
-            cpu_seconds_total: ticks as f64 / self.clock_ticks,
-            cpu_cores,
-            cpu_limit,
-            rss_bytes,
-            memory_limit,
-            fs,
-            open_fds,
-            client_connections,
-        })
+        }
     }
 
     /// Files of `controller` for `pid`: its cgroup and every ancestor in the agent's view; when

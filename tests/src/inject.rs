@@ -137,6 +137,11 @@ impl LoopDisk {
         self.inner.device.trim_start_matches("/dev/").to_string()
     }
 
+    /// `major:minor` of the device under [`LoopDisk::path`].
+    pub fn device_numbers(&self) -> anyhow::Result<String> {
+        self.inner.numbers()
+    }
+
     /// Limits writes to the backing device to `iops` per second (0 lifts the limit).
     pub fn throttle_write_iops(&mut self, iops: u64) -> anyhow::Result<()> {
         let outer = self
@@ -207,6 +212,62 @@ impl CpuQuota {
 impl Drop for CpuQuota {
     fn drop(&mut self) {
         let _ = std::fs::write(&self.root_procs, self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// An I/O limit on one process: a new cgroup v1 `blkio` group whose
+/// `blkio.throttle.write_iops_device` limits writes to one device, the process moved into it
+/// (how container platforms cap a container's I/O). Undone on drop.
+pub struct BlkioThrottle {
+    dir: PathBuf,
+    pid: u32,
+}
+
+impl BlkioThrottle {
+    /// The v1 blkio hierarchy this needs.
+    const ROOT: &'static str = "/sys/fs/cgroup/blkio";
+
+    /// Moves `pid` into a new blkio cgroup that lets it write `iops` requests a second to
+    /// `device` (`major:minor`).
+    pub fn apply(pid: u32, device: &str, iops: u64) -> anyhow::Result<Self> {
+        let root = Path::new(Self::ROOT);
+        anyhow::ensure!(
+            root.join("blkio.throttle.write_iops_device").exists(),
+            "{} has no blkio throttling (cgroup v1 blkio is needed)",
+            root.display()
+        );
+        let dir = root.join(format!("etcdmon-io-{}-{pid}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let guard = Self { dir, pid };
+        std::fs::write(
+            guard.dir.join("blkio.throttle.write_iops_device"),
+            format!("{device} {iops}"),
+        )
+        .context("writing blkio.throttle.write_iops_device")?;
+        std::fs::write(guard.dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving {pid} into {}", guard.dir.display()))?;
+        Ok(guard)
+    }
+
+    /// The cgroup's path as `/proc/PID/cgroup` shows it (`/etcdmon-io-…`).
+    pub fn cgroup(&self) -> String {
+        format!(
+            "/{}",
+            self.dir
+                .strip_prefix(Self::ROOT)
+                .unwrap_or(&self.dir)
+                .display()
+        )
+    }
+}
+
+impl Drop for BlkioThrottle {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            Path::new(Self::ROOT).join("cgroup.procs"),
+            self.pid.to_string(),
+        );
         let _ = std::fs::remove_dir(&self.dir);
     }
 }

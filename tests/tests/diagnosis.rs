@@ -18,7 +18,7 @@ use std::{
 use etcd_monitor_tests::{
     AgentProcess, ClusterOptions, CollectorProcess, EtcdCluster, binary,
     http::prom_sum,
-    inject::{CpuQuota, LoopDisk, SyncWriter},
+    inject::{BlkioThrottle, CpuQuota, LoopDisk, SyncWriter},
     wait_for,
 };
 
@@ -54,6 +54,15 @@ struct Setup {
 
 impl Setup {
     fn start(tag: &str, throttleable_member0: bool) -> anyhow::Result<Self> {
+        Self::start_with(tag, throttleable_member0, &[])
+    }
+
+    /// [`Setup::start`] with more collector flags (one named here replaces the default).
+    fn start_with(
+        tag: &str,
+        throttleable_member0: bool,
+        collector_flags: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut disks = Vec::new();
         for i in 0..3 {
             let name = format!("{tag}{i}");
@@ -86,7 +95,16 @@ impl Setup {
                 SLOW_FSYNC[0].to_string(),
                 SLOW_FSYNC[1].to_string(),
                 RUNQ.to_string(),
-            ],
+            ]
+            .into_iter()
+            .filter(|f| {
+                let name = f.split('=').next().unwrap_or_default();
+                !collector_flags
+                    .iter()
+                    .any(|o| o.split('=').next() == Some(name))
+            })
+            .chain(collector_flags.iter().map(|f| f.to_string()))
+            .collect::<Vec<_>>(),
             cluster.dir(),
         )?;
         let pattern = format!(
@@ -389,5 +407,191 @@ fn synced_writer_on_the_same_device_is_a_noisy_neighbor() -> anyhow::Result<()> 
         );
         drop(writer);
     }
+    Ok(())
+}
+
+/// The leader's name, as the collector sees it.
+fn leader_name(setup: &Setup) -> anyhow::Result<String> {
+    wait_for("a leader", Duration::from_secs(30), || {
+        let (status, body) = setup.collector.get_json("/api/v1/cluster/leader").ok()?;
+        (status == 200)
+            .then(|| body["leader"]["name"].as_str().map(str::to_string))
+            .flatten()
+    })
+}
+
+#[test]
+fn starved_follower_seen_from_a_healthy_peer_is_peer_unhealthy_not_the_network()
+-> anyhow::Result<()> {
+    if !require_root("starved_follower_seen_from_a_healthy_peer_is_peer_unhealthy_not_the_network")?
+    {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    // Only the CFS quota may starve a member here: with eight builds on two cores every
+    // member's run-queue p99 reaches ~50 ms (measured), which would make the healthy peers
+    // `cpu_starved` themselves. The quota is seen through `cpu.stat` (reason `throttled`).
+    let setup = Setup::start_with("peerstarve", false, &["--diagnosis-runq-ms=250"])?;
+    for run in 1..=2 {
+        let leader = leader_name(&setup)?;
+        let (index, starved) = setup
+            .cluster
+            .members
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.name != leader)
+            .map(|(i, m)| (i, m.name.clone()))
+            .ok_or_else(|| anyhow::anyhow!("no follower"))?;
+        setup
+            .wait_baseline(&starved)
+            .map_err(|e| anyhow::anyhow!("before run {run}: {e}"))?;
+        // The previous run's verdicts have left every window.
+        wait_for(
+            "no member saying peer_unhealthy",
+            Duration::from_secs(90),
+            || {
+                let all = setup.diagnoses().ok()?;
+                all.iter()
+                    .all(|d| d["cause"] != "peer_unhealthy")
+                    .then_some(())
+            },
+        )?;
+        let quota = CpuQuota::apply(setup.cluster.members[index].pid(), 1_000, 100_000)?;
+        let start = Instant::now();
+        let (v, took) = loop {
+            let all = setup.diagnoses()?;
+            for d in &all {
+                anyhow::ensure!(
+                    !(d["cause"] == "peer_network_slow" && d["peer"] == starved.as_str()),
+                    "a starved peer blamed on the network: {d}"
+                );
+            }
+            let found = all.iter().find(|d| {
+                d["member"] != starved.as_str()
+                    && d["cause"] == "peer_unhealthy"
+                    && d["peer"] == starved.as_str()
+                    && d["peer_cause"] == "cpu_starved"
+            });
+            if let Some(d) = found {
+                break (d.clone(), start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(90) {
+                anyhow::bail!("no healthy member said peer_unhealthy({starved}) in 90 s: {all:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        report("peer_unhealthy", run, &v, took);
+        let own = setup.verdict(&starved)?;
+        assert_ne!(own["cause"], "peer_network_slow", "{own}");
+        assert_ne!(own["cause"], "peer_unhealthy", "{own}");
+        drop(quota);
+    }
+    Ok(())
+}
+
+#[test]
+fn blkio_throttled_member_is_io_throttled_with_its_cgroup() -> anyhow::Result<()> {
+    if !require_root("blkio_throttled_member_is_io_throttled_with_its_cgroup")? {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let setup = Setup::start("iothrottle", false)?;
+    let device = setup.disks[0].device_numbers()?;
+    for run in 1..=2 {
+        setup
+            .wait_baseline("member0")
+            .map_err(|e| anyhow::anyhow!("before run {run}: {e}"))?;
+        let throttle = BlkioThrottle::apply(setup.cluster.members[0].pid(), &device, 20)?;
+        let (v, took) =
+            setup.wait_cause("member0", "io_throttled", Duration::from_secs(60), |v| {
+                anyhow::ensure!(
+                    !["disk_slow", "noisy_neighbor", "cpu_starved"]
+                        .contains(&v["cause"].as_str().unwrap_or_default()),
+                    "an I/O-throttled cgroup diagnosed as {v}"
+                );
+                Ok(())
+            })?;
+        report("io_throttled", run, &v, took);
+        assert_eq!(v["cgroup"], throttle.cgroup().as_str(), "{v}");
+        let io = &v["evidence"]["cgroup_io"];
+        assert_eq!(io["device"], device.as_str(), "{v}");
+        assert_eq!(io["limit_kind"], "write_iops", "{v}");
+        assert!(io["limit_ratio"].as_f64().unwrap_or(0.0) >= 0.8, "{v}");
+        assert!(
+            v["evidence"]["device_service_mean_ms"]
+                .as_f64()
+                .unwrap_or(f64::MAX)
+                < 5.0,
+            "the device itself stayed fast: {v}"
+        );
+        let metrics = setup.collector.metrics()?;
+        eprintln!(
+            "io_throttled run {run}: collector series {}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("etcdmon_member_cgroup_io_limit"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        drop(throttle);
+    }
+    Ok(())
+}
+
+#[test]
+fn stopped_leader_change_shows_the_previous_leaders_verdict() -> anyhow::Result<()> {
+    if !require_root("stopped_leader_change_shows_the_previous_leaders_verdict")? {
+        return Ok(());
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let setup = Setup::start("leaderstop", false)?;
+    let leader = leader_name(&setup)?;
+    let index = setup
+        .cluster
+        .members
+        .iter()
+        .position(|m| m.name == leader)
+        .ok_or_else(|| anyhow::anyhow!("leader {leader} is not a member"))?;
+    let stopped_at = Instant::now();
+    setup.cluster.members[index].signal(libc::SIGSTOP)?;
+    let result = wait_for(
+        "the leader change explained as stopped",
+        Duration::from_secs(60),
+        || {
+            let (_, body) = setup.collector.get_json("/api/v1/cluster/leader").ok()?;
+            let last = body["history"].as_array()?.last()?.clone();
+            let x = &last["explanation"];
+            (x["previous_leader_name"] == leader.as_str()
+                && x["previous_leader"]["cause"] == "stopped")
+                .then_some(last)
+        },
+    );
+    let _ = setup.cluster.members[index].signal(libc::SIGCONT);
+    let change = result.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: {:?}",
+            setup.collector.get_json("/api/v1/cluster/leader")
+        )
+    })?;
+    eprintln!(
+        "DIAGNOSIS leader_change: explained after {:.1}s — {}\n  {}",
+        stopped_at.elapsed().as_secs_f64(),
+        change["explanation"]["summary"],
+        change
+    );
+    assert_ne!(change["new_leader_name"], leader.as_str(), "{change}");
+    assert_eq!(
+        change["old_leader"].as_str().map(str::is_empty),
+        Some(false)
+    );
+    let peers = change["explanation"]["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(peers.len(), 2, "the two other members' views: {change}");
+    assert!(
+        change["explanation"]["previous_leader"]["evidence"]["process_state"] == "T",
+        "{change}"
+    );
     Ok(())
 }

@@ -531,18 +531,24 @@ impl Alerting {
         let _ = self.inner.diagnoses.set(diagnoses);
     }
 
-    /// The member's verdict for an alert of `rule`, when the rule is about the disk path.
+    /// The member's verdict for an alert of `rule`, when the rule is about the disk path; the
+    /// newest leader change explained, when it is a leader-change rule.
     fn diagnosis_for(
         &self,
         rule: &str,
         cluster: &str,
         labels: &BTreeMap<String, String>,
     ) -> Option<String> {
+        let diagnoses = self.inner.diagnoses.get()?;
+        if let Some(text) = crate::analysis::diagnosis::leader_change_text(diagnoses, rule, cluster)
+        {
+            return Some(text);
+        }
         if !DIAGNOSED_RULES.contains(&rule) {
             return None;
         }
         let member = labels.get("member")?;
-        crate::analysis::diagnosis::verdict_text(self.inner.diagnoses.get()?, cluster, member)
+        crate::analysis::diagnosis::verdict_text(diagnoses, cluster, member)
     }
 
     /// Candidates whose conditions hold, and every key that was evaluated.

@@ -11,6 +11,7 @@
 //! [`verdict_text`] (alert annotations).
 
 pub mod engine;
+pub mod leader_changes;
 pub mod metrics;
 pub mod sample;
 
@@ -89,6 +90,23 @@ pub struct DiagnosisArgs {
     /// Fewer WAL syncs than this in a window say nothing about their latency.
     #[arg(long, env = "ETCD_MONITOR_DIAGNOSIS_MIN_SYNCS", default_value_t = DiagnosisConfig::DEFAULT.min_syncs)]
     pub diagnosis_min_syncs: u64,
+    /// A member's I/O cgroup is at its limit when what it got serviced on the data dir's device
+    /// reaches this fraction of a blkio throttle / io.max limit.
+    #[arg(
+        long,
+        env = "ETCD_MONITOR_DIAGNOSIS_IO_LIMIT_RATIO",
+        default_value_t = DiagnosisConfig::DEFAULT.io_limit_ratio
+    )]
+    pub diagnosis_io_limit_ratio: f64,
+    /// Pressure stall (PSI `some`) above this fraction of the window, in the member's own
+    /// cgroup, counts as CPU starvation (cpu.pressure) or I/O throttling (io.pressure, with a
+    /// limit set).
+    #[arg(
+        long,
+        env = "ETCD_MONITOR_DIAGNOSIS_PRESSURE_SHARE",
+        default_value_t = DiagnosisConfig::DEFAULT.pressure_share
+    )]
+    pub diagnosis_pressure_share: f64,
 }
 
 /// Validated diagnosis settings (see docs/design-notes.md for how the defaults were chosen).
@@ -116,6 +134,10 @@ pub struct DiagnosisConfig {
     pub peer_retransmits: u64,
     /// Minimum WAL syncs per window to judge their latency.
     pub min_syncs: u64,
+    /// Serviced rate over an I/O cgroup limit at which the cgroup is at its limit.
+    pub io_limit_ratio: f64,
+    /// PSI `some` share of the window that counts as starvation or throttling.
+    pub pressure_share: f64,
 }
 
 impl DiagnosisConfig {
@@ -133,6 +155,8 @@ impl DiagnosisConfig {
         peer_rtt_ms: 50.0,
         peer_retransmits: 20,
         min_syncs: 5,
+        io_limit_ratio: 0.8,
+        pressure_share: 0.2,
     };
 }
 
@@ -187,6 +211,8 @@ impl DiagnosisArgs {
             peer_rtt_ms: positive("--diagnosis-peer-rtt-ms", self.diagnosis_peer_rtt_ms)?,
             peer_retransmits: self.diagnosis_peer_retransmits,
             min_syncs: self.diagnosis_min_syncs.max(1),
+            io_limit_ratio: positive("--diagnosis-io-limit-ratio", self.diagnosis_io_limit_ratio)?,
+            pressure_share: fraction("--diagnosis-pressure-share", self.diagnosis_pressure_share)?,
         })
     }
 }
@@ -211,13 +237,32 @@ pub struct MemberDiagnosis {
     pub verdict: Verdict,
 }
 
-/// The latest verdict per (cluster, member), shared by the task, REST and `/metrics`.
+/// The latest verdict per (cluster, member), shared by the task, REST and `/metrics`, and the
+/// leader changes explained.
 #[derive(Debug, Default)]
 pub struct Diagnoses {
     latest: RwLock<BTreeMap<(String, String), MemberDiagnosis>>,
+    leader_changes: RwLock<leader_changes::Explanations>,
 }
 
 impl Diagnoses {
+    /// The explanation of one leader change of `cluster`, once the diagnosis has seen it.
+    pub fn leader_change(
+        &self,
+        cluster: &str,
+        change: &crate::model::cluster::LeaderChange,
+    ) -> Option<leader_changes::LeaderChangeExplanation> {
+        sync::read(&self.leader_changes).get(cluster, change)
+    }
+
+    /// The newest leader change of `cluster` explained.
+    pub fn latest_leader_change(
+        &self,
+        cluster: &str,
+    ) -> Option<leader_changes::LeaderChangeExplanation> {
+        sync::read(&self.leader_changes).latest(cluster)
+    }
+
     /// Every verdict, ordered by cluster and member.
     pub fn all(&self) -> Vec<MemberDiagnosis> {
         sync::read(&self.latest).values().cloned().collect()
@@ -255,13 +300,26 @@ impl Diagnoses {
 pub fn verdict_text(diagnoses: &Diagnoses, cluster: &str, member: &str) -> Option<String> {
     let d = diagnoses.get(cluster, member)?;
     let v = &d.verdict;
-    let head = match (&v.reason, &v.neighbor, &v.peer) {
-        (Some(r), _, _) => format!("{} ({r})", v.cause),
-        (_, Some(n), _) => format!("{} (pid {} {})", v.cause, n.pid, n.comm),
-        (_, _, Some(p)) => format!("{} (peer {p})", v.cause),
+    let head = match (&v.reason, &v.neighbor, &v.peer, &v.cgroup) {
+        (Some(r), ..) => format!("{} ({r})", v.cause),
+        (_, Some(n), ..) => format!("{} (pid {} {})", v.cause, n.pid, n.comm),
+        (_, _, Some(p), _) => match &v.peer_cause {
+            Some(c) => format!("{} (peer {p}: {c})", v.cause),
+            None => format!("{} (peer {p})", v.cause),
+        },
+        (_, _, _, Some(c)) => format!("{} (cgroup {c})", v.cause),
         _ => v.cause.clone(),
     };
     Some(format!("{head}: {}", v.summary))
+}
+
+/// The text a leader-change alert of `rule` carries (`annotations.diagnosis`): the newest
+/// change of `cluster` explained. `None` for other rules or before any change was explained.
+pub fn leader_change_text(diagnoses: &Diagnoses, rule: &str, cluster: &str) -> Option<String> {
+    if !leader_changes::LEADER_CHANGE_RULES.contains(&rule) {
+        return None;
+    }
+    Some(diagnoses.latest_leader_change(cluster)?.summary)
 }
 
 fn now_ms() -> u64 {
@@ -271,78 +329,118 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Takes one sample of every member of every cluster and recomputes the verdicts.
+/// Sample rings per (cluster, member id), each the last window of samples.
+pub type History = HashMap<(String, String), VecDeque<sample::MemberSample>>;
+
+/// Takes one sample of every member of every cluster and recomputes the verdicts: per member
+/// (phase 1), then across each cluster's members (phase 2), then the leader changes.
 pub fn tick(
     clusters: &Clusters,
     pipeline: &Pipeline,
     diagnoses: &Diagnoses,
     cfg: &DiagnosisConfig,
-    history: &mut HashMap<(String, String), VecDeque<sample::MemberSample>>,
+    history: &mut History,
 ) {
     let now = now_ms();
-    let window_ms = cfg.window.as_millis() as u64;
     let mut seen = Vec::new();
     for cluster in clusters.iter() {
         let state = cluster.snapshot();
-        for member in &state.members {
-            if member.name.is_empty() {
-                continue;
-            }
-            let key = (cluster.name().to_string(), member.id.clone());
+        let mut judged = Vec::new();
+        for member in state.members.iter().filter(|m| !m.name.is_empty()) {
             seen.push((cluster.name().to_string(), member.name.clone()));
             let s = sample::member_sample(member, &pipeline.registry, now);
-            let ring = history.entry(key).or_default();
-            ring.push_back(s);
-            while ring
-                .front()
-                .is_some_and(|f| now.saturating_sub(f.at_ms) > window_ms)
-            {
-                ring.pop_front();
-            }
+            let key = (cluster.name().to_string(), member.id.clone());
+            let ring = push_sample(history.entry(key).or_default(), s, now, cfg);
             let (Some(first), Some(last)) = (ring.front(), ring.back()) else {
                 continue;
             };
-            let verdict = if ring.len() < 2 {
-                Verdict {
-                    cause: "inconclusive".into(),
-                    reason: None,
-                    neighbor: None,
-                    peer: None,
-                    missing: vec!["a second sample (the window is filling)".into()],
-                    summary: "collecting the first window".into(),
-                    evidence: engine::Evidence::default(),
-                }
-            } else {
-                diagnose(first, last, cfg)
-            };
-            let window_seconds = last.at_ms.saturating_sub(first.at_ms) as f64 / 1e3;
-            let changed = diagnoses
-                .get(cluster.name(), &member.name)
-                .is_none_or(|old| old.verdict.cause != verdict.cause);
-            if changed {
-                tracing::info!(
-                    cluster = cluster.name(),
-                    member = %member.name,
-                    cause = %verdict.cause,
-                    summary = %verdict.summary,
-                    "Diagnosis changed."
-                );
-            }
-            diagnoses.put(MemberDiagnosis {
+            judged.push((member.id.clone(), judge(first, last, ring.len(), cfg)));
+        }
+        let mut phase2: Vec<engine::Judged> = judged.iter().map(|(_, (j, _))| j.clone()).collect();
+        engine::resolve(&mut phase2, cfg);
+        let mut verdicts = Vec::new();
+        for ((id, (_, window_seconds)), j) in judged.into_iter().zip(phase2) {
+            let d = MemberDiagnosis {
                 cluster: cluster.name().to_string(),
-                member: member.name.clone(),
-                member_id: member.id.clone(),
+                member: j.name,
+                member_id: id,
                 evaluated_at_ms: now,
                 cause_since_ms: now,
                 window_seconds,
-                verdict,
-            });
+                verdict: j.verdict,
+            };
+            log_change(diagnoses, &d);
+            diagnoses.put(d.clone());
+            verdicts.push(d);
         }
+        let changes: Vec<_> = state.leader_history.iter().cloned().collect();
+        sync::write(&diagnoses.leader_changes).observe(cluster.name(), &changes, &verdicts, now);
     }
     diagnoses.retain(|c, m| seen.iter().any(|(sc, sm)| sc == c && sm == m));
+    sync::write(&diagnoses.leader_changes).retain(|c| seen.iter().any(|(sc, _)| sc == c));
     history.retain(|(c, _), ring| {
         seen.iter().any(|(sc, _)| sc == c) && ring.back().is_some_and(|b| b.at_ms == now)
     });
+}
+
+/// Appends `s` and drops what fell out of the window.
+fn push_sample<'a>(
+    ring: &'a mut VecDeque<sample::MemberSample>,
+    s: sample::MemberSample,
+    now: u64,
+    cfg: &DiagnosisConfig,
+) -> &'a VecDeque<sample::MemberSample> {
+    let window_ms = cfg.window.as_millis() as u64;
+    ring.push_back(s);
+    while ring
+        .front()
+        .is_some_and(|f| now.saturating_sub(f.at_ms) > window_ms)
+    {
+        ring.pop_front();
+    }
+    ring
+}
+
+/// Phase 1 for one member's window, and the window's length in seconds.
+fn judge(
+    first: &sample::MemberSample,
+    last: &sample::MemberSample,
+    samples: usize,
+    cfg: &DiagnosisConfig,
+) -> (engine::Judged, f64) {
+    let window_seconds = last.at_ms.saturating_sub(first.at_ms) as f64 / 1e3;
+    if samples < 2 {
+        let verdict = Verdict {
+            cause: "inconclusive".into(),
+            missing: vec!["a second sample (the window is filling)".into()],
+            summary: "collecting the first window".into(),
+            ..Verdict::default()
+        };
+        let j = engine::Judged {
+            name: last.name.clone(),
+            is_leader: last.is_leader,
+            condition: None,
+            verdict,
+        };
+        return (j, window_seconds);
+    }
+    let f = engine::findings(first, last, cfg);
+    (engine::Judged::new(&f, last, cfg), window_seconds)
+}
+
+fn log_change(diagnoses: &Diagnoses, d: &MemberDiagnosis) {
+    let changed = diagnoses
+        .get(&d.cluster, &d.member)
+        .is_none_or(|old| old.verdict.cause != d.verdict.cause);
+    if changed {
+        tracing::info!(
+            cluster = %d.cluster,
+            member = %d.member,
+            cause = %d.verdict.cause,
+            summary = %d.verdict.summary,
+            "Diagnosis changed."
+        );
+    }
 }
 
 /// Recomputes the verdicts every `cfg.interval`, for as long as the collector runs.
@@ -370,11 +468,8 @@ mod tests {
         Verdict {
             cause: cause.into(),
             reason: (cause == "cpu_starved").then(|| "throttled".to_string()),
-            neighbor: None,
-            peer: None,
-            missing: vec![],
             summary: "s".into(),
-            evidence: engine::Evidence::default(),
+            ..Verdict::default()
         }
     }
 
@@ -419,6 +514,8 @@ mod tests {
             diagnosis_peer_rtt_ms: 50.0,
             diagnosis_peer_retransmits: 20,
             diagnosis_min_syncs: 5,
+            diagnosis_io_limit_ratio: 0.8,
+            diagnosis_pressure_share: 0.2,
         };
         assert_eq!(
             args.validate().map_err(|e| e.0),

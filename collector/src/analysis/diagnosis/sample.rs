@@ -3,7 +3,9 @@
 //! with the shared histogram model (`since`, i.e. `etcd_monitor_histogram::delta`).
 
 use etcd_monitor_histogram::{CumulativeBuckets, Log2Slots};
-use etcd_monitor_proto::v1::{AgentStatus, IoIssuer, MemberIdentity};
+use etcd_monitor_proto::v1::{
+    AgentStatus, CgroupIoDevice, DiskOp, FileClass, IoIssuer, MemberIdentity, Pressure,
+};
 
 use crate::{model::cluster::MemberState, sources::ingest::AgentRegistry, sources::ingest::join};
 
@@ -12,6 +14,8 @@ use crate::{model::cluster::MemberState, sources::ingest::AgentRegistry, sources
 pub struct DeviceSample {
     /// Kernel name.
     pub name: String,
+    /// `major:minor`.
+    pub id: String,
     /// Request service time.
     pub service: Log2Slots,
     /// Issuers (cumulative bytes).
@@ -37,6 +41,30 @@ pub struct AgentSample {
     pub cgroup: String,
     /// Peers: (name, smoothed RTT µs, retransmits).
     pub peers: Vec<(String, u32, u64)>,
+    /// Kernel-timed WAL `write`/`pwrite64`/`writev`/`pwritev`.
+    pub wal_write: Log2Slots,
+    /// The `/proc/PID/stat` state letter at the agent's last resource sample (`T`: stopped);
+    /// empty when unknown.
+    pub process_state: String,
+    /// The member's I/O cgroup limits and counters, and PSI.
+    pub cgroup_io: Option<CgroupIoSample>,
+}
+
+/// A member's I/O cgroup evidence at one agent resource sample.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CgroupIoSample {
+    /// The cgroup the device figures are from.
+    pub cgroup: String,
+    /// Devices: limits (0 = none) and cumulative serviced counters.
+    pub devices: Vec<CgroupIoDevice>,
+    /// `cgroup` (the member's own v2 cgroup) or `system` (`/proc/pressure`); empty: no PSI.
+    pub pressure_source: String,
+    /// `io.pressure` (cumulative µs).
+    pub io_pressure: Option<Pressure>,
+    /// `cpu.pressure` (cumulative µs).
+    pub cpu_pressure: Option<Pressure>,
+    /// When the agent read them (Unix ms).
+    pub sampled_at_ms: u64,
 }
 
 /// Everything known about one member at `at_ms`.
@@ -44,6 +72,12 @@ pub struct AgentSample {
 pub struct MemberSample {
     /// When (Unix ms).
     pub at_ms: u64,
+    /// Member name.
+    pub name: String,
+    /// Whether it answered the collector's last health check.
+    pub reachable: bool,
+    /// Whether it was the leader at the last health check.
+    pub is_leader: bool,
     /// etcd's own `etcd_disk_wal_fsync_duration_seconds`, when scraped.
     pub server_wal: Option<CumulativeBuckets>,
     /// The kernel view, when an agent reports the member.
@@ -59,6 +93,9 @@ pub fn member_sample(member: &MemberState, registry: &AgentRegistry, at_ms: u64)
     });
     MemberSample {
         at_ms,
+        name: member.name.clone(),
+        reachable: member.reachable,
+        is_leader: member.is_leader,
         server_wal: member
             .server
             .as_ref()
@@ -78,6 +115,7 @@ pub fn agent_sample(status: &AgentStatus, identity: &MemberIdentity) -> AgentSam
         .filter(|d| d.members.iter().any(|m| m == name))
         .map(|d| DeviceSample {
             name: d.name.clone(),
+            id: d.device.clone(),
             service: Log2Slots::new(d.count, d.sum_nanos, &d.log2_slots),
             issuers: d.issuers.clone(),
         })
@@ -107,7 +145,42 @@ pub fn agent_sample(status: &AgentStatus, identity: &MemberIdentity) -> AgentSam
                 (peer, p.srtt_micros, p.retransmits)
             })
             .collect(),
+        wal_write: wal_write_slots(status, name),
+        process_state: status
+            .resources
+            .iter()
+            .find(|r| r.member == name && r.pid == identity.pid)
+            .map(|r| r.process_state.clone())
+            .unwrap_or_default(),
+        cgroup_io: status
+            .cgroup_io
+            .iter()
+            .find(|c| c.member == name)
+            .map(|c| CgroupIoSample {
+                cgroup: c.cgroup.clone(),
+                devices: c.devices.clone(),
+                pressure_source: c.pressure_source.clone(),
+                io_pressure: c.io_pressure.filter(|_| c.has_io_pressure),
+                cpu_pressure: c.cpu_pressure.filter(|_| c.has_cpu_pressure),
+                sampled_at_ms: c.sampled_at_ms,
+            }),
     }
+}
+
+/// The member's kernel-timed WAL writes, every write op summed.
+fn wal_write_slots(status: &AgentStatus, member: &str) -> Log2Slots {
+    let mut sum = Log2Slots::default();
+    for h in status.histograms.iter().filter(|h| {
+        h.member == member
+            && h.file() == FileClass::Wal
+            && matches!(
+                h.op(),
+                DiskOp::Write | DiskOp::Pwrite64 | DiskOp::Writev | DiskOp::Pwritev
+            )
+    }) {
+        sum.add(h.count, h.sum_nanos, &h.log2_slots);
+    }
+    sum
 }
 
 #[cfg(test)]

@@ -154,7 +154,18 @@ pub struct LeaderResponse {
     /// Leader changes seen since the collector started.
     pub leader_changes_total: u64,
     /// The last (up to 100) changes, newest last.
-    pub history: Vec<LeaderChange>,
+    pub history: Vec<LeaderChangeView>,
+}
+
+/// One leader change and, once the diagnosis has seen it, why it happened.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeaderChangeView {
+    /// The change.
+    #[serde(flatten)]
+    pub change: LeaderChange,
+    /// The previous leader's verdict and evidence at the change, and its peers' view; absent
+    /// for changes from before the collector started or not yet diagnosed.
+    pub explanation: Option<crate::analysis::diagnosis::leader_changes::LeaderChangeExplanation>,
 }
 
 /// One member in `/api/v1/metrics/current`.
@@ -409,12 +420,20 @@ pub async fn cluster_leader(
 ) -> Result<Json<LeaderResponse>, ApiError> {
     let Query(q) = q?;
     let s = pick(&state, q.cluster.as_deref())?.snapshot();
+    let cluster = s.cluster.clone();
     Ok(Json(LeaderResponse {
         cluster: s.cluster,
         has_leader: s.has_leader,
         leader: s.leader,
         leader_changes_total: s.leader_changes_total,
-        history: s.leader_history.into_iter().collect(),
+        history: s
+            .leader_history
+            .into_iter()
+            .map(|change| LeaderChangeView {
+                explanation: state.diagnoses.leader_change(&cluster, &change),
+                change,
+            })
+            .collect(),
     }))
 }
 
@@ -725,12 +744,8 @@ mod exposition_tests {
             window_seconds: 1.0,
             verdict: Verdict {
                 cause: "disk_slow".into(),
-                reason: None,
-                neighbor: None,
-                peer: None,
-                missing: vec![],
-                summary: String::new(),
                 evidence: Evidence::default(),
+                ..Verdict::default()
             },
         });
         let state = AppState {

@@ -108,9 +108,30 @@ function diagnosisCell(d) {
   let text = d.cause;
   if (d.reason) text += ` (${d.reason})`;
   if (d.neighbor) text += ` (pid ${d.neighbor.pid} ${d.neighbor.comm})`;
-  if (d.peer) text += ` (peer ${d.peer})`;
+  if (d.peer) text += d.peer_cause ? ` (peer ${d.peer}: ${d.peer_cause})` : ` (peer ${d.peer})`;
+  if (d.cgroup) text += ` (cgroup ${d.cgroup})`;
   const cls = d.cause === "healthy" ? "ok" : d.cause === "inconclusive" ? "muted" : "bad";
   return el("td", { class: `diagnosis ${cls}`, title: d.summary || "" }, text);
+}
+
+// The last leader changes, newest first, each with why (the previous leader's verdict then).
+function renderLeaderChanges(data) {
+  const history = ((data && data.history) || []).slice(-5).reverse();
+  const rows = history.map((c) => {
+    const x = c.explanation;
+    const from = (x && x.previous_leader_name) || c.old_leader || "–";
+    const cause = x && x.previous_leader ? x.previous_leader.cause : null;
+    return el("tr", { class: "leader-change" },
+      el("td", {}, ago(c.at_ms)),
+      el("td", {}, `${from} → ${c.new_leader_name || c.new_leader}`),
+      el("td", {}, String(c.term)),
+      el("td", { class: cause == null ? "muted" : cause === "healthy" ? "ok" : "bad" }, cause || "not diagnosed"),
+      el("td", { class: "why" }, x ? x.summary : "from before the collector's diagnosis"),
+    );
+  });
+  $("#leader-history tbody").replaceChildren(...rows);
+  $("#leader-history").hidden = rows.length === 0;
+  $("#no-leader-changes").hidden = rows.length !== 0;
 }
 
 function renderAlerts(data) {
@@ -215,15 +236,17 @@ function renderHa(ha) {
 async function refresh() {
   try {
     if (!cluster) await loadClusters();
-    const [status, members, history, alerts, diagnosis] = await Promise.all([
+    const [status, members, history, alerts, diagnosis, leader] = await Promise.all([
       api("/api/v1/cluster/status"),
       api("/api/v1/cluster/members"),
       api("/api/v1/metrics/history?since=30m&limit=5000"),
       optional("/api/v1/alerts"),
       optional("/api/v1/diagnosis"),
+      optional("/api/v1/cluster/leader"),
     ]);
     renderSummary(status);
     renderMembers(members.members, diagnosis);
+    renderLeaderChanges(leader);
     renderChart(history.points || []);
     renderAlerts(alerts);
     renderHa(await optional("/api/v1/ha"));
