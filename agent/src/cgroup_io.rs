@@ -17,7 +17,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::resources::{CgroupRoots, ProcCgroups, ancestors};
+use crate::cgroups::{CgroupRoots, ProcCgroups, ancestors};
 
 /// At most this many devices per cgroup are reported (a cgroup that touched more is unusual;
 /// the ones with limits come first).
@@ -441,7 +441,7 @@ mod tests {
             v2: None,
             v1: HashMap::from([("blkio".to_string(), blkio)]),
         };
-        let cgroups = crate::resources::parse_proc_cgroup("7:blkio:/pod/ctr\n");
+        let cgroups = crate::cgroups::parse_proc_cgroup("7:blkio:/pod/ctr\n");
         let io = read_member(&roots, &cgroups, &dir.path().join("proc")).expect("evidence");
         assert_eq!(io.cgroup, "/pod");
         assert!(!io.v2);
@@ -473,7 +473,7 @@ mod tests {
             v2: Some(root),
             v1: HashMap::new(),
         };
-        let cgroups = crate::resources::parse_proc_cgroup("0::/a\n");
+        let cgroups = crate::cgroups::parse_proc_cgroup("0::/a\n");
         let io = read_member(&roots, &cgroups, &dir.path().join("proc")).expect("evidence");
         assert!(io.v2);
         assert_eq!(io.cgroup, "/a");

@@ -11,6 +11,7 @@
 //! · `cgroup_io` (a member's I/O cgroup limits and counters, PSI).
 
 pub mod cgroup_io;
+pub mod cgroups;
 pub mod config;
 pub mod decode;
 pub mod diag;

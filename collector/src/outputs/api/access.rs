@@ -184,7 +184,9 @@ fn foreign_host(headers: &HeaderMap) -> Option<String> {
     let host = host.to_str().unwrap_or("<not text>").to_ascii_lowercase();
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host.as_str(), |(name, _port)| name),
+        None => host
+            .rsplit_once(':')
+            .map_or(host.as_str(), |(name, _port)| name),
     };
     let loopback = name == "localhost"
         || name.ends_with(".localhost")
@@ -488,7 +490,12 @@ mod tests {
         assert!(err.to_string().contains("--admin-token-file"), "{err}");
         assert!(access.check_admin(&headers(&[]), None).is_err());
         assert!(access.check_read(&headers(&[])).is_ok());
-        for host in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080", "localhost"] {
+        for host in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "[::1]:8080",
+            "localhost",
+        ] {
             let h = headers(&[("host", host)]);
             assert!(access.check_admin(&h, peer("127.0.0.1")).is_ok(), "{host}");
         }
