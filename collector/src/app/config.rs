@@ -331,6 +331,14 @@ pub struct Cli {
     #[command(flatten)]
     pub diagnosis: crate::analysis::diagnosis::DiagnosisArgs,
 
+    /// The performance report's thresholds (`--report-threshold`).
+    #[command(flatten)]
+    pub report: crate::analysis::report::ReportArgs,
+
+    /// Scheduled benchmarks (`--benchmark-schedule`, `BENCHMARK_ENABLED`, `BENCHMARK_INTERVAL`).
+    #[command(flatten)]
+    pub benchmark_schedule: crate::ops::bench::schedule::ScheduleArgs,
+
     /// Log format.
     #[arg(
         long,
@@ -408,6 +416,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Diagnosis windows and thresholds.
     pub diagnosis: crate::analysis::diagnosis::DiagnosisConfig,
+    /// The performance report's thresholds.
+    pub report_thresholds: crate::analysis::report::ReportThresholds,
+    /// Scheduled benchmarks (None = off).
+    pub benchmark_schedule: Option<crate::ops::bench::schedule::ScheduleConfig>,
 }
 
 /// The REST API's access control, TLS and silence bounds, files already read.
@@ -1025,8 +1037,17 @@ impl Cli {
             .diagnosis
             .validate()
             .map_err(|(field, message)| ConfigError::new(field, message))?;
+        let report_thresholds = self
+            .report
+            .validate()
+            .map_err(|(field, message)| ConfigError::new(field, message))?;
+        let benchmark_schedule = self
+            .benchmark_schedule
+            .validate(&|name| std::env::var(name).ok())?;
         Ok(Config {
             diagnosis,
+            report_thresholds,
+            benchmark_schedule,
             clusters,
             api_host: self.api_host,
             api_port: self.api_port,

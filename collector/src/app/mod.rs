@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod report;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -250,7 +251,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         }
     );
     let tls_failures = access.tls_handshake_failures();
+    let scheduler = report::start_schedule(&config, &clusters, &benchmarks, &alerting);
     let state = AppState {
+        report: crate::outputs::report::ReportSettings {
+            thresholds: config.report_thresholds,
+            scheduler,
+        },
         clusters: clusters.clone(),
         alerting: Some(alerting),
         benchmarks: benchmarks.clone(),

@@ -98,8 +98,8 @@ pub struct ScheduleConfig {
 }
 
 fn interval(field: &str, value: &str) -> Result<Duration, ConfigError> {
-    let d = crate::model::time::parse_duration(value.trim())
-        .map_err(|e| ConfigError::new(field, e))?;
+    let d =
+        crate::model::time::parse_duration(value.trim()).map_err(|e| ConfigError::new(field, e))?;
     if d < MIN_INTERVAL {
         return Err(ConfigError::new(
             field,
@@ -187,7 +187,11 @@ impl Scheduler {
     }
 
     fn skipped(&self, cluster: &str, reason: SkipReason) {
-        tracing::info!(cluster, reason = reason.as_str(), "Scheduled benchmark skipped.");
+        tracing::info!(
+            cluster,
+            reason = reason.as_str(),
+            "Scheduled benchmark skipped."
+        );
         *sync::lock(&self.counts)
             .skipped
             .entry((cluster.to_string(), reason))
@@ -308,26 +312,39 @@ mod tests {
             .expect("ok");
         assert_eq!(on.map(|c| c.interval), Some(DEFAULT_INTERVAL));
         let every = none
-            .validate(&env(&[("BENCHMARK_ENABLED", "true"), ("BENCHMARK_INTERVAL", "5m")]))
+            .validate(&env(&[
+                ("BENCHMARK_ENABLED", "true"),
+                ("BENCHMARK_INTERVAL", "5m"),
+            ]))
             .expect("ok");
         assert_eq!(every.map(|c| c.interval), Some(Duration::from_secs(300)));
         let flag = ScheduleArgs {
             benchmark_schedule: Some("5s".into()),
         };
         let won = flag
-            .validate(&env(&[("BENCHMARK_ENABLED", "false"), ("BENCHMARK_INTERVAL", "bogus")]))
+            .validate(&env(&[
+                ("BENCHMARK_ENABLED", "false"),
+                ("BENCHMARK_INTERVAL", "bogus"),
+            ]))
             .expect("flag wins");
         assert_eq!(won.map(|c| c.interval), Some(Duration::from_secs(5)));
         let off = ScheduleArgs {
             benchmark_schedule: Some("off".into()),
         };
-        assert_eq!(off.validate(&env(&[("BENCHMARK_ENABLED", "true")])).expect("ok"), None);
+        assert_eq!(
+            off.validate(&env(&[("BENCHMARK_ENABLED", "true")]))
+                .expect("ok"),
+            None
+        );
         let bad = none
             .validate(&env(&[("BENCHMARK_ENABLED", "maybe")]))
             .expect_err("bad");
         assert_eq!(bad.field, "BENCHMARK_ENABLED");
         let bad = none
-            .validate(&env(&[("BENCHMARK_ENABLED", "true"), ("BENCHMARK_INTERVAL", "soon")]))
+            .validate(&env(&[
+                ("BENCHMARK_ENABLED", "true"),
+                ("BENCHMARK_INTERVAL", "soon"),
+            ]))
             .expect_err("bad");
         assert_eq!(bad.field, "BENCHMARK_INTERVAL");
         let short = ScheduleArgs {
@@ -368,7 +385,8 @@ mod tests {
             metrics_urls: vec![],
             dial_timeout: Duration::from_millis(100),
         };
-        s.run_once("busy", &config, &small_spec().expect("spec")).await;
+        s.run_once("busy", &config, &small_spec().expect("spec"))
+            .await;
         let mut page = crate::model::exposition::Exposition::default();
         s.render(&mut page);
         let text = page.encode();

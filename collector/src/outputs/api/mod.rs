@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod benchmark;
 pub mod diagnosis;
 pub mod error;
+pub mod report;
 pub mod routes;
 pub mod tls;
 
@@ -58,6 +59,8 @@ pub struct AppState {
     pub access: access::Access,
     /// `--silence-max-duration` and `--max-silences`.
     pub silence_limits: SilenceLimits,
+    /// The performance report's thresholds and the scheduled benchmarks.
+    pub report: crate::outputs::report::ReportSettings,
 }
 
 /// The OpenAPI document, generated from the handlers and their types.
@@ -87,6 +90,7 @@ pub struct AppState {
         benchmark::get,
         routes::metrics,
         crate::outputs::api::diagnosis::diagnosis,
+        report::report,
     ),
     components(schemas(error::ErrorBody))
 )]
@@ -303,6 +307,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/diagnosis",
             get(crate::outputs::api::diagnosis::diagnosis),
         )
+        .route("/api/v1/report", get(report::report))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             access::require_viewer,
@@ -387,6 +392,7 @@ mod tests {
             benchmarks: crate::ops::bench::jobs::BenchJobs::default(),
             access: access::Access::new(vec![], &["http://ui.example".into()], 0),
             silence_limits: SilenceLimits::default(),
+            report: Default::default(),
         }
     }
 

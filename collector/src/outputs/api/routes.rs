@@ -564,6 +564,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     state.benchmarks.render_metrics(&mut page);
     state.access.render(&mut page);
     crate::analysis::diagnosis::metrics::render(&state.diagnoses, &mut page);
+    if let Some(scheduler) = &state.report.scheduler {
+        scheduler.render(&mut page);
+    }
     let text = page.encode();
     (
         StatusCode::OK,
@@ -743,6 +746,7 @@ mod exposition_tests {
             benchmarks: crate::ops::bench::jobs::BenchJobs::default(),
             access: Access::new(vec![], &[], 0),
             silence_limits: SilenceLimits::default(),
+            report: Default::default(),
         };
         let req = Request::builder()
             .uri("/metrics")

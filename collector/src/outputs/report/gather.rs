@@ -40,8 +40,7 @@ pub struct Sources {
 pub async fn gather(src: &Sources, window: Duration, now_ms: u64) -> ReportInputs {
     let state = src.cluster.snapshot();
     let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-    let (history, leader_changes, past) =
-        read_store(src, &state.cluster, now_ms, window_ms).await;
+    let (history, leader_changes, past) = read_store(src, &state.cluster, now_ms, window_ms).await;
     let members = state
         .members
         .iter()
@@ -118,7 +117,11 @@ async fn read_store(src: &Sources, cluster: &str, now_ms: u64, window_ms: u64) -
         let runs = store
             .benchmark_runs(&cluster, since, PAST_BENCHMARKS)
             .unwrap_or_default();
-        (history, changes, runs.iter().filter_map(benchmark_of_run).collect())
+        (
+            history,
+            changes,
+            runs.iter().filter_map(benchmark_of_run).collect(),
+        )
     })
     .await;
     read.unwrap_or_default()
@@ -230,7 +233,10 @@ fn apply_resources(f: &mut MemberInputs, r: &MemberResources) {
 
 /// HashKV of every reachable member at the lowest revision any of them reported, so that all
 /// hash the same history.
-async fn hashkv_round(cluster: &ClusterHandle, state: &ClusterState) -> Result<HashKvRound, String> {
+async fn hashkv_round(
+    cluster: &ClusterHandle,
+    state: &ClusterState,
+) -> Result<HashKvRound, String> {
     let targets: Vec<(String, String, i64)> = state
         .members
         .iter()

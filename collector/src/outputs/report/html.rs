@@ -176,8 +176,10 @@ fn trends(s: &mut String, r: &Report) {
         s,
         "<h2>Trends</h2><p>History covered: {} · database growth: {} · leader changes: {} ({} a day)</p><div class=\"charts\">",
         humantime::format_duration(std::time::Duration::from_secs(t.covered_ms / 1000)),
-        t.db_growth_bytes_per_day
-            .map_or("n/a".into(), |g| format!("{:.2} MiB a day", g / 1_048_576.0)),
+        t.db_growth_bytes_per_day.map_or("n/a".into(), |g| format!(
+            "{:.2} MiB a day",
+            g / 1_048_576.0
+        )),
         t.leader_changes,
         t.leader_changes_per_day
             .map_or("n/a".into(), |d| format!("{d:.1}")),

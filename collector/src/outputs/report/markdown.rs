@@ -65,7 +65,13 @@ pub fn to_markdown(r: &Report) -> String {
 fn areas(s: &mut String, r: &Report) {
     let _ = writeln!(s, "## Grades\n\n| Area | Grade | Detail |\n|---|---|---|");
     for a in &r.areas {
-        let _ = writeln!(s, "| {} | {} | {} |", a.title, badge(a.grade), cell(&a.detail));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            a.title,
+            badge(a.grade),
+            cell(&a.detail)
+        );
     }
     s.push('\n');
 }
@@ -79,9 +85,19 @@ fn findings(s: &mut String, r: &Report) {
         let numbers: Vec<String> = f
             .numbers
             .iter()
-            .map(|n| format!("{} = {:.3} {}", n.name, n.value, n.unit).trim_end().to_string())
+            .map(|n| {
+                format!("{} = {:.3} {}", n.name, n.value, n.unit)
+                    .trim_end()
+                    .to_string()
+            })
             .collect();
-        let _ = writeln!(s, "- **{}** {} — {}", f.severity.as_str(), f.title, f.detail);
+        let _ = writeln!(
+            s,
+            "- **{}** {} — {}",
+            f.severity.as_str(),
+            f.title,
+            f.detail
+        );
         if !numbers.is_empty() {
             let _ = writeln!(s, "  - numbers: {}", numbers.join("; "));
         }
@@ -149,7 +165,9 @@ fn consistency(s: &mut String, r: &Report) {
 }
 
 fn opt(v: Option<f64>, unit: &str) -> String {
-    v.map_or("–".into(), |v| format!("{v:.1} {unit}").trim_end().to_string())
+    v.map_or("–".into(), |v| {
+        format!("{v:.1} {unit}").trim_end().to_string()
+    })
 }
 
 fn members(s: &mut String, r: &Report) {
@@ -165,8 +183,7 @@ fn members(s: &mut String, r: &Report) {
             cell(&m.name),
             if m.is_leader { "yes" } else { "" },
             m.version.as_deref().unwrap_or("–"),
-            m.db_size_bytes
-                .map_or("–".into(), fmt_mib),
+            m.db_size_bytes.map_or("–".into(), fmt_mib),
             opt(f.wal_fsync_p99_ms, "ms"),
             opt(f.backend_commit_p99_ms, "ms"),
             opt(f.peer_rtt_p99_ms, "ms"),
@@ -189,10 +206,13 @@ fn trends(s: &mut String, r: &Report) {
         s,
         "## Trends\n\n- history covered: {}\n- database growth: {}\n- leader changes: {} ({} a day)\n- worst WAL fsync p99 of an interval: {}\n- worst write probe p99: {}\n",
         humantime::format_duration(std::time::Duration::from_secs(t.covered_ms / 1000)),
-        t.db_growth_bytes_per_day
-            .map_or("n/a".into(), |g| format!("{:.1} MiB a day", g / 1_048_576.0)),
+        t.db_growth_bytes_per_day.map_or("n/a".into(), |g| format!(
+            "{:.1} MiB a day",
+            g / 1_048_576.0
+        )),
         t.leader_changes,
-        t.leader_changes_per_day.map_or("n/a".into(), |d| format!("{d:.1}")),
+        t.leader_changes_per_day
+            .map_or("n/a".into(), |d| format!("{d:.1}")),
         opt(t.max_wal_fsync_window_p99_ms, "ms"),
         opt(t.max_write_p99_ms, "ms"),
     );

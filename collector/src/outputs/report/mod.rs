@@ -23,6 +23,10 @@ pub use markdown::to_markdown;
 use crate::analysis::report::BenchmarkEvidence;
 use crate::ops::bench::{jobs::BenchJobs, schedule};
 
+/// The response header carrying the overall grade, whatever the format (`good`, `warning`,
+/// `critical`, `unknown`).
+pub const GRADE_HEADER: &str = "x-etcd-monitor-grade";
+
 /// A report's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -124,7 +128,10 @@ pub async fn run_benchmark(
         target_rate: Some(schedule::SMALL_RATE),
         p50_ms: None,
         p99_ms: None,
-        error: Some(view.error.unwrap_or_else(|| format!("ended {}", view.state))),
+        error: Some(
+            view.error
+                .unwrap_or_else(|| format!("ended {}", view.state)),
+        ),
     });
     evidence.origin = "on demand".into();
     Ok(evidence)

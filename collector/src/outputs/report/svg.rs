@@ -122,7 +122,11 @@ pub fn line_chart(chart: &TrendChart, width: f64, height: f64) -> String {
 }
 
 /// Frame, grid lines with value labels, and the first and last time.
-fn axes(s: &mut String, (l, t, pw, ph): (f64, f64, f64, f64), (t0, t1, v0, v1): (f64, f64, f64, f64)) {
+fn axes(
+    s: &mut String,
+    (l, t, pw, ph): (f64, f64, f64, f64),
+    (t0, t1, v0, v1): (f64, f64, f64, f64),
+) {
     let _ = write!(
         s,
         r##"<rect x="{l}" y="{t}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#bbb"/>"##
