@@ -135,11 +135,11 @@ fn finish(cli: &ReportCli, body: &str, grade: Option<&str>) -> ExitCode {
         eprintln!("etcd-monitor report: {e:#}");
         return ExitCode::from(exit::ERROR);
     }
-    let failing = match (cli.fail_on, grade) {
-        (Some(FailOn::Warning), Some("warning" | "critical")) => true,
-        (Some(FailOn::Critical), Some("critical")) => true,
-        _ => false,
-    };
+    let failing = matches!(
+        (cli.fail_on, grade),
+        (Some(FailOn::Warning), Some("warning" | "critical"))
+            | (Some(FailOn::Critical), Some("critical"))
+    );
     if failing {
         eprintln!(
             "etcd-monitor report: overall grade {}",

@@ -398,10 +398,12 @@ pub fn build(inputs: &ReportInputs, thresholds: &ReportThresholds) -> Report {
         .filter(|g| *g != Grade::Unknown)
         .max()
         .unwrap_or(Grade::Unknown);
-    graded.findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    graded
+        .findings
+        .sort_by_key(|f| std::cmp::Reverse(f.severity));
     graded
         .recommendations
-        .sort_by(|a, b| b.priority.cmp(&a.priority));
+        .sort_by_key(|r| std::cmp::Reverse(r.priority));
     let summary = advice::summary(inputs, overall, &graded, &consistency, &trends);
     Report {
         cluster: inputs.state.cluster.clone(),
