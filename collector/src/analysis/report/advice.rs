@@ -162,12 +162,49 @@ fn space(
             Some("etcd-monitor ctl recover-nospace".into()),
         ));
     }
-    let quota_grade = area_grade(g, "db_quota");
-    for (name, size, in_use, quota) in &figures {
+    if nospace.is_empty() {
+        quota(&figures, t, area_grade(g, "db_quota"), out);
+    }
+    if area_grade(g, "fragmentation") >= Grade::Warning
+        && let Some((name, size, in_use, _)) = figures
+            .iter()
+            .filter(|f| f.1 >= MIN_DEFRAG_BYTES)
+            .max_by(|a, b| (1.0 - a.2 / a.1).total_cmp(&(1.0 - b.2 / b.1)))
+    {
+        let pct = 100.0 * (size - in_use) / size;
+        out.push(rec(
+            area_grade(g, "fragmentation"),
+            "fragmentation",
+            Some(name),
+            format!(
+                "Defragment, member by member (followers first), to return {} on {name}",
+                fmt_bytes(size - in_use)
+            ),
+            format!(
+                "{} of the database file on {name} is free pages",
+                fmt(pct, "%")
+            ),
+            Some(format!(
+                "etcd-monitor ctl defrag --rolling --if-fragmented={:.0}%,1MB",
+                t.fragmentation_percent.warning
+            )),
+        ));
+    }
+    growth(&figures, trends, out);
+}
+
+/// Near the quota without NOSPACE: defragment when that reclaims enough, else raise the quota.
+fn quota(
+    figures: &[(String, f64, f64, Option<f64>)],
+    t: &ReportThresholds,
+    quota_grade: Grade,
+    out: &mut Vec<Recommendation>,
+) {
+    for (name, size, in_use, quota) in figures {
         let Some(quota) = quota else { continue };
         let pct = 100.0 * size / quota;
         let free = (size - in_use).max(0.0);
-        if Grade::of(pct, &t.db_quota_percent) >= Grade::Warning && nospace.is_empty() {
+        if Grade::of(pct, &t.db_quota_percent) >= Grade::Warning {
             let (action, command) = if free / size >= 0.2 {
                 (
                     format!(
@@ -202,32 +239,6 @@ fn space(
             ));
         }
     }
-    if area_grade(g, "fragmentation") >= Grade::Warning
-        && let Some((name, size, in_use, _)) = figures
-            .iter()
-            .filter(|f| f.1 >= MIN_DEFRAG_BYTES)
-            .max_by(|a, b| (1.0 - a.2 / a.1).total_cmp(&(1.0 - b.2 / b.1)))
-    {
-        let pct = 100.0 * (size - in_use) / size;
-        out.push(rec(
-            area_grade(g, "fragmentation"),
-            "fragmentation",
-            Some(name),
-            format!(
-                "Defragment, member by member (followers first), to return {} on {name}",
-                fmt_bytes(size - in_use)
-            ),
-            format!(
-                "{} of the database file on {name} is free pages",
-                fmt(pct, "%")
-            ),
-            Some(format!(
-                "etcd-monitor ctl defrag --rolling --if-fragmented={:.0}%,1MB",
-                t.fragmentation_percent.warning
-            )),
-        ));
-    }
-    growth(&figures, trends, out);
 }
 
 fn growth(
