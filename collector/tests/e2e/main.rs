@@ -13,5 +13,6 @@ mod common;
 mod ctl;
 mod history_api;
 mod hostile;
+mod report;
 mod schemathesis;
 mod tls;
