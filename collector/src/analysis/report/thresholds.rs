@@ -134,8 +134,8 @@ impl Default for ReportThresholds {
 /// `--report-threshold`: the report's thresholds.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ReportArgs {
-    /// Report: override one area's thresholds, `AREA=WARNING,CRITICAL` (repeatable or
-    /// comma-separated pairs with `;`), e.g. `wal_fsync_p99_ms=8,20`. Areas: wal_fsync_p99_ms
+    /// Report: override one area's thresholds, `AREA=WARNING,CRITICAL` (repeatable; several
+    /// separated by `;`), e.g. `wal_fsync_p99_ms=8,20`. Areas: wal_fsync_p99_ms
     /// (5,10), backend_commit_p99_ms (15,25), cpu_percent (70,85), memory_percent (70,85),
     /// peer_rtt_p99_ms (50,100), network_percent (70,85), db_quota_percent (80,95),
     /// fragmentation_percent (50,75), benchmark_p99_ms (25,100).

@@ -40,11 +40,12 @@ pub struct Sources {
 pub async fn gather(src: &Sources, window: Duration, now_ms: u64) -> ReportInputs {
     let state = src.cluster.snapshot();
     let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-    let (history, leader_changes, past) = read_store(src, &state.cluster, now_ms, window_ms).await;
+    let (history, recent, leader_changes, past) =
+        read_store(src, &state.cluster, now_ms, window_ms).await;
     let members = state
         .members
         .iter()
-        .map(|m| member_inputs(m, &history, now_ms, src.registry.as_deref()))
+        .map(|m| member_inputs(m, &recent, src.registry.as_deref()))
         .collect();
     let diagnoses = src
         .diagnoses
@@ -86,7 +87,9 @@ pub async fn gather(src: &Sources, window: Duration, now_ms: u64) -> ReportInput
     }
 }
 
+/// Trend points, the last [`RECENT`] of points (every one), leader changes, benchmark runs.
 type StoreRead = (
+    Vec<HistoryPoint>,
     Vec<HistoryPoint>,
     Vec<crate::model::cluster::LeaderChange>,
     Vec<BenchmarkEvidence>,
@@ -94,7 +97,7 @@ type StoreRead = (
 
 async fn read_store(src: &Sources, cluster: &str, now_ms: u64, window_ms: u64) -> StoreRead {
     let Some(store) = src.store.clone() else {
-        return (vec![], vec![], vec![]);
+        return (vec![], vec![], vec![], vec![]);
     };
     let cluster = cluster.to_string();
     let members = src.cluster.snapshot().members.len().max(1);
@@ -113,15 +116,22 @@ async fn read_store(src: &Sources, cluster: &str, now_ms: u64, window_ms: u64) -
                 limit: HISTORY_POINTS,
             })
             .unwrap_or_default();
+        let recent = store
+            .history(&HistoryQuery {
+                cluster: cluster.clone(),
+                member: None,
+                since_ms: now_ms.saturating_sub(RECENT.as_millis() as u64),
+                until_ms: now_ms,
+                step: None,
+                limit: HISTORY_POINTS,
+            })
+            .unwrap_or_default();
         let changes = store.leader_changes(&cluster, 1000).unwrap_or_default();
         let runs = store
             .benchmark_runs(&cluster, since, PAST_BENCHMARKS)
             .unwrap_or_default();
-        (
-            history,
-            changes,
-            runs.iter().filter_map(benchmark_of_run).collect(),
-        )
+        let runs = runs.iter().filter_map(benchmark_of_run).collect();
+        (history, recent, changes, runs)
     })
     .await;
     read.unwrap_or_default()
@@ -152,12 +162,11 @@ pub fn benchmark_of_run(run: &crate::store::BenchmarkRun) -> Option<BenchmarkEvi
     })
 }
 
-/// The median of `member`'s interval WAL fsync p99s in the last [`RECENT`].
-fn recent_wal_p99(history: &[HistoryPoint], member: &MemberState, now_ms: u64) -> Option<f64> {
-    let since = now_ms.saturating_sub(RECENT.as_millis() as u64);
-    let mut v: Vec<f64> = history
+/// The median of `member`'s interval WAL fsync p99s in `recent` (the last [`RECENT`]).
+fn recent_wal_p99(recent: &[HistoryPoint], member: &MemberState) -> Option<f64> {
+    let mut v: Vec<f64> = recent
         .iter()
-        .filter(|p| p.ts_ms >= since && p.member_id == member.id)
+        .filter(|p| p.member_id == member.id)
         .filter_map(|p| p.wal_fsync_window_p99_ms)
         .collect();
     if v.is_empty() {
@@ -169,14 +178,13 @@ fn recent_wal_p99(history: &[HistoryPoint], member: &MemberState, now_ms: u64) -
 
 fn member_inputs(
     m: &MemberState,
-    history: &[HistoryPoint],
-    now_ms: u64,
+    recent: &[HistoryPoint],
     registry: Option<&crate::sources::ingest::AgentRegistry>,
 ) -> MemberInputs {
     let series = m.server.as_ref().map(|s| &s.series);
     let p99 = |h: &etcd_monitor_histogram::CumulativeBuckets| h.histogram().quantile_ms(0.99);
     let since_start = series.and_then(|s| p99(&s.wal_fsync));
-    let recent = recent_wal_p99(history, m, now_ms);
+    let recent = recent_wal_p99(recent, m);
     let mut f = MemberInputs {
         id: m.id.clone(),
         name: ClusterState::member_label(m),
