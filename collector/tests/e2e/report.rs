@@ -175,16 +175,12 @@ fn a_healthy_cluster_grades_well_in_every_format_and_renders_in_chromium() -> an
         },
     )?;
     let pretty = serde_json::to_string_pretty(&report)?;
-    for key in [
-        "disk",
-        "backend",
-        "peer_network",
-        "availability",
-        "consistency",
-        "db_quota",
-    ] {
+    for key in ["disk", "backend", "availability", "consistency", "db_quota"] {
         assert_eq!(area(&report, key)["grade"], "good", "{key}: {pretty}");
     }
+    // etcd publishes peer round trips only after its prober's first rounds.
+    let peers = &area(&report, "peer_network")["grade"];
+    assert!(peers == "good" || peers == "unknown", "{pretty}");
     assert_eq!(report["overall"], "good", "{pretty}");
     assert_eq!(report["thresholds"]["wal_fsync_p99_ms"]["warning"], 100.0);
     assert_eq!(

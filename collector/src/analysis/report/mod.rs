@@ -400,10 +400,10 @@ pub fn build(inputs: &ReportInputs, thresholds: &ReportThresholds) -> Report {
         .unwrap_or(Grade::Unknown);
     graded
         .findings
-        .sort_by_key(|f| std::cmp::Reverse(f.severity));
+        .sort_by_key(|f| (std::cmp::Reverse(f.severity), urgency(&f.area)));
     graded
         .recommendations
-        .sort_by_key(|r| std::cmp::Reverse(r.priority));
+        .sort_by_key(|r| (std::cmp::Reverse(r.priority), urgency(&r.area)));
     let summary = advice::summary(inputs, overall, &graded, &consistency, &trends);
     Report {
         cluster: inputs.state.cluster.clone(),
@@ -421,6 +421,17 @@ pub fn build(inputs: &ReportInputs, thresholds: &ReportThresholds) -> Report {
         past_benchmarks: inputs.past_benchmarks.clone(),
         alerts: inputs.alerts.clone(),
         thresholds: *thresholds,
+    }
+}
+
+/// Among equal grades, what stops the cluster first: lost quorum, refused writes, diverged
+/// data, then the rest.
+fn urgency(area: &str) -> u8 {
+    match area {
+        "availability" => 0,
+        "db_quota" => 1,
+        "consistency" => 2,
+        _ => 3,
     }
 }
 
