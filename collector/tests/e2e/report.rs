@@ -169,9 +169,13 @@ fn a_healthy_cluster_grades_well_in_every_format_and_renders_in_chromium() -> an
         |r| {
             recent_fsyncs(r)
                 && r["consistency"]["hashes_agree"] == true
-                && r["trends"]["charts"]
-                    .as_array()
-                    .is_some_and(|c| !c.is_empty())
+                && r["trends"]["charts"].as_array().is_some_and(|c| {
+                    c.iter().any(|chart| {
+                        chart["lines"][0]["points"]
+                            .as_array()
+                            .is_some_and(|p| p.len() >= 3)
+                    })
+                })
         },
     )?;
     let pretty = serde_json::to_string_pretty(&report)?;

@@ -106,16 +106,23 @@ async fn read_store(src: &Sources, cluster: &str, now_ms: u64, window_ms: u64) -
         // One point per member per step, so every member's line spans the window.
         let per_member = (HISTORY_POINTS / members).max(2) as u64;
         let step = Duration::from_millis((window_ms / per_member).max(1));
-        let history = store
-            .history(&HistoryQuery {
-                cluster: cluster.clone(),
-                member: None,
-                since_ms: since,
-                until_ms: now_ms,
-                step: Some(step),
-                limit: HISTORY_POINTS,
-            })
-            .unwrap_or_default();
+        let query = |step| {
+            store
+                .history(&HistoryQuery {
+                    cluster: cluster.clone(),
+                    member: None,
+                    since_ms: since,
+                    until_ms: now_ms,
+                    step,
+                    limit: HISTORY_POINTS,
+                })
+                .unwrap_or_default()
+        };
+        let mut history = query(Some(step));
+        // A collector younger than one step has one point per member: take every point.
+        if history.len() <= members {
+            history = query(None);
+        }
         let recent = store
             .history(&HistoryQuery {
                 cluster: cluster.clone(),
