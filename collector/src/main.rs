@@ -56,6 +56,14 @@ fn main() -> std::process::ExitCode {
         }
         return etcd_monitor::app::mcp::main(args);
     }
+    // `etcd-monitor report …` fetches the performance report from a running collector.
+    if args.get(1).is_some_and(|a| a == "report") {
+        args.remove(1);
+        if let Some(first) = args.first_mut() {
+            *first = "etcd-monitor report".into();
+        }
+        return etcd_monitor::app::report::main(args);
+    }
     let cli = Cli::parse_from(args);
     init_tracing(cli.log_format);
     let config = match cli.into_config() {

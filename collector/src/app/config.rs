@@ -337,6 +337,13 @@ pub struct Cli {
     /// Admin operations: `--auto-defrag*`, snapshot and audit bounds.
     #[command(flatten)]
     pub admin: crate::ops::admin::flags::AdminFlags,
+    /// The performance report's thresholds (`--report-threshold`).
+    #[command(flatten)]
+    pub report: crate::analysis::report::ReportArgs,
+
+    /// Scheduled benchmarks (`--benchmark-schedule`, `BENCHMARK_ENABLED`, `BENCHMARK_INTERVAL`).
+    #[command(flatten)]
+    pub benchmark_schedule: crate::ops::bench::schedule::ScheduleArgs,
 
     /// Log format.
     #[arg(
@@ -419,6 +426,10 @@ pub struct Config {
     pub ha: Option<crate::sources::ha::HaConfig>,
     /// Admin operations: automatic defrag, snapshot and audit bounds.
     pub admin: crate::ops::admin::flags::AdminConfig,
+    /// The performance report's thresholds.
+    pub report_thresholds: crate::analysis::report::ReportThresholds,
+    /// Scheduled benchmarks (None = off).
+    pub benchmark_schedule: Option<crate::ops::bench::schedule::ScheduleConfig>,
 }
 
 /// The REST API's access control, TLS and silence bounds, files already read.
@@ -1038,10 +1049,19 @@ impl Cli {
             .map_err(|(field, message)| ConfigError::new(field, message))?;
         let ha = self.ha.validate(&clusters)?;
         let admin = self.admin.validate()?;
+        let report_thresholds = self
+            .report
+            .validate()
+            .map_err(|(field, message)| ConfigError::new(field, message))?;
+        let benchmark_schedule = self
+            .benchmark_schedule
+            .validate(&|name| std::env::var(name).ok())?;
         Ok(Config {
             ha,
             admin,
             diagnosis,
+            report_thresholds,
+            benchmark_schedule,
             clusters,
             api_host: self.api_host,
             api_port: self.api_port,

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod config;
 pub mod mcp;
+pub mod report;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -260,8 +261,20 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     );
     let tls_failures = access.tls_handshake_failures();
     let admin = start_admin(&config, &store, &clusters, &alerting, &leadership);
+    let scheduler = report::start_schedule(
+        &config,
+        &clusters,
+        &benchmarks,
+        &alerting,
+        &admin,
+        &leadership,
+    );
     let state = AppState {
         admin,
+        report: crate::outputs::report::ReportSettings {
+            thresholds: config.report_thresholds,
+            scheduler,
+        },
         clusters: clusters.clone(),
         alerting: Some(alerting.clone()),
         benchmarks: benchmarks.clone(),

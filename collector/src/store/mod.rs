@@ -600,6 +600,39 @@ impl Store {
         })
     }
 
+    /// The last `limit` benchmark runs of `cluster` started at or after `since_ms`, newest
+    /// first (the performance report's benchmark history).
+    pub fn benchmark_runs(
+        &self,
+        cluster: &str,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<BenchmarkRun>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, cluster, workload, state, started_ms, finished_ms, report_json, error
+                 FROM benchmark_runs WHERE cluster = ?1 AND started_ms >= ?2
+                 ORDER BY started_ms DESC LIMIT ?3",
+            )?;
+            st.query_map(
+                params![cluster, to_i64(since_ms), to_i64(limit as u64)],
+                |r| {
+                    Ok(BenchmarkRun {
+                        id: r.get(0)?,
+                        cluster: r.get(1)?,
+                        workload: r.get(2)?,
+                        state: r.get(3)?,
+                        started_ms: to_u64(r.get(4)?),
+                        finished_ms: r.get::<_, Option<i64>>(5)?.map(to_u64),
+                        report_json: r.get(6)?,
+                        error: r.get(7)?,
+                    })
+                },
+            )?
+            .collect()
+        })
+    }
+
     /// Records an agent's sequence bookkeeping (one row per node), stamped with the time so
     /// that the retention tick forgets agents silent for longer than the retention.
     pub fn save_agent_sequence(&self, a: &AgentSequence) -> Result<(), StoreError> {

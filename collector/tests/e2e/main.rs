@@ -16,5 +16,6 @@ mod ha;
 mod history_api;
 mod hostile;
 mod mcp;
+mod report;
 mod schemathesis;
 mod tls;

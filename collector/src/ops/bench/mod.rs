@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod report;
 pub mod runner;
 pub mod safety;
+pub mod schedule;
 pub mod spec;
 pub mod workload;
 

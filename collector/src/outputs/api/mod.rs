@@ -11,6 +11,7 @@ pub mod benchmark;
 pub mod diagnosis;
 pub mod error;
 pub mod ha;
+pub mod report;
 pub mod routes;
 pub mod tls;
 
@@ -65,6 +66,8 @@ pub struct AppState {
     pub leadership: crate::sources::ha::Leadership,
     /// Admin operations (jobs, audit, snapshots).
     pub admin: crate::ops::admin::AdminJobs,
+    /// The performance report's thresholds and the scheduled benchmarks.
+    pub report: crate::outputs::report::ReportSettings,
 }
 
 /// The OpenAPI document, generated from the handlers and their types.
@@ -105,6 +108,7 @@ pub struct AppState {
         admin::snapshots,
         admin::snapshot_download,
         audit::audit,
+        report::report,
     ),
     components(schemas(error::ErrorBody))
 )]
@@ -336,6 +340,7 @@ pub fn router(state: AppState) -> Router {
             get(admin::snapshot_download),
         )
         .route("/api/v1/audit", get(audit::audit))
+        .route("/api/v1/report", get(report::report))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             access::require_viewer,
@@ -430,6 +435,7 @@ mod tests {
             silence_limits: SilenceLimits::default(),
             leadership: crate::sources::ha::Leadership::standalone(),
             admin: crate::ops::admin::AdminJobs::default(),
+            report: Default::default(),
         }
     }
 

@@ -585,6 +585,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     state.admin.render(&mut page);
     crate::analysis::diagnosis::metrics::render(&state.diagnoses, &mut page);
     crate::outputs::mcp::metrics::render(&mut page);
+    if let Some(scheduler) = &state.report.scheduler {
+        scheduler.render(&mut page);
+    }
     let text = page.encode();
     (
         StatusCode::OK,
@@ -762,6 +765,7 @@ mod exposition_tests {
             silence_limits: SilenceLimits::default(),
             leadership: crate::sources::ha::Leadership::standalone(),
             admin: crate::ops::admin::AdminJobs::default(),
+            report: Default::default(),
         };
         let req = Request::builder()
             .uri("/metrics")

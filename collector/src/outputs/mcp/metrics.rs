@@ -138,6 +138,7 @@ pub const TOOLS: &[&str] = &[
     "diagnosis",
     "list_clusters",
     "metrics_history",
+    "report",
     "run_benchmark",
 ];
 

@@ -56,6 +56,18 @@ pub struct MemberArgs {
     pub member: Option<String>,
 }
 
+/// Selects a cluster and the history window of the performance report.
+#[derive(Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportArgs {
+    /// Cluster name; default the first configured.
+    #[schemars(length(max = 128))]
+    pub cluster: Option<String>,
+    /// History window of the trends, e.g. `6h` (default `24h`, at most the history retention).
+    #[schemars(length(max = 128))]
+    pub window: Option<String>,
+}
+
 /// Active alerts, optionally with the latest transitions.
 #[derive(Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -268,6 +280,29 @@ impl McpServer {
         let query = [("cluster", a.cluster), ("member", a.member)];
         let call = RestCall::get("/api/v1/diagnosis", &query);
         self.rest(call, &ext).await
+    }
+
+    #[tool(
+        description = "The graded performance report of a cluster: a grade per area (disk, backend commit, CPU, memory, peers, quota, fragmentation, consistency) and overall, a plain-words summary, findings with their numbers, and recommendations (defragment, quota, timeouts, disk class, noisy neighbour).",
+        annotations(read_only_hint = true)
+    )]
+    async fn report(
+        &self,
+        Parameters(a): Parameters<ReportArgs>,
+        ext: Extensions,
+    ) -> Result<CallToolResult, ErrorData> {
+        for (field, v) in [("cluster", &a.cluster), ("window", &a.window)] {
+            if let Err(m) = check_len(field, v.as_deref()) {
+                return Ok(refused(&ext, m));
+            }
+        }
+        let query = [
+            ("cluster", a.cluster),
+            ("window", a.window),
+            ("format", Some("json".to_string())),
+        ];
+        self.rest(RestCall::get("/api/v1/report", &query), &ext)
+            .await
     }
 
     #[tool(
