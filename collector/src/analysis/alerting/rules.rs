@@ -221,7 +221,7 @@ impl<'de> Deserialize<'de> for Expr {
 }
 
 /// Variables templates may use besides `labels.NAME`.
-pub const TEMPLATE_VARS: [&str; 28] = [
+pub const TEMPLATE_VARS: [&str; 29] = [
     "alertname",
     "severity",
     "cluster",
@@ -250,6 +250,7 @@ pub const TEMPLATE_VARS: [&str; 28] = [
     "limit_bytes",
     "limit_source",
     "growth_bytes_per_hour",
+    "certificate_source",
 ];
 
 /// An annotation with `{{ var }}` placeholders, checked when parsed.
@@ -924,7 +925,7 @@ fn operational() -> Vec<Rule> {
             "certificate_expiry_seconds < 2592000",
             0,
             "A {{ kind }} certificate expires in {{ expires_in }}.",
-            "Cluster {{ cluster }}: the {{ kind }} certificate {{ subject }} {{ member }} expires in {{ expires_in }} (under 30 days). Renew it before etcd or the collector stops accepting it.",
+            "Cluster {{ cluster }}: the {{ kind }} certificate \"{{ subject }}\" ({{ certificate_source }}) expires in {{ expires_in }} (under 30 days). Renew it before etcd or the collector stops accepting it.",
         ),
         rule(
             "CertificateExpiringSoon",
@@ -932,7 +933,7 @@ fn operational() -> Vec<Rule> {
             "certificate_expiry_seconds < 604800",
             0,
             "A {{ kind }} certificate expires in {{ expires_in }}.",
-            "Cluster {{ cluster }}: the {{ kind }} certificate {{ subject }} {{ member }} expires in {{ expires_in }} (under 7 days). Renew it now: when it expires, clients and peers refuse the handshake.",
+            "Cluster {{ cluster }}: the {{ kind }} certificate \"{{ subject }}\" ({{ certificate_source }}) expires in {{ expires_in }} (under 7 days). Renew it now: when it expires, clients and peers refuse the handshake.",
         ),
     ]
 }

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use crate::model::series::ServerSeries;
+use crate::model::series::{CertificateKind, ServerSeries};
 use etcd_monitor_histogram::{CumulativeBuckets, Log2Slots, delta};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -552,7 +552,17 @@ fn certificate_samples(state: &ClusterState, now_ms: u64) -> Vec<Sample> {
             labels.insert("subject".into(), c.subject.clone());
             let left = c.not_after_unix.saturating_sub(now);
             let days = left as f64 / 86_400.0;
-            let context = BTreeMap::from([("expires_in".to_string(), format!("{days:.1} days"))]);
+            let source = match c.kind {
+                CertificateKind::Client => "the collector's --cert-file".to_string(),
+                CertificateKind::Ca => "the collector's --ca-file".to_string(),
+                CertificateKind::Server | CertificateKind::Peer => {
+                    format!("presented by member {}", c.member)
+                }
+            };
+            let context = BTreeMap::from([
+                ("expires_in".to_string(), format!("{days:.1} days")),
+                ("certificate_source".to_string(), source),
+            ]);
             Sample {
                 labels,
                 value: left as f64,
