@@ -989,6 +989,9 @@ mod tests {
             "etcdDatabaseQuotaLowSpace",
             "etcdExcessiveDatabaseGrowth",
             "etcdDatabaseHighFragmentationRatio",
+            "etcdHeartbeatSendFailures",
+            "etcdSlowApplies",
+            "CertificateExpiringSoon",
         ] {
             assert!(rules.iter().any(|r| r.name == name), "{name} missing");
         }
@@ -1008,6 +1011,47 @@ mod tests {
             Some(250.0)
         );
         assert_eq!(find("KernelSlowWalFsync").map(|c| c.threshold), Some(0.01));
+        // Disk and memory on the agent's real percentages.
+        let disk = find("DiskUsageHigh").map(|c| (c.signal, c.threshold));
+        assert_eq!(disk, Some((Signal::DiskUsedRatio, 0.8)));
+        let memory = find("MemoryUsageHigh").map(|c| (c.signal, c.threshold));
+        assert_eq!(memory, Some((Signal::MemoryUsedRatio, 0.8)));
+        // Quota tiers: one rule per tier, told apart by `quota_tier`.
+        let tiers: Vec<(Severity, f64, String)> = rules
+            .iter()
+            .filter(|r| r.name == "etcdDatabaseQuotaLowSpace")
+            .map(|r| {
+                (
+                    r.severity,
+                    r.expr.0[0].threshold,
+                    r.labels["quota_tier"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(tiers.len(), 4, "{tiers:?}");
+        for (severity, ratio, tier) in [
+            (Severity::Info, 0.65, "65"),
+            (Severity::Warning, 0.75, "75"),
+            (Severity::Critical, 0.85, "85"),
+            (Severity::Critical, 0.95, "95"),
+        ] {
+            assert!(
+                tiers.contains(&(severity, ratio, tier.to_string())),
+                "{tier}: {tiers:?}"
+            );
+        }
+        let certs: Vec<(Severity, f64)> = rules
+            .iter()
+            .filter(|r| r.name == "CertificateExpiringSoon")
+            .map(|r| (r.severity, r.expr.0[0].threshold))
+            .collect();
+        assert_eq!(
+            certs,
+            [
+                (Severity::Warning, 30.0 * 86_400.0),
+                (Severity::Critical, 7.0 * 86_400.0)
+            ]
+        );
     }
 
     #[test]

@@ -943,6 +943,174 @@ fn retransmit_samples(at: &At<'_>) -> Vec<Sample> {
 mod tests {
     use super::*;
 
+    use crate::model::{
+        cluster::ServerMetrics,
+        series::{CertificateExpiry, ServerCounters},
+    };
+
+    /// A cluster `c` of one member `m0` whose scrape says `quota` and a history of `snaps`.
+    fn one_member(quota: Option<f64>, snaps: Vec<Snapshot>) -> (ClusterState, SignalHistory) {
+        let mut server = ServerMetrics::default();
+        server.series.quota_backend_bytes = quota;
+        let state = ClusterState {
+            cluster: "c".into(),
+            members: vec![MemberState {
+                id: "a1".into(),
+                name: "m0".into(),
+                server: Some(server),
+                ..MemberState::default()
+            }],
+            ..ClusterState::default()
+        };
+        let mut history = SignalHistory::default();
+        history
+            .members
+            .insert(("c".into(), "m0".into()), snaps.into_iter().collect());
+        (state, history)
+    }
+
+    fn values(
+        signal: Signal,
+        window: Duration,
+        state: &ClusterState,
+        h: &SignalHistory,
+    ) -> Vec<f64> {
+        samples(signal, window, state, h, 0)
+            .iter()
+            .map(|s| s.value)
+            .collect()
+    }
+
+    #[test]
+    fn least_squares_is_predict_linear() {
+        // y = 100 + 5 t, read at t = 0, 60, 120: slope 5/s, 700 at t = 120.
+        let xy = [(0.0, 100.0), (60.0, 400.0), (120.0, 700.0)];
+        let (slope, at) = least_squares(&xy, 120.0).unwrap_or_default();
+        assert!(
+            (slope - 5.0).abs() < 1e-9 && (at - 700.0).abs() < 1e-6,
+            "{slope} {at}"
+        );
+        assert_eq!(least_squares(&xy[..1], 0.0), None);
+        assert_eq!(least_squares(&[(5.0, 1.0), (5.0, 2.0)], 5.0), None);
+    }
+
+    #[test]
+    fn growth_prediction_fits_every_point_of_the_window() {
+        // 1 MB a minute for an hour, but the newest reading dips (a defrag on one point):
+        // two points would see almost no growth, the fit sees the trend.
+        let mut snaps: Vec<Snapshot> = (0..=60u64)
+            .map(|i| Snapshot {
+                at_ms: i * 60_000,
+                db_size_bytes: Some(100e6 + i as f64 * 1e6),
+                ..Snapshot::default()
+            })
+            .collect();
+        if let Some(last) = snaps.last_mut() {
+            last.db_size_bytes = Some(101e6);
+        }
+        let (state, h) = one_member(Some(1e9), snaps);
+        let v = values(
+            Signal::DbPredictedQuotaRatio,
+            Duration::from_secs(4 * 3600),
+            &state,
+            &h,
+        );
+        assert_eq!(v.len(), 1);
+        // Slope ≈ 1 MB/min ⇒ ~240 MB more in 4 h on top of ~150 MB.
+        assert!(v[0] > 0.3 && v[0] < 0.5, "{v:?}");
+        let (state, _) = one_member(None, Vec::new());
+        assert!(
+            values(
+                Signal::DbPredictedQuotaRatio,
+                Duration::from_secs(60),
+                &state,
+                &h
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn heartbeat_failures_and_slow_applies_are_increases() {
+        let snap = |at_ms, hb, slow| Snapshot {
+            at_ms,
+            server: Some(ServerSeries {
+                counters: ServerCounters {
+                    heartbeat_send_failures: Some(hb),
+                    slow_applies: Some(slow),
+                    watchers: None,
+                },
+                ..ServerSeries::default()
+            }),
+            ..Snapshot::default()
+        };
+        let w = Duration::from_secs(900);
+        let (state, h) = one_member(None, vec![snap(0, 3.0, 10.0), snap(60_000, 10.0, 2.0)]);
+        assert_eq!(values(Signal::HeartbeatSendFailures, w, &state, &h), [7.0]);
+        // etcd restarted: the new count is the increase.
+        assert_eq!(values(Signal::SlowApplies, w, &state, &h), [2.0]);
+    }
+
+    #[test]
+    fn disk_and_memory_ratios_come_from_the_agent() {
+        let kernel = KernelSeries {
+            fs_used_free: Some((850, 150)),
+            memory: Some((900, 1000, true)),
+            ..KernelSeries::default()
+        };
+        let snap = Snapshot {
+            kernel: Some(kernel),
+            ..Snapshot::default()
+        };
+        let w = Duration::from_secs(60);
+        let (state, h) = one_member(None, vec![snap]);
+        assert_eq!(values(Signal::DiskUsedRatio, w, &state, &h), [0.85]);
+        assert_eq!(values(Signal::MemoryUsedRatio, w, &state, &h), [0.9]);
+        let s = samples(Signal::MemoryUsedRatio, w, &state, &h, 0);
+        assert_eq!(s[0].context["limit_source"], "cgroup limit");
+        // No agent, no figure (and so no alert).
+        let (state, h) = one_member(None, vec![Snapshot::default()]);
+        assert!(values(Signal::DiskUsedRatio, w, &state, &h).is_empty());
+    }
+
+    #[test]
+    fn certificate_expiry_counts_down_per_certificate() {
+        let (mut state, h) = one_member(None, Vec::new());
+        state.certificates.certificates = vec![
+            CertificateExpiry {
+                member: "m0".into(),
+                kind: CertificateKind::Server,
+                subject: "etcd server".into(),
+                not_after_unix: 1_000 + 3 * 86_400,
+            },
+            CertificateExpiry {
+                member: String::new(),
+                kind: CertificateKind::Client,
+                subject: "collector".into(),
+                not_after_unix: 500,
+            },
+        ];
+        let s = samples(
+            Signal::CertificateExpirySeconds,
+            Duration::from_secs(300),
+            &state,
+            &h,
+            1_000_000,
+        );
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].value, 3.0 * 86_400.0);
+        assert_eq!(s[0].labels["kind"], "server");
+        assert_eq!(s[0].labels["member"], "m0");
+        assert_eq!(s[0].context["expires_in"], "3.0 days");
+        // Expired: negative; a configured file has no member label.
+        assert_eq!(s[1].value, -500.0);
+        assert!(!s[1].labels.contains_key("member"));
+        assert_eq!(
+            s[1].context["certificate_source"],
+            "the collector's --cert-file"
+        );
+    }
+
     #[test]
     fn names_round_trip() {
         for s in Signal::ALL {

@@ -111,6 +111,7 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline, out: &mut Exposition) {
     }
     agent_families(&mut f, pipeline);
     ingest_families(&mut f, pipeline);
+    registry_families(&mut f, pipeline);
     subscriber_and_watch_families(&mut f, pipeline);
 }
 
@@ -537,6 +538,10 @@ fn ingest_families(f: &mut Families<'_>, pipeline: &Pipeline) {
             n as f64,
         );
     }
+}
+
+/// The agent registry's counters.
+fn registry_families(f: &mut Families<'_>, pipeline: &Pipeline) {
     let r = &pipeline.registry.counters;
     f.value(
         "etcdmon_agent_conflicts_total",
