@@ -6,6 +6,7 @@
 
 mod alerting;
 mod alerting_kernel;
+mod alerting_ops;
 mod auth;
 mod benchmark;
 mod cluster_failures;
