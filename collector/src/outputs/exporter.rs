@@ -102,50 +102,51 @@ fn per_cluster<'a>(
 
 /// The cluster-wide series and the alarms.
 fn cluster_families(f: &mut Families<'_>, states: &[ClusterState]) {
-    let gauges: [(&str, &str, &dyn Fn(&ClusterState) -> Option<f64>); 8] = [
+    type Get = fn(&ClusterState) -> Option<f64>;
+    let gauges: [(&str, &str, Get); 8] = [
         (
             "etcd_cluster_healthy",
             "1 when the cluster has a leader, quorum, no split brain and no alarm.",
-            &|s| Some(b(s.healthy)),
+            |s| Some(b(s.healthy)),
         ),
         (
             "etcd_cluster_has_leader",
             "1 when a reachable member claims leadership.",
-            &|s| Some(b(s.has_leader)),
+            |s| Some(b(s.has_leader)),
         ),
         (
             "etcd_cluster_member_count",
             "Members in the member list.",
-            &|s| Some(s.member_count as f64),
+            |s| Some(s.member_count as f64),
         ),
         (
             "etcd_cluster_available_members",
             "Members that answered the last health check.",
-            &|s| Some(s.available_members as f64),
+            |s| Some(s.available_members as f64),
         ),
         (
             "etcd_cluster_quorum_size",
             "Members needed for quorum.",
-            &|s| Some(s.quorum_size as f64),
+            |s| Some(s.quorum_size as f64),
         ),
         (
             "etcd_cluster_quorum_available",
             "1 when enough members answer to form a quorum.",
-            &|s| Some(b(s.quorum_ok)),
+            |s| Some(b(s.quorum_ok)),
         ),
         (
             "etcd_cluster_split_brain",
             "1 when members disagree on the leader in one term or on the cluster id.",
-            &|s| Some(b(s.split_brain.detected)),
+            |s| Some(b(s.split_brain.detected)),
         ),
         (
             "etcd_cluster_revision_rate_per_second",
             "Writes per second from the revision's growth.",
-            &|s| s.revision_rate_per_second,
+            |s| s.revision_rate_per_second,
         ),
     ];
     for (name, help, get) in gauges {
-        f.gauge(name, help, CL, &per_cluster(states, get));
+        f.gauge(name, help, CL, &per_cluster(states, &get));
     }
     f.counter(
         "etcd_cluster_leader_changes_total",
