@@ -250,6 +250,9 @@ pub struct ClusterState {
     pub members: Vec<MemberState>,
     /// Endpoints polled.
     pub endpoints: Vec<EndpointState>,
+    /// Certificate expiries seen in TLS handshakes and configured files (not serialised).
+    #[serde(skip)]
+    pub certificates: crate::model::series::CertificateReport,
 }
 
 impl ClusterState {

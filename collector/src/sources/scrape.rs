@@ -12,8 +12,8 @@ use crate::{
     model::cluster::ClusterHandle, model::cluster::ClusterState, model::cluster::MemberState,
     model::cluster::Quantiles, model::cluster::ServerLatency, model::cluster::ServerMetrics,
     model::config::MetricsTarget, model::series::ServerSeries, model::telemetry::Telemetry,
-    model::time::now_ms, model::window::FsyncWindows, sources::ingest::AgentRegistry,
-    store::HistoryPoint, store::Store,
+    model::time::now_ms, model::window::FsyncWindows, sources::etcd::certs::CertChecks,
+    sources::ingest::AgentRegistry, store::HistoryPoint, store::Store,
 };
 
 /// A scrape that could not be used.
@@ -182,6 +182,7 @@ pub struct ScrapeLoop {
     previous: HashMap<String, (f64, u64)>,
     registry: Option<Arc<AgentRegistry>>,
     windows: FsyncWindows,
+    certs: CertChecks,
 }
 
 impl ScrapeLoop {
@@ -200,6 +201,7 @@ impl ScrapeLoop {
             previous: HashMap::new(),
             registry: None,
             windows: FsyncWindows::default(),
+            certs: CertChecks::default(),
         }
     }
 
@@ -242,15 +244,39 @@ impl ScrapeLoop {
         })
     }
 
-    /// One scrape of every member, then one history point per member.
+    /// One scrape of every member, then one history point per member, then (when due) the
+    /// certificate checks.
     pub async fn round(&mut self) {
+        let targets = self.targets();
+        let results = self.fetch_all(&targets).await;
+        let updates = self.rates_and_failures(targets, results);
+        let snapshot = self.cluster.update(|s| {
+            for (id, result) in updates {
+                if let Some(m) = s.members.iter_mut().find(|m| m.id == id) {
+                    match result {
+                        Ok(metrics) => {
+                            m.server = Some(metrics);
+                            m.scrape_error = None;
+                        }
+                        Err(e) => m.scrape_error = Some(e),
+                    }
+                }
+            }
+            s.clone()
+        });
+        self.write_history(&snapshot).await;
+        self.certs.check_if_due(&self.cluster, &snapshot).await;
+    }
+
+    /// (member id, label, /metrics URL) of every member.
+    fn targets(&self) -> Vec<(String, String, Option<String>)> {
         let state = self.cluster.snapshot();
         let endpoints: Vec<(String, String)> = state
             .endpoints
             .iter()
             .filter_map(|e| Some((e.url.clone(), e.member_id.clone()?)))
             .collect();
-        let targets: Vec<(String, String, Option<String>)> = state
+        state
             .members
             .iter()
             .map(|m| {
@@ -260,8 +286,15 @@ impl ScrapeLoop {
                     metrics_url(m, &endpoints, &self.cluster.config.metrics_urls),
                 )
             })
-            .collect();
-        let results = futures::future::join_all(targets.iter().map(|(_, _, url)| {
+            .collect()
+    }
+
+    /// Scrapes every target at once.
+    async fn fetch_all(
+        &self,
+        targets: &[(String, String, Option<String>)],
+    ) -> Vec<Result<ServerMetrics, ScrapeError>> {
+        futures::future::join_all(targets.iter().map(|(_, _, url)| {
             let http = self.http.clone();
             async move {
                 match url {
@@ -273,9 +306,17 @@ impl ScrapeLoop {
                 }
             }
         }))
-        .await;
+        .await
+    }
+
+    /// Fills each scrape's request rate from the previous one and counts the failures.
+    fn rates_and_failures(
+        &mut self,
+        targets: Vec<(String, String, Option<String>)>,
+        results: Vec<Result<ServerMetrics, ScrapeError>>,
+    ) -> Vec<(String, Result<ServerMetrics, String>)> {
         let name = self.cluster.name().to_string();
-        let mut updates: Vec<(String, Result<ServerMetrics, String>)> = Vec::new();
+        let mut updates = Vec::new();
         for ((id, label, _), result) in targets.into_iter().zip(results) {
             match result {
                 Ok(mut m) => {
@@ -298,48 +339,39 @@ impl ScrapeLoop {
                 }
             }
         }
-        let snapshot = self.cluster.update(|s| {
-            for (id, result) in updates {
-                if let Some(m) = s.members.iter_mut().find(|m| m.id == id) {
-                    match result {
-                        Ok(metrics) => {
-                            m.server = Some(metrics);
-                            m.scrape_error = None;
-                        }
-                        Err(e) => m.scrape_error = Some(e),
-                    }
-                }
-            }
-            s.clone()
-        });
-        if let Some(store) = &self.store
-            && snapshot.updated_at_ms > 0
-        {
-            let mut points = history_points(&snapshot, now_ms());
-            self.windows
-                .retain(|id| snapshot.members.iter().any(|m| m.id == id));
-            for (point, member) in points.iter_mut().zip(&snapshot.members) {
-                let server = member
-                    .server
-                    .as_ref()
-                    .map(|s| &s.series.wal_fsync)
-                    .filter(|b| !b.is_empty());
-                let kernel = self
-                    .registry
-                    .as_ref()
-                    .and_then(|r| r.wal_fsync_slots(member));
-                let window = self.windows.observe(&member.id, server, kernel.as_ref());
-                point.wal_fsync_window_p99_ms = window.server_ms;
-                point.kernel_wal_fsync_window_p99_ms = window.kernel_ms;
-            }
-            let store = store.clone();
-            let telemetry = self.telemetry.clone();
-            let joined = tokio::task::spawn_blocking(move || store.insert_points(&points)).await;
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => telemetry.store_failed("insert_points", &e.to_string()),
-                Err(e) => telemetry.store_failed("insert_points", &e.to_string()),
-            }
+        updates
+    }
+
+    /// One history point per member, with the interval's server and kernel WAL p99.
+    async fn write_history(&mut self, snapshot: &ClusterState) {
+        let Some(store) = &self.store else { return };
+        if snapshot.updated_at_ms == 0 {
+            return;
+        }
+        let mut points = history_points(snapshot, now_ms());
+        self.windows
+            .retain(|id| snapshot.members.iter().any(|m| m.id == id));
+        for (point, member) in points.iter_mut().zip(&snapshot.members) {
+            let server = member
+                .server
+                .as_ref()
+                .map(|s| &s.series.wal_fsync)
+                .filter(|b| !b.is_empty());
+            let kernel = self
+                .registry
+                .as_ref()
+                .and_then(|r| r.wal_fsync_slots(member));
+            let window = self.windows.observe(&member.id, server, kernel.as_ref());
+            point.wal_fsync_window_p99_ms = window.server_ms;
+            point.kernel_wal_fsync_window_p99_ms = window.kernel_ms;
+        }
+        let store = store.clone();
+        let telemetry = self.telemetry.clone();
+        let joined = tokio::task::spawn_blocking(move || store.insert_points(&points)).await;
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => telemetry.store_failed("insert_points", &e.to_string()),
+            Err(e) => telemetry.store_failed("insert_points", &e.to_string()),
         }
     }
 }
@@ -439,6 +471,15 @@ pub fn server_series(scrape: &Scrape) -> ServerSeries {
             }
             "etcd_server_quota_backend_bytes" => out.quota_backend_bytes = Some(v),
             "process_resident_memory_bytes" => out.resident_memory_bytes = Some(v),
+            "etcd_server_heartbeat_send_failures_total" => {
+                out.counters.heartbeat_send_failures = Some(v);
+            }
+            "etcd_server_slow_apply_total" => out.counters.slow_applies = Some(v),
+            // 3.5+ name first; 3.4 only has the debugging one.
+            "etcd_mvcc_watcher_total" => out.counters.watchers = Some(v),
+            "etcd_debugging_mvcc_watcher_total" => {
+                out.counters.watchers.get_or_insert(v);
+            }
             _ => {}
         }
     }

@@ -7,6 +7,7 @@
 mod admin;
 mod alerting;
 mod alerting_kernel;
+mod alerting_ops;
 mod auth;
 mod benchmark;
 mod cluster_failures;

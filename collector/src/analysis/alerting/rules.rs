@@ -221,7 +221,7 @@ impl<'de> Deserialize<'de> for Expr {
 }
 
 /// Variables templates may use besides `labels.NAME`.
-pub const TEMPLATE_VARS: [&str; 21] = [
+pub const TEMPLATE_VARS: [&str; 29] = [
     "alertname",
     "severity",
     "cluster",
@@ -243,6 +243,14 @@ pub const TEMPLATE_VARS: [&str; 21] = [
     "method",
     "agent_mode",
     "diagnosis",
+    "kind",
+    "subject",
+    "expires_in",
+    "used_bytes",
+    "limit_bytes",
+    "limit_source",
+    "growth_bytes_per_hour",
+    "certificate_source",
 ];
 
 /// An annotation with `{{ var }}` placeholders, checked when parsed.
@@ -547,12 +555,29 @@ fn rule(
     }
 }
 
+impl Rule {
+    /// The rule with one more label (tells apart rules of one name and severity).
+    fn labelled(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_string(), value.to_string());
+        self
+    }
+}
+
 /// The built-in rules, thresholds from the seed flags.
 pub fn defaults(t: &Thresholds) -> Vec<Rule> {
-    use Severity::{Critical, Warning};
-    let max_db = t.max_db_size_mb as f64 * 1024.0 * 1024.0;
+    let mut rules = design_critical(t);
+    rules.extend(design_warning(t));
+    rules.extend(kernel_joins());
+    rules.extend(mixin_cluster());
+    rules.extend(mixin_disk());
+    rules.extend(operational());
+    rules
+}
+
+/// The original design's list (docs/contracts.md), critical.
+fn design_critical(t: &Thresholds) -> Vec<Rule> {
+    use Severity::Critical;
     vec![
-        // The original design's list (docs/contracts.md), critical.
         rule(
             "NoLeader",
             Critical,
@@ -625,7 +650,14 @@ pub fn defaults(t: &Thresholds) -> Vec<Rule> {
             "etcd members disagree on the leader or the cluster.",
             "Cluster {{ cluster }}: {{ reasons }}.",
         ),
-        // The original design's list (docs/contracts.md), warning.
+    ]
+}
+
+/// The original design's list (docs/contracts.md), warning; DiskUsageHigh and MemoryUsageHigh
+/// on the agent's filesystem and memory percentages.
+fn design_warning(t: &Thresholds) -> Vec<Rule> {
+    use Severity::Warning;
+    vec![
         rule(
             "HighProposalFailureRate",
             Warning,
@@ -645,18 +677,18 @@ pub fn defaults(t: &Thresholds) -> Vec<Rule> {
         rule(
             "DiskUsageHigh",
             Warning,
-            &format!("db_size_bytes > {}", 0.8 * max_db),
+            "disk_used_ratio > 0.8",
             0,
-            "etcd database on {{ member }} above 80% of --max-db-size-mb.",
-            "Cluster {{ cluster }}: the database of {{ member }} is {{ value }} bytes, above 80% of --max-db-size-mb.",
+            "The data-dir filesystem of {{ member }} is {{ value_percent }}% full.",
+            "Cluster {{ cluster }}: the filesystem holding the data dir of {{ member }} is {{ value_percent }}% used ({{ used_bytes }} bytes, as df counts it; measured by the member's agent). etcd stops when it cannot write its WAL.",
         ),
         rule(
             "MemoryUsageHigh",
             Warning,
-            "memory_rss_bytes > 6871947673",
+            "memory_used_ratio > 0.8",
             300,
-            "etcd on {{ member }} uses {{ value }} bytes of memory.",
-            "Cluster {{ cluster }}: etcd on {{ member }} has a resident set of {{ value }} bytes, above 80% of 8 GiB (etcd's recommended memory; override this rule with your nodes' size).",
+            "etcd on {{ member }} uses {{ value_percent }}% of its memory limit.",
+            "Cluster {{ cluster }}: the resident set of etcd on {{ member }} is {{ value_percent }}% of its {{ limit_source }} ({{ limit_bytes }} bytes; measured by the member's agent). Past the limit the kernel kills it.",
         ),
         rule(
             "RequestLatencyDegraded",
@@ -682,7 +714,13 @@ pub fn defaults(t: &Thresholds) -> Vec<Rule> {
             "TCP retransmits from {{ member }} to {{ peer }}.",
             "Cluster {{ cluster }}: member {{ member }} retransmits {{ value }} TCP segments a second to peer {{ peer }} (kernel-measured).",
         ),
-        // Kernel-side joins only this tool can make.
+    ]
+}
+
+/// Kernel-side joins only this tool can make, and the agents' own health.
+fn kernel_joins() -> Vec<Rule> {
+    use Severity::Warning;
+    vec![
         rule(
             "FsyncSlowButKernelFast",
             Warning,
@@ -699,7 +737,22 @@ pub fn defaults(t: &Thresholds) -> Vec<Rule> {
             "The agent of {{ member }} lost {{ value }} events.",
             "Cluster {{ cluster }}: the etcd-monitor agent tracing {{ member }} lost {{ value }} events in the last 5 minutes (kernel ring buffer, agent queue or in transit). Histograms stay exact; per-event detail is missing.",
         ),
-        // The etcd mixin (contrib/mixin), same thresholds and `for`.
+        rule(
+            "AgentNotUsingEbpf",
+            Warning,
+            "agent_ebpf == 0",
+            900,
+            "etcd-monitor-agent traces {{ member }} without eBPF.",
+            "Cluster {{ cluster }}: the agent on the node of {{ member }} runs {{ agent_mode }}: no kernel-side fsync, write or TCP figures for it. Its /healthz says why.",
+        ),
+    ]
+}
+
+/// The etcd mixin (contrib/mixin), same thresholds and `for`: membership, leadership, gRPC,
+/// peers, proposals.
+fn mixin_cluster() -> Vec<Rule> {
+    use Severity::{Critical, Warning};
+    vec![
         rule(
             "etcdMembersDown",
             Warning,
@@ -757,14 +810,6 @@ pub fn defaults(t: &Thresholds) -> Vec<Rule> {
             "etcd cluster {{ cluster }}: p99 of {{ method }} requests is {{ value_ms }} ms on {{ member }}.",
         ),
         rule(
-            "AgentNotUsingEbpf",
-            Warning,
-            "agent_ebpf == 0",
-            900,
-            "etcd-monitor-agent traces {{ member }} without eBPF.",
-            "Cluster {{ cluster }}: the agent on the node of {{ member }} runs {{ agent_mode }}: no kernel-side fsync, write or TCP figures for it. Its /healthz says why.",
-        ),
-        rule(
             "etcdMemberCommunicationSlow",
             Warning,
             "peer_round_trip_p99_seconds[5m] > 0.15",
@@ -780,6 +825,13 @@ pub fn defaults(t: &Thresholds) -> Vec<Rule> {
             "etcd cluster has high number of proposal failures.",
             "etcd cluster {{ cluster }}: {{ value }} proposal failures per second over the last 15 minutes on {{ member }}.",
         ),
+    ]
+}
+
+/// The etcd mixin's disk and database rules, same thresholds and `for`.
+fn mixin_disk() -> Vec<Rule> {
+    use Severity::{Critical, Warning};
+    vec![
         rule(
             "etcdHighFsyncDurations",
             Warning,
@@ -810,8 +862,9 @@ pub fn defaults(t: &Thresholds) -> Vec<Rule> {
             "db_quota_ratio > 0.95",
             600,
             "etcd cluster database is running full.",
-            "etcd cluster {{ cluster }}: the database on {{ member }} uses {{ value_percent }}% of its quota.",
-        ),
+            "etcd cluster {{ cluster }}: the database on {{ member }} uses {{ value_percent }}% of its quota ({{ quota_bytes }} bytes); writes stop (NOSPACE alarm) when it is full.",
+        )
+        .labelled("quota_tier", "95"),
         rule(
             "etcdExcessiveDatabaseGrowth",
             Warning,
@@ -827,6 +880,60 @@ pub fn defaults(t: &Thresholds) -> Vec<Rule> {
             600,
             "etcd database size in use is less than 50% of the actual allocated storage.",
             "etcd cluster {{ cluster }}: only {{ value_percent }}% of the database file on {{ member }} is in use; defragment it.",
+        ),
+    ]
+}
+
+/// The operational rules of issue 14: quota tiers below the mixin's 95 % (OpenShift's 65/75/85
+/// %), heartbeats and applies that fall behind, and certificates that expire.
+fn operational() -> Vec<Rule> {
+    use Severity::{Critical, Info, Warning};
+    let tier = |severity: Severity, percent: u32| {
+        rule(
+            "etcdDatabaseQuotaLowSpace",
+            severity,
+            &format!("db_quota_ratio > {}", f64::from(percent) / 100.0),
+            600,
+            "etcd cluster database is running full.",
+            "etcd cluster {{ cluster }}: the database on {{ member }} uses {{ value_percent }}% of its quota ({{ quota_bytes }} bytes); writes stop (NOSPACE alarm) when it is full.",
+        )
+        .labelled("quota_tier", &percent.to_string())
+    };
+    vec![
+        tier(Info, 65),
+        tier(Warning, 75),
+        tier(Critical, 85),
+        rule(
+            "etcdHeartbeatSendFailures",
+            Warning,
+            "heartbeat_send_failures[15m] > 5",
+            300,
+            "etcd leader {{ member }} fails to send heartbeats on time.",
+            "etcd cluster {{ cluster }}: {{ member }} failed to send {{ value }} heartbeats on time in the last 15 minutes; followers may start elections. The leader is starved (CPU, slow disk) or its network to the peers is slow.",
+        ),
+        rule(
+            "etcdSlowApplies",
+            Warning,
+            "slow_applies[15m] > 5",
+            300,
+            "etcd on {{ member }} applies requests slowly.",
+            "etcd cluster {{ cluster }}: {{ value }} applies took more than 100 ms on {{ member }} in the last 15 minutes (etcd_server_slow_apply_total): expensive requests, a slow backend disk or a starved process.",
+        ),
+        rule(
+            "CertificateExpiringSoon",
+            Warning,
+            "certificate_expiry_seconds < 2592000",
+            0,
+            "A {{ kind }} certificate expires in {{ expires_in }}.",
+            "Cluster {{ cluster }}: the {{ kind }} certificate \"{{ subject }}\" ({{ certificate_source }}) expires in {{ expires_in }} (under 30 days). Renew it before etcd or the collector stops accepting it.",
+        ),
+        rule(
+            "CertificateExpiringSoon",
+            Critical,
+            "certificate_expiry_seconds < 604800",
+            0,
+            "A {{ kind }} certificate expires in {{ expires_in }}.",
+            "Cluster {{ cluster }}: the {{ kind }} certificate \"{{ subject }}\" ({{ certificate_source }}) expires in {{ expires_in }} (under 7 days). Renew it now: when it expires, clients and peers refuse the handshake.",
         ),
     ]
 }
@@ -882,6 +989,9 @@ mod tests {
             "etcdDatabaseQuotaLowSpace",
             "etcdExcessiveDatabaseGrowth",
             "etcdDatabaseHighFragmentationRatio",
+            "etcdHeartbeatSendFailures",
+            "etcdSlowApplies",
+            "CertificateExpiringSoon",
         ] {
             assert!(rules.iter().any(|r| r.name == name), "{name} missing");
         }
@@ -901,6 +1011,47 @@ mod tests {
             Some(250.0)
         );
         assert_eq!(find("KernelSlowWalFsync").map(|c| c.threshold), Some(0.01));
+        // Disk and memory on the agent's real percentages.
+        let disk = find("DiskUsageHigh").map(|c| (c.signal, c.threshold));
+        assert_eq!(disk, Some((Signal::DiskUsedRatio, 0.8)));
+        let memory = find("MemoryUsageHigh").map(|c| (c.signal, c.threshold));
+        assert_eq!(memory, Some((Signal::MemoryUsedRatio, 0.8)));
+        // Quota tiers: one rule per tier, told apart by `quota_tier`.
+        let tiers: Vec<(Severity, f64, String)> = rules
+            .iter()
+            .filter(|r| r.name == "etcdDatabaseQuotaLowSpace")
+            .map(|r| {
+                (
+                    r.severity,
+                    r.expr.0[0].threshold,
+                    r.labels["quota_tier"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(tiers.len(), 4, "{tiers:?}");
+        for (severity, ratio, tier) in [
+            (Severity::Info, 0.65, "65"),
+            (Severity::Warning, 0.75, "75"),
+            (Severity::Critical, 0.85, "85"),
+            (Severity::Critical, 0.95, "95"),
+        ] {
+            assert!(
+                tiers.contains(&(severity, ratio, tier.to_string())),
+                "{tier}: {tiers:?}"
+            );
+        }
+        let certs: Vec<(Severity, f64)> = rules
+            .iter()
+            .filter(|r| r.name == "CertificateExpiringSoon")
+            .map(|r| (r.severity, r.expr.0[0].threshold))
+            .collect();
+        assert_eq!(
+            certs,
+            [
+                (Severity::Warning, 30.0 * 86_400.0),
+                (Severity::Critical, 7.0 * 86_400.0)
+            ]
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use crate::model::series::ServerSeries;
+use crate::model::series::{CertificateKind, ServerSeries};
 use etcd_monitor_histogram::{CumulativeBuckets, Log2Slots, delta};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -78,7 +78,8 @@ pub enum Signal {
     DbInUseRatio,
     /// Database size in use, bytes.
     DbInUseBytes,
-    /// Database size predicted four hours ahead (linear over the window) / quota.
+    /// Database size predicted four hours ahead / quota: a least-squares line through the
+    /// database sizes of the window, as Prometheus' `predict_linear`.
     DbPredictedQuotaRatio,
     /// `process_resident_memory_bytes` of the member.
     MemoryRssBytes,
@@ -93,11 +94,24 @@ pub enum Signal {
     AgentLostEvents,
     /// 1 when the member's agent traces it with eBPF, 0 when it runs client-only.
     AgentEbpf,
+    /// Increase of `etcd_server_heartbeat_send_failures_total` over the window.
+    HeartbeatSendFailures,
+    /// Increase of `etcd_server_slow_apply_total` over the window.
+    SlowApplies,
+    /// Seconds until a certificate expires (negative once expired); `kind` (server, peer,
+    /// client, ca) and `subject` labels, `member` for those seen in a member's handshake.
+    CertificateExpirySeconds,
+    /// Used share of the filesystem holding the member's data dir, as `df` counts it:
+    /// used / (used + available to non-root), from the member's agent.
+    DiskUsedRatio,
+    /// The member's RSS over its memory limit (its cgroup's, else the node's memory), from
+    /// the member's agent.
+    MemoryUsedRatio,
 }
 
 impl Signal {
     /// Every signal, for documentation and error messages.
-    pub const ALL: [Signal; 28] = [
+    pub const ALL: [Signal; 33] = [
         Signal::ClusterHasLeader,
         Signal::ClusterQuorumOk,
         Signal::ClusterAvailableMembers,
@@ -126,6 +140,11 @@ impl Signal {
         Signal::PeerRetransmitsPerSecond,
         Signal::AgentLostEvents,
         Signal::AgentEbpf,
+        Signal::HeartbeatSendFailures,
+        Signal::SlowApplies,
+        Signal::CertificateExpirySeconds,
+        Signal::DiskUsedRatio,
+        Signal::MemoryUsedRatio,
     ];
 
     /// The name used in rule expressions.
@@ -159,6 +178,11 @@ impl Signal {
             Signal::PeerRetransmitsPerSecond => "peer_retransmits_per_second",
             Signal::AgentLostEvents => "agent_lost_events",
             Signal::AgentEbpf => "agent_ebpf",
+            Signal::HeartbeatSendFailures => "heartbeat_send_failures",
+            Signal::SlowApplies => "slow_applies",
+            Signal::CertificateExpirySeconds => "certificate_expiry_seconds",
+            Signal::DiskUsedRatio => "disk_used_ratio",
+            Signal::MemoryUsedRatio => "memory_used_ratio",
         }
     }
 
@@ -178,6 +202,8 @@ impl Signal {
                 | Signal::WalFsyncServerKernelRatio
                 | Signal::PeerRetransmitsPerSecond
                 | Signal::AgentLostEvents
+                | Signal::HeartbeatSendFailures
+                | Signal::SlowApplies
         )
     }
 
@@ -232,6 +258,10 @@ pub struct KernelSeries {
     pub peer_retransmits: BTreeMap<String, u64>,
     /// Events lost: kernel ring buffer, agent queue, kernel other, and in transit.
     pub lost_events: u64,
+    /// Data-dir filesystem (used bytes, bytes available to non-root), when the agent read it.
+    pub fs_used_free: Option<(u64, u64)>,
+    /// (RSS, memory limit, limit from the cgroup), when the agent read both.
+    pub memory: Option<(u64, u64, bool)>,
 }
 
 /// One member at one evaluation.
@@ -274,12 +304,25 @@ fn kernel_series(registry: &AgentRegistry, member: &MemberState) -> Option<Kerne
         .drops
         .as_ref()
         .map_or(0, |d| d.kernel_ringbuf + d.agent_queue + d.kernel_other);
+    let resources = status.resources.iter().find(|r| r.member == name);
     Some(KernelSeries {
         boot_id: record.boot_id.clone(),
         mode: status.mode.clone(),
         wal_fsync_slots: slots,
         peer_retransmits: peers,
         lost_events: drops + record.lost_events,
+        fs_used_free: resources
+            .filter(|r| r.has_fs)
+            .map(|r| (r.fs_used_bytes, r.fs_free_bytes)),
+        memory: resources
+            .filter(|r| r.has_rss && r.memory_limit_bytes > 0)
+            .map(|r| {
+                (
+                    r.rss_bytes,
+                    r.memory_limit_bytes,
+                    r.memory_limit_from_cgroup,
+                )
+            }),
     })
 }
 
@@ -346,6 +389,18 @@ impl SignalHistory {
         let first = q.iter().find(|s| s.at_ms >= from)?;
         Some((first, last))
     }
+
+    /// Every snapshot of a member inside the window, oldest first.
+    fn points(&self, cluster: &str, member: &str, window: Duration) -> Vec<&Snapshot> {
+        let Some(q) = self.members.get(&(cluster.to_string(), member.to_string())) else {
+            return Vec::new();
+        };
+        let Some(last) = q.back() else {
+            return Vec::new();
+        };
+        let from = last.at_ms.saturating_sub(millis(window));
+        q.iter().filter(|s| s.at_ms >= from).collect()
+    }
 }
 
 fn db_size(m: &MemberState) -> Option<f64> {
@@ -394,40 +449,80 @@ pub fn samples(
     history: &SignalHistory,
     now_ms: u64,
 ) -> Vec<Sample> {
-    let cluster_labels = || {
-        let mut l = BTreeMap::new();
-        l.insert("cluster".to_string(), state.cluster.clone());
-        l
-    };
-    let cluster_sample = |value: f64| {
+    if let Some(s) = cluster_samples(signal, window, state, now_ms) {
+        return s;
+    }
+    if signal == Signal::CertificateExpirySeconds {
+        return certificate_samples(state, now_ms);
+    }
+    let mut out = Vec::new();
+    for m in &state.members {
+        let member = ClusterState::member_label(m);
+        let mut labels = cluster_labels(state);
+        labels.insert("member".to_string(), member.clone());
+        let mut context = BTreeMap::new();
+        if !m.alarms.is_empty() {
+            context.insert("alarms".to_string(), m.alarms.join(", "));
+        }
+        let win = history.window(&state.cluster, &member, window);
+        let at = At {
+            m,
+            win,
+            seconds: win.map_or(0.0, |(a, b)| {
+                b.at_ms.saturating_sub(a.at_ms) as f64 / 1000.0
+            }),
+            labels,
+            context,
+        };
+        let found = match signal {
+            Signal::DbPredictedQuotaRatio => {
+                predicted_quota_ratio(at, &history.points(&state.cluster, &member, window))
+            }
+            _ => member_samples(signal, at),
+        };
+        out.extend(found.into_iter().filter(|s| s.value.is_finite()));
+    }
+    out
+}
+
+fn cluster_labels(state: &ClusterState) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert("cluster".to_string(), state.cluster.clone());
+    l
+}
+
+fn bool_f(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// The cluster-scoped signals; `None` for a member-scoped one.
+fn cluster_samples(
+    signal: Signal,
+    window: Duration,
+    state: &ClusterState,
+    now_ms: u64,
+) -> Option<Vec<Sample>> {
+    let one = |value: f64, context: BTreeMap<String, String>| {
         vec![Sample {
-            labels: cluster_labels(),
+            labels: cluster_labels(state),
             value,
-            context: BTreeMap::new(),
+            context,
         }]
     };
-    let bool_f = |b: bool| if b { 1.0 } else { 0.0 };
-    match signal {
-        Signal::ClusterHasLeader => return cluster_sample(bool_f(state.has_leader)),
-        Signal::ClusterQuorumOk => return cluster_sample(bool_f(state.quorum_ok)),
-        Signal::ClusterAvailableMembers => {
-            return cluster_sample(state.available_members as f64);
-        }
-        Signal::ClusterUnavailableMembers => {
-            let mut s =
-                cluster_sample(state.member_count.saturating_sub(state.available_members) as f64);
-            s[0].context.insert(
-                "unreachable_members".into(),
-                state.unreachable_members.join(", "),
-            );
-            return s;
-        }
-        Signal::ClusterSplitBrain => {
-            let mut s = cluster_sample(bool_f(state.split_brain.detected));
-            s[0].context
-                .insert("reasons".into(), state.split_brain.reasons.join("; "));
-            return s;
-        }
+    let none = BTreeMap::new;
+    let with = |k: &str, v: String| BTreeMap::from([(k.to_string(), v)]);
+    Some(match signal {
+        Signal::ClusterHasLeader => one(bool_f(state.has_leader), none()),
+        Signal::ClusterQuorumOk => one(bool_f(state.quorum_ok), none()),
+        Signal::ClusterAvailableMembers => one(state.available_members as f64, none()),
+        Signal::ClusterUnavailableMembers => one(
+            state.member_count.saturating_sub(state.available_members) as f64,
+            with("unreachable_members", state.unreachable_members.join(", ")),
+        ),
+        Signal::ClusterSplitBrain => one(
+            bool_f(state.split_brain.detected),
+            with("reasons", state.split_brain.reasons.join("; ")),
+        ),
         Signal::LeaderChanges => {
             let from = now_ms.saturating_sub(millis(window));
             let n = state
@@ -435,253 +530,586 @@ pub fn samples(
                 .iter()
                 .filter(|c| c.at_ms >= from)
                 .count();
-            return cluster_sample(n as f64);
+            one(n as f64, none())
         }
-        _ => {}
+        _ => return None,
+    })
+}
+
+/// Seconds until each certificate of the cluster's last check expires.
+fn certificate_samples(state: &ClusterState, now_ms: u64) -> Vec<Sample> {
+    let now = (now_ms / 1000) as i64;
+    state
+        .certificates
+        .certificates
+        .iter()
+        .map(|c| {
+            let mut labels = cluster_labels(state);
+            if !c.member.is_empty() {
+                labels.insert("member".into(), c.member.clone());
+            }
+            labels.insert("kind".into(), c.kind.as_str().to_string());
+            labels.insert("subject".into(), c.subject.clone());
+            let left = c.not_after_unix.saturating_sub(now);
+            let days = left as f64 / 86_400.0;
+            let source = match c.kind {
+                CertificateKind::Client => "the collector's --cert-file".to_string(),
+                CertificateKind::Ca => "the collector's --ca-file".to_string(),
+                CertificateKind::Server | CertificateKind::Peer => {
+                    format!("presented by member {}", c.member)
+                }
+            };
+            let context = BTreeMap::from([
+                ("expires_in".to_string(), format!("{days:.1} days")),
+                ("certificate_source".to_string(), source),
+            ]);
+            Sample {
+                labels,
+                value: left as f64,
+                context,
+            }
+        })
+        .collect()
+}
+
+/// One member at one evaluation: its state, its window of snapshots, its labels.
+struct At<'a> {
+    m: &'a MemberState,
+    win: Option<(&'a Snapshot, &'a Snapshot)>,
+    seconds: f64,
+    labels: BTreeMap<String, String>,
+    context: BTreeMap<String, String>,
+}
+
+impl At<'_> {
+    fn one(self, value: f64) -> Vec<Sample> {
+        vec![Sample {
+            labels: self.labels,
+            value,
+            context: self.context,
+        }]
     }
-    let mut out = Vec::new();
-    for m in &state.members {
-        let member = ClusterState::member_label(m);
-        let mut labels = cluster_labels();
-        labels.insert("member".to_string(), member.clone());
-        let mut context = BTreeMap::new();
-        if !m.alarms.is_empty() {
-            context.insert("alarms".to_string(), m.alarms.join(", "));
-        }
-        let win = history.window(&state.cluster, &member, window);
-        let seconds = win.map_or(0.0, |(a, b)| {
-            b.at_ms.saturating_sub(a.at_ms) as f64 / 1000.0
-        });
-        let push = |out: &mut Vec<Sample>,
-                    labels: BTreeMap<String, String>,
-                    value: f64,
-                    context: BTreeMap<String, String>| {
-            if value.is_finite() {
-                out.push(Sample {
-                    labels,
-                    value,
-                    context,
-                });
-            }
-        };
-        match signal {
-            Signal::MemberUp => push(&mut out, labels, bool_f(m.reachable), context),
-            Signal::MemberAlarm => {
-                for alarm in &m.alarms {
-                    let mut l = labels.clone();
-                    l.insert("alarm".to_string(), alarm.clone());
-                    push(&mut out, l, 1.0, context.clone());
-                }
-            }
-            Signal::RequestLatencyP99Ms => {
-                for (kind, q) in [("read", &m.latency.read), ("write", &m.latency.write)] {
-                    if let Some(q) = q {
-                        let mut l = labels.clone();
-                        l.insert("request".to_string(), kind.to_string());
-                        push(&mut out, l, q.p99_ms, context.clone());
-                    }
-                }
-            }
-            Signal::MemberHasLeader => {
-                if let Some(h) = m.server.as_ref().and_then(|s| s.has_leader) {
-                    push(&mut out, labels, bool_f(h), context);
-                }
-            }
-            Signal::WalFsyncP99Seconds
-            | Signal::BackendCommitP99Seconds
-            | Signal::PeerRoundTripP99Seconds => {
-                let pick = |s: &ServerSeries| match signal {
-                    Signal::WalFsyncP99Seconds => s.wal_fsync.clone(),
-                    Signal::BackendCommitP99Seconds => s.backend_commit.clone(),
-                    _ => s.peer_round_trip.clone(),
-                };
-                if let Some((a, b)) = win
-                    && let (Some(sa), Some(sb)) = (&a.server, &b.server)
-                    && let Some(v) = bucket_quantile(0.99, &pick(sa), &pick(sb))
-                {
-                    push(&mut out, labels, v, context);
-                }
-            }
-            Signal::GrpcRequestP99Seconds => {
-                if let Some((a, b)) = win
-                    && let (Some(sa), Some(sb)) = (&a.server, &b.server)
-                {
-                    for (method, last) in &sb.grpc_handling {
-                        let empty = CumulativeBuckets::default();
-                        let first = sa.grpc_handling.get(method).unwrap_or(&empty);
-                        if let Some(v) = bucket_quantile(0.99, first, last) {
-                            let mut l = labels.clone();
-                            l.insert("method".to_string(), method.clone());
-                            push(&mut out, l, v, context.clone());
-                        }
-                    }
-                }
-            }
-            Signal::AgentEbpf => {
-                if let Some((_, b)) = win
-                    && let Some(k) = &b.kernel
-                {
-                    context.insert("agent_mode".into(), k.mode.clone());
-                    push(
-                        &mut out,
-                        labels,
-                        bool_f(k.mode.starts_with("ebpf")),
-                        context,
-                    );
-                }
-            }
-            Signal::GrpcFailedPercent => {
-                if let Some((a, b)) = win
-                    && let (Some(sa), Some(sb)) = (&a.server, &b.server)
-                {
-                    let reset = sb.grpc_handled < sa.grpc_handled;
-                    let (h0, f0) = if reset {
-                        (0.0, 0.0)
-                    } else {
-                        (sa.grpc_handled, sa.grpc_failed)
-                    };
-                    let handled = sb.grpc_handled - h0;
-                    if handled > 0.0 {
-                        push(
-                            &mut out,
-                            labels,
-                            100.0 * (sb.grpc_failed - f0) / handled,
-                            context,
-                        );
-                    }
-                }
-            }
-            Signal::ProposalsFailedPerSecond => {
-                if let Some((a, b)) = win
-                    && let (Some(fa), Some(fb)) = (a.proposals_failed, b.proposals_failed)
-                    && let Some(r) = rate(fa, fb, seconds)
-                {
-                    push(&mut out, labels, r, context);
-                }
-            }
-            Signal::ProposalsPending => {
-                if let Some(s) = &m.server {
-                    push(&mut out, labels, s.proposals_pending, context);
-                }
-            }
-            Signal::DbSizeBytes => {
-                if let Some(v) = db_size(m) {
-                    push(&mut out, labels, v, context);
-                }
-            }
-            Signal::DbQuotaRatio => {
-                if let (Some(size), Some(quota)) = (
-                    db_size(m),
-                    m.server.as_ref().and_then(|s| s.series.quota_backend_bytes),
-                ) && quota > 0.0
-                {
-                    context.insert("quota_bytes".into(), format!("{quota:.0}"));
-                    push(&mut out, labels, size / quota, context);
-                }
-            }
-            Signal::DbInUseRatio | Signal::DbInUseBytes => {
-                let in_use = m
-                    .status
-                    .as_ref()
-                    .map(|s| s.db_size_in_use_bytes as f64)
-                    .filter(|v| *v > 0.0)
-                    .or_else(|| m.server.as_ref().map(|s| s.db_total_size_in_use_bytes));
-                if let (Some(in_use), Some(size)) = (in_use, db_size(m)) {
-                    let v = if signal == Signal::DbInUseBytes {
-                        in_use
-                    } else if size > 0.0 {
-                        in_use / size
-                    } else {
-                        continue;
-                    };
-                    push(&mut out, labels, v, context);
-                }
-            }
-            Signal::DbPredictedQuotaRatio => {
-                if let Some((a, b)) = win
-                    && let (Some(sa), Some(sb)) = (a.db_size_bytes, b.db_size_bytes)
-                    && let Some(quota) =
-                        m.server.as_ref().and_then(|s| s.series.quota_backend_bytes)
-                    && quota > 0.0
-                    && seconds > 0.0
-                {
-                    let predicted = sb + (sb - sa) / seconds * 4.0 * 3600.0;
-                    push(&mut out, labels, predicted / quota, context);
-                }
-            }
-            Signal::MemoryRssBytes => {
-                if let Some(v) = m
-                    .server
-                    .as_ref()
-                    .and_then(|s| s.series.resident_memory_bytes)
-                {
-                    push(&mut out, labels, v, context);
-                }
-            }
-            Signal::KernelWalFsyncP99Seconds | Signal::WalFsyncServerKernelRatio => {
-                let Some((a, b)) = win else { continue };
-                let (Some(ka), Some(kb)) = (&a.kernel, &b.kernel) else {
-                    continue;
-                };
-                let first = (ka.boot_id == kb.boot_id).then_some(&ka.wal_fsync_slots);
-                let Some(kernel) = slots_quantile(0.99, first, &kb.wal_fsync_slots) else {
-                    continue;
-                };
-                context.insert("kernel_p99_ms".into(), fmt_ms(kernel));
-                if signal == Signal::KernelWalFsyncP99Seconds {
-                    push(&mut out, labels, kernel, context);
-                } else if let (Some(sa), Some(sb)) = (&a.server, &b.server)
-                    && let Some(server) = bucket_quantile(0.99, &sa.wal_fsync, &sb.wal_fsync)
-                    && kernel > 0.0
-                {
-                    context.insert("server_p99_ms".into(), fmt_ms(server));
-                    push(&mut out, labels, server / kernel, context);
-                }
-            }
-            Signal::PeerRetransmitsPerSecond => {
-                if let Some((a, b)) = win
-                    && let (Some(ka), Some(kb)) = (&a.kernel, &b.kernel)
-                {
-                    for (peer, now) in &kb.peer_retransmits {
-                        let before = if ka.boot_id == kb.boot_id {
-                            ka.peer_retransmits.get(peer).copied().unwrap_or(0)
-                        } else {
-                            0
-                        };
-                        if let Some(r) = rate(before as f64, *now as f64, seconds) {
-                            let mut l = labels.clone();
-                            l.insert("peer".to_string(), peer.clone());
-                            push(&mut out, l, r, context.clone());
-                        }
-                    }
-                }
-            }
-            Signal::AgentLostEvents => {
-                if let Some((a, b)) = win
-                    && let (Some(ka), Some(kb)) = (&a.kernel, &b.kernel)
-                {
-                    let lost = if ka.boot_id == kb.boot_id && kb.lost_events >= ka.lost_events {
-                        kb.lost_events - ka.lost_events
-                    } else {
-                        kb.lost_events
-                    };
-                    push(&mut out, labels, lost as f64, context);
-                }
-            }
-            Signal::ClusterHasLeader
-            | Signal::ClusterQuorumOk
-            | Signal::ClusterAvailableMembers
-            | Signal::ClusterUnavailableMembers
-            | Signal::ClusterSplitBrain
-            | Signal::LeaderChanges => {}
+
+    /// One sample with an extra label.
+    fn labelled(&self, key: &str, value: &str, v: f64) -> Sample {
+        let mut labels = self.labels.clone();
+        labels.insert(key.to_string(), value.to_string());
+        Sample {
+            labels,
+            value: v,
+            context: self.context.clone(),
         }
     }
-    out
+
+    /// The server series at both ends of the window.
+    fn servers(&self) -> Option<(&ServerSeries, &ServerSeries)> {
+        let (a, b) = self.win?;
+        Some((a.server.as_ref()?, b.server.as_ref()?))
+    }
+
+    /// The kernel series at both ends of the window.
+    fn kernels(&self) -> Option<(&KernelSeries, &KernelSeries)> {
+        let (a, b) = self.win?;
+        Some((a.kernel.as_ref()?, b.kernel.as_ref()?))
+    }
+
+    /// The newest kernel series.
+    fn kernel(&self) -> Option<&KernelSeries> {
+        self.win?.1.kernel.as_ref()
+    }
+
+    fn quota(&self) -> Option<f64> {
+        self.m
+            .server
+            .as_ref()
+            .and_then(|s| s.series.quota_backend_bytes)
+            .filter(|q| *q > 0.0)
+    }
+}
+
+/// The member-scoped signals, by family.
+fn member_samples(signal: Signal, at: At<'_>) -> Vec<Sample> {
+    match signal {
+        Signal::MemberUp => {
+            let up = bool_f(at.m.reachable);
+            at.one(up)
+        }
+        Signal::MemberAlarm => {
+            at.m.alarms
+                .iter()
+                .map(|alarm| at.labelled("alarm", alarm, 1.0))
+                .collect()
+        }
+        Signal::RequestLatencyP99Ms => {
+            [("read", &at.m.latency.read), ("write", &at.m.latency.write)]
+                .into_iter()
+                .filter_map(|(kind, q)| Some(at.labelled("request", kind, q.as_ref()?.p99_ms)))
+                .collect()
+        }
+        Signal::MemberHasLeader => match at.m.server.as_ref().and_then(|s| s.has_leader) {
+            Some(h) => at.one(bool_f(h)),
+            None => Vec::new(),
+        },
+        Signal::ProposalsPending => match &at.m.server {
+            Some(s) => {
+                let v = s.proposals_pending;
+                at.one(v)
+            }
+            None => Vec::new(),
+        },
+        Signal::WalFsyncP99Seconds
+        | Signal::BackendCommitP99Seconds
+        | Signal::PeerRoundTripP99Seconds
+        | Signal::GrpcRequestP99Seconds
+        | Signal::GrpcFailedPercent
+        | Signal::ProposalsFailedPerSecond
+        | Signal::HeartbeatSendFailures
+        | Signal::SlowApplies => server_window_samples(signal, at),
+        Signal::DbSizeBytes
+        | Signal::DbQuotaRatio
+        | Signal::DbInUseRatio
+        | Signal::DbInUseBytes
+        | Signal::MemoryRssBytes => database_samples(signal, at),
+        Signal::KernelWalFsyncP99Seconds
+        | Signal::WalFsyncServerKernelRatio
+        | Signal::PeerRetransmitsPerSecond
+        | Signal::AgentLostEvents
+        | Signal::AgentEbpf
+        | Signal::DiskUsedRatio
+        | Signal::MemoryUsedRatio => kernel_samples(signal, at),
+        Signal::ClusterHasLeader
+        | Signal::ClusterQuorumOk
+        | Signal::ClusterAvailableMembers
+        | Signal::ClusterUnavailableMembers
+        | Signal::ClusterSplitBrain
+        | Signal::LeaderChanges
+        | Signal::CertificateExpirySeconds
+        | Signal::DbPredictedQuotaRatio => Vec::new(),
+    }
+}
+
+/// Increase of a counter over the window (a reset takes the new value as the increase).
+fn increase(first: f64, last: f64) -> f64 {
+    if last < first { last } else { last - first }
+}
+
+/// Signals over etcd's own series across the window.
+fn server_window_samples(signal: Signal, at: At<'_>) -> Vec<Sample> {
+    let Some((sa, sb)) = at.servers() else {
+        return Vec::new();
+    };
+    let value = match signal {
+        Signal::WalFsyncP99Seconds => bucket_quantile(0.99, &sa.wal_fsync, &sb.wal_fsync),
+        Signal::BackendCommitP99Seconds => {
+            bucket_quantile(0.99, &sa.backend_commit, &sb.backend_commit)
+        }
+        Signal::PeerRoundTripP99Seconds => {
+            bucket_quantile(0.99, &sa.peer_round_trip, &sb.peer_round_trip)
+        }
+        Signal::GrpcRequestP99Seconds => return grpc_p99_samples(&at, sa, sb),
+        Signal::GrpcFailedPercent => grpc_failed_percent(sa, sb),
+        Signal::ProposalsFailedPerSecond => {
+            let (a, b) = at
+                .win
+                .map(|(a, b)| (a.proposals_failed, b.proposals_failed))
+                .unwrap_or_default();
+            a.zip(b).and_then(|(fa, fb)| rate(fa, fb, at.seconds))
+        }
+        Signal::HeartbeatSendFailures => sa
+            .counters
+            .heartbeat_send_failures
+            .zip(sb.counters.heartbeat_send_failures)
+            .map(|(a, b)| increase(a, b)),
+        Signal::SlowApplies => sa
+            .counters
+            .slow_applies
+            .zip(sb.counters.slow_applies)
+            .map(|(a, b)| increase(a, b)),
+        _ => None,
+    };
+    match value {
+        Some(v) => at.one(v),
+        None => Vec::new(),
+    }
+}
+
+fn grpc_p99_samples(at: &At<'_>, sa: &ServerSeries, sb: &ServerSeries) -> Vec<Sample> {
+    let empty = CumulativeBuckets::default();
+    sb.grpc_handling
+        .iter()
+        .filter_map(|(method, last)| {
+            let first = sa.grpc_handling.get(method).unwrap_or(&empty);
+            let v = bucket_quantile(0.99, first, last)?;
+            Some(at.labelled("method", method, v))
+        })
+        .collect()
+}
+
+fn grpc_failed_percent(sa: &ServerSeries, sb: &ServerSeries) -> Option<f64> {
+    let reset = sb.grpc_handled < sa.grpc_handled;
+    let (h0, f0) = if reset {
+        (0.0, 0.0)
+    } else {
+        (sa.grpc_handled, sa.grpc_failed)
+    };
+    let handled = sb.grpc_handled - h0;
+    (handled > 0.0).then(|| 100.0 * (sb.grpc_failed - f0) / handled)
+}
+
+/// Database and memory figures of the member's latest answers.
+fn database_samples(signal: Signal, mut at: At<'_>) -> Vec<Sample> {
+    let m = at.m;
+    let in_use = || {
+        m.status
+            .as_ref()
+            .map(|s| s.db_size_in_use_bytes as f64)
+            .filter(|v| *v > 0.0)
+            .or_else(|| m.server.as_ref().map(|s| s.db_total_size_in_use_bytes))
+    };
+    let value = match signal {
+        Signal::DbSizeBytes => db_size(m),
+        Signal::DbQuotaRatio => match (db_size(m), at.quota()) {
+            (Some(size), Some(quota)) => {
+                at.context
+                    .insert("quota_bytes".into(), format!("{quota:.0}"));
+                Some(size / quota)
+            }
+            _ => None,
+        },
+        Signal::DbInUseBytes => in_use().filter(|_| db_size(m).is_some()),
+        Signal::DbInUseRatio => in_use()
+            .zip(db_size(m).filter(|s| *s > 0.0))
+            .map(|(u, s)| u / s),
+        Signal::MemoryRssBytes => m
+            .server
+            .as_ref()
+            .and_then(|s| s.series.resident_memory_bytes),
+        _ => None,
+    };
+    match value {
+        Some(v) => at.one(v),
+        None => Vec::new(),
+    }
+}
+
+/// `predict_linear(db_size[window], 4h) / quota`: the least-squares line through the
+/// window's database sizes, evaluated four hours after the newest one.
+fn predicted_quota_ratio(mut at: At<'_>, points: &[&Snapshot]) -> Vec<Sample> {
+    let Some(quota) = at.quota() else {
+        return Vec::new();
+    };
+    let xy: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|s| Some((s.at_ms as f64 / 1000.0, s.db_size_bytes?)))
+        .collect();
+    let Some((last_t, _)) = xy.last().copied() else {
+        return Vec::new();
+    };
+    let Some((slope, intercept)) = least_squares(&xy, last_t) else {
+        return Vec::new();
+    };
+    let predicted = intercept + slope * 4.0 * 3600.0;
+    at.context
+        .insert("quota_bytes".into(), format!("{quota:.0}"));
+    at.context.insert(
+        "growth_bytes_per_hour".into(),
+        format!("{:.0}", slope * 3600.0),
+    );
+    at.one(predicted / quota)
+}
+
+/// Slope (per second) and the line's value at `at_t` of the least-squares fit through `xy`;
+/// `None` with fewer than two distinct times.
+pub fn least_squares(xy: &[(f64, f64)], at_t: f64) -> Option<(f64, f64)> {
+    let n = xy.len() as f64;
+    if xy.len() < 2 {
+        return None;
+    }
+    // Centre the times on `at_t` to keep the sums small.
+    let (sx, sy) = xy
+        .iter()
+        .fold((0.0, 0.0), |(sx, sy), (x, y)| (sx + (x - at_t), sy + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (x, y) in xy {
+        let dx = x - at_t - mx;
+        sxy += dx * (y - my);
+        sxx += dx * dx;
+    }
+    if sxx <= 0.0 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    Some((slope, my - slope * mx))
+}
+
+/// Signals from the member's agent.
+fn kernel_samples(signal: Signal, mut at: At<'_>) -> Vec<Sample> {
+    match signal {
+        Signal::AgentEbpf => {
+            let Some(mode) = at.kernel().map(|k| k.mode.clone()) else {
+                return Vec::new();
+            };
+            let ebpf = bool_f(mode.starts_with("ebpf"));
+            at.context.insert("agent_mode".into(), mode);
+            at.one(ebpf)
+        }
+        Signal::DiskUsedRatio => {
+            let Some((used, free)) = at.kernel().and_then(|k| k.fs_used_free) else {
+                return Vec::new();
+            };
+            let total = used.saturating_add(free);
+            if total == 0 {
+                return Vec::new();
+            }
+            at.context.insert("used_bytes".into(), used.to_string());
+            at.one(used as f64 / total as f64)
+        }
+        Signal::MemoryUsedRatio => {
+            let Some((rss, limit, cgroup)) = at.kernel().and_then(|k| k.memory) else {
+                return Vec::new();
+            };
+            at.context.insert("limit_bytes".into(), limit.to_string());
+            let source = if cgroup {
+                "cgroup limit"
+            } else {
+                "node memory"
+            };
+            at.context.insert("limit_source".into(), source.to_string());
+            at.one(rss as f64 / limit as f64)
+        }
+        Signal::KernelWalFsyncP99Seconds | Signal::WalFsyncServerKernelRatio => {
+            kernel_fsync_samples(signal, at)
+        }
+        Signal::PeerRetransmitsPerSecond => retransmit_samples(&at),
+        Signal::AgentLostEvents => {
+            let Some((ka, kb)) = at.kernels() else {
+                return Vec::new();
+            };
+            let lost = if ka.boot_id == kb.boot_id && kb.lost_events >= ka.lost_events {
+                kb.lost_events - ka.lost_events
+            } else {
+                kb.lost_events
+            };
+            at.one(lost as f64)
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn kernel_fsync_samples(signal: Signal, mut at: At<'_>) -> Vec<Sample> {
+    let Some((ka, kb)) = at.kernels() else {
+        return Vec::new();
+    };
+    let first = (ka.boot_id == kb.boot_id).then_some(&ka.wal_fsync_slots);
+    let Some(kernel) = slots_quantile(0.99, first, &kb.wal_fsync_slots) else {
+        return Vec::new();
+    };
+    let server = at
+        .servers()
+        .and_then(|(sa, sb)| bucket_quantile(0.99, &sa.wal_fsync, &sb.wal_fsync));
+    at.context.insert("kernel_p99_ms".into(), fmt_ms(kernel));
+    if signal == Signal::KernelWalFsyncP99Seconds {
+        return at.one(kernel);
+    }
+    match server {
+        Some(server) if kernel > 0.0 => {
+            at.context.insert("server_p99_ms".into(), fmt_ms(server));
+            at.one(server / kernel)
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn retransmit_samples(at: &At<'_>) -> Vec<Sample> {
+    let Some((ka, kb)) = at.kernels() else {
+        return Vec::new();
+    };
+    kb.peer_retransmits
+        .iter()
+        .filter_map(|(peer, now)| {
+            let before = if ka.boot_id == kb.boot_id {
+                ka.peer_retransmits.get(peer).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            let r = rate(before as f64, *now as f64, at.seconds)?;
+            Some(at.labelled("peer", peer, r))
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::model::{
+        cluster::ServerMetrics,
+        series::{CertificateExpiry, ServerCounters},
+    };
+
+    /// A cluster `c` of one member `m0` whose scrape says `quota` and a history of `snaps`.
+    fn one_member(quota: Option<f64>, snaps: Vec<Snapshot>) -> (ClusterState, SignalHistory) {
+        let mut server = ServerMetrics::default();
+        server.series.quota_backend_bytes = quota;
+        let state = ClusterState {
+            cluster: "c".into(),
+            members: vec![MemberState {
+                id: "a1".into(),
+                name: "m0".into(),
+                server: Some(server),
+                ..MemberState::default()
+            }],
+            ..ClusterState::default()
+        };
+        let mut history = SignalHistory::default();
+        history
+            .members
+            .insert(("c".into(), "m0".into()), snaps.into_iter().collect());
+        (state, history)
+    }
+
+    fn values(
+        signal: Signal,
+        window: Duration,
+        state: &ClusterState,
+        h: &SignalHistory,
+    ) -> Vec<f64> {
+        samples(signal, window, state, h, 0)
+            .iter()
+            .map(|s| s.value)
+            .collect()
+    }
+
+    #[test]
+    fn least_squares_is_predict_linear() {
+        // y = 100 + 5 t, read at t = 0, 60, 120: slope 5/s, 700 at t = 120.
+        let xy = [(0.0, 100.0), (60.0, 400.0), (120.0, 700.0)];
+        let (slope, at) = least_squares(&xy, 120.0).unwrap_or_default();
+        assert!(
+            (slope - 5.0).abs() < 1e-9 && (at - 700.0).abs() < 1e-6,
+            "{slope} {at}"
+        );
+        assert_eq!(least_squares(&xy[..1], 0.0), None);
+        assert_eq!(least_squares(&[(5.0, 1.0), (5.0, 2.0)], 5.0), None);
+    }
+
+    #[test]
+    fn growth_prediction_fits_every_point_of_the_window() {
+        // 1 MB a minute for an hour, but the newest reading dips (a defrag on one point):
+        // two points would see almost no growth, the fit sees the trend.
+        let mut snaps: Vec<Snapshot> = (0..=60u64)
+            .map(|i| Snapshot {
+                at_ms: i * 60_000,
+                db_size_bytes: Some(100e6 + i as f64 * 1e6),
+                ..Snapshot::default()
+            })
+            .collect();
+        if let Some(last) = snaps.last_mut() {
+            last.db_size_bytes = Some(101e6);
+        }
+        let (state, h) = one_member(Some(1e9), snaps);
+        let v = values(
+            Signal::DbPredictedQuotaRatio,
+            Duration::from_secs(4 * 3600),
+            &state,
+            &h,
+        );
+        assert_eq!(v.len(), 1);
+        // Slope ≈ 1 MB/min ⇒ ~240 MB more in 4 h on top of ~150 MB.
+        assert!(v[0] > 0.3 && v[0] < 0.5, "{v:?}");
+        let (state, _) = one_member(None, Vec::new());
+        assert!(
+            values(
+                Signal::DbPredictedQuotaRatio,
+                Duration::from_secs(60),
+                &state,
+                &h
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn heartbeat_failures_and_slow_applies_are_increases() {
+        let snap = |at_ms, hb, slow| Snapshot {
+            at_ms,
+            server: Some(ServerSeries {
+                counters: ServerCounters {
+                    heartbeat_send_failures: Some(hb),
+                    slow_applies: Some(slow),
+                    watchers: None,
+                },
+                ..ServerSeries::default()
+            }),
+            ..Snapshot::default()
+        };
+        let w = Duration::from_secs(900);
+        let (state, h) = one_member(None, vec![snap(0, 3.0, 10.0), snap(60_000, 10.0, 2.0)]);
+        assert_eq!(values(Signal::HeartbeatSendFailures, w, &state, &h), [7.0]);
+        // etcd restarted: the new count is the increase.
+        assert_eq!(values(Signal::SlowApplies, w, &state, &h), [2.0]);
+    }
+
+    #[test]
+    fn disk_and_memory_ratios_come_from_the_agent() {
+        let kernel = KernelSeries {
+            fs_used_free: Some((850, 150)),
+            memory: Some((900, 1000, true)),
+            ..KernelSeries::default()
+        };
+        let snap = Snapshot {
+            kernel: Some(kernel),
+            ..Snapshot::default()
+        };
+        let w = Duration::from_secs(60);
+        let (state, h) = one_member(None, vec![snap]);
+        assert_eq!(values(Signal::DiskUsedRatio, w, &state, &h), [0.85]);
+        assert_eq!(values(Signal::MemoryUsedRatio, w, &state, &h), [0.9]);
+        let s = samples(Signal::MemoryUsedRatio, w, &state, &h, 0);
+        assert_eq!(s[0].context["limit_source"], "cgroup limit");
+        // No agent, no figure (and so no alert).
+        let (state, h) = one_member(None, vec![Snapshot::default()]);
+        assert!(values(Signal::DiskUsedRatio, w, &state, &h).is_empty());
+    }
+
+    #[test]
+    fn certificate_expiry_counts_down_per_certificate() {
+        let (mut state, h) = one_member(None, Vec::new());
+        state.certificates.certificates = vec![
+            CertificateExpiry {
+                member: "m0".into(),
+                kind: CertificateKind::Server,
+                subject: "etcd server".into(),
+                not_after_unix: 1_000 + 3 * 86_400,
+            },
+            CertificateExpiry {
+                member: String::new(),
+                kind: CertificateKind::Client,
+                subject: "collector".into(),
+                not_after_unix: 500,
+            },
+        ];
+        let s = samples(
+            Signal::CertificateExpirySeconds,
+            Duration::from_secs(300),
+            &state,
+            &h,
+            1_000_000,
+        );
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].value, 3.0 * 86_400.0);
+        assert_eq!(s[0].labels["kind"], "server");
+        assert_eq!(s[0].labels["member"], "m0");
+        assert_eq!(s[0].context["expires_in"], "3.0 days");
+        // Expired: negative; a configured file has no member label.
+        assert_eq!(s[1].value, -500.0);
+        assert!(!s[1].labels.contains_key("member"));
+        assert_eq!(
+            s[1].context["certificate_source"],
+            "the collector's --cert-file"
+        );
+    }
 
     #[test]
     fn names_round_trip() {

@@ -1,15 +1,17 @@
 //! The pipeline's series on the collector's /metrics: kernel histograms re-exported per joined
 //! member (with its id and whether it leads), agent modes, drops by stage, peer network
-//! figures, ingest and subscriber counters, watch counts.
+//! figures, each member's resources (CPU, memory, data-dir filesystem, fds, connections) under
+//! the agent's names, ingest and subscriber counters, watch counts.
 
 use std::sync::atomic::Ordering;
 
-use etcd_monitor_proto::v1::{DiskOp, FileClass};
+use etcd_monitor_proto::v1::{AgentStatus, DiskOp, FileClass, MemberResources, NodeResources};
 use prometheus::proto::MetricType;
 
 use super::{Pipeline, join};
 use crate::{
-    model::cluster::ClusterState, model::cluster::Clusters, model::exposition::Exposition,
+    model::cluster::ClusterState, model::cluster::Clusters, model::cluster::MemberState,
+    model::exposition::Exposition,
 };
 
 /// The page being written, with the family's type passed alongside (counter or gauge).
@@ -104,128 +106,335 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline, out: &mut Exposition) {
     for cluster in clusters.iter() {
         let state = cluster.snapshot();
         for member in &state.members {
-            let Some((record, identity)) = pipeline.registry.find(member) else {
-                continue;
-            };
-            let Some((status, _)) = &record.status else {
-                continue;
-            };
-            let name = ClusterState::member_label(member);
-            let leader = if member.is_leader { "true" } else { "false" };
-            let base = [
-                ("cluster", state.cluster.as_str()),
-                ("member", name.as_str()),
-                ("member_id", member.id.as_str()),
-            ];
-            f.value(
-                "etcdmon_agent_mode",
-                MetricType::GAUGE,
-                "1 for the mode of the agent tracing each member (ebpf, ebpf-partial, client-only).",
-                &[base[0], base[1], ("node", record.node.as_str()), ("mode", status.mode.as_str())],
-                1.0,
-            );
-            for h in status
-                .histograms
-                .iter()
-                .filter(|h| h.member == identity.name)
-            {
-                let op = h.op();
-                let sync = matches!(
-                    op,
-                    DiskOp::Fdatasync | DiskOp::Fsync | DiskOp::SyncFileRange
-                );
-                let labels = [
-                    base[0],
-                    base[1],
-                    base[2],
-                    ("leader", leader),
-                    ("file", file_name(h.file())),
-                    ("op", op_name(op)),
-                ];
-                if matches!(
-                    op,
-                    DiskOp::Read | DiskOp::Readv | DiskOp::Recvfrom | DiskOp::Recvmsg
-                ) {
-                    f.histogram("etcdmon_receive_duration_seconds", "Kernel-measured duration of etcd's socket receives, from the member's node agent.", &labels, &h.log2_slots, h.sum_nanos);
-                    f.value(
-                        "etcdmon_received_bytes_total",
-                        MetricType::COUNTER,
-                        "Bytes etcd received on its sockets, by member, socket class and op.",
-                        &labels,
-                        h.bytes as f64,
-                    );
-                    continue;
-                }
-                if sync {
-                    f.histogram(
-                        "etcdmon_fsync_duration_seconds",
-                        FSYNC_HELP,
-                        &labels,
-                        &h.log2_slots,
-                        h.sum_nanos,
-                    );
-                } else {
-                    f.histogram(
-                        "etcdmon_write_duration_seconds",
-                        WRITE_HELP,
-                        &labels,
-                        &h.log2_slots,
-                        h.sum_nanos,
-                    );
-                }
-                f.value(
-                    "etcdmon_write_bytes_total",
-                    MetricType::COUNTER,
-                    "Bytes etcd wrote, by member, file and op.",
-                    &labels,
-                    h.bytes as f64,
-                );
-            }
-            let view = join::kernel_view(&record.node, status, &identity, 0, record.lost_events);
-            for p in &view.peers {
-                let labels = [base[0], base[1], ("peer", p.peer.as_str())];
-                if p.rtt_ms > 0.0 {
-                    f.value(
-                        "etcdmon_peer_rtt_seconds",
-                        MetricType::GAUGE,
-                        "Kernel smoothed RTT from a member to a peer.",
-                        &labels,
-                        p.rtt_ms / 1e3,
-                    );
-                }
-                f.value(
-                    "etcdmon_peer_retransmits_total",
-                    MetricType::COUNTER,
-                    "TCP retransmits between a member and a peer.",
-                    &labels,
-                    p.retransmits as f64,
-                );
-                f.value(
-                    "etcdmon_peer_bytes_total",
-                    MetricType::COUNTER,
-                    "Bytes between a member and a peer.",
-                    &[labels[0], labels[1], labels[2], ("direction", "sent")],
-                    p.bytes_sent as f64,
-                );
-                f.value(
-                    "etcdmon_peer_bytes_total",
-                    MetricType::COUNTER,
-                    "Bytes between a member and a peer.",
-                    &[labels[0], labels[1], labels[2], ("direction", "received")],
-                    p.bytes_received as f64,
-                );
-            }
-            if let Some(open) = view.client_connections {
-                f.value(
-                    "etcdmon_client_connections",
-                    MetricType::GAUGE,
-                    "Established client connections of a member.",
-                    &base[..2],
-                    open as f64,
-                );
-            }
+            member_families(&mut f, &state, member, pipeline);
         }
     }
+    agent_families(&mut f, pipeline);
+    ingest_families(&mut f, pipeline);
+    registry_families(&mut f, pipeline);
+    subscriber_and_watch_families(&mut f, pipeline);
+}
+
+/// Everything the member's agent reports about it: mode, kernel histograms, peers, resources.
+fn member_families(
+    f: &mut Families<'_>,
+    state: &ClusterState,
+    member: &MemberState,
+    pipeline: &Pipeline,
+) {
+    let Some((record, identity)) = pipeline.registry.find(member) else {
+        return;
+    };
+    let Some((status, _)) = &record.status else {
+        return;
+    };
+    let name = ClusterState::member_label(member);
+    let base = [
+        ("cluster", state.cluster.as_str()),
+        ("member", name.as_str()),
+        ("member_id", member.id.as_str()),
+    ];
+    f.value(
+        "etcdmon_agent_mode",
+        MetricType::GAUGE,
+        "1 for the mode of the agent tracing each member (ebpf, ebpf-partial, client-only).",
+        &[
+            base[0],
+            base[1],
+            ("node", record.node.as_str()),
+            ("mode", status.mode.as_str()),
+        ],
+        1.0,
+    );
+    let leader = if member.is_leader { "true" } else { "false" };
+    histogram_families(f, status, &identity.name, &base, leader);
+    let view = join::kernel_view(&record.node, status, &identity, 0, record.lost_events);
+    peer_families(f, &view, &base);
+    if let Some(r) = status.resources.iter().find(|r| r.member == identity.name) {
+        resource_families(f, r, &base[..2]);
+    }
+}
+
+/// The kernel's syscall histograms of one member.
+fn histogram_families(
+    f: &mut Families<'_>,
+    status: &AgentStatus,
+    member: &str,
+    base: &[(&str, &str); 3],
+    leader: &str,
+) {
+    for h in status.histograms.iter().filter(|h| h.member == member) {
+        let op = h.op();
+        let sync = matches!(
+            op,
+            DiskOp::Fdatasync | DiskOp::Fsync | DiskOp::SyncFileRange
+        );
+        let labels = [
+            base[0],
+            base[1],
+            base[2],
+            ("leader", leader),
+            ("file", file_name(h.file())),
+            ("op", op_name(op)),
+        ];
+        if matches!(
+            op,
+            DiskOp::Read | DiskOp::Readv | DiskOp::Recvfrom | DiskOp::Recvmsg
+        ) {
+            f.histogram(
+                "etcdmon_receive_duration_seconds",
+                "Kernel-measured duration of etcd's socket receives, from the member's node agent.",
+                &labels,
+                &h.log2_slots,
+                h.sum_nanos,
+            );
+            f.value(
+                "etcdmon_received_bytes_total",
+                MetricType::COUNTER,
+                "Bytes etcd received on its sockets, by member, socket class and op.",
+                &labels,
+                h.bytes as f64,
+            );
+            continue;
+        }
+        if sync {
+            f.histogram(
+                "etcdmon_fsync_duration_seconds",
+                FSYNC_HELP,
+                &labels,
+                &h.log2_slots,
+                h.sum_nanos,
+            );
+        } else {
+            f.histogram(
+                "etcdmon_write_duration_seconds",
+                WRITE_HELP,
+                &labels,
+                &h.log2_slots,
+                h.sum_nanos,
+            );
+        }
+        f.value(
+            "etcdmon_write_bytes_total",
+            MetricType::COUNTER,
+            "Bytes etcd wrote, by member, file and op.",
+            &labels,
+            h.bytes as f64,
+        );
+    }
+}
+
+/// Kernel figures of a member's connections to its peers and clients.
+fn peer_families(f: &mut Families<'_>, view: &join::KernelView, base: &[(&str, &str); 3]) {
+    for p in &view.peers {
+        let labels = [base[0], base[1], ("peer", p.peer.as_str())];
+        if p.rtt_ms > 0.0 {
+            f.value(
+                "etcdmon_peer_rtt_seconds",
+                MetricType::GAUGE,
+                "Kernel smoothed RTT from a member to a peer.",
+                &labels,
+                p.rtt_ms / 1e3,
+            );
+        }
+        f.value(
+            "etcdmon_peer_retransmits_total",
+            MetricType::COUNTER,
+            "TCP retransmits between a member and a peer.",
+            &labels,
+            p.retransmits as f64,
+        );
+        f.value(
+            "etcdmon_peer_bytes_total",
+            MetricType::COUNTER,
+            "Bytes between a member and a peer.",
+            &[labels[0], labels[1], labels[2], ("direction", "sent")],
+            p.bytes_sent as f64,
+        );
+        f.value(
+            "etcdmon_peer_bytes_total",
+            MetricType::COUNTER,
+            "Bytes between a member and a peer.",
+            &[labels[0], labels[1], labels[2], ("direction", "received")],
+            p.bytes_received as f64,
+        );
+    }
+    if let Some(open) = view.client_connections {
+        f.value(
+            "etcdmon_client_connections",
+            MetricType::GAUGE,
+            "Established client connections of a member.",
+            &base[..2],
+            open as f64,
+        );
+    }
+}
+
+/// (name, help) of the per-member resource families, as the agent names them.
+const RESOURCE_HELP: [(&str, &str); 15] = [
+    (
+        "etcd_server_memory_usage_bytes",
+        "Resident set size (VmRSS) of the member's process, from its agent.",
+    ),
+    (
+        "etcd_server_disk_usage_bytes",
+        "Used bytes of the filesystem holding the member's data dir (statvfs, as df counts them), from its agent.",
+    ),
+    (
+        "etcd_server_active_connections",
+        "ESTABLISHED TCP connections the member's process holds on its client listen ports (kernel socket table), from its agent.",
+    ),
+    (
+        "etcdmon_member_cpu_seconds_total",
+        "CPU time (user + system) the member's process used since it started, from its agent.",
+    ),
+    (
+        "etcdmon_member_cpu_cores",
+        "Cores the member's process used on average over its agent's last resource interval.",
+    ),
+    (
+        "etcdmon_member_cpu_limit_cores",
+        "The member's CPU limit in cores: its cgroup quota, else the node's online cores (see source).",
+    ),
+    (
+        "etcdmon_member_cpu_limit_ratio",
+        "Cores used over the CPU limit (cgroup quota, else the node's cores).",
+    ),
+    (
+        "etcdmon_member_memory_limit_bytes",
+        "The member's memory limit: its cgroup limit, else the node's MemTotal (see source).",
+    ),
+    (
+        "etcdmon_member_memory_limit_ratio",
+        "RSS over the memory limit (cgroup limit, else the node's MemTotal), 0..1.",
+    ),
+    (
+        "etcdmon_member_fs_size_bytes",
+        "Size of the filesystem holding the member's data dir.",
+    ),
+    (
+        "etcdmon_member_fs_used_bytes",
+        "Used bytes of the filesystem holding the member's data dir (blocks - bfree).",
+    ),
+    (
+        "etcdmon_member_fs_free_bytes",
+        "Bytes a non-root process can still write on the member's data-dir filesystem (bavail).",
+    ),
+    (
+        "etcdmon_member_fs_inodes_total",
+        "Inodes of the filesystem holding the member's data dir.",
+    ),
+    (
+        "etcdmon_member_fs_inodes_free",
+        "Free inodes of the filesystem holding the member's data dir.",
+    ),
+    (
+        "etcdmon_member_open_fds",
+        "Open file descriptors of the member's process.",
+    ),
+];
+
+fn resource_help(name: &str) -> &'static str {
+    RESOURCE_HELP
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or("", |(_, h)| h)
+}
+
+/// The member's resource figures from its agent's last status, re-exported under the agent's
+/// names with `cluster` and `member` labels; a figure the agent could not read is left out.
+fn resource_families(f: &mut Families<'_>, r: &MemberResources, labels: &[(&str, &str)]) {
+    let mut gauge = |name: &'static str, v: f64| {
+        f.value(name, MetricType::GAUGE, resource_help(name), labels, v);
+    };
+    let source = |cgroup: bool| if cgroup { "cgroup" } else { "node" };
+    if r.has_rss {
+        gauge("etcd_server_memory_usage_bytes", r.rss_bytes as f64);
+    }
+    if r.has_fs {
+        gauge("etcd_server_disk_usage_bytes", r.fs_used_bytes as f64);
+        gauge("etcdmon_member_fs_size_bytes", r.fs_size_bytes as f64);
+        gauge("etcdmon_member_fs_used_bytes", r.fs_used_bytes as f64);
+        gauge("etcdmon_member_fs_free_bytes", r.fs_free_bytes as f64);
+        gauge("etcdmon_member_fs_inodes_total", r.fs_inodes_total as f64);
+        gauge("etcdmon_member_fs_inodes_free", r.fs_inodes_free as f64);
+    }
+    if r.has_client_connections {
+        gauge(
+            "etcd_server_active_connections",
+            r.client_connections as f64,
+        );
+    }
+    if r.has_open_fds {
+        gauge("etcdmon_member_open_fds", r.open_fds as f64);
+    }
+    if r.has_cpu_cores {
+        gauge("etcdmon_member_cpu_cores", r.cpu_cores);
+        if r.cpu_limit_cores > 0.0 {
+            gauge(
+                "etcdmon_member_cpu_limit_ratio",
+                r.cpu_cores / r.cpu_limit_cores,
+            );
+        }
+    }
+    if r.has_rss && r.memory_limit_bytes > 0 {
+        gauge(
+            "etcdmon_member_memory_limit_ratio",
+            r.rss_bytes as f64 / r.memory_limit_bytes as f64,
+        );
+    }
+    let with_source = |cgroup: bool| {
+        let mut l = labels.to_vec();
+        l.push(("source", source(cgroup)));
+        l
+    };
+    if r.cpu_limit_cores > 0.0 {
+        let name = "etcdmon_member_cpu_limit_cores";
+        let l = with_source(r.cpu_limit_from_cgroup);
+        f.value(
+            name,
+            MetricType::GAUGE,
+            resource_help(name),
+            &l,
+            r.cpu_limit_cores,
+        );
+    }
+    if r.memory_limit_bytes > 0 {
+        let name = "etcdmon_member_memory_limit_bytes";
+        let l = with_source(r.memory_limit_from_cgroup);
+        let v = r.memory_limit_bytes as f64;
+        f.value(name, MetricType::GAUGE, resource_help(name), &l, v);
+    }
+    let name = "etcdmon_member_cpu_seconds_total";
+    f.value(
+        name,
+        MetricType::COUNTER,
+        resource_help(name),
+        labels,
+        r.cpu_seconds_total,
+    );
+}
+
+/// The node's memory, once per agent.
+fn node_families(f: &mut Families<'_>, node: &NodeResources, name: &str) {
+    f.value(
+        "etcdmon_node_memory_total_bytes",
+        MetricType::GAUGE,
+        "The node's memory (/proc/meminfo MemTotal), from its agent.",
+        &[("node", name)],
+        node.memory_total_bytes as f64,
+    );
+    f.value(
+        "etcdmon_node_memory_available_bytes",
+        MetricType::GAUGE,
+        "The node's memory available without swapping (/proc/meminfo MemAvailable), from its agent.",
+        &[("node", name)],
+        node.memory_available_bytes as f64,
+    );
+}
+
+/// Per agent: drops by stage, the node's memory and the ingest stream's counters.
+fn agent_families(f: &mut Families<'_>, pipeline: &Pipeline) {
     for record in pipeline.registry.snapshot() {
         let node = [("node", record.node.as_str())];
         f.value(
@@ -252,6 +461,11 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline, out: &mut Exposition) {
                 &[("stage", "agent_queue"), node[0]],
                 d.agent_queue as f64,
             );
+        }
+        if let Some((status, _)) = &record.status
+            && let Some(n) = status.node.as_ref().filter(|n| n.memory_total_bytes > 0)
+        {
+            node_families(f, n, record.node.as_str());
         }
         f.value(
             "etcdmon_ingest_agent_connected",
@@ -282,6 +496,10 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline, out: &mut Exposition) {
         &[("stage", "collector"), ("node", "")],
         pipeline.fanout.lagged_total.load(Ordering::Relaxed) as f64,
     );
+}
+
+/// The ingest service's own counters and the registry's.
+fn ingest_families(f: &mut Families<'_>, pipeline: &Pipeline) {
     let c = &pipeline.counters;
     f.value(
         "etcdmon_ingest_batches_total",
@@ -320,6 +538,10 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline, out: &mut Exposition) {
             n as f64,
         );
     }
+}
+
+/// The agent registry's counters.
+fn registry_families(f: &mut Families<'_>, pipeline: &Pipeline) {
     let r = &pipeline.registry.counters;
     f.value(
         "etcdmon_agent_conflicts_total",
@@ -363,6 +585,10 @@ pub fn render(clusters: &Clusters, pipeline: &Pipeline, out: &mut Exposition) {
         &[],
         r.write_errors.load(Ordering::Relaxed) as f64,
     );
+}
+
+/// Subscribers and watches.
+fn subscriber_and_watch_families(f: &mut Families<'_>, pipeline: &Pipeline) {
     f.value(
         "etcdmon_subscribers_refused_total",
         MetricType::COUNTER,
