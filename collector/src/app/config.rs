@@ -130,7 +130,9 @@ pub struct Cli {
     #[arg(long, env = "MAX_LATENCY_MS", default_value_t = Thresholds::DEFAULT.max_latency_ms)]
     pub max_latency_ms: u64,
 
-    /// Database size (MiB) above which a member's database counts as too large.
+    /// Deprecated and unused: kept so existing deployments still start. The database is now
+    /// judged against etcd's own quota (etcdDatabaseQuotaLowSpace tiers) and DiskUsageHigh
+    /// against the data dir's filesystem.
     #[arg(long, env = "MAX_DB_SIZE_MB", default_value_t = Thresholds::DEFAULT.max_db_size_mb)]
     pub max_db_size_mb: u64,
 

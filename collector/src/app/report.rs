@@ -227,9 +227,7 @@ pub fn start_schedule(
     }));
     let admin = admin.clone();
     scheduler.add_busy_hook(Arc::new(move |cluster: &str| {
-        admin
-            .running(cluster)
-            .map(|_| SkipReason::AdminOperation)
+        admin.running(cluster).map(|_| SkipReason::AdminOperation)
     }));
     // Under --ha-election only the elected collector runs scheduled work.
     let leadership = leadership.clone();

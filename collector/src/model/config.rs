@@ -118,7 +118,8 @@ pub struct ClusterConfig {
 pub struct Thresholds {
     /// `--max-latency-ms`.
     pub max_latency_ms: u64,
-    /// `--max-db-size-mb`.
+    /// `--max-db-size-mb`: deprecated, drives nothing since DiskUsageHigh moved to the
+    /// data dir's filesystem; kept so existing flags and config files still parse.
     pub max_db_size_mb: u64,
     /// `--min-available-nodes`.
     pub min_available_nodes: usize,

@@ -299,6 +299,30 @@ fn diagnoses(inputs: &ReportInputs, out: &mut Vec<Recommendation>) {
                 format!("diagnosis: {}", v.summary),
                 None,
             )),
+            "io_throttled" => out.push(rec(
+                Grade::Warning,
+                "disk",
+                Some(&d.member),
+                format!("Raise or remove the I/O limit (blkio throttle or io.max) of cgroup {} on {}: etcd's WAL is held at the limit", v.cgroup.as_deref().unwrap_or("?"), d.member),
+                format!("diagnosis: {}", v.summary),
+                None,
+            )),
+            "wal_write_slow" => out.push(rec(
+                Grade::Warning,
+                "disk",
+                Some(&d.member),
+                format!("WAL write() calls on {} are slow while fdatasync is fast: check memory pressure (page cache, dirty limits) and the filesystem, as in etcd-io/etcd#17615", d.member),
+                format!("diagnosis: {}", v.summary),
+                None,
+            )),
+            "stopped" => out.push(rec(
+                Grade::Critical,
+                "availability",
+                Some(&d.member),
+                format!("The etcd process of {} is stopped (SIGSTOP or a frozen cgroup): resume it (kill -CONT) or restart it", d.member),
+                format!("diagnosis: {}", v.summary),
+                None,
+            )),
             _ => {}
         }
     }

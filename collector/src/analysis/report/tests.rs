@@ -106,6 +106,8 @@ fn a_slow_wal_is_critical_names_the_member_cause_and_actions() {
             reason: None,
             neighbor: None,
             peer: None,
+            peer_cause: None,
+            cgroup: None,
             missing: vec![],
             summary: "the device is slow".into(),
             evidence: Default::default(),
