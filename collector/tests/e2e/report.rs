@@ -159,7 +159,7 @@ fn a_healthy_cluster_grades_well_in_every_format_and_renders_in_chromium() -> an
         &cluster,
         &[
             "--enable-benchmark-api",
-            "--report-threshold=wal_fsync_p99_ms=100,200;backend_commit_p99_ms=100,200;peer_rtt_p99_ms=200,400",
+            "--report-threshold=wal_fsync_p99_ms=400,800;backend_commit_p99_ms=400,800;peer_rtt_p99_ms=400,800",
         ],
     )?;
     let report = wait_report(
@@ -186,7 +186,7 @@ fn a_healthy_cluster_grades_well_in_every_format_and_renders_in_chromium() -> an
     let peers = &area(&report, "peer_network")["grade"];
     assert!(peers == "good" || peers == "unknown", "{pretty}");
     assert_eq!(report["overall"], "good", "{pretty}");
-    assert_eq!(report["thresholds"]["wal_fsync_p99_ms"]["warning"], 100.0);
+    assert_eq!(report["thresholds"]["wal_fsync_p99_ms"]["warning"], 400.0);
     assert_eq!(
         report["consistency"]["cluster_ids"]
             .as_array()
