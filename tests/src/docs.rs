@@ -11,7 +11,13 @@ pub const CONFIG_REFERENCE: &str = "docs/configuration.md";
 
 /// `program --help`, as clap prints it.
 pub fn help(program: &Path) -> anyhow::Result<String> {
+    help_of(program, &[])
+}
+
+/// The `--help` text of `program`'s subcommand `args` (e.g. `["mcp"]`), environment cleared.
+pub fn help_of(program: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(program)
+        .args(args)
         .arg("--help")
         // clap shows the value of each flag's environment variable when set: none are.
         .env_clear()

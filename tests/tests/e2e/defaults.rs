@@ -44,7 +44,9 @@ fn parse_help(help: &str) -> BTreeMap<String, HelpFlag> {
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
                     .collect();
-                current = Some((name, String::new()));
+                // A short help puts the text on the entry's own line.
+                let rest = trimmed[at + 2 + name.len()..].to_string();
+                current = Some((name, rest));
             }
         } else if let Some((_, text)) = current.as_mut() {
             text.push(' ');
@@ -60,6 +62,8 @@ fn parse_help(help: &str) -> BTreeMap<String, HelpFlag> {
 enum Binary {
     Collector,
     Agent,
+    /// `etcd-monitor mcp` (a section whose heading says MCP).
+    Mcp,
 }
 
 /// A default README states.
@@ -167,6 +171,8 @@ fn parse_readme(text: &str) -> Vec<Documented> {
             flush(&mut paragraph, binary, &mut out);
             binary = if heading.to_lowercase().contains("agent") {
                 Binary::Agent
+            } else if heading.contains("MCP") {
+                Binary::Mcp
             } else {
                 Binary::Collector
             };
@@ -251,15 +257,17 @@ fn same_value(readme: &str, help: &str) -> bool {
 
 /// Compares README's defaults with the `--help` of the binaries in `bin`; returns every
 /// mismatch and the number of defaults compared.
-fn compare(readme: &str, collector: &str, agent: &str) -> (Vec<String>, usize) {
+fn compare(readme: &str, collector: &str, agent: &str, mcp: &str) -> (Vec<String>, usize) {
     let collector = parse_help(collector);
     let agent = parse_help(agent);
+    let mcp = parse_help(mcp);
     let mut problems = Vec::new();
     let documented = parse_readme(readme);
     for d in &documented {
         let (name, flags) = match d.binary {
             Binary::Collector => ("etcd-monitor", &collector),
             Binary::Agent => ("etcd-monitor-agent", &agent),
+            Binary::Mcp => ("etcd-monitor mcp", &mcp),
         };
         let Some(flag) = flags.get(&d.flag) else {
             problems.push(format!(
@@ -289,7 +297,14 @@ fn readme_defaults_are_the_binaries_defaults() -> anyhow::Result<()> {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))?;
     let collector = docs::help(&binary("etcd-monitor")?)?;
     let agent = docs::help(&binary("etcd-monitor-agent")?)?;
-    let (problems, compared) = compare(&readme, &collector, &agent);
+    let mcp = docs::help_of(&binary("etcd-monitor")?, &["mcp"])?;
+    let (problems, compared) = compare(&readme, &collector, &agent, &mcp);
+    assert!(
+        parse_readme(&readme)
+            .iter()
+            .any(|d| d.binary == Binary::Mcp && d.flag == "timeout"),
+        "the MCP flag table was not read"
+    );
     assert!(
         problems.is_empty(),
         "README.md and --help disagree:\n{}",
@@ -331,7 +346,7 @@ fn a_wrong_default_is_caught() {
     let collector = "Options:\n      --diagnosis-neighbor-share <X>\n          Share.\n\n          [env: X=]\n          [default: 0.5]\n      --dial-timeout <D>\n          [default: 5s]\n      --data-dir <D>\n          Where.\n";
     let agent = "Options:\n      --queue-bytes <N>\n          [default: 67108864]\n      --node-name <N>\n          Name.\n";
     let readme = "## The collector\n\nKnobs: `--diagnosis-neighbor-share` (0.3 of the\ndevice's I/O), `--dial-timeout`\n(5s).\n\n## Running the agent by hand\n\n| flag | default | meaning |\n|---|---|---|\n| `--queue-bytes`, `--node-name` | 64 MiB, host name | cap |\n";
-    let (problems, compared) = compare(readme, collector, agent);
+    let (problems, compared) = compare(readme, collector, agent, "");
     assert_eq!(compared, 4, "{problems:?}");
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
@@ -339,9 +354,12 @@ fn a_wrong_default_is_caught() {
         "{problems:?}"
     );
     let fixed = readme.replace("(0.3", "(0.5");
-    assert_eq!(compare(&fixed, collector, agent).0, Vec::<String>::new());
+    assert_eq!(
+        compare(&fixed, collector, agent, "").0,
+        Vec::<String>::new()
+    );
     let wrong_agent = readme.replace("64 MiB", "32 MiB");
-    assert_eq!(compare(&wrong_agent, collector, agent).0.len(), 2);
+    assert_eq!(compare(&wrong_agent, collector, agent, "").0.len(), 2);
     let unknown = readme.replace("`--node-name`", "`--node`");
-    assert!(compare(&unknown, collector, agent).0[1].contains("not a flag"));
+    assert!(compare(&unknown, collector, agent, "").0[1].contains("not a flag"));
 }

@@ -2,10 +2,11 @@
 //! (real etcd members, the real collector and agent as processes, the real deployment tools).
 //! One binary links the helpers and their dependencies once, instead of once per suite. Run one
 //! suite with `cargo test -p etcd-monitor-tests --test e2e -- pipeline::` (the module path is
-//! the filter). Two suites stay binaries of their own, so that nothing else of this crate runs
+//! the filter). Three suites stay binaries of their own, so that nothing else of this crate runs
 //! beside them (cargo runs test binaries one after another): `demo` takes fixed ports and runs
-//! `cargo xtask demo`; `diagnosis` injects faults (a throttled device, a CPU quota, a disk
-//! hammer) and measures whether the diagnosis names them, which other suites' load would skew.
+//! `cargo xtask demo`; `diagnosis` and `network_faults` inject faults (a throttled device, a CPU
+//! quota, a disk hammer, a lossy or rate-limited veth) and judge whether the diagnosis names
+//! them, which other suites' load would skew.
 
 mod cluster_smoke;
 mod config_reference;
@@ -13,4 +14,5 @@ mod defaults;
 mod deploy_assets;
 mod logs;
 mod pipeline;
+mod resource_alerts;
 mod stream_labels;
