@@ -25,11 +25,15 @@ pub struct ReportParams {
     /// Cluster name; default the first configured.
     pub cluster: Option<String>,
     /// `json` (default), `markdown` or `html`.
+    #[param(pattern = "^(json|markdown|html)?$")]
     pub format: Option<String>,
-    /// History window of the trends (`24h` default; at most the history retention).
+    /// History window of the trends (`24h` default; a longer one than the history retention
+    /// is cut to it).
+    #[param(pattern = "^([1-9][0-9]{0,3}(m|h|d))?$")]
     pub window: Option<String>,
     /// `true` runs a small rate-limited write benchmark first and grades it (admin role,
     /// `--enable-benchmark-api`).
+    #[param(pattern = "^(true|false)?$")]
     pub with_benchmark: Option<String>,
 }
 
@@ -54,12 +58,13 @@ fn check(q: &ReportParams, max_window: Duration) -> Result<Checked, ApiError> {
         Some(w) => {
             let d = crate::model::time::parse_duration(w)
                 .map_err(|e| ApiError::BadRequest(format!("invalid value for window: {e}")))?;
-            if d < MIN_WINDOW || d > max_window {
+            if d < MIN_WINDOW {
                 return Err(ApiError::BadRequest(format!(
-                    "invalid value for window: {w:?}; use {MIN_WINDOW:?} to {max_window:?} (the history retention)"
+                    "invalid value for window: {w:?}; use at least {MIN_WINDOW:?}"
                 )));
             }
-            d
+            // Nothing older than the retention is kept: a longer window is the whole history.
+            d.min(max_window)
         }
     };
     let with_benchmark = match q.with_benchmark.as_deref() {
