@@ -161,6 +161,9 @@ pub struct NetSnapshot {
     pub clients: BTreeMap<String, ClientTotals>,
     /// (member, peer) → bytes the member's send/receive syscalls moved on peer sockets.
     pub syscall: BTreeMap<(String, String), SyscallBytes>,
+    /// Network namespaces whose TCP tables were not read since the agent started (over
+    /// [`MAX_NETNS`] per refresh, counted once per refresh).
+    pub netns_refused: u64,
 }
 
 /// Syscall bytes of one (member, peer) pair.
@@ -172,45 +175,92 @@ pub struct SyscallBytes {
     pub sent: u64,
 }
 
+/// At most this many network namespaces' TCP tables are read per refresh; members in
+/// namespaces beyond it keep only their listening-port attribution, and each refusal is
+/// counted in [`Resolver::refused_namespaces`].
+pub const MAX_NETNS: usize = 64;
+
 /// Finds which traced member owns each end of a connection.
+///
+/// Members on one node may live in different network namespaces (pods without host
+/// networking): each namespace's TCP table is read once, through one pid in it, and every
+/// socket is attributed through the fds of the pids in that namespace. Socket inodes are
+/// unique across namespaces, so the tables are merged by inode.
 pub struct Resolver<'a> {
     members: Vec<(u32, &'a MemberIdentity)>,
-    /// (local port, remote port) → socket inode, from the network namespace's TCP table.
-    by_ports: HashMap<(u16, u16), u64>,
+    /// (local port, remote port) → socket inodes, from every read namespace's TCP table.
+    by_ports: HashMap<(u16, u16), Vec<u64>>,
     /// socket inode → pid of a traced process holding it.
     owner: HashMap<u64, u32>,
     tcp: HashMap<u64, TcpSocket>,
+    refused: u64,
+}
+
+/// The network namespace of `pid`: the inode in `/proc/PID/ns/net` (`net:[N]`); a pid whose
+/// link cannot be read is its own group, so it is never merged with another by mistake.
+pub fn netns_of(proc: &ProcFs, pid: u32) -> Option<u64> {
+    std::fs::read_link(proc.path(pid, "ns/net"))
+        .ok()?
+        .to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Groups pids by network namespace, in first-seen order; pids whose namespace is unknown
+/// form one group each. At most `max` groups; the number of groups refused is returned.
+pub fn group_by_netns(proc: &ProcFs, pids: &[u32], max: usize) -> (Vec<Vec<u32>>, u64) {
+    let mut groups: Vec<(Option<u64>, Vec<u32>)> = Vec::new();
+    let mut refused = 0;
+    for pid in pids {
+        let ns = netns_of(proc, *pid);
+        if let Some(g) = groups.iter_mut().find(|(n, _)| ns.is_some() && *n == ns) {
+            g.1.push(*pid);
+        } else if groups.len() < max {
+            groups.push((ns, vec![*pid]));
+        } else {
+            refused += 1;
+        }
+    }
+    (groups.into_iter().map(|(_, g)| g).collect(), refused)
 }
 
 impl<'a> Resolver<'a> {
-    /// Reads the TCP table and the traced processes' socket fds.
+    /// Reads the TCP table of each traced member's network namespace and the traced
+    /// processes' socket fds.
     pub fn new(proc: &ProcFs, members: Vec<(u32, &'a MemberIdentity)>) -> Self {
-        let tcp = members
-            .first()
-            .map(|(pid, _)| proc.tcp_sockets(*pid))
-            .unwrap_or_default();
-        let by_ports = tcp
-            .iter()
-            .map(|(inode, s)| ((s.local_port, s.remote_port), *inode))
-            .collect();
-        let mut owner = HashMap::new();
-        for (pid, _) in &members {
-            for (_, target) in proc.fds(*pid) {
-                if let Some(inode) = target
-                    .strip_prefix("socket:[")
-                    .and_then(|s| s.strip_suffix(']'))
-                    .and_then(|s| s.parse().ok())
-                {
-                    owner.insert(inode, *pid);
+        let pids: Vec<u32> = members.iter().map(|(p, _)| *p).collect();
+        let (groups, refused) = group_by_netns(proc, &pids, MAX_NETNS);
+        let mut sockets = Vec::new();
+        for group in &groups {
+            let Some(first) = group.first() else { continue };
+            let table = proc.tcp_sockets(*first);
+            let mut owner = HashMap::new();
+            for pid in group {
+                for (_, target) in proc.fds(*pid) {
+                    if let Some(inode) = target
+                        .strip_prefix("socket:[")
+                        .and_then(|s| s.strip_suffix(']'))
+                        .and_then(|s| s.parse::<u64>().ok())
+                    {
+                        owner.insert(inode, *pid);
+                    }
                 }
             }
+            for (inode, s) in table {
+                // Sockets no traced pid holds keep pid 0: no member has it.
+                sockets.push((inode, s, owner.get(&inode).copied().unwrap_or(0)));
+            }
         }
-        Self {
-            members,
-            by_ports,
-            owner,
-            tcp,
-        }
+        let mut resolver = Self::from_tables(members, &sockets);
+        resolver.refused = refused;
+        resolver
+    }
+
+    /// Network namespaces whose tables were not read this refresh (over [`MAX_NETNS`]).
+    pub fn refused_namespaces(&self) -> u64 {
+        self.refused
     }
 
     /// A resolver from explicit tables (tests).
@@ -218,14 +268,23 @@ impl<'a> Resolver<'a> {
         members: Vec<(u32, &'a MemberIdentity)>,
         sockets: &[(u64, TcpSocket, u32)],
     ) -> Self {
+        let mut by_ports: HashMap<(u16, u16), Vec<u64>> = HashMap::new();
+        for (i, s, _) in sockets {
+            by_ports
+                .entry((s.local_port, s.remote_port))
+                .or_default()
+                .push(*i);
+        }
         Self {
             members,
-            by_ports: sockets
+            by_ports,
+            owner: sockets
                 .iter()
-                .map(|(i, s, _)| ((s.local_port, s.remote_port), *i))
+                .filter(|(_, _, pid)| *pid != 0)
+                .map(|(i, _, pid)| (*i, *pid))
                 .collect(),
-            owner: sockets.iter().map(|(i, _, pid)| (*i, *pid)).collect(),
             tcp: sockets.iter().map(|(i, s, _)| (*i, *s)).collect(),
+            refused: 0,
         }
     }
 
@@ -246,8 +305,11 @@ impl<'a> Resolver<'a> {
     }
 
     fn owner_of(&self, local: u16, remote: u16) -> Option<&'a MemberIdentity> {
-        let inode = self.by_ports.get(&(local, remote))?;
-        self.member_of_pid(*self.owner.get(inode)?)
+        // The same port pair may exist in two namespaces: take the one a traced pid holds.
+        self.by_ports
+            .get(&(local, remote))?
+            .iter()
+            .find_map(|inode| self.member_of_pid(*self.owner.get(inode)?))
     }
 
     /// The traced member on the local end of `key`.
@@ -309,10 +371,11 @@ impl<'a> Resolver<'a> {
         (format!("{ip}:{}", key.dport), false)
     }
 
-    /// Established connections on each member's client ports.
+    /// Established connections on each member's client ports that the member's own process
+    /// holds (tables of several namespaces are merged, so the port alone is not enough).
     pub fn open_client_connections(&self) -> BTreeMap<String, u64> {
         let mut open = BTreeMap::new();
-        for (_, m) in &self.members {
+        for (pid, m) in &self.members {
             let ports: Vec<u16> = m
                 .listen_client_urls
                 .iter()
@@ -320,8 +383,12 @@ impl<'a> Resolver<'a> {
                 .collect();
             let count = self
                 .tcp
-                .values()
-                .filter(|s| s.state == 1 && ports.contains(&s.local_port))
+                .iter()
+                .filter(|(inode, s)| {
+                    s.state == 1
+                        && ports.contains(&s.local_port)
+                        && self.owner.get(inode) == Some(pid)
+                })
                 .count();
             open.insert(m.name.clone(), count as u64);
         }
@@ -341,6 +408,7 @@ pub fn addr(bytes: &[u8; 16]) -> IpAddr {
 /// Per-pair totals of connections that are gone, so counters never go down.
 #[derive(Debug, Default)]
 pub struct NetState {
+    netns_refused: u64,
     retired: BTreeMap<(String, String), PeerTotals>,
     /// Remote names resolved while both ends were alive, kept for when they no longer are.
     names: HashMap<ConnKey, String>,
@@ -359,7 +427,10 @@ impl NetState {
             peers: self.retired.clone(),
             clients: BTreeMap::new(),
             syscall: BTreeMap::new(),
+            netns_refused: 0,
         };
+        self.netns_refused += resolver.refused_namespaces();
+        snapshot.netns_refused = self.netns_refused;
         let mut closed = Vec::new();
         for (key, stats) in conns {
             if stats.role & ROLE_PEER == 0 {
