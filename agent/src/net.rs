@@ -680,4 +680,119 @@ mod tests {
         };
         assert_eq!(resolver.remote(&other), "10.0.0.9:2380");
     }
+
+    /// A fake `/proc`: each pid gets `ns/net` → `net:[ns]`, socket fds for `inodes`, and
+    /// (for the first pid of each namespace) the namespace's `net/tcp`.
+    fn fake_proc(pids: &[(u32, u64, &[u64], &[(u64, u16, u16)])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (pid, ns, inodes, table) in pids {
+            let base = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(base.join("ns")).expect("mkdir");
+            std::fs::create_dir_all(base.join("fd")).expect("mkdir");
+            std::fs::create_dir_all(base.join("net")).expect("mkdir");
+            std::os::unix::fs::symlink(format!("net:[{ns}]"), base.join("ns/net")).expect("ln");
+            for (fd, inode) in inodes.iter().enumerate() {
+                std::os::unix::fs::symlink(
+                    format!("socket:[{inode}]"),
+                    base.join(format!("fd/{}", fd + 3)),
+                )
+                .expect("ln");
+            }
+            let mut text = String::from("  sl  local_address rem_address   st\n");
+            for (inode, l, r) in *table {
+                text.push_str(&format!(
+                    "   0: 0100007F:{l:04X} 0100007F:{r:04X} 01 0:0 00:0 0 0 0 {inode} 1\n"
+                ));
+            }
+            std::fs::write(base.join("net/tcp"), text).expect("write");
+        }
+        dir
+    }
+
+    #[test]
+    fn groups_pids_by_network_namespace_and_bounds_them() {
+        let dir = fake_proc(&[
+            (10, 1, &[], &[]),
+            (11, 1, &[], &[]),
+            (20, 2, &[], &[]),
+            (30, 3, &[], &[]),
+        ]);
+        let proc = ProcFs::new(dir.path());
+        assert_eq!(netns_of(&proc, 20), Some(2));
+        assert_eq!(netns_of(&proc, 99), None);
+        let (groups, refused) = group_by_netns(&proc, &[10, 20, 11, 99, 30], 8);
+        assert_eq!(groups, vec![vec![10, 11], vec![20], vec![99], vec![30]]);
+        assert_eq!(refused, 0);
+        let (groups, refused) = group_by_netns(&proc, &[10, 20, 11, 30], 2);
+        assert_eq!(groups, vec![vec![10, 11], vec![20]]);
+        assert_eq!(refused, 1, "pid 30's namespace is over the bound");
+    }
+
+    #[test]
+    fn attributes_sockets_within_each_namespace() {
+        // m0 (pid 10) and m1 (pid 11) share the host namespace; m2 (pid 20) has its own
+        // namespace behind a veth, reached at 10.213.0.2. The host end is 10.213.0.1, which
+        // both host members dial from.
+        let cluster =
+            "m0=http://10.213.0.1:2380,m1=http://10.213.0.1:12380,m2=http://10.213.0.2:22380";
+        let m0 = member("m0", 2379, 2380, cluster);
+        let m1 = member("m1", 12379, 12380, cluster);
+        let m2 = member("m2", 22379, 22380, cluster);
+        // Host table: m0 dialed m2 (40000→22380), m2 dialed m0 (accepted on 2380 from 45000),
+        // m1 dialed m2 (41000→22380). m2's table: the far ends, plus two clients on 22379.
+        let host: &[(u64, u16, u16)] =
+            &[(100, 40000, 22380), (101, 2380, 45000), (102, 41000, 22380)];
+        let ns2: &[(u64, u16, u16)] = &[
+            (200, 22380, 40000),
+            (201, 45000, 2380),
+            (202, 22380, 41000),
+            (203, 22379, 50000),
+            (204, 22379, 50001),
+        ];
+        let dir = fake_proc(&[
+            (10, 1, &[100, 101], host),
+            (11, 1, &[102], &[]),
+            (20, 2, &[200, 201, 202, 203, 204], ns2),
+        ]);
+        let proc = ProcFs::new(dir.path());
+        let resolver = Resolver::new(&proc, vec![(10, &m0), (11, &m1), (20, &m2)]);
+        assert_eq!(resolver.refused_namespaces(), 0);
+        let key = |sport, dport, saddr, daddr| ConnKey {
+            sport,
+            dport,
+            saddr: v4(saddr),
+            daddr: v4(daddr),
+        };
+        let (host_ip, ns_ip) = ([10, 213, 0, 1], [10, 213, 0, 2]);
+        // m2 dialed m0 from its own ephemeral port: only m2's namespace knows that socket.
+        let dialed = key(45000, 2380, ns_ip, host_ip);
+        assert_eq!(resolver.local(&dialed).map(|m| m.name.as_str()), Some("m2"));
+        assert_eq!(resolver.resolve_remote(&dialed), ("m0".to_string(), true));
+        // m0 and m1 both dial m2 from 10.213.0.1: named by the dialing socket's owner, not the address.
+        let from_m0 = key(22380, 40000, ns_ip, host_ip);
+        let from_m1 = key(22380, 41000, ns_ip, host_ip);
+        assert_eq!(
+            resolver.local(&from_m0).map(|m| m.name.as_str()),
+            Some("m2")
+        );
+        assert_eq!(resolver.resolve_remote(&from_m0), ("m0".to_string(), true));
+        assert_eq!(resolver.resolve_remote(&from_m1), ("m1".to_string(), true));
+        // Host members' dialed connections stay theirs.
+        let m1_out = key(41000, 22380, host_ip, ns_ip);
+        assert_eq!(resolver.local(&m1_out).map(|m| m.name.as_str()), Some("m1"));
+        // Client connections counted in m2's own namespace.
+        let open = resolver.open_client_connections();
+        assert_eq!(open["m2"], 2);
+        assert_eq!(open["m0"], 0);
+
+        // The namespaced member as the lowest pid: the host members keep their dialed sockets.
+        let resolver = Resolver::new(&proc, vec![(20, &m2), (10, &m0), (11, &m1)]);
+        assert_eq!(resolver.local(&m1_out).map(|m| m.name.as_str()), Some("m1"));
+        let m0_out = key(40000, 22380, host_ip, ns_ip);
+        assert_eq!(resolver.local(&m0_out).map(|m| m.name.as_str()), Some("m0"));
+
+        // Over the bound: m2's namespace is refused and counted; its dialed socket is unknown.
+        let (_, refused) = group_by_netns(&proc, &[10, 11, 20], 1);
+        assert_eq!(refused, 1);
+    }
 }
