@@ -12,5 +12,6 @@ mod config_reference;
 mod defaults;
 mod deploy_assets;
 mod logs;
+mod netns_attribution;
 mod pipeline;
 mod stream_labels;
