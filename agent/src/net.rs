@@ -683,7 +683,10 @@ mod tests {
 
     /// A fake `/proc`: each pid gets `ns/net` → `net:[ns]`, socket fds for `inodes`, and
     /// (for the first pid of each namespace) the namespace's `net/tcp`.
-    fn fake_proc(pids: &[(u32, u64, &[u64], &[(u64, u16, u16)])]) -> tempfile::TempDir {
+    /// (pid, netns inode, socket fd inodes, TCP table rows (inode, local port, remote port)).
+    type FakePid<'a> = (u32, u64, &'a [u64], &'a [(u64, u16, u16)]);
+
+    fn fake_proc(pids: &[FakePid<'_>]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
         for (pid, ns, inodes, table) in pids {
             let base = dir.path().join(pid.to_string());
