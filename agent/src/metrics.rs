@@ -279,6 +279,7 @@ const PEER_BYTES: &str = "etcdmon_peer_bytes_total";
 const CLIENT_CONNS: &str = "etcdmon_client_connections";
 const CLIENT_OPENED: &str = "etcdmon_client_connections_opened_total";
 const CLIENT_CLOSED: &str = "etcdmon_client_connections_closed_total";
+const NETNS_REFUSED: &str = "etcdmon_netns_refused_total";
 const RECEIVE: &str = "etcdmon_receive_duration_seconds";
 const RECEIVED: &str = "etcdmon_received_bytes_total";
 const PEER_SYSCALL_BYTES: &str = "etcdmon_peer_syscall_bytes_total";
@@ -288,7 +289,7 @@ const THROTTLED_PERIODS: &str = "etcdmon_cpu_throttled_periods_total";
 const CPU_PERIODS: &str = "etcdmon_cpu_periods_total";
 const THROTTLED_SECONDS: &str = "etcdmon_cpu_throttled_seconds_total";
 
-const HELP: [(&str, &str); 19] = [
+const HELP: [(&str, &str); 20] = [
     (
         RECEIVE,
         "Kernel-measured duration of etcd's read/readv/recvfrom/recvmsg calls on sockets, by member, socket class and op.",
@@ -344,6 +345,10 @@ const HELP: [(&str, &str); 19] = [
     (
         CLIENT_CLOSED,
         "Client connections that ended since the agent started.",
+    ),
+    (
+        NETNS_REFUSED,
+        "Network namespaces of traced members whose TCP tables were not read (over the per-refresh bound), summed over refreshes.",
     ),
     (
         FSYNC,
@@ -604,6 +609,11 @@ fn net_families(net: &crate::net::NetSnapshot) -> Vec<MetricFamily> {
         family(CLIENT_CONNS, MetricType::GAUGE, open),
         family(CLIENT_OPENED, MetricType::COUNTER, opened),
         family(CLIENT_CLOSED, MetricType::COUNTER, closed),
+        family(
+            NETNS_REFUSED,
+            MetricType::COUNTER,
+            vec![counter(&[], net.netns_refused)],
+        ),
     ]
 }
 

@@ -161,6 +161,9 @@ pub struct NetSnapshot {
     pub clients: BTreeMap<String, ClientTotals>,
     /// (member, peer) → bytes the member's send/receive syscalls moved on peer sockets.
     pub syscall: BTreeMap<(String, String), SyscallBytes>,
+    /// Network namespaces whose TCP tables were not read since the agent started (over
+    /// [`MAX_NETNS`] per refresh, counted once per refresh).
+    pub netns_refused: u64,
 }
 
 /// Syscall bytes of one (member, peer) pair.
@@ -172,45 +175,92 @@ pub struct SyscallBytes {
     pub sent: u64,
 }
 
+/// At most this many network namespaces' TCP tables are read per refresh; members in
+/// namespaces beyond it keep only their listening-port attribution, and each refusal is
+/// counted in [`Resolver::refused_namespaces`].
+pub const MAX_NETNS: usize = 64;
+
 /// Finds which traced member owns each end of a connection.
+///
+/// Members on one node may live in different network namespaces (pods without host
+/// networking): each namespace's TCP table is read once, through one pid in it, and every
+/// socket is attributed through the fds of the pids in that namespace. Socket inodes are
+/// unique across namespaces, so the tables are merged by inode.
 pub struct Resolver<'a> {
     members: Vec<(u32, &'a MemberIdentity)>,
-    /// (local port, remote port) → socket inode, from the network namespace's TCP table.
-    by_ports: HashMap<(u16, u16), u64>,
+    /// (local port, remote port) → socket inodes, from every read namespace's TCP table.
+    by_ports: HashMap<(u16, u16), Vec<u64>>,
     /// socket inode → pid of a traced process holding it.
     owner: HashMap<u64, u32>,
     tcp: HashMap<u64, TcpSocket>,
+    refused: u64,
+}
+
+/// The network namespace of `pid`: the inode in `/proc/PID/ns/net` (`net:[N]`); a pid whose
+/// link cannot be read is its own group, so it is never merged with another by mistake.
+pub fn netns_of(proc: &ProcFs, pid: u32) -> Option<u64> {
+    std::fs::read_link(proc.path(pid, "ns/net"))
+        .ok()?
+        .to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Groups pids by network namespace, in first-seen order; pids whose namespace is unknown
+/// form one group each. At most `max` groups; the number of groups refused is returned.
+pub fn group_by_netns(proc: &ProcFs, pids: &[u32], max: usize) -> (Vec<Vec<u32>>, u64) {
+    let mut groups: Vec<(Option<u64>, Vec<u32>)> = Vec::new();
+    let mut refused = 0;
+    for pid in pids {
+        let ns = netns_of(proc, *pid);
+        if let Some(g) = groups.iter_mut().find(|(n, _)| ns.is_some() && *n == ns) {
+            g.1.push(*pid);
+        } else if groups.len() < max {
+            groups.push((ns, vec![*pid]));
+        } else {
+            refused += 1;
+        }
+    }
+    (groups.into_iter().map(|(_, g)| g).collect(), refused)
 }
 
 impl<'a> Resolver<'a> {
-    /// Reads the TCP table and the traced processes' socket fds.
+    /// Reads the TCP table of each traced member's network namespace and the traced
+    /// processes' socket fds.
     pub fn new(proc: &ProcFs, members: Vec<(u32, &'a MemberIdentity)>) -> Self {
-        let tcp = members
-            .first()
-            .map(|(pid, _)| proc.tcp_sockets(*pid))
-            .unwrap_or_default();
-        let by_ports = tcp
-            .iter()
-            .map(|(inode, s)| ((s.local_port, s.remote_port), *inode))
-            .collect();
-        let mut owner = HashMap::new();
-        for (pid, _) in &members {
-            for (_, target) in proc.fds(*pid) {
-                if let Some(inode) = target
-                    .strip_prefix("socket:[")
-                    .and_then(|s| s.strip_suffix(']'))
-                    .and_then(|s| s.parse().ok())
-                {
-                    owner.insert(inode, *pid);
+        let pids: Vec<u32> = members.iter().map(|(p, _)| *p).collect();
+        let (groups, refused) = group_by_netns(proc, &pids, MAX_NETNS);
+        let mut sockets = Vec::new();
+        for group in &groups {
+            let Some(first) = group.first() else { continue };
+            let table = proc.tcp_sockets(*first);
+            let mut owner = HashMap::new();
+            for pid in group {
+                for (_, target) in proc.fds(*pid) {
+                    if let Some(inode) = target
+                        .strip_prefix("socket:[")
+                        .and_then(|s| s.strip_suffix(']'))
+                        .and_then(|s| s.parse::<u64>().ok())
+                    {
+                        owner.insert(inode, *pid);
+                    }
                 }
             }
+            for (inode, s) in table {
+                // Sockets no traced pid holds keep pid 0: no member has it.
+                sockets.push((inode, s, owner.get(&inode).copied().unwrap_or(0)));
+            }
         }
-        Self {
-            members,
-            by_ports,
-            owner,
-            tcp,
-        }
+        let mut resolver = Self::from_tables(members, &sockets);
+        resolver.refused = refused;
+        resolver
+    }
+
+    /// Network namespaces whose tables were not read this refresh (over [`MAX_NETNS`]).
+    pub fn refused_namespaces(&self) -> u64 {
+        self.refused
     }
 
     /// A resolver from explicit tables (tests).
@@ -218,14 +268,23 @@ impl<'a> Resolver<'a> {
         members: Vec<(u32, &'a MemberIdentity)>,
         sockets: &[(u64, TcpSocket, u32)],
     ) -> Self {
+        let mut by_ports: HashMap<(u16, u16), Vec<u64>> = HashMap::new();
+        for (i, s, _) in sockets {
+            by_ports
+                .entry((s.local_port, s.remote_port))
+                .or_default()
+                .push(*i);
+        }
         Self {
             members,
-            by_ports: sockets
+            by_ports,
+            owner: sockets
                 .iter()
-                .map(|(i, s, _)| ((s.local_port, s.remote_port), *i))
+                .filter(|(_, _, pid)| *pid != 0)
+                .map(|(i, _, pid)| (*i, *pid))
                 .collect(),
-            owner: sockets.iter().map(|(i, _, pid)| (*i, *pid)).collect(),
             tcp: sockets.iter().map(|(i, s, _)| (*i, *s)).collect(),
+            refused: 0,
         }
     }
 
@@ -246,8 +305,11 @@ impl<'a> Resolver<'a> {
     }
 
     fn owner_of(&self, local: u16, remote: u16) -> Option<&'a MemberIdentity> {
-        let inode = self.by_ports.get(&(local, remote))?;
-        self.member_of_pid(*self.owner.get(inode)?)
+        // The same port pair may exist in two namespaces: take the one a traced pid holds.
+        self.by_ports
+            .get(&(local, remote))?
+            .iter()
+            .find_map(|inode| self.member_of_pid(*self.owner.get(inode)?))
     }
 
     /// The traced member on the local end of `key`.
@@ -309,10 +371,11 @@ impl<'a> Resolver<'a> {
         (format!("{ip}:{}", key.dport), false)
     }
 
-    /// Established connections on each member's client ports.
+    /// Established connections on each member's client ports that the member's own process
+    /// holds (tables of several namespaces are merged, so the port alone is not enough).
     pub fn open_client_connections(&self) -> BTreeMap<String, u64> {
         let mut open = BTreeMap::new();
-        for (_, m) in &self.members {
+        for (pid, m) in &self.members {
             let ports: Vec<u16> = m
                 .listen_client_urls
                 .iter()
@@ -320,8 +383,12 @@ impl<'a> Resolver<'a> {
                 .collect();
             let count = self
                 .tcp
-                .values()
-                .filter(|s| s.state == 1 && ports.contains(&s.local_port))
+                .iter()
+                .filter(|(inode, s)| {
+                    s.state == 1
+                        && ports.contains(&s.local_port)
+                        && self.owner.get(inode) == Some(pid)
+                })
                 .count();
             open.insert(m.name.clone(), count as u64);
         }
@@ -341,6 +408,7 @@ pub fn addr(bytes: &[u8; 16]) -> IpAddr {
 /// Per-pair totals of connections that are gone, so counters never go down.
 #[derive(Debug, Default)]
 pub struct NetState {
+    netns_refused: u64,
     retired: BTreeMap<(String, String), PeerTotals>,
     /// Remote names resolved while both ends were alive, kept for when they no longer are.
     names: HashMap<ConnKey, String>,
@@ -359,7 +427,10 @@ impl NetState {
             peers: self.retired.clone(),
             clients: BTreeMap::new(),
             syscall: BTreeMap::new(),
+            netns_refused: 0,
         };
+        self.netns_refused += resolver.refused_namespaces();
+        snapshot.netns_refused = self.netns_refused;
         let mut closed = Vec::new();
         for (key, stats) in conns {
             if stats.role & ROLE_PEER == 0 {
@@ -608,5 +679,123 @@ mod tests {
             ..key
         };
         assert_eq!(resolver.remote(&other), "10.0.0.9:2380");
+    }
+
+    /// A fake `/proc`: each pid gets `ns/net` → `net:[ns]`, socket fds for `inodes`, and
+    /// (for the first pid of each namespace) the namespace's `net/tcp`.
+    /// (pid, netns inode, socket fd inodes, TCP table rows (inode, local port, remote port)).
+    type FakePid<'a> = (u32, u64, &'a [u64], &'a [(u64, u16, u16)]);
+
+    fn fake_proc(pids: &[FakePid<'_>]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (pid, ns, inodes, table) in pids {
+            let base = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(base.join("ns")).expect("mkdir");
+            std::fs::create_dir_all(base.join("fd")).expect("mkdir");
+            std::fs::create_dir_all(base.join("net")).expect("mkdir");
+            std::os::unix::fs::symlink(format!("net:[{ns}]"), base.join("ns/net")).expect("ln");
+            for (fd, inode) in inodes.iter().enumerate() {
+                std::os::unix::fs::symlink(
+                    format!("socket:[{inode}]"),
+                    base.join(format!("fd/{}", fd + 3)),
+                )
+                .expect("ln");
+            }
+            let mut text = String::from("  sl  local_address rem_address   st\n");
+            for (inode, l, r) in *table {
+                text.push_str(&format!(
+                    "   0: 0100007F:{l:04X} 0100007F:{r:04X} 01 0:0 00:0 0 0 0 {inode} 1\n"
+                ));
+            }
+            std::fs::write(base.join("net/tcp"), text).expect("write");
+        }
+        dir
+    }
+
+    #[test]
+    fn groups_pids_by_network_namespace_and_bounds_them() {
+        let dir = fake_proc(&[
+            (10, 1, &[], &[]),
+            (11, 1, &[], &[]),
+            (20, 2, &[], &[]),
+            (30, 3, &[], &[]),
+        ]);
+        let proc = ProcFs::new(dir.path());
+        assert_eq!(netns_of(&proc, 20), Some(2));
+        assert_eq!(netns_of(&proc, 99), None);
+        let (groups, refused) = group_by_netns(&proc, &[10, 20, 11, 99, 30], 8);
+        assert_eq!(groups, vec![vec![10, 11], vec![20], vec![99], vec![30]]);
+        assert_eq!(refused, 0);
+        let (groups, refused) = group_by_netns(&proc, &[10, 20, 11, 30], 2);
+        assert_eq!(groups, vec![vec![10, 11], vec![20]]);
+        assert_eq!(refused, 1, "pid 30's namespace is over the bound");
+    }
+
+    #[test]
+    fn attributes_sockets_within_each_namespace() {
+        // m0 (pid 10) and m1 (pid 11) share the host namespace; m2 (pid 20) has its own
+        // namespace behind a veth, reached at 10.213.0.2. The host end is 10.213.0.1, which
+        // both host members dial from.
+        let cluster =
+            "m0=http://10.213.0.1:2380,m1=http://10.213.0.1:12380,m2=http://10.213.0.2:22380";
+        let m0 = member("m0", 2379, 2380, cluster);
+        let m1 = member("m1", 12379, 12380, cluster);
+        let m2 = member("m2", 22379, 22380, cluster);
+        // Host table: m0 dialed m2 (40000→22380), m2 dialed m0 (accepted on 2380 from 45000),
+        // m1 dialed m2 (41000→22380). m2's table: the far ends, plus two clients on 22379.
+        let host: &[(u64, u16, u16)] =
+            &[(100, 40000, 22380), (101, 2380, 45000), (102, 41000, 22380)];
+        let ns2: &[(u64, u16, u16)] = &[
+            (200, 22380, 40000),
+            (201, 45000, 2380),
+            (202, 22380, 41000),
+            (203, 22379, 50000),
+            (204, 22379, 50001),
+        ];
+        let dir = fake_proc(&[
+            (10, 1, &[100, 101], host),
+            (11, 1, &[102], &[]),
+            (20, 2, &[200, 201, 202, 203, 204], ns2),
+        ]);
+        let proc = ProcFs::new(dir.path());
+        let resolver = Resolver::new(&proc, vec![(10, &m0), (11, &m1), (20, &m2)]);
+        assert_eq!(resolver.refused_namespaces(), 0);
+        let key = |sport, dport, saddr, daddr| ConnKey {
+            sport,
+            dport,
+            saddr: v4(saddr),
+            daddr: v4(daddr),
+        };
+        let (host_ip, ns_ip) = ([10, 213, 0, 1], [10, 213, 0, 2]);
+        // m2 dialed m0 from its own ephemeral port: only m2's namespace knows that socket.
+        let dialed = key(45000, 2380, ns_ip, host_ip);
+        assert_eq!(resolver.local(&dialed).map(|m| m.name.as_str()), Some("m2"));
+        assert_eq!(resolver.resolve_remote(&dialed), ("m0".to_string(), true));
+        // m0 and m1 both dial m2 from 10.213.0.1: named by the dialing socket's owner, not the address.
+        let from_m0 = key(22380, 40000, ns_ip, host_ip);
+        let from_m1 = key(22380, 41000, ns_ip, host_ip);
+        assert_eq!(
+            resolver.local(&from_m0).map(|m| m.name.as_str()),
+            Some("m2")
+        );
+        assert_eq!(resolver.resolve_remote(&from_m0), ("m0".to_string(), true));
+        assert_eq!(resolver.resolve_remote(&from_m1), ("m1".to_string(), true));
+        // Host members' dialed connections stay theirs.
+        let m1_out = key(41000, 22380, host_ip, ns_ip);
+        assert_eq!(resolver.local(&m1_out).map(|m| m.name.as_str()), Some("m1"));
+        // Client connections counted in m2's own namespace.
+        let open = resolver.open_client_connections();
+        assert_eq!(open["m2"], 2);
+        assert_eq!(open["m0"], 0);
+
+        // The namespaced member as the lowest pid: the host members keep their dialed sockets.
+        let resolver = Resolver::new(&proc, vec![(20, &m2), (10, &m0), (11, &m1)]);
+        assert_eq!(resolver.local(&m1_out).map(|m| m.name.as_str()), Some("m1"));
+        let m0_out = key(40000, 22380, host_ip, ns_ip);
+        assert_eq!(resolver.local(&m0_out).map(|m| m.name.as_str()), Some("m0"));
+
+        // Over the bound: m2's namespace is refused and counted; its dialed socket is unknown.
+        let (_, refused) = group_by_netns(&proc, &[10, 11, 20], 1);
+        assert_eq!(refused, 1);
     }
 }

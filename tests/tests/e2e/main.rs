@@ -13,6 +13,7 @@ mod config_reference;
 mod defaults;
 mod deploy_assets;
 mod logs;
+mod netns_attribution;
 mod pipeline;
 mod resource_alerts;
 mod stream_labels;
