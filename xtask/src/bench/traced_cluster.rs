@@ -1,5 +1,6 @@
-//! The setup the tracing benchmarks (agent-overhead, probe-cost) share: build the agent, start a
-//! 3-member etcd cluster whose data dirs share one prefix, start the agent on it, and put load.
+//! The setup the benchmarks share: build the agent, start a 3-member etcd cluster whose data
+//! dirs share one prefix (agent-overhead, probe-cost, runner), start the agent on it (the
+//! tracing benchmarks) and warm it up with put load.
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
