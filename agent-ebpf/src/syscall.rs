@@ -99,49 +99,22 @@ pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
     if !is_tracked((pid_tgid >> 32) as u32) {
         return 0;
     }
-    let Some(slot) = STARTS.get_ptr_mut(pid_tgid) else {
+    let Some(start) = take_start(pid_tgid, op) else {
         return 0;
     };
-    // SAFETY: a pointer to this thread's value, valid while the program runs; the call is
-    // copied out, then marked consumed (ts 0) instead of deleted, which is far cheaper in an LRU
-    // map and lets the next enter reuse the entry.
-    let start = unsafe { *slot };
-    if start.ts_ns == 0 {
-        return 0;
-    }
-    unsafe { (*slot).ts_ns = 0 };
-    if start.op != op as u8 {
-        // A missed exit left a stale entry (e.g. the agent attached mid-call); ignore it.
-        return 0;
-    }
     let now = unsafe { bpf_ktime_get_ns() };
     let duration_ns = now.saturating_sub(start.ts_ns);
     let ret = ret(ctx);
     let tgid = (pid_tgid >> 32) as u32;
 
     let fd_key = FdKey { tgid, fd: start.fd };
-    // SAFETY: read-only lookup of a u8.
-    let (class, flags) = match unsafe { FD_CLASS.get(fd_key) } {
-        Some(class) => (*class, 0u8),
-        None => (FileClass::Unknown as u8, FLAG_CLASS_UNKNOWN),
-    };
+    let (class, flags) = fd_class(&fd_key);
     let is_receive = op.is_receive();
-    if is_receive
-        && flags & FLAG_CLASS_UNKNOWN == 0
-        && class != FileClass::SocketClient as u8
-        && class != FileClass::SocketPeer as u8
-        && class != FileClass::Socket as u8
-    {
+    if is_receive && !is_network(class, flags) {
         // A read of the WAL, the db, a pipe…: not network traffic, not counted.
         return 0;
     }
-    let bytes = if op.is_sync() {
-        start.req_bytes
-    } else if ret > 0 {
-        ret as u64
-    } else {
-        0
-    };
+    let bytes = bytes_moved(op, &start, ret);
 
     if class == FileClass::SocketPeer as u8 && bytes > 0 {
         record_sock_io(&fd_key, bytes, is_receive);
@@ -160,35 +133,98 @@ pub fn exit(ctx: &TracePointContext, op: Op) -> u32 {
         ret < 0,
     );
 
+    if duration_ns < min_event_duration_ns(op) && flags & FLAG_CLASS_UNKNOWN == 0 {
+        return 0;
+    }
+    emit_event(SyscallEvent {
+        kind: EventKind::Syscall as u8,
+        op: op as u8,
+        class,
+        flags,
+        fd: start.fd,
+        tgid,
+        tid: pid_tgid as u32,
+        start_ns: start.ts_ns,
+        duration_ns,
+        ret,
+        bytes,
+    });
+    0
+}
+
+/// Takes this thread's pending start of `op` out of `STARTS`: `None` when there is none, or when
+/// it is of another op (a missed exit left a stale entry, e.g. the agent attached mid-call).
+#[inline(always)]
+fn take_start(pid_tgid: u64, op: Op) -> Option<Start> {
+    let slot = STARTS.get_ptr_mut(pid_tgid)?;
+    // SAFETY: a pointer to this thread's value, valid while the program runs; the call is
+    // copied out, then marked consumed (ts 0) instead of deleted, which is far cheaper in an LRU
+    // map and lets the next enter reuse the entry.
+    let start = unsafe { *slot };
+    if start.ts_ns == 0 {
+        return None;
+    }
+    unsafe { (*slot).ts_ns = 0 };
+    if start.op != op as u8 {
+        return None;
+    }
+    Some(start)
+}
+
+/// The class user space gave the fd, and the event flags: `FLAG_CLASS_UNKNOWN` (class
+/// `Unknown`) when it has none yet.
+#[inline(always)]
+fn fd_class(fd_key: &FdKey) -> (u8, u8) {
+    // SAFETY: read-only lookup of a u8.
+    match unsafe { FD_CLASS.get(*fd_key) } {
+        Some(class) => (*class, 0u8),
+        None => (FileClass::Unknown as u8, FLAG_CLASS_UNKNOWN),
+    }
+}
+
+/// Whether a receive on an fd of this class counts as network traffic: a socket, or not yet
+/// classified (so user space can learn it).
+#[inline(always)]
+fn is_network(class: u8, flags: u8) -> bool {
+    flags & FLAG_CLASS_UNKNOWN != 0
+        || class == FileClass::SocketClient as u8
+        || class == FileClass::SocketPeer as u8
+        || class == FileClass::Socket as u8
+}
+
+/// Bytes the call moved: the requested range for a sync, what `ret` says otherwise.
+#[inline(always)]
+fn bytes_moved(op: Op, start: &Start, ret: i64) -> u64 {
+    if op.is_sync() {
+        start.req_bytes
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        0
+    }
+}
+
+/// The configured minimum duration of an emitted event of `op` (syncs have their own).
+#[inline(always)]
+fn min_event_duration_ns(op: Op) -> u64 {
     let threshold = if op.is_sync() {
         CONFIG_SYNC_MIN_DURATION_NS
     } else {
         CONFIG_MIN_DURATION_NS
     };
-    let min_ns = CONFIG.get(threshold).copied().unwrap_or(0);
-    if duration_ns < min_ns && flags & FLAG_CLASS_UNKNOWN == 0 {
-        return 0;
-    }
+    CONFIG.get(threshold).copied().unwrap_or(0)
+}
+
+/// Sends the event to user space, counting a drop when the ring buffer is full.
+#[inline(always)]
+fn emit_event(event: SyscallEvent) {
     match EVENTS.reserve::<SyscallEvent>(0) {
         Some(mut entry) => {
-            entry.write(SyscallEvent {
-                kind: EventKind::Syscall as u8,
-                op: op as u8,
-                class,
-                flags,
-                fd: start.fd,
-                tgid,
-                tid: pid_tgid as u32,
-                start_ns: start.ts_ns,
-                duration_ns,
-                ret,
-                bytes,
-            });
+            entry.write(event);
             entry.submit(wakeup_flags());
         }
         None => count_drop(DROP_RINGBUF_SYSCALL),
     }
-    0
 }
 
 /// `bpf_ringbuf_query` flag: bytes not yet consumed.

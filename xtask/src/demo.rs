@@ -110,6 +110,41 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     } = options;
     crate::setup::run()?;
     crate::cmd::build_binaries(true, &[])?;
+    check_ports_free(prometheus)?;
+    let dir = tempfile::Builder::new()
+        .prefix("etcd-monitor-demo-")
+        .tempdir()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc_handler(move || stop.store(true, Ordering::Relaxed))?;
+    }
+    let mut children = start_etcd_members(dir.path())?;
+    let endpoints = MEMBERS
+        .iter()
+        .map(|(_, c, _)| format!("http://127.0.0.1:{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    children.push(start_collector(dir.path(), &endpoints)?);
+    children.push(start_agent(dir.path())?);
+    if prometheus {
+        children.push(start_prometheus(dir.path())?);
+    }
+    print_banner(dir.path(), &endpoints, prometheus)?;
+    put_load_until_stopped(&stop, duration, with_load);
+    println!("Stopping…");
+    for mut child in children.into_iter().rev() {
+        let _ = child.terminate(Duration::from_secs(5));
+    }
+    let path = dir.path().to_path_buf();
+    dir.close()
+        .with_context(|| format!("removing {}", path.display()))?;
+    println!("Stopped; removed {}.", path.display());
+    Ok(())
+}
+
+/// Fails naming the first of the demo's fixed ports that is in use.
+fn check_ports_free(prometheus: bool) -> anyhow::Result<()> {
     let mut ports = vec![2379, 2380, 22379, 22380, 32379, 32380, 8080, 9464, 9465];
     if prometheus {
         ports.push(PROMETHEUS_PORT);
@@ -120,14 +155,11 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             "port {port} is in use; stop whatever holds it (another demo?) and try again"
         );
     }
-    let dir = tempfile::Builder::new()
-        .prefix("etcd-monitor-demo-")
-        .tempdir()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc_handler(move || stop.store(true, Ordering::Relaxed))?;
-    }
+    Ok(())
+}
+
+/// Starts the three etcd members (data under `dir`) and waits until each is healthy.
+fn start_etcd_members(dir: &Path) -> anyhow::Result<Vec<ChildGuard>> {
     let cluster: Vec<String> = MEMBERS
         .iter()
         .map(|(n, _, p)| format!("{n}=http://127.0.0.1:{p}"))
@@ -136,7 +168,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     for (name, client, peer) in MEMBERS {
         let args = vec![
             format!("--name={name}"),
-            format!("--data-dir={}", dir.path().join(name).display()),
+            format!("--data-dir={}", dir.join(name).display()),
             format!("--listen-client-urls=http://127.0.0.1:{client}"),
             format!("--advertise-client-urls=http://127.0.0.1:{client}"),
             format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
@@ -145,22 +177,21 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             "--initial-cluster-token=etcd-monitor-demo".to_string(),
             "--initial-cluster-state=new".to_string(),
         ];
-        children.push(spawn(name, Path::new("etcd"), &args, dir.path())?);
+        children.push(spawn(name, Path::new("etcd"), &args, dir)?);
     }
     for (name, client, _) in MEMBERS {
         wait_for(&format!("{name} healthy"), Duration::from_secs(30), || {
             healthy(client).then_some(())
         })?;
     }
-    let release = root().join("target/release");
-    let endpoints = MEMBERS
-        .iter()
-        .map(|(_, c, _)| format!("http://127.0.0.1:{c}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    children.push(spawn(
+    Ok(children)
+}
+
+/// Starts the collector (release build) on `endpoints` and waits for its health route.
+fn start_collector(dir: &Path, endpoints: &str) -> anyhow::Result<ChildGuard> {
+    let child = spawn(
         "collector",
-        &release.join("etcd-monitor"),
+        &root().join("target/release").join("etcd-monitor"),
         &[
             format!("--endpoints={endpoints}"),
             "--health-check-interval=5s".to_string(),
@@ -168,52 +199,62 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             // Verdicts within seconds rather than the default 30 s window.
             "--diagnosis-window=15s".to_string(),
             "--diagnosis-interval=5s".to_string(),
-            format!("--data-dir={}", dir.path().join("collector").display()),
+            format!("--data-dir={}", dir.join("collector").display()),
         ],
-        dir.path(),
-    )?);
+        dir,
+    )?;
     wait_for("collector", Duration::from_secs(30), || {
         etcd_monitor_tests::http::get("http://127.0.0.1:8080/health")
             .ok()
             .filter(|r| r.status == 200)
     })?;
-    children.push(spawn(
+    Ok(child)
+}
+
+/// Starts the agent (release build) on the members under `dir` and waits for its health route.
+fn start_agent(dir: &Path) -> anyhow::Result<ChildGuard> {
+    let child = spawn(
         "agent",
-        &release.join("etcd-monitor-agent"),
+        &root().join("target/release").join("etcd-monitor-agent"),
         &[
             "--collector=http://127.0.0.1:9464".to_string(),
             "--node-name=demo-node".to_string(),
-            format!("--match={}", dir.path().display()),
+            format!("--match={}", dir.display()),
         ],
-        dir.path(),
-    )?);
+        dir,
+    )?;
     wait_for("agent", Duration::from_secs(30), || {
         etcd_monitor_tests::http::get("http://127.0.0.1:9465/healthz")
             .ok()
             .filter(|r| r.status == 200)
     })?;
-    if prometheus {
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, prometheus_config(&root())?)?;
-        children.push(spawn(
-            "prometheus",
-            Path::new("prometheus"),
-            &[
-                format!("--config.file={}", config.display()),
-                format!(
-                    "--storage.tsdb.path={}",
-                    dir.path().join("prometheus").display()
-                ),
-                format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"),
-            ],
-            dir.path(),
-        )?);
-        wait_for("prometheus", Duration::from_secs(60), || {
-            etcd_monitor_tests::http::get(&format!("http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"))
-                .ok()
-                .filter(|r| r.status == 200)
-        })?;
-    }
+    Ok(child)
+}
+
+/// Starts Prometheus scraping the demo and waits until it is ready.
+fn start_prometheus(dir: &Path) -> anyhow::Result<ChildGuard> {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, prometheus_config(&root())?)?;
+    let child = spawn(
+        "prometheus",
+        Path::new("prometheus"),
+        &[
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.join("prometheus").display()),
+            format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"),
+        ],
+        dir,
+    )?;
+    wait_for("prometheus", Duration::from_secs(60), || {
+        etcd_monitor_tests::http::get(&format!("http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"))
+            .ok()
+            .filter(|r| r.status == 200)
+    })?;
+    Ok(child)
+}
+
+/// Prints where everything the demo started listens.
+fn print_banner(dir: &Path, endpoints: &str, prometheus: bool) -> anyhow::Result<()> {
     let mode =
         etcd_monitor_tests::http::get("http://127.0.0.1:9465/healthz")?.json()?["mode"].clone();
     println!("\netcd-monitor demo is running (agent mode: {mode}); Ctrl-C stops everything.\n");
@@ -233,8 +274,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             "  Prometheus          http://127.0.0.1:{PROMETHEUS_PORT}/   (targets: /targets, alerts: /alerts)"
         );
     }
-    println!("  logs                {}\n", dir.path().display());
+    println!("  logs                {}\n", dir.display());
+    Ok(())
+}
 
+/// Until `stop` (or `duration`): with `with_load`, writes through every member in turn and reads
+/// each key back.
+fn put_load_until_stopped(stop: &AtomicBool, duration: Option<Duration>, with_load: bool) {
     let started = std::time::Instant::now();
     let mut i: u64 = 0;
     while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed() < d) {
@@ -258,15 +304,6 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    println!("Stopping…");
-    for mut child in children.into_iter().rev() {
-        let _ = child.terminate(Duration::from_secs(5));
-    }
-    let path = dir.path().to_path_buf();
-    dir.close()
-        .with_context(|| format!("removing {}", path.display()))?;
-    println!("Stopped; removed {}.", path.display());
-    Ok(())
 }
 
 /// Calls `f` on SIGINT or SIGTERM.

@@ -12,11 +12,9 @@ use std::{
 };
 
 use anyhow::Context;
-use etcd_monitor_tests::{
-    AgentProcess, ClusterOptions, EtcdCluster, process::ChildGuard, wait_for,
-};
+use etcd_monitor_tests::{AgentProcess, process::ChildGuard, wait_for};
 
-use crate::cmd::{root, run_with};
+use super::traced_cluster::{TracedCluster, build_agent};
 
 /// Concurrent put loops.
 const CLIENTS: usize = 32;
@@ -141,31 +139,16 @@ pub(super) fn put_load(endpoints: &[String], duration: Duration) -> anyhow::Resu
 
 fn measure(
     tracer: Tracer,
-    cluster: &EtcdCluster,
-    data_root: &Path,
+    traced: &TracedCluster,
     agent_bin: &Path,
     seconds: u64,
 ) -> anyhow::Result<Sample> {
-    let endpoints: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
-    // The members' data dirs share this prefix (and no other process's command line has it).
-    let match_flag = format!("--match={}", data_root.display());
+    let cluster = &traced.cluster;
     let (guard_pid, _agent, _bpftrace): (Option<u32>, Option<AgentProcess>, Option<ChildGuard>) =
         match tracer {
             Tracer::None => (None, None, None),
             Tracer::Agent(groups) => {
-                let probes = format!("--probes={groups}");
-                let agent = AgentProcess::start(
-                    agent_bin,
-                    &["--mode=ebpf", "--rescan-interval=2s", &probes, &match_flag],
-                    cluster.dir(),
-                    |_| {},
-                )?;
-                let pids: Vec<u32> = cluster.members.iter().map(|m| m.pid()).collect();
-                agent.wait_tracking(&pids, Duration::from_secs(20))?;
+                let agent = traced.start_agent(agent_bin, groups, Duration::from_secs(20))?;
                 (Some(agent.process.pid()), Some(agent), None)
             }
             Tracer::Bpftrace => {
@@ -185,7 +168,7 @@ fn measure(
         };
     let ticks_before = guard_pid.and_then(cpu_ticks);
     let started = Instant::now();
-    let ops_per_sec = put_load(&endpoints, Duration::from_secs(seconds))?;
+    let ops_per_sec = put_load(&traced.endpoints, Duration::from_secs(seconds))?;
     let wall = started.elapsed().as_secs_f64();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -211,42 +194,25 @@ pub fn run(rounds: u32, seconds: u64, on_disk: bool) -> anyhow::Result<()> {
         crate::cmd::is_root(),
         "the agent-overhead benchmark loads eBPF programs: run it as root"
     );
-    run_with(Command::new("cargo").current_dir(root()).args([
-        "build",
-        "--release",
-        "-p",
-        "etcd-monitor-agent",
-    ]))?;
-    let agent_bin = root().join("target/release/etcd-monitor-agent");
+    let agent_bin = build_agent(true)?;
     // On tmpfs (the default) fdatasync costs nothing, etcd is CPU-bound, and every cycle a
     // tracer takes shows up as lost throughput: the worst case, and far less noisy than a disk
     // whose sync latency wanders from run to run.
-    let data_root = if on_disk {
-        tempfile::Builder::new()
-            .prefix("etcdmon-bench-")
-            .tempdir()?
-    } else {
-        tempfile::Builder::new()
-            .prefix("etcdmon-bench-")
-            .tempdir_in("/dev/shm")?
-    };
-    let cluster = EtcdCluster::start(ClusterOptions {
-        data_dirs: (0..3)
-            .map(|i| Some(data_root.path().join(format!("m{i}"))))
-            .collect(),
-        ..ClusterOptions::default()
-    })?;
-    let data_root = data_root.path().to_path_buf();
-    eprintln!("xtask: bench: warming up");
-    put_load(
-        &cluster
-            .members
-            .iter()
-            .map(|m| m.client_url.clone())
-            .collect::<Vec<_>>(),
-        Duration::from_secs(3),
-    )?;
+    let traced = TracedCluster::start("etcdmon-bench-", on_disk)?;
+    traced.warm_up()?;
+    let results = measure_rounds(&traced, &agent_bin, rounds, seconds)?;
+    print_table(&results, rounds, seconds, on_disk);
+    Ok(())
+}
 
+/// Measures every tracer once per round, rotating the order each round; the samples by tracer,
+/// the untraced baseline first.
+fn measure_rounds(
+    traced: &TracedCluster,
+    agent_bin: &Path,
+    rounds: u32,
+    seconds: u64,
+) -> anyhow::Result<Vec<(Tracer, Vec<Sample>)>> {
     let order = [
         Tracer::None,
         Tracer::Agent(FULL),
@@ -264,7 +230,7 @@ pub fn run(rounds: u32, seconds: u64, on_disk: bool) -> anyhow::Result<()> {
         // Rotate the order each round so drift (WAL growth, page cache) hits all alike.
         for k in 0..order.len() {
             let tracer = order[(k + round as usize) % order.len()];
-            let sample = measure(tracer, &cluster, &data_root, &agent_bin, seconds)?;
+            let sample = measure(tracer, traced, agent_bin, seconds)?;
             eprintln!(
                 "xtask: bench: round {round} {:<20} {:>8.0} puts/s",
                 tracer.name(),
@@ -275,7 +241,11 @@ pub fn run(rounds: u32, seconds: u64, on_disk: bool) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(results)
+}
 
+/// Prints each tracer's mean throughput against the untraced baseline, its CPU and peak RSS.
+fn print_table(results: &[(Tracer, Vec<Sample>)], rounds: u32, seconds: u64, on_disk: bool) {
     let baseline = mean(
         &results[0]
             .1
@@ -291,7 +261,7 @@ pub fn run(rounds: u32, seconds: u64, on_disk: bool) -> anyhow::Result<()> {
         "{:<20} {:>10} {:>12} {:>12} {:>14}",
         "tracer", "puts/s", "vs none", "tracer CPU", "tracer peak RSS"
     );
-    for (tracer, samples) in &results {
+    for (tracer, samples) in results {
         let ops = mean(&samples.iter().map(|s| s.ops_per_sec).collect::<Vec<_>>());
         let cpu: Vec<f64> = samples.iter().filter_map(|s| s.cpu_share).collect();
         let rss = samples.iter().filter_map(|s| s.peak_rss_kib).max();
@@ -308,5 +278,4 @@ pub fn run(rounds: u32, seconds: u64, on_disk: bool) -> anyhow::Result<()> {
             rss.map_or("-".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
         );
     }
-    Ok(())
 }

@@ -35,13 +35,38 @@ pub fn run(soak: Duration) -> anyhow::Result<()> {
     eprintln!("xtask: bench collector: starting a 3-member etcd cluster");
     let cluster = EtcdCluster::start3()?;
     let scratch = tempfile_dir()?;
+    let collector = start_collector(&binary, &cluster, &scratch)?;
+
+    let mut wrk = Vec::new();
+    for path in ["/api/v1/cluster/status", "/metrics"] {
+        eprintln!("xtask: bench collector: wrk {path}");
+        wrk.push(run_wrk(&collector.url, path, Duration::from_secs(20))?);
+    }
+    let samples = soak_samples(&collector, soak)?;
+
+    println!();
+    println!("collector benchmark (3-member etcd 3.4 on loopback, health and metrics every 1 s)");
+    print_wrk(&wrk);
+    print_soak(&samples)?;
+    drop(collector);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+/// Starts the collector on the cluster and waits until it sees the cluster healthy.
+fn start_collector(
+    binary: &std::path::Path,
+    cluster: &EtcdCluster,
+    scratch: &std::path::Path,
+) -> anyhow::Result<CollectorProcess> {
     let args = vec![
         format!("--endpoints={}", cluster.endpoints()),
         "--health-check-interval=1s".to_string(),
         "--metrics-interval=1s".to_string(),
         format!("--data-dir={}", scratch.join("data").display()),
     ];
-    let collector = CollectorProcess::start(&binary, &args, &scratch)?;
+    let collector = CollectorProcess::start(binary, &args, scratch)?;
     wait_for(
         "collector to see a healthy cluster",
         Duration::from_secs(30),
@@ -52,16 +77,14 @@ pub fn run(soak: Duration) -> anyhow::Result<()> {
                 .filter(|s| s["healthy"] == true && s["available_members"] == 3)
         },
     )?;
+    Ok(collector)
+}
+
+/// Samples the collector every 10 s for `soak` while polling its API like a dashboard; fails
+/// when the cluster is unhealthy afterwards.
+fn soak_samples(collector: &CollectorProcess, soak: Duration) -> anyhow::Result<Vec<Sample>> {
     let pid = collector.process.pid();
-
-    let mut wrk = Vec::new();
-    for path in ["/api/v1/cluster/status", "/metrics"] {
-        eprintln!("xtask: bench collector: wrk {path}");
-        wrk.push(run_wrk(&collector.url, path, Duration::from_secs(20))?);
-    }
-
     eprintln!("xtask: bench collector: soak for {soak:?} (sampling every 10 s)");
-    let tick = ticks_per_second();
     let start = Instant::now();
     let mut samples = vec![sample(pid, start)?];
     while start.elapsed() < soak {
@@ -80,18 +103,25 @@ pub fn run(soak: Duration) -> anyhow::Result<()> {
         status["healthy"] == true,
         "cluster unhealthy after the soak: {status}"
     );
+    Ok(samples)
+}
 
-    println!();
-    println!("collector benchmark (3-member etcd 3.4 on loopback, health and metrics every 1 s)");
+/// Prints the wrk results (markdown).
+fn print_wrk(wrk: &[WrkResult]) {
     println!();
     println!("| endpoint | requests/s | p50 | p99 | errors |");
     println!("|---|---:|---:|---:|---|");
-    for r in &wrk {
+    for r in wrk {
         println!(
             "| {} | {:.0} | {} | {} | {} |",
             r.path, r.requests_per_sec, r.p50, r.p99, r.errors
         );
     }
+}
+
+/// Prints the soak's CPU and RSS figures, the RSS trend and the samples.
+fn print_soak(samples: &[Sample]) -> anyhow::Result<()> {
+    let tick = ticks_per_second();
     let (first, last) = match (samples.first(), samples.last()) {
         (Some(f), Some(l)) => (f, l),
         _ => bail!("no samples"),
@@ -128,9 +158,6 @@ pub fn run(soak: Duration) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    drop(collector);
-    drop(cluster);
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod defrag;
 mod pipeline;
 mod probe_cost;
 mod runner;
+mod traced_cluster;
 
 pub use crate::bench_args::Which;
 

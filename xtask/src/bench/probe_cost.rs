@@ -28,11 +28,9 @@ use std::{
 };
 
 use anyhow::Context;
-use etcd_monitor_tests::{
-    AgentProcess, ClusterOptions, EtcdCluster, process::ChildGuard, wait_for,
-};
+use etcd_monitor_tests::{process::ChildGuard, wait_for};
 
-use crate::cmd::{root, run_with, target_dir};
+use super::traced_cluster::{TracedCluster, build_agent};
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -383,47 +381,32 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     );
     // The eBPF object is always built optimised (aya-build); the agent's own build profile does
     // not change what runs in the kernel, so the faster debug build is enough.
-    run_with(Command::new("cargo").current_dir(root()).args([
-        "build",
-        "-p",
-        "etcd-monitor-agent",
-        "--bin",
-        "etcd-monitor-agent",
-    ]))?;
-    let agent_bin = target_dir().join("debug/etcd-monitor-agent");
-    let data_root = tempfile::Builder::new()
-        .prefix("etcdmon-probe-cost-")
-        .tempdir_in("/dev/shm")?;
-    let cluster = EtcdCluster::start(ClusterOptions {
-        data_dirs: (0..3)
-            .map(|i| Some(data_root.path().join(format!("m{i}"))))
-            .collect(),
-        ..ClusterOptions::default()
-    })?;
-    let endpoints: Vec<String> = cluster
-        .members
-        .iter()
-        .map(|m| m.client_url.clone())
-        .collect();
+    let agent_bin = build_agent(false)?;
+    let traced = TracedCluster::start("etcdmon-probe-cost-", false)?;
     let _stats = StatsGuard::enable()?;
-
-    let match_flag = format!("--match={}", data_root.path().display());
-    let agent = AgentProcess::start(
+    let agent = traced.start_agent(
         &agent_bin,
-        &[
-            "--mode=ebpf",
-            "--rescan-interval=2s",
-            "--probes=sync,write,fd,process,net,recv,block,sched",
-            &match_flag,
-        ],
-        cluster.dir(),
-        |_| {},
+        "sync,write,fd,process,net,recv,block,sched",
+        Duration::from_secs(30),
     )?;
-    let pids: Vec<u32> = cluster.members.iter().map(|m| m.pid()).collect();
-    agent.wait_tracking(&pids, Duration::from_secs(30))?;
     let agent_pid = agent.process.pid();
+    let floor = spawn_floor(agent_pid, traced.cluster.dir())?;
+    let bpftrace = spawn_bpftrace("bpftrace", &bpftrace_script(), traced.cluster.dir())?;
+    let owners = [
+        (agent_pid, Owner::Agent),
+        (floor.pid(), Owner::Floor),
+        (bpftrace.pid(), Owner::Bpftrace),
+    ];
+    traced.warm_up()?;
+    let windows = measure_windows(&traced.endpoints, &owners, seconds)?;
+    print_report(&windows);
+    drop((floor, bpftrace, agent));
+    Ok(())
+}
 
-    // The floor: an empty program on every tracepoint the agent attached.
+/// The floor: bpftrace with an empty program on every tracepoint the agent (`agent_pid`)
+/// attached.
+fn spawn_floor(agent_pid: u32, dir: &Path) -> anyhow::Result<ChildGuard> {
     let attached = snapshot(&[(agent_pid, Owner::Agent)])?;
     let mut floor_points = Vec::new();
     for (_, tp) in attached.keys() {
@@ -434,35 +417,34 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         !floor_points.is_empty(),
         "the agent attached no tracepoint programs"
     );
-    let floor = spawn_bpftrace(
+    spawn_bpftrace(
         "floor",
         &format!("{} {{ }}\n", floor_points.join(",\n")),
-        cluster.dir(),
-    )?;
-    let bpftrace = spawn_bpftrace("bpftrace", &bpftrace_script(), cluster.dir())?;
-    let owners = [
-        (agent_pid, Owner::Agent),
-        (floor.pid(), Owner::Floor),
-        (bpftrace.pid(), Owner::Bpftrace),
-    ];
+        dir,
+    )
+}
 
-    eprintln!("xtask: bench: warming up");
-    super::agent_overhead::put_load(&endpoints, Duration::from_secs(3))?;
-
+/// Two windows of program statistics: etcd under put load (traced), then an untraced process
+/// busy while etcd is idle.
+fn measure_windows(
+    endpoints: &[String],
+    owners: &[(u32, Owner)],
+    seconds: u64,
+) -> anyhow::Result<Vec<Window>> {
     let mut windows = Vec::new();
-    let before = snapshot(&owners)?;
+    let before = snapshot(owners)?;
     let started = Instant::now();
-    let puts = super::agent_overhead::put_load(&endpoints, Duration::from_secs(seconds))?;
+    let puts = super::agent_overhead::put_load(endpoints, Duration::from_secs(seconds))?;
     let wall = started.elapsed().as_secs_f64();
     windows.push(Window {
         title: format!("etcd under put load: {puts:.0} puts/s, 3 members on tmpfs (traced)"),
         seconds: wall,
-        counters: delta(&before, &snapshot(&owners)?),
+        counters: delta(&before, &snapshot(owners)?),
     });
 
     // Let etcd settle, then only the untraced process is busy.
     std::thread::sleep(Duration::from_secs(2));
-    let before = snapshot(&owners)?;
+    let before = snapshot(owners)?;
     let started = Instant::now();
     let hops = untraced_ping_pong(Duration::from_secs(seconds))?;
     let wall = started.elapsed().as_secs_f64();
@@ -472,9 +454,13 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             hops as f64 / wall
         ),
         seconds: wall,
-        counters: delta(&before, &snapshot(&owners)?),
+        counters: delta(&before, &snapshot(owners)?),
     });
+    Ok(windows)
+}
 
+/// Prints the kernel, the legend and each window's table.
+fn print_report(windows: &[Window]) {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
         "## probe-cost: per-invocation cost from kernel.bpf_stats_enabled, kernel {}, {} CPUs\n",
@@ -484,9 +470,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     println!(
         "floor = bpftrace with an empty action on the same tracepoint; bpftrace = the same work in bpftrace (syscall latency for comm etcd, run-queue latency of etcd threads); % core = run_time_ns / wall time."
     );
-    for w in &windows {
+    for w in windows {
         print!("{}", render(w));
     }
-    drop((floor, bpftrace, agent));
-    Ok(())
 }

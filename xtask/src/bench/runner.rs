@@ -12,7 +12,9 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use etcd_monitor_tests::{ClusterOptions, EtcdCluster};
+use etcd_monitor_tests::EtcdCluster;
+
+use super::traced_cluster::TracedCluster;
 
 use crate::cmd::{root, run_with};
 
@@ -191,30 +193,38 @@ pub fn run(seconds: u64, clients: usize, perf_seconds: u64, on_disk: bool) -> an
         "--clients must be a multiple of 4"
     );
     let binary = build()?;
-    let data_root = if on_disk {
-        tempfile::Builder::new()
-            .prefix("etcdmon-bench-runner-")
-            .tempdir()?
-    } else {
-        tempfile::Builder::new()
-            .prefix("etcdmon-bench-runner-")
-            .tempdir_in("/dev/shm")?
-    };
-    let cluster = EtcdCluster::start(ClusterOptions {
-        data_dirs: (0..3)
-            .map(|i| Some(data_root.path().join(format!("m{i}"))))
-            .collect(),
-        ..ClusterOptions::default()
-    })?;
-    let endpoints = cluster.endpoints();
+    let traced = TracedCluster::start("etcdmon-bench-runner-", on_disk)?;
+    let endpoints = traced.cluster.endpoints();
     let scratch = tempfile::Builder::new()
         .prefix("etcdmon-bench-runner-out-")
         .tempdir()?;
+    let run = RunnerRun {
+        binary: &binary,
+        endpoints: &endpoints,
+        scratch: scratch.path(),
+    };
+    let workloads = workloads(seconds);
+    let rows = run.measure_workloads(&workloads, clients, seconds)?;
+    let perf = if perf_seconds > 0 {
+        Some(run.compare_with_check_perf(&traced.cluster, perf_seconds)?)
+    } else {
+        None
+    };
+    print_rows(&rows, &workloads, clients, seconds, on_disk);
+    if let Some(perf) = perf {
+        perf.print(perf_seconds);
+    }
+    drop(traced);
+    Ok(())
+}
+
+/// The workloads measured, by name: `--benchmark-*` flags for runs of `seconds`.
+fn workloads(seconds: u64) -> [(&'static str, Vec<String>); 2] {
     let duration = format!("--benchmark-duration={seconds}s");
     // Reads first: once a write run's prefix has been deleted, etcd 3.4 answers ranges ~10x
     // slower until the next compaction (measured here: 11k/s → 1k/s after deleting 20k keys),
     // which would measure etcd's tombstones instead of the runner.
-    let workloads: [(&'static str, Vec<String>); 2] = [
+    [
         (
             "serializable read",
             vec![
@@ -228,38 +238,64 @@ pub fn run(seconds: u64, clients: usize, perf_seconds: u64, on_disk: bool) -> an
             "write",
             vec!["--benchmark-type=write".into(), duration.clone()],
         ),
-    ];
-    eprintln!("xtask: bench runner: warming up");
-    measure(
-        &binary,
-        &endpoints,
-        scratch.path(),
-        "warmup",
-        &workloads[0].1,
-        clients,
-        1,
-    )?;
-    let mut rows = Vec::new();
-    for (name, args) in &workloads {
-        // Alternate the order so drift (WAL growth, page cache) does not favour one side.
-        for processes in [1, 4, 4, 1] {
-            eprintln!("xtask: bench runner: {name}, {processes} process(es), {seconds} s");
-            rows.push(measure(
-                &binary,
-                &endpoints,
-                scratch.path(),
-                name,
-                args,
-                clients,
-                processes,
-            )?);
+    ]
+}
+
+/// What every runner process of the benchmark shares: the binary, the cluster, the output dir.
+struct RunnerRun<'a> {
+    binary: &'a Path,
+    endpoints: &'a str,
+    scratch: &'a Path,
+}
+
+impl RunnerRun<'_> {
+    /// Warms up, then measures each workload with one and with four processes, alternating.
+    fn measure_workloads(
+        &self,
+        workloads: &[(&'static str, Vec<String>)],
+        clients: usize,
+        seconds: u64,
+    ) -> anyhow::Result<Vec<Row>> {
+        eprintln!("xtask: bench runner: warming up");
+        self.measure("warmup", &workloads[0].1, clients, 1)?;
+        let mut rows = Vec::new();
+        for (name, args) in workloads {
+            // Alternate the order so drift (WAL growth, page cache) does not favour one side.
+            for processes in [1, 4, 4, 1] {
+                eprintln!("xtask: bench runner: {name}, {processes} process(es), {seconds} s");
+                rows.push(self.measure(name, args, clients, processes)?);
+            }
         }
+        Ok(rows)
     }
 
-    let mut perf = None;
-    if perf_seconds > 0 {
+    fn measure(
+        &self,
+        workload: &'static str,
+        base: &[String],
+        clients: usize,
+        processes: usize,
+    ) -> anyhow::Result<Row> {
+        measure(
+            self.binary,
+            self.endpoints,
+            self.scratch,
+            workload,
+            base,
+            clients,
+            processes,
+        )
+    }
+
+    /// Runs `etcdctl check perf --load=m`, then the runner with the same load for
+    /// `perf_seconds`.
+    fn compare_with_check_perf(
+        &self,
+        cluster: &EtcdCluster,
+        perf_seconds: u64,
+    ) -> anyhow::Result<PerfComparison> {
         eprintln!("xtask: bench runner: etcdctl check perf --load=m (60 s)");
-        let (lines, cpu) = check_perf(&cluster)?;
+        let (lines, cpu) = check_perf(cluster)?;
         eprintln!("xtask: bench runner: the runner with check perf's load ({perf_seconds} s)");
         let load: Vec<String> = [
             "--benchmark-type=write",
@@ -278,22 +314,37 @@ pub fn run(seconds: u64, clients: usize, perf_seconds: u64, on_disk: bool) -> an
         let mut args = load.clone();
         args.push("--benchmark-clients=200".into());
         args.push("--benchmark-conns=200".into());
-        let json = scratch.path().join("perf.json");
+        let json = self.scratch.join("perf.json");
         let cpu_before = children_cpu_seconds();
         let child = spawn_runner(
-            &binary,
-            &endpoints,
+            self.binary,
+            self.endpoints,
             &args,
             &json,
-            &scratch.path().join("data"),
+            &self.scratch.join("data"),
         )?;
         let out = child.wait_with_output()?;
         let runner_cpu = children_cpu_seconds() - cpu_before;
         let text = std::fs::read_to_string(&json).unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        perf = Some((lines, cpu, v, runner_cpu, out.status.code()));
+        let report: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        Ok(PerfComparison {
+            lines,
+            cpu,
+            report,
+            runner_cpu,
+            code: out.status.code(),
+        })
     }
+}
 
+/// Prints the runs' table and each workload's one-process share of four processes' throughput.
+fn print_rows(
+    rows: &[Row],
+    workloads: &[(&'static str, Vec<String>)],
+    clients: usize,
+    seconds: u64,
+    on_disk: bool,
+) {
     println!();
     println!(
         "benchmark runner (3-member etcd 3.4 on loopback, data on {}, {clients} clients in total, {seconds} s per run)",
@@ -304,7 +355,7 @@ pub fn run(seconds: u64, clients: usize, perf_seconds: u64, on_disk: bool) -> an
         "| workload | processes | clients each | ops/s | p99 (worst process) | errors | client CPU s / 10k ops |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
+    for r in rows {
         println!(
             "| {} | {} | {} | {:.0} | {:.2} ms | {} | {:.3} |",
             r.workload,
@@ -317,7 +368,7 @@ pub fn run(seconds: u64, clients: usize, perf_seconds: u64, on_disk: bool) -> an
         );
     }
     println!();
-    for (name, _) in &workloads {
+    for (name, _) in workloads {
         let mean = |p: usize| {
             let v: Vec<f64> = rows
                 .iter()
@@ -332,7 +383,26 @@ pub fn run(seconds: u64, clients: usize, perf_seconds: u64, on_disk: bool) -> an
             one / four.max(1e-9) * 100.0
         );
     }
-    if let Some((lines, cpu, v, runner_cpu, code)) = perf {
+}
+
+/// `etcdctl check perf` against the runner with the same load.
+struct PerfComparison {
+    /// check perf's output lines.
+    lines: Vec<String>,
+    /// check perf's CPU seconds.
+    cpu: f64,
+    /// The runner's JSON report (null when it wrote none).
+    report: serde_json::Value,
+    /// The runner's CPU seconds.
+    runner_cpu: f64,
+    /// The runner's exit code.
+    code: Option<i32>,
+}
+
+impl PerfComparison {
+    /// Prints the two tools side by side (markdown).
+    fn print(&self, perf_seconds: u64) {
+        let (lines, v) = (&self.lines, &self.report);
         let s = &v["summary"];
         let ops = s["succeeded"].as_u64().unwrap_or(0) + s["failed"].as_u64().unwrap_or(0);
         let p99 = v["percentiles"]
@@ -361,7 +431,7 @@ pub fn run(seconds: u64, clients: usize, perf_seconds: u64, on_disk: bool) -> an
             find("Throughput"),
             find("Slowest"),
             find("Stddev"),
-            cpu,
+            self.cpu,
             lines.last().cloned().unwrap_or_default()
         );
         println!(
@@ -370,14 +440,12 @@ pub fn run(seconds: u64, clients: usize, perf_seconds: u64, on_disk: bool) -> an
             s["slowest_seconds"].as_f64().unwrap_or(0.0),
             s["stddev_seconds"].as_f64().unwrap_or(0.0),
             p99,
-            runner_cpu / (ops.max(1) as f64 / 10_000.0),
-            match (code, v["slo"]["pass"].as_bool()) {
+            self.runner_cpu / (ops.max(1) as f64 / 10_000.0),
+            match (self.code, v["slo"]["pass"].as_bool()) {
                 (Some(0), Some(true)) => "PASS (≥ 900 req/s)",
                 (_, Some(false)) => "FAIL (< 900 req/s)",
                 _ => "did not finish",
             }
         );
     }
-    drop(cluster);
-    Ok(())
 }

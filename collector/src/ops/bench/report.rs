@@ -148,20 +148,8 @@ impl Recorder {
     /// The report of a run that took `total`.
     pub fn report(&self, header: ReportHeader, total: Duration, slo: &Slo) -> Report {
         let n = self.hist.len();
-        let secs = |us: f64| us / 1e6;
         let total_s = total.as_secs_f64();
-        let (fastest, slowest, average, stddev) = if n == 0 {
-            (0.0, 0.0, 0.0, 0.0)
-        } else {
-            let mean = self.sum_us / n as f64;
-            let var = (self.sum_sq_us / n as f64 - mean * mean).max(0.0);
-            (
-                secs(self.hist.min() as f64),
-                secs(self.hist.max() as f64),
-                secs(mean),
-                secs(var.sqrt()),
-            )
-        };
+        let (fastest, slowest, average, stddev) = self.latency_stats();
         let rps = if total_s > 0.0 {
             n as f64 / total_s
         } else {
@@ -172,42 +160,6 @@ impl Recorder {
         } else {
             self.buckets(fastest, slowest)
         };
-        let percentiles = if n == 0 {
-            Vec::new()
-        } else {
-            PERCENTILES
-                .iter()
-                .map(|p| Percentile {
-                    percentile: *p,
-                    seconds: secs(self.hist.value_at_quantile(p / 100.0) as f64),
-                })
-                .collect()
-        };
-        let mut errors: Vec<ErrorCount> = self
-            .errors
-            .iter()
-            .map(|(k, v)| ErrorCount {
-                kind: k.clone(),
-                count: *v,
-            })
-            .collect();
-        errors.sort_by(|a, b| b.count.cmp(&a.count).then(a.kind.cmp(&b.kind)));
-        let series = self
-            .seconds
-            .iter()
-            .enumerate()
-            .map(|(i, s)| SecondSample {
-                second: i as u64,
-                ok: s.ok,
-                errors: s.errors,
-                avg_ms: if s.ok > 0 {
-                    s.sum_us / s.ok as f64 / 1000.0
-                } else {
-                    0.0
-                },
-                max_ms: s.max_us as f64 / 1000.0,
-            })
-            .collect();
         let mut report = Report {
             header,
             summary: Summary {
@@ -223,9 +175,9 @@ impl Recorder {
                 writes_succeeded: self.writes_ok,
             },
             histogram,
-            percentiles,
-            errors,
-            series,
+            percentiles: self.percentiles(),
+            errors: self.error_counts(),
+            series: self.second_series(),
             keys_before_cleanup: None,
             prefix_deleted: false,
             slo: None,
@@ -234,6 +186,71 @@ impl Recorder {
             report.slo = Some(report.judge(slo));
         }
         report
+    }
+
+    /// Fastest, slowest, mean and standard deviation of the latencies, in seconds (all zero
+    /// without requests).
+    fn latency_stats(&self) -> (f64, f64, f64, f64) {
+        let n = self.hist.len();
+        if n == 0 {
+            return (0.0, 0.0, 0.0, 0.0);
+        }
+        let secs = |us: f64| us / 1e6;
+        let mean = self.sum_us / n as f64;
+        let var = (self.sum_sq_us / n as f64 - mean * mean).max(0.0);
+        (
+            secs(self.hist.min() as f64),
+            secs(self.hist.max() as f64),
+            secs(mean),
+            secs(var.sqrt()),
+        )
+    }
+
+    /// The latency at each of [`PERCENTILES`], in seconds (empty without requests).
+    fn percentiles(&self) -> Vec<Percentile> {
+        if self.hist.is_empty() {
+            return Vec::new();
+        }
+        PERCENTILES
+            .iter()
+            .map(|p| Percentile {
+                percentile: *p,
+                seconds: self.hist.value_at_quantile(p / 100.0) as f64 / 1e6,
+            })
+            .collect()
+    }
+
+    /// Failures by kind, most frequent first (ties by kind).
+    fn error_counts(&self) -> Vec<ErrorCount> {
+        let mut errors: Vec<ErrorCount> = self
+            .errors
+            .iter()
+            .map(|(k, v)| ErrorCount {
+                kind: k.clone(),
+                count: *v,
+            })
+            .collect();
+        errors.sort_by(|a, b| b.count.cmp(&a.count).then(a.kind.cmp(&b.kind)));
+        errors
+    }
+
+    /// One sample per second of the run: successes, failures, mean and max latency.
+    fn second_series(&self) -> Vec<SecondSample> {
+        self.seconds
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SecondSample {
+                second: i as u64,
+                ok: s.ok,
+                errors: s.errors,
+                avg_ms: if s.ok > 0 {
+                    s.sum_us / s.ok as f64 / 1000.0
+                } else {
+                    0.0
+                },
+                max_ms: s.max_us as f64 / 1000.0,
+            })
+            .collect()
     }
 
     /// etcd's response-time histogram: 10 equal-width buckets from the fastest to the slowest,

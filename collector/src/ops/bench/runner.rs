@@ -273,6 +273,64 @@ pub async fn run(
         cluster.dial_timeout
     };
     let prefix = safety::prefix(run_id);
+    let targets = choose_targets(cluster, spec, timeout).await?;
+    let mut control_kv = targets.control.kv_client();
+    check_prefix_empty(&mut control_kv, &prefix, &targets.control_url, timeout).await?;
+
+    let started_ms = now_ms();
+    let shared = Arc::new(Shared {
+        workload: Workload::new(
+            spec,
+            &prefix,
+            crate::ops::bench::workload::splitmix64(started_ms),
+        ),
+        next: AtomicU64::new(0),
+        limit: spec.ops,
+        start: OnceLock::new(),
+        duration: spec.duration(),
+        rate: spec.rate,
+        timeout,
+        progress: progress.clone(),
+    });
+    let receivers = spawn_shards(cluster, spec, &targets.urls, &shared);
+    let total = collect_shards(receivers).await;
+    let start = *shared.start.get_or_init(Instant::now);
+    let elapsed = start.elapsed();
+
+    let header = ReportHeader {
+        run_id: run_id.to_string(),
+        cluster: cluster.name.clone(),
+        prefix: prefix.clone(),
+        spec: spec.clone(),
+        endpoints: targets.urls,
+        started_ms,
+        interrupted: progress.is_cancelled(),
+    };
+    let mut report = total.report(header, elapsed, &spec.slo);
+    report.keys_before_cleanup =
+        match tokio::time::timeout(timeout, safety::count(&mut control_kv, &prefix)).await {
+            Ok(Ok(n)) => Some(n),
+            _ => None,
+        };
+    report.prefix_deleted = !spec.keep_keys && cleanup(&mut control_kv, &prefix, timeout).await;
+    Ok(report)
+}
+
+/// Where a run sends its load and its safety operations.
+struct Targets {
+    /// The endpoints the load goes to.
+    urls: Vec<String>,
+    /// The member safety operations (count, cleanup) go to: the leader when there is one.
+    control_url: String,
+    control: Client,
+}
+
+/// Probes the endpoints and picks the load's targets and the control member.
+async fn choose_targets(
+    cluster: &ClusterConfig,
+    spec: &BenchSpec,
+    timeout: Duration,
+) -> Result<Targets, BenchError> {
     let target_err = |message: String| BenchError::Target {
         cluster: cluster.name.clone(),
         message,
@@ -299,79 +357,94 @@ pub async fn run(
     else {
         return Err(target_err(format!("no endpoint answered: {failed:?}")));
     };
-    let mut control_kv = control.kv_client();
+    Ok(Targets {
+        urls,
+        control_url,
+        control,
+    })
+}
+
+/// Refuses to start when the run's prefix already holds keys (or cannot be counted).
+async fn check_prefix_empty(
+    control_kv: &mut etcd_client::KvClient,
+    prefix: &str,
+    control_url: &str,
+    timeout: Duration,
+) -> Result<(), BenchError> {
     let prefix_err = |message: String| BenchError::Prefix {
-        prefix: prefix.clone(),
+        prefix: prefix.to_string(),
         message,
     };
-    match tokio::time::timeout(timeout, safety::count(&mut control_kv, &prefix)).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(count)) => {
-            return Err(BenchError::PrefixNotEmpty {
-                prefix: prefix.clone(),
-                count,
-            });
-        }
-        Ok(Err(e)) => return Err(prefix_err(format!("{control_url}: {}", error_kind(&e)))),
-        Err(_) => {
-            return Err(prefix_err(format!(
-                "{control_url}: no answer within {timeout:?}"
-            )));
-        }
+    match tokio::time::timeout(timeout, safety::count(control_kv, prefix)).await {
+        Ok(Ok(0)) => Ok(()),
+        Ok(Ok(count)) => Err(BenchError::PrefixNotEmpty {
+            prefix: prefix.to_string(),
+            count,
+        }),
+        Ok(Err(e)) => Err(prefix_err(format!("{control_url}: {}", error_kind(&e)))),
+        Err(_) => Err(prefix_err(format!(
+            "{control_url}: no answer within {timeout:?}"
+        ))),
     }
+}
 
-    // Shards: each a thread with its own single-threaded runtime, owning a share of the
-    // connections and the clients bound to them, so a request's wakeups never cross threads
-    // (one process then scales like several processes splitting the load).
-    let started_ms = now_ms();
-    let shared = Arc::new(Shared {
-        workload: Workload::new(
-            spec,
-            &prefix,
-            crate::ops::bench::workload::splitmix64(started_ms),
-        ),
-        next: AtomicU64::new(0),
-        limit: spec.ops,
-        start: OnceLock::new(),
-        duration: spec.duration(),
-        rate: spec.rate,
-        timeout,
-        progress: progress.clone(),
-    });
+/// Starts the shards: each a thread with its own single-threaded runtime, owning a share of the
+/// connections and the clients bound to them, so a request's wakeups never cross threads (one
+/// process then scales like several processes splitting the load). One receiver per shard gets
+/// its recorder.
+fn spawn_shards(
+    cluster: &ClusterConfig,
+    spec: &BenchSpec,
+    urls: &[String],
+    shared: &Arc<Shared>,
+) -> Vec<tokio::sync::oneshot::Receiver<Recorder>> {
     let shards = spec.conns.min(max_shards()).max(1);
     let ready = Arc::new(tokio::sync::Barrier::new(shards));
-    let mut receivers = Vec::with_capacity(shards);
-    for shard in 0..shards {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let plan = ShardPlan {
-            shard,
-            shards,
-            conns: spec.conns,
-            clients: spec.clients,
-            urls: urls.clone(),
-            cluster: cluster.clone(),
-        };
-        let (shared, ready_in_thread) = (shared.clone(), ready.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("bench-shard-{shard}"))
-            .spawn(move || {
-                let rec = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(shard_main(plan, shared, ready_in_thread)),
-                    Err(e) => {
-                        futures::executor::block_on(ready_in_thread.wait());
-                        let mut rec = Recorder::new();
-                        rec.error(0, &format!("benchmark shard runtime: {e}"));
-                        rec
-                    }
-                };
-                let _ = tx.send(rec);
-            });
-        if let Err(e) = spawned {
+    (0..shards)
+        .map(|shard| {
+            let plan = ShardPlan {
+                shard,
+                shards,
+                conns: spec.conns,
+                clients: spec.clients,
+                urls: urls.to_vec(),
+                cluster: cluster.clone(),
+            };
+            spawn_shard(plan, shared.clone(), ready.clone())
+        })
+        .collect()
+}
+
+/// Starts one shard's thread; when the thread cannot start, the receiver gets a recorder with
+/// that error and a task takes the shard's place at the start line.
+fn spawn_shard(
+    plan: ShardPlan,
+    shared: Arc<Shared>,
+    ready: Arc<tokio::sync::Barrier>,
+) -> tokio::sync::oneshot::Receiver<Recorder> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let ready_in_thread = ready.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("bench-shard-{}", plan.shard))
+        .spawn(move || {
+            let rec = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(shard_main(plan, shared, ready_in_thread)),
+                Err(e) => {
+                    futures::executor::block_on(ready_in_thread.wait());
+                    let mut rec = Recorder::new();
+                    rec.error(0, &format!("benchmark shard runtime: {e}"));
+                    rec
+                }
+            };
+            let _ = tx.send(rec);
+        });
+    match spawned {
+        Ok(_) => rx,
+        Err(e) => {
             // Take the shard's place at the start line so the others do not wait forever.
-            let ready = ready.clone();
             tokio::spawn(async move {
                 ready.wait().await;
             });
@@ -379,11 +452,13 @@ pub async fn run(
             let mut rec = Recorder::new();
             rec.error(0, &format!("benchmark shard thread: {e}"));
             let _ = tx.send(rec);
-            receivers.push(rx);
-            continue;
+            rx
         }
-        receivers.push(rx);
     }
+}
+
+/// Waits for every shard and merges their recorders.
+async fn collect_shards(receivers: Vec<tokio::sync::oneshot::Receiver<Recorder>>) -> Recorder {
     let mut total = Recorder::new();
     for rx in receivers {
         match rx.await {
@@ -391,26 +466,7 @@ pub async fn run(
             Err(_) => total.error(0, "benchmark shard thread failed"),
         }
     }
-    let start = *shared.start.get_or_init(Instant::now);
-    let elapsed = start.elapsed();
-
-    let header = ReportHeader {
-        run_id: run_id.to_string(),
-        cluster: cluster.name.clone(),
-        prefix: prefix.clone(),
-        spec: spec.clone(),
-        endpoints: urls,
-        started_ms,
-        interrupted: progress.is_cancelled(),
-    };
-    let mut report = total.report(header, elapsed, &spec.slo);
-    report.keys_before_cleanup =
-        match tokio::time::timeout(timeout, safety::count(&mut control_kv, &prefix)).await {
-            Ok(Ok(n)) => Some(n),
-            _ => None,
-        };
-    report.prefix_deleted = !spec.keep_keys && cleanup(&mut control_kv, &prefix, timeout).await;
-    Ok(report)
+    total
 }
 
 /// Deletes the prefix, retrying a few times; whether it is gone.

@@ -200,6 +200,9 @@ pub fn kind_name(kind: BenchmarkType) -> &'static str {
     }
 }
 
+/// Builds the error for a field (by its JSON name) of a spec.
+type FieldError<'a> = dyn Fn(&str, String) -> SpecError + 'a;
+
 impl RawSpec {
     /// Checks every value; `field` maps a JSON field name to the caller's spelling of it, and
     /// `max_ops` is the cap on operations.
@@ -212,92 +215,13 @@ impl RawSpec {
             field: field(name),
             message,
         };
-        let duration = match &self.duration {
-            Some(d) => {
-                let d = crate::model::time::parse_duration(d).map_err(|e| err("duration", e))?;
-                if d > MAX_DURATION {
-                    return Err(err(
-                        "duration",
-                        format!("{d:?} is longer than {MAX_DURATION:?}"),
-                    ));
-                }
-                Some(d)
-            }
-            None => None,
-        };
-        let ops = match (self.ops, duration) {
-            (Some(0), _) => return Err(err("ops", "must be at least 1".into())),
-            (Some(n), _) if n > max_ops => {
-                return Err(err(
-                    "ops",
-                    format!("{n} is above the cap of {max_ops} operations"),
-                ));
-            }
-            (Some(n), _) => n,
-            (None, Some(_)) => max_ops,
-            (None, None) => DEFAULT_OPS.min(max_ops),
-        };
-        let clients = self.clients.unwrap_or(DEFAULT_CLIENTS);
-        if !(1..=10_000).contains(&clients) {
-            return Err(err("clients", format!("{clients} is not in 1..=10000")));
-        }
-        let conns = self.conns.unwrap_or(DEFAULT_CONNS);
-        if !(1..=1000).contains(&conns) {
-            return Err(err("conns", format!("{conns} is not in 1..=1000")));
-        }
-        if conns > clients {
-            return Err(err(
-                "conns",
-                format!("{conns} connections for {clients} clients; use at most one per client"),
-            ));
-        }
-        let key_space = self.key_space.unwrap_or(DEFAULT_KEY_SPACE);
-        if key_space == 0 {
-            return Err(err("key_space", "must be at least 1".into()));
-        }
-        let key_size = self.key_size.unwrap_or(DEFAULT_KEY_SIZE);
-        let digits = digits(key_space - 1);
-        if key_size < digits || key_size > 4096 {
-            return Err(err(
-                "key_size",
-                format!(
-                    "{key_size} is not in {digits}..=4096 (key space {key_space} needs {digits} digits)"
-                ),
-            ));
-        }
-        let value_size = self.value_size.unwrap_or(DEFAULT_VALUE_SIZE);
-        if value_size > 1 << 20 {
-            return Err(err(
-                "value_size",
-                format!("{value_size} is above 1 MiB (etcd's default request limit)"),
-            ));
-        }
-        if let Some(rate) = self.rate
-            && !(rate.is_finite() && rate > 0.0)
-        {
-            return Err(err("rate", format!("{rate} is not a positive number")));
-        }
-        let read_ratio = self.read_ratio.unwrap_or(DEFAULT_READ_RATIO);
-        if !(0.0..=1.0).contains(&read_ratio) {
-            return Err(err("read_ratio", format!("{read_ratio} is not in 0..=1")));
-        }
-        let timeout_ms = match &self.timeout {
-            Some(t) => {
-                let t = crate::model::time::parse_duration(t).map_err(|e| err("timeout", e))?;
-                u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
-            }
-            None => 0,
-        };
-        for (name, v) in [
-            ("slo_p99_ms", self.slo_p99_ms),
-            ("slo_min_rps", self.slo_min_rps),
-        ] {
-            if let Some(v) = v
-                && !(v.is_finite() && v > 0.0)
-            {
-                return Err(err(name, format!("{v} is not a positive number")));
-            }
-        }
+        let duration = self.checked_duration(&err)?;
+        let ops = self.checked_ops(duration, max_ops, &err)?;
+        let (clients, conns) = self.checked_connections(&err)?;
+        let (key_space, key_size) = self.checked_keys(&err)?;
+        let (value_size, read_ratio) = self.checked_load(&err)?;
+        let timeout_ms = self.checked_timeout_ms(&err)?;
+        self.check_slo(&err)?;
         Ok(BenchSpec {
             kind: self.kind.unwrap_or(DEFAULT_KIND),
             ops,
@@ -319,6 +243,125 @@ impl RawSpec {
                 min_rps: self.slo_min_rps,
             },
         })
+    }
+
+    /// The run's duration, when given: parsed and at most [`MAX_DURATION`].
+    fn checked_duration(&self, err: &FieldError<'_>) -> Result<Option<Duration>, SpecError> {
+        let Some(d) = &self.duration else {
+            return Ok(None);
+        };
+        let d = crate::model::time::parse_duration(d).map_err(|e| err("duration", e))?;
+        if d > MAX_DURATION {
+            return Err(err(
+                "duration",
+                format!("{d:?} is longer than {MAX_DURATION:?}"),
+            ));
+        }
+        Ok(Some(d))
+    }
+
+    /// The number of operations: given (1..=`max_ops`), the cap for a timed run, or the default.
+    fn checked_ops(
+        &self,
+        duration: Option<Duration>,
+        max_ops: u64,
+        err: &FieldError<'_>,
+    ) -> Result<u64, SpecError> {
+        match (self.ops, duration) {
+            (Some(0), _) => Err(err("ops", "must be at least 1".into())),
+            (Some(n), _) if n > max_ops => Err(err(
+                "ops",
+                format!("{n} is above the cap of {max_ops} operations"),
+            )),
+            (Some(n), _) => Ok(n),
+            (None, Some(_)) => Ok(max_ops),
+            (None, None) => Ok(DEFAULT_OPS.min(max_ops)),
+        }
+    }
+
+    /// Clients and connections: in range, and no more connections than clients.
+    fn checked_connections(&self, err: &FieldError<'_>) -> Result<(usize, usize), SpecError> {
+        let clients = self.clients.unwrap_or(DEFAULT_CLIENTS);
+        if !(1..=10_000).contains(&clients) {
+            return Err(err("clients", format!("{clients} is not in 1..=10000")));
+        }
+        let conns = self.conns.unwrap_or(DEFAULT_CONNS);
+        if !(1..=1000).contains(&conns) {
+            return Err(err("conns", format!("{conns} is not in 1..=1000")));
+        }
+        if conns > clients {
+            return Err(err(
+                "conns",
+                format!("{conns} connections for {clients} clients; use at most one per client"),
+            ));
+        }
+        Ok((clients, conns))
+    }
+
+    /// Key space and key size: the keys must be long enough to number the whole space.
+    fn checked_keys(&self, err: &FieldError<'_>) -> Result<(u64, usize), SpecError> {
+        let key_space = self.key_space.unwrap_or(DEFAULT_KEY_SPACE);
+        if key_space == 0 {
+            return Err(err("key_space", "must be at least 1".into()));
+        }
+        let key_size = self.key_size.unwrap_or(DEFAULT_KEY_SIZE);
+        let digits = digits(key_space - 1);
+        if key_size < digits || key_size > 4096 {
+            return Err(err(
+                "key_size",
+                format!(
+                    "{key_size} is not in {digits}..=4096 (key space {key_space} needs {digits} digits)"
+                ),
+            ));
+        }
+        Ok((key_space, key_size))
+    }
+
+    /// Value size (at most 1 MiB), rate (positive when given) and read ratio (0..=1).
+    fn checked_load(&self, err: &FieldError<'_>) -> Result<(usize, f64), SpecError> {
+        let value_size = self.value_size.unwrap_or(DEFAULT_VALUE_SIZE);
+        if value_size > 1 << 20 {
+            return Err(err(
+                "value_size",
+                format!("{value_size} is above 1 MiB (etcd's default request limit)"),
+            ));
+        }
+        if let Some(rate) = self.rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return Err(err("rate", format!("{rate} is not a positive number")));
+        }
+        let read_ratio = self.read_ratio.unwrap_or(DEFAULT_READ_RATIO);
+        if !(0.0..=1.0).contains(&read_ratio) {
+            return Err(err("read_ratio", format!("{read_ratio} is not in 0..=1")));
+        }
+        Ok((value_size, read_ratio))
+    }
+
+    /// The per-request timeout in ms (at least 1), or 0 when not given.
+    fn checked_timeout_ms(&self, err: &FieldError<'_>) -> Result<u64, SpecError> {
+        Ok(match &self.timeout {
+            Some(t) => {
+                let t = crate::model::time::parse_duration(t).map_err(|e| err("timeout", e))?;
+                u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)
+            }
+            None => 0,
+        })
+    }
+
+    /// The service-level objectives, when given, are positive numbers.
+    fn check_slo(&self, err: &FieldError<'_>) -> Result<(), SpecError> {
+        for (name, v) in [
+            ("slo_p99_ms", self.slo_p99_ms),
+            ("slo_min_rps", self.slo_min_rps),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && v > 0.0)
+            {
+                return Err(err(name, format!("{v} is not a positive number")));
+            }
+        }
+        Ok(())
     }
 }
 
