@@ -1063,11 +1063,6 @@ pub const MAX_FUNCTION_LINES: usize = 80;
 pub const LONG_FUNCTIONS_PENDING: &[(&str, &str)] = &[
     ("agent/src/app.rs", "run"),
     ("agent/src/app.rs", "start_shipping"),
-    ("collector/src/app/config.rs", "ingest_config"),
-    ("collector/src/app/config.rs", "into_config"),
-    ("collector/src/app/config.rs", "rest_config"),
-    ("collector/src/app/mod.rs", "start"),
-    ("collector/src/outputs/api/mod.rs", "document"),
 ];
 
 /// Crates that are test code as a whole (the end-to-end harness), left out of

@@ -488,8 +488,17 @@ fn loosely_readable(_meta: &std::fs::Metadata) -> bool {
 impl Cli {
     /// Reads the token files, the REST TLS files and the silence bounds.
     fn rest_config(&self) -> Result<RestConfig, ConfigError> {
-        use crate::{outputs::api::access::ApiToken, outputs::api::access::Role};
         let mut rest = RestConfig::default();
+        self.read_api_tokens(&mut rest)?;
+        rest.tls = self.rest_tls()?;
+        rest.silences = self.silence_limits()?;
+        Ok(rest)
+    }
+
+    /// Reads `--admin-token-file` and `--viewer-token-file` into `rest`'s tokens, refusing a
+    /// short token, a name or a token used twice; notes files others can read.
+    fn read_api_tokens(&self, rest: &mut RestConfig) -> Result<(), ConfigError> {
+        use crate::{outputs::api::access::ApiToken, outputs::api::access::Role};
         let mut secrets: Vec<(String, String)> = Vec::new();
         for (flag, role, entries) in [
             ("--admin-token-file", Role::Admin, &self.admin_token_files),
@@ -500,33 +509,12 @@ impl Cli {
             ),
         ] {
             for entry in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
-                let (name, path) = match entry.split_once('=') {
-                    Some((name, path)) if valid_token_name(name) => (name.to_string(), path),
-                    Some((name, _)) if !name.contains('/') => {
-                        return Err(ConfigError::new(
-                            flag,
-                            format!(
-                                "{name:?} is not a token name (1 to 64 of A-Z a-z 0-9 _ . @ -)"
-                            ),
-                        ));
-                    }
-                    _ => (role.as_str().to_string(), entry),
-                };
-                let path = PathBuf::from(path);
-                let meta = std::fs::metadata(&path)
-                    .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
-                let secret = text.trim().to_string();
-                if secret.len() < 16 {
-                    return Err(ConfigError::new(
-                        flag,
-                        format!(
-                            "{}: the token must be at least 16 characters (e.g. `openssl rand -hex 32`)",
-                            path.display()
-                        ),
-                    ));
-                }
+                let TokenFile {
+                    name,
+                    path,
+                    loose,
+                    secret,
+                } = read_token_file(flag, role.as_str(), entry)?;
                 if rest.tokens.iter().any(|t| t.name == name) {
                     return Err(ConfigError::new(
                         flag,
@@ -539,14 +527,20 @@ impl Cli {
                         format!("{}: the same token is in two files", path.display()),
                     ));
                 }
-                if loosely_readable(&meta) {
+                if loose {
                     rest.insecure_token_files.push(path.clone());
                 }
                 rest.tokens.push(ApiToken::new(name.clone(), role, &secret));
                 secrets.push((name, secret));
             }
         }
-        rest.tls = match (&self.api_cert_file, &self.api_key_file) {
+        Ok(())
+    }
+
+    /// Reads `--api-cert-file` and `--api-key-file` (both or neither) and checks they make a
+    /// server configuration.
+    fn rest_tls(&self) -> Result<Option<RestTls>, ConfigError> {
+        match (&self.api_cert_file, &self.api_key_file) {
             (Some(cert), Some(key)) => {
                 let tls = RestTls {
                     cert_pem: read_pem("", "api-cert-file", cert)?,
@@ -560,22 +554,24 @@ impl Cli {
                         ConfigError::new(field, message)
                     },
                 )?;
-                Some(tls)
+                Ok(Some(tls))
             }
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    "--api-key-file",
-                    "is required with --api-cert-file",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::new(
-                    "--api-cert-file",
-                    "is required with --api-key-file",
-                ));
-            }
-        };
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(ConfigError::new(
+                "--api-key-file",
+                "is required with --api-cert-file",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                "--api-cert-file",
+                "is required with --api-key-file",
+            )),
+        }
+    }
+
+    /// Checks `--silence-max-duration` and `--max-silences`.
+    fn silence_limits(
+        &self,
+    ) -> Result<crate::analysis::alerting::silences::SilenceLimits, ConfigError> {
         if self.silence_max_duration < Duration::from_secs(3600) {
             return Err(ConfigError::new(
                 "--silence-max-duration",
@@ -591,12 +587,56 @@ impl Cli {
         if self.max_silences == 0 || self.max_silences > 100_000 {
             return Err(ConfigError::new("--max-silences", "must be 1..=100000"));
         }
-        rest.silences = crate::analysis::alerting::silences::SilenceLimits {
+        Ok(crate::analysis::alerting::silences::SilenceLimits {
             max_duration: self.silence_max_duration,
             max_active: self.max_silences,
-        };
-        Ok(rest)
+        })
     }
+}
+
+/// One REST token file read: the token's name, its path, whether others can read it, and the
+/// secret.
+struct TokenFile {
+    name: String,
+    path: PathBuf,
+    loose: bool,
+    secret: String,
+}
+
+/// Reads one `[NAME=]PATH` entry of `flag`; without a name the token is named `default_name`
+/// (its role).
+fn read_token_file(flag: &str, default_name: &str, entry: &str) -> Result<TokenFile, ConfigError> {
+    let (name, path) = match entry.split_once('=') {
+        Some((name, path)) if valid_token_name(name) => (name.to_string(), path),
+        Some((name, _)) if !name.contains('/') => {
+            return Err(ConfigError::new(
+                flag,
+                format!("{name:?} is not a token name (1 to 64 of A-Z a-z 0-9 _ . @ -)"),
+            ));
+        }
+        _ => (default_name.to_string(), entry),
+    };
+    let path = PathBuf::from(path);
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
+    let secret = text.trim().to_string();
+    if secret.len() < 16 {
+        return Err(ConfigError::new(
+            flag,
+            format!(
+                "{}: the token must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(TokenFile {
+        name,
+        loose: loosely_readable(&meta),
+        path,
+        secret,
+    })
 }
 
 /// The gRPC side's settings. `Debug` shows whether a token and TLS key are set, never them.
@@ -771,42 +811,58 @@ impl FileConfig {
 impl Cli {
     /// Checks and loads the gRPC settings.
     fn ingest_config(&self) -> Result<IngestConfig, ConfigError> {
-        let read_token =
-            |flag: &str, path: &Option<PathBuf>| -> Result<Option<String>, ConfigError> {
-                let Some(path) = path else {
-                    return Ok(None);
-                };
-                let text = std::fs::read(path)
-                    .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
-                let token = String::from_utf8(text)
-                    .map_err(|_| ConfigError::new(flag, "is not UTF-8"))?
-                    .trim()
-                    .to_string();
-                if token.is_empty() {
-                    return Err(ConfigError::new(
-                        flag,
-                        format!("{} is empty", path.display()),
-                    ));
-                }
-                if token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-                    return Err(ConfigError::new(
-                        flag,
-                        format!(
-                            "{} holds characters a gRPC header cannot carry (printable ASCII only)",
-                            path.display()
-                        ),
-                    ));
-                }
-                Ok(Some(token))
-            };
-        let both = read_token("--grpc-token-file", &self.grpc_token_file)?;
-        let ingest_token = read_token("--grpc-ingest-token-file", &self.grpc_ingest_token_file)?
-            .or_else(|| both.clone());
-        let subscribe_token = read_token(
+        let (ingest_token, subscribe_token) = self.grpc_tokens()?;
+        let (tls_identity, client_ca) = self.grpc_tls()?;
+        self.check_plaintext_token(
+            tls_identity.is_some(),
+            ingest_token.is_some() || subscribe_token.is_some(),
+        )?;
+        let host = self.check_grpc_limits()?;
+        let watch_prefixes: Vec<String> = self
+            .watch_prefixes
+            .iter()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
+        Ok(IngestConfig {
+            ingest_token,
+            subscribe_token,
+            host,
+            max_concurrent_streams: self.grpc_max_concurrent_streams,
+            concurrency_per_connection: self.grpc_concurrency_per_connection,
+            max_subscribers: self.max_subscribers,
+            agent_limits: crate::sources::ingest::registry::AgentLimits {
+                max_agents: self.max_agents,
+                max_members: self.max_members_per_agent,
+                max_peers_per_member: self.max_peers_per_member,
+                expiry: self.agent_expiry,
+            },
+            tls_identity,
+            client_ca,
+            max_batch_bytes: self.grpc_max_batch_bytes,
+            subscriber_buffer: self.subscriber_buffer,
+            watch_prefixes,
+            watch_prev_kv: self.watch_prev_kv,
+        })
+    }
+
+    /// The AgentIngest and EventStream tokens: each its own file, else `--grpc-token-file`.
+    fn grpc_tokens(&self) -> Result<(Option<String>, Option<String>), ConfigError> {
+        let both = read_grpc_token("--grpc-token-file", &self.grpc_token_file)?;
+        let ingest_token =
+            read_grpc_token("--grpc-ingest-token-file", &self.grpc_ingest_token_file)?
+                .or_else(|| both.clone());
+        let subscribe_token = read_grpc_token(
             "--grpc-subscribe-token-file",
             &self.grpc_subscribe_token_file,
         )?
         .or(both);
+        Ok((ingest_token, subscribe_token))
+    }
+
+    /// The gRPC server's certificate and key (both or neither) and the client CA (only with
+    /// them).
+    fn grpc_tls(&self) -> Result<GrpcTls, ConfigError> {
         let tls_identity = match (&self.grpc_cert_file, &self.grpc_key_file) {
             (Some(cert), Some(key)) => Some((
                 read_pem("", "grpc-cert-file", cert)?,
@@ -836,10 +892,12 @@ impl Cli {
             Some(path) => Some(read_pem("", "grpc-client-ca-file", path)?),
             None => None,
         };
-        if tls_identity.is_none()
-            && !self.grpc_allow_plaintext_token
-            && (ingest_token.is_some() || subscribe_token.is_some())
-        {
+        Ok((tls_identity, client_ca))
+    }
+
+    /// Refuses a gRPC token served without TLS unless `--grpc-allow-plaintext-token`.
+    fn check_plaintext_token(&self, tls: bool, any_token: bool) -> Result<(), ConfigError> {
+        if !tls && !self.grpc_allow_plaintext_token && any_token {
             let flag = if self.grpc_token_file.is_some() {
                 "--grpc-token-file"
             } else if self.grpc_ingest_token_file.is_some() {
@@ -854,6 +912,12 @@ impl Cli {
                  --grpc-allow-plaintext-token",
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the batch size, the listen host and the ingest bounds; returns the listen host
+    /// (`--grpc-host`, else `--api-host`).
+    fn check_grpc_limits(&self) -> Result<String, ConfigError> {
         if !(64 * 1024..=64 << 20).contains(&self.grpc_max_batch_bytes) {
             return Err(ConfigError::new(
                 "--grpc-max-batch-bytes",
@@ -896,33 +960,40 @@ impl Cli {
                 "must be at least 1",
             ));
         }
-        let watch_prefixes: Vec<String> = self
-            .watch_prefixes
-            .iter()
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect();
-        Ok(IngestConfig {
-            ingest_token,
-            subscribe_token,
-            host,
-            max_concurrent_streams: self.grpc_max_concurrent_streams,
-            concurrency_per_connection: self.grpc_concurrency_per_connection,
-            max_subscribers: self.max_subscribers,
-            agent_limits: crate::sources::ingest::registry::AgentLimits {
-                max_agents: self.max_agents,
-                max_members: self.max_members_per_agent,
-                max_peers_per_member: self.max_peers_per_member,
-                expiry: self.agent_expiry,
-            },
-            tls_identity,
-            client_ca,
-            max_batch_bytes: self.grpc_max_batch_bytes,
-            subscriber_buffer: self.subscriber_buffer,
-            watch_prefixes,
-            watch_prev_kv: self.watch_prev_kv,
-        })
+        Ok(host)
     }
+}
+
+/// The gRPC server's PEM certificate and key, and the PEM CA of client certificates.
+type GrpcTls = (Option<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
+
+/// Reads a gRPC bearer token from `path`: non-empty, printable ASCII (a header value).
+fn read_grpc_token(flag: &str, path: &Option<PathBuf>) -> Result<Option<String>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let text = std::fs::read(path)
+        .map_err(|e| ConfigError::new(flag, format!("{}: {e}", path.display())))?;
+    let token = String::from_utf8(text)
+        .map_err(|_| ConfigError::new(flag, "is not UTF-8"))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        return Err(ConfigError::new(
+            flag,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    if token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+        return Err(ConfigError::new(
+            flag,
+            format!(
+                "{} holds characters a gRPC header cannot carry (printable ASCII only)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(token))
 }
 
 impl Cli {
@@ -932,6 +1003,62 @@ impl Cli {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        let clusters = self.clusters_config(&file)?;
+        self.check_thresholds_and_ports()?;
+        let ingest = self.ingest_config()?;
+        let bench_plan = self.bench.plan(self.benchmark_type, self.benchmark_ops)?;
+        let benchmark_api = self.bench.api_settings();
+        let rest = self.rest_config()?;
+        self.check_history_and_rules()?;
+        let notifiers = notifiers_config(&file)?;
+        self.check_cors_origins()?;
+        let subsystems = self.subsystems_config(&clusters)?;
+        Ok(Config {
+            ha: subsystems.ha,
+            admin: subsystems.admin,
+            diagnosis: subsystems.diagnosis,
+            report_thresholds: subsystems.report_thresholds,
+            benchmark_schedule: subsystems.benchmark_schedule,
+            clusters,
+            api_host: self.api_host,
+            api_port: self.api_port,
+            health_interval: self.health_check_interval,
+            metrics_interval: self.metrics_interval,
+            thresholds: Thresholds {
+                max_latency_ms: self.max_latency_ms,
+                max_db_size_mb: self.max_db_size_mb,
+                min_available_nodes: self.min_available_nodes,
+                max_leader_changes: self.max_leader_changes,
+            },
+            grpc_port: self.grpc_port,
+            ingest,
+            rules: self.rules,
+            notifiers,
+            data_dir: self.data_dir,
+            history_retention: self.history_retention,
+            history_max_bytes: self.history_max_size_mb.saturating_mul(1024 * 1024),
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .map(|o| o.trim().to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            rest,
+            probe_read: self.probe_read,
+            probe_write: self.probe_write,
+            benchmark: self.run_benchmark.then_some(BenchmarkRequest {
+                kind: self.benchmark_type,
+                ops: bench_plan.spec.ops,
+                plan: bench_plan,
+            }),
+            benchmark_api,
+            log_format: self.log_format,
+        })
+    }
+
+    /// The clusters: the one the flags describe (when `--endpoints` is given or the file has
+    /// none) and the file's others; names must be unique.
+    fn clusters_config(&self, file: &FileConfig) -> Result<Vec<ClusterConfig>, ConfigError> {
         let mut clusters = Vec::new();
         let flags_describe_cluster = self.endpoints.is_some() || file.clusters.is_empty();
         if flags_describe_cluster {
@@ -986,7 +1113,11 @@ impl Cli {
                 ));
             }
         }
+        Ok(clusters)
+    }
 
+    /// Checks the alert thresholds, the ports and `--api-host`.
+    fn check_thresholds_and_ports(&self) -> Result<(), ConfigError> {
         if self.min_available_nodes == 0 {
             return Err(ConfigError::new(
                 "--min-available-nodes",
@@ -1011,10 +1142,11 @@ impl Cli {
         if self.api_host.trim().is_empty() {
             return Err(ConfigError::new("--api-host", "must not be empty"));
         }
-        let ingest = self.ingest_config()?;
-        let bench_plan = self.bench.plan(self.benchmark_type, self.benchmark_ops)?;
-        let benchmark_api = self.bench.api_settings();
-        let rest = self.rest_config()?;
+        Ok(())
+    }
+
+    /// Checks `--history-max-size-mb` and that the `--rules` file exists.
+    fn check_history_and_rules(&self) -> Result<(), ConfigError> {
         if self.history_max_size_mb == 0 {
             return Err(ConfigError::new(
                 "--history-max-size-mb",
@@ -1029,12 +1161,11 @@ impl Cli {
                 format!("{}: {e}", rules.display()),
             ));
         }
-        let notifiers = crate::outputs::notify::config::parse(&file.notifiers)
-            .and_then(|specs| crate::outputs::notify::config::validate(&specs))
-            .map_err(|e| {
-                let (field, message) = e.split_once(": ").unwrap_or(("notifiers", e.as_str()));
-                ConfigError::new(field, message)
-            })?;
+        Ok(())
+    }
+
+    /// Checks each `--cors-origins` value is `*` or a valid header value.
+    fn check_cors_origins(&self) -> Result<(), ConfigError> {
         for origin in &self.cors_origins {
             let origin = origin.trim();
             if origin != "*" && origin.parse::<http::HeaderValue>().is_err() {
@@ -1044,12 +1175,17 @@ impl Cli {
                 ));
             }
         }
+        Ok(())
+    }
 
+    /// Validates the configuration each subsystem owns (diagnosis, HA, admin, report,
+    /// benchmark schedule).
+    fn subsystems_config(&self, clusters: &[ClusterConfig]) -> Result<Subsystems, ConfigError> {
         let diagnosis = self
             .diagnosis
             .validate()
             .map_err(|(field, message)| ConfigError::new(field, message))?;
-        let ha = self.ha.validate(&clusters)?;
+        let ha = self.ha.validate(clusters)?;
         let admin = self.admin.validate()?;
         let report_thresholds = self
             .report
@@ -1058,48 +1194,35 @@ impl Cli {
         let benchmark_schedule = self
             .benchmark_schedule
             .validate(&|name| std::env::var(name).ok())?;
-        Ok(Config {
+        Ok(Subsystems {
+            diagnosis,
             ha,
             admin,
-            diagnosis,
             report_thresholds,
             benchmark_schedule,
-            clusters,
-            api_host: self.api_host,
-            api_port: self.api_port,
-            health_interval: self.health_check_interval,
-            metrics_interval: self.metrics_interval,
-            thresholds: Thresholds {
-                max_latency_ms: self.max_latency_ms,
-                max_db_size_mb: self.max_db_size_mb,
-                min_available_nodes: self.min_available_nodes,
-                max_leader_changes: self.max_leader_changes,
-            },
-            grpc_port: self.grpc_port,
-            ingest,
-            rules: self.rules,
-            notifiers,
-            data_dir: self.data_dir,
-            history_retention: self.history_retention,
-            history_max_bytes: self.history_max_size_mb.saturating_mul(1024 * 1024),
-            cors_origins: self
-                .cors_origins
-                .iter()
-                .map(|o| o.trim().to_string())
-                .filter(|o| !o.is_empty())
-                .collect(),
-            rest,
-            probe_read: self.probe_read,
-            probe_write: self.probe_write,
-            benchmark: self.run_benchmark.then_some(BenchmarkRequest {
-                kind: self.benchmark_type,
-                ops: bench_plan.spec.ops,
-                plan: bench_plan,
-            }),
-            benchmark_api,
-            log_format: self.log_format,
         })
     }
+}
+
+/// The configuration the subsystems validate themselves, for [`Config`].
+struct Subsystems {
+    diagnosis: crate::analysis::diagnosis::DiagnosisConfig,
+    ha: Option<crate::sources::ha::HaConfig>,
+    admin: crate::ops::admin::flags::AdminConfig,
+    report_thresholds: crate::analysis::report::ReportThresholds,
+    benchmark_schedule: Option<crate::ops::bench::schedule::ScheduleConfig>,
+}
+
+/// Parses and validates the config file's `notifiers`.
+fn notifiers_config(
+    file: &FileConfig,
+) -> Result<Vec<crate::outputs::notify::ChannelConfig>, ConfigError> {
+    crate::outputs::notify::config::parse(&file.notifiers)
+        .and_then(|specs| crate::outputs::notify::config::validate(&specs))
+        .map_err(|e| {
+            let (field, message) = e.split_once(": ").unwrap_or(("notifiers", e.as_str()));
+            ConfigError::new(field, message)
+        })
 }
 
 #[cfg(test)]

@@ -82,15 +82,7 @@ impl Running {
 
 /// Starts everything `config` describes.
 pub async fn start(config: Config) -> Result<Running, AppError> {
-    // A corrupt file is moved aside and a fresh store started, never a crash loop.
-    let store = Arc::new(Store::open_or_recover(&config.data_dir)?);
-    tracing::info!(path = %store.path().display(), "History store open.");
-    // A history query reaches back at most as far as history is kept.
-    store.set_max_range(config.history_retention);
-    let telemetry = Telemetry::new();
-    if let Err(e) = store.register_metrics(&telemetry.registry) {
-        tracing::error!(error = %e, "Cannot register the history store's metrics.");
-    }
+    let (store, telemetry) = open_store(&config)?;
     let clusters: Clusters = Arc::new(
         config
             .clusters
@@ -104,6 +96,67 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         config.ingest.max_subscribers,
         ingest::AgentRegistry::persistent(store.clone(), config.ingest.agent_limits)?,
     );
+    start_sources(&config, &clusters, &store, &telemetry, &pipeline)?;
+    spawn_retention(&config, &store, &telemetry);
+    let grpc_addr = start_ingest(&config, &clusters, &pipeline).await?;
+    let analysis = start_analysis(&config, &clusters, &store, &pipeline)?;
+    let benchmarks =
+        crate::ops::bench::jobs::BenchJobs::new(config.benchmark_api.clone(), Some(store.clone()));
+    if config.benchmark_api.enabled {
+        tracing::info!("Benchmark API enabled (admin token required).");
+    }
+    tokio::spawn(crate::analysis::diagnosis::run(
+        clusters.clone(),
+        pipeline.clone(),
+        analysis.diagnoses.clone(),
+        config.diagnosis.clone(),
+    ));
+    let access = rest_access(&config);
+    let tls_failures = access.tls_handshake_failures();
+    let state = build_state(
+        &config,
+        StateParts {
+            store,
+            telemetry,
+            clusters: clusters.clone(),
+            pipeline,
+            analysis,
+            benchmarks: benchmarks.clone(),
+            access,
+        },
+    );
+    let (addr, server) = serve_rest(&config, state, tls_failures).await?;
+    Ok(Running {
+        addr,
+        grpc_addr,
+        clusters,
+        server,
+        benchmarks,
+    })
+}
+
+/// Opens the history store (a corrupt file is moved aside and a fresh store started, never a
+/// crash loop) and the self-metrics registry its metrics are registered in.
+fn open_store(config: &Config) -> Result<(Arc<Store>, Telemetry), AppError> {
+    let store = Arc::new(Store::open_or_recover(&config.data_dir)?);
+    tracing::info!(path = %store.path().display(), "History store open.");
+    // A history query reaches back at most as far as history is kept.
+    store.set_max_range(config.history_retention);
+    let telemetry = Telemetry::new();
+    if let Err(e) = store.register_metrics(&telemetry.registry) {
+        tracing::error!(error = %e, "Cannot register the history store's metrics.");
+    }
+    Ok((store, telemetry))
+}
+
+/// Spawns one health loop and one scrape loop per cluster.
+fn start_sources(
+    config: &Config,
+    clusters: &Clusters,
+    store: &Arc<Store>,
+    telemetry: &Telemetry,
+    pipeline: &Pipeline,
+) -> Result<(), AppError> {
     let settings = HealthSettings {
         interval: config.health_interval,
         thresholds: config.thresholds,
@@ -138,28 +191,39 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         .with_registry(pipeline.registry.clone());
         tokio::spawn(scrape.run(config.metrics_interval));
     }
-    {
-        let store = store.clone();
-        let telemetry = telemetry.clone();
-        let (max_age, max_bytes) = (config.history_retention, config.history_max_bytes);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RETENTION_EVERY);
-            loop {
-                tick.tick().await;
-                let store = store.clone();
-                let result =
-                    tokio::task::spawn_blocking(move || store.prune(now_ms(), max_age, max_bytes))
-                        .await;
-                match result {
-                    Ok(Ok(n)) if n > 0 => tracing::info!(rows = n, "History pruned."),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => telemetry.store_failed("prune", &e.to_string()),
-                    Err(e) => telemetry.store_failed("prune", &e.to_string()),
-                }
-            }
-        });
-    }
+    Ok(())
+}
 
+/// Spawns the retention task: every [`RETENTION_EVERY`], prunes history by age and size.
+fn spawn_retention(config: &Config, store: &Arc<Store>, telemetry: &Telemetry) {
+    let store = store.clone();
+    let telemetry = telemetry.clone();
+    let (max_age, max_bytes) = (config.history_retention, config.history_max_bytes);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RETENTION_EVERY);
+        loop {
+            tick.tick().await;
+            let store = store.clone();
+            let result =
+                tokio::task::spawn_blocking(move || store.prune(now_ms(), max_age, max_bytes))
+                    .await;
+            match result {
+                Ok(Ok(n)) if n > 0 => tracing::info!(rows = n, "History pruned."),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => telemetry.store_failed("prune", &e.to_string()),
+                Err(e) => telemetry.store_failed("prune", &e.to_string()),
+            }
+        }
+    });
+}
+
+/// Serves the agents' gRPC ingest and starts the watches on `--watch-prefix`; returns the
+/// bound gRPC address.
+async fn start_ingest(
+    config: &Config,
+    clusters: &Clusters,
+    pipeline: &Pipeline,
+) -> Result<SocketAddr, AppError> {
     let grpc_addr = resolve_listen(&config.ingest.host, config.grpc_port)
         .await
         .map_err(|e| AppError::Grpc(format!("--grpc-host {:?}: {e}", config.ingest.host)))?;
@@ -196,7 +260,24 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             ));
         }
     }
+    Ok(grpc_addr)
+}
 
+/// The leader gate, the running alerting engine and the diagnoses it is attached to.
+struct Analysis {
+    leadership: crate::sources::ha::Leadership,
+    alerting: crate::analysis::alerting::Alerting,
+    diagnoses: Arc<crate::analysis::diagnosis::Diagnoses>,
+}
+
+/// Starts the leader gate and the alerting engine (notifying through the notifiers while it
+/// leads).
+fn start_analysis(
+    config: &Config,
+    clusters: &Clusters,
+    store: &Arc<Store>,
+    pipeline: &Pipeline,
+) -> Result<Analysis, AppError> {
     // The one leader gate: notifications and scheduled work run only while it leads
     // (always without --ha-election).
     let leadership = match &config.ha {
@@ -225,18 +306,15 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let diagnoses = Arc::new(crate::analysis::diagnosis::Diagnoses::default());
     alerting.attach_diagnoses(diagnoses.clone());
     alerting.spawn();
+    Ok(Analysis {
+        leadership,
+        alerting,
+        diagnoses,
+    })
+}
 
-    let benchmarks =
-        crate::ops::bench::jobs::BenchJobs::new(config.benchmark_api.clone(), Some(store.clone()));
-    if config.benchmark_api.enabled {
-        tracing::info!("Benchmark API enabled (admin token required).");
-    }
-    tokio::spawn(crate::analysis::diagnosis::run(
-        clusters.clone(),
-        pipeline.clone(),
-        diagnoses.clone(),
-        config.diagnosis.clone(),
-    ));
+/// The REST access policy from the token files, warning about token files others can read.
+fn rest_access(config: &Config) -> crate::outputs::api::access::Access {
     for path in &config.rest.insecure_token_files {
         tracing::warn!(
             path = %path.display(),
@@ -259,25 +337,54 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             "a loopback peer (no --admin-token-file)"
         }
     );
-    let tls_failures = access.tls_handshake_failures();
-    let admin = start_admin(&config, &store, &clusters, &alerting, &leadership);
+    access
+}
+
+/// What [`build_state`] assembles the REST state from.
+struct StateParts {
+    store: Arc<Store>,
+    telemetry: Telemetry,
+    clusters: Clusters,
+    pipeline: Pipeline,
+    analysis: Analysis,
+    benchmarks: crate::ops::bench::jobs::BenchJobs,
+    access: crate::outputs::api::access::Access,
+}
+
+/// Starts the admin jobs and the benchmark schedule, and assembles the REST server's state.
+fn build_state(config: &Config, parts: StateParts) -> AppState {
+    let StateParts {
+        store,
+        telemetry,
+        clusters,
+        pipeline,
+        analysis:
+            Analysis {
+                leadership,
+                alerting,
+                diagnoses,
+            },
+        benchmarks,
+        access,
+    } = parts;
+    let admin = start_admin(config, &store, &clusters, &alerting, &leadership);
     let scheduler = report::start_schedule(
-        &config,
+        config,
         &clusters,
         &benchmarks,
         &alerting,
         &admin,
         &leadership,
     );
-    let state = AppState {
+    AppState {
         admin,
         report: crate::outputs::report::ReportSettings {
             thresholds: config.report_thresholds,
             scheduler,
         },
-        clusters: clusters.clone(),
-        alerting: Some(alerting.clone()),
-        benchmarks: benchmarks.clone(),
+        clusters,
+        alerting: Some(alerting),
+        benchmarks,
         store: Some(store),
         telemetry,
         thresholds: config.thresholds,
@@ -287,7 +394,16 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         access,
         silence_limits: config.rest.silences,
         leadership,
-    };
+    }
+}
+
+/// Binds `--api-host:--api-port` and serves the REST API and `/metrics` on it (HTTPS with
+/// `--api-tls-cert`); returns the bound address and the server's task.
+async fn serve_rest(
+    config: &Config,
+    state: AppState,
+    tls_failures: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>), AppError> {
     let bind = format!("{}:{}", config.api_host, config.api_port);
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
@@ -330,13 +446,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             })
         }
     };
-    Ok(Running {
-        addr,
-        grpc_addr,
-        clusters,
-        server,
-        benchmarks,
-    })
+    Ok((addr, server))
 }
 
 /// The admin jobs (audit bound, snapshot directory) and, with `--auto-defrag`, its scheduler.

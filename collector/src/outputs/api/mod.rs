@@ -165,38 +165,39 @@ pub fn document(limits: &SilenceLimits, now: u64) -> Value {
         "scheme": "bearer",
         "description": "A token from --admin-token-file (changes) or --viewer-token-file (reads, when viewer tokens are configured)."
     });
+    document_query_bounds(&mut doc);
+    document_new_silence(&mut doc, limits, now);
+    admin::document(&mut doc);
+    document_security(&mut doc);
+    doc
+}
+
+/// Formats and ranges of the history routes' query parameters.
+fn document_query_bounds(doc: &mut Value) {
     let time = json!({"type": "string", "pattern": TIME_PATTERN});
     let step = json!({"type": "string", "pattern": STEP_PATTERN});
+    set_param(doc, "/api/v1/metrics/history", "get", "since", time.clone());
+    set_param(doc, "/api/v1/metrics/history", "get", "until", time.clone());
+    set_param(doc, "/api/v1/metrics/history", "get", "step", step);
     set_param(
-        &mut doc,
-        "/api/v1/metrics/history",
-        "get",
-        "since",
-        time.clone(),
-    );
-    set_param(
-        &mut doc,
-        "/api/v1/metrics/history",
-        "get",
-        "until",
-        time.clone(),
-    );
-    set_param(&mut doc, "/api/v1/metrics/history", "get", "step", step);
-    set_param(
-        &mut doc,
+        doc,
         "/api/v1/metrics/history",
         "get",
         "limit",
         json!({"type": "integer", "minimum": 1, "maximum": routes::HISTORY_LIMIT_MAX}),
     );
-    set_param(&mut doc, "/api/v1/alerts/history", "get", "since", time);
+    set_param(doc, "/api/v1/alerts/history", "get", "since", time);
     set_param(
-        &mut doc,
+        doc,
         "/api/v1/alerts/history",
         "get",
         "limit",
         json!({"type": "integer", "minimum": 1, "maximum": alerts::HISTORY_MAX}),
     );
+}
+
+/// The silence body's schema, with `ends_at_ms` bounded from `now` under `limits`.
+fn document_new_silence(doc: &mut Value, limits: &SilenceLimits, now: u64) {
     let max_ms = u64::try_from(limits.max_duration.as_millis()).unwrap_or(u64::MAX);
     let earliest = now.saturating_add(DOC_VALIDITY_MS);
     let latest = now
@@ -232,7 +233,11 @@ pub fn document(limits: &SilenceLimits, now: u64) -> Value {
         },
         "oneOf": [{"required": ["duration"]}, {"required": ["ends_at_ms"]}]
     });
-    admin::document(&mut doc);
+}
+
+/// The bearer security of every route but `/health` (required for mutating ones, optional
+/// for reads) and the 401/403 each may answer.
+fn document_security(doc: &mut Value) {
     let error = json!({
         "description": "Refused by the access policy",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
@@ -261,7 +266,6 @@ pub fn document(limits: &SilenceLimits, now: u64) -> Value {
             }
         }
     }
-    doc
 }
 
 async fn openapi(State(state): State<AppState>) -> Json<Value> {
