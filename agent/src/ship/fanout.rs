@@ -375,19 +375,26 @@ pub fn spawn(
     urls: Vec<CollectorUrl>,
     source: Arc<BatchQueue>,
 ) -> Vec<JoinHandle<()>> {
+    // The copier waits for the first resolution, so early batches reach the first targets.
+    let (resolved, first) = tokio::sync::oneshot::channel::<()>();
     let resolver = tokio::spawn({
         let fanout = fanout.clone();
         async move {
+            let mut resolved = Some(resolved);
             let mut tick = tokio::time::interval(RESOLVE_INTERVAL);
             loop {
                 tick.tick().await;
                 let previous = fanout.labels();
                 let wanted = resolve_all(&urls, &previous, &fanout.metrics).await;
                 fanout.reconcile(wanted);
+                if let Some(tx) = resolved.take() {
+                    let _ = tx.send(());
+                }
             }
         }
     });
     let copier = tokio::spawn(async move {
+        let _ = first.await;
         loop {
             let batch = source.pop().await;
             fanout.push(&batch);
