@@ -11,6 +11,7 @@ mod cluster_smoke;
 mod config_reference;
 mod defaults;
 mod deploy_assets;
+mod fanout;
 mod logs;
 mod pipeline;
 mod stream_labels;
