@@ -1,10 +1,7 @@
 //! Wiring: pick the mode, start the tracker, the reader and the HTTP server, stop on signal.
 
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
@@ -21,7 +18,8 @@ use etcd_monitor_agent::{
     ship::{
         BatchQueue, Batcher,
         batcher::new_boot_id,
-        client::{self, ShipperConfig, ShipperMetrics},
+        client::{ShipperConfig, ShipperMetrics},
+        fanout::{self, FanOut, FanoutMetrics, parse_targets},
     },
     tracker::Tracker,
 };
@@ -134,9 +132,51 @@ fn explain_load_error(err: &etcd_monitor_agent::ebpf::LoadError) -> String {
     }
 }
 
-/// Runs until SIGINT or SIGTERM.
+/// Runs the agent until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let (kernel, status) = bring_up_kernel(&config)?;
+    log_mode(&status);
+    let (core, kernel_io) = build_core(&config, kernel, status)?;
+    let shipping = if config.collector.is_empty() {
+        tracing::info!("No --collector: events stay local; /metrics still serves everything.");
+        None
+    } else {
+        Some(start_shipping(&config, &core)?)
+    };
+    // The reader and the programs live until `run` returns.
+    #[cfg(target_os = "linux")]
+    let _kernel_side = start_reader(&core, kernel_io, shipping.as_ref())?;
+    #[cfg(not(target_os = "linux"))]
+    let () = kernel_io;
+    let background = [
+        tokio::spawn(rescan_loop(
+            core.tracker.clone(),
+            core.metrics.clone(),
+            core.rescan.clone(),
+            config.rescan_interval,
+        )),
+        tokio::spawn(resource_loop(
+            core.tracker.clone(),
+            core.resources.clone(),
+            ResourceSampler::new(core.proc.clone()),
+        )),
+    ];
+    serve(&config, &core).await?;
+    for task in background {
+        task.abort();
+    }
+    if let Some(shipping) = shipping {
+        shipping.fanout.stop();
+        for task in shipping.tasks {
+            task.abort();
+        }
+    }
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+/// Logs the mode the agent runs in.
+fn log_mode(status: &ModeStatus) {
     match &status.reason {
         None => tracing::info!(mode = status.mode.label(), "eBPF is on."),
         Some(reason) if status.mode == AgentMode::ClientOnly => {
@@ -146,7 +186,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!(mode = status.mode.label(), %reason, skipped = ?status.skipped_probes, "eBPF is on with gaps.")
         }
     }
+}
 
+/// What every part of the agent shares.
+struct Core {
+    proc: ProcFs,
+    tracker: Arc<Mutex<Tracker>>,
+    metrics: Arc<AgentMetrics>,
+    resources: SharedResources,
+    status: Arc<Mutex<ModeStatus>>,
+    rescan: Arc<tokio::sync::Notify>,
+    node: String,
+}
+
+/// The ring buffer and programs, when eBPF loaded.
+#[cfg(target_os = "linux")]
+type KernelIo = Option<(
+    aya::maps::RingBuf<aya::maps::MapData>,
+    etcd_monitor_agent::ebpf::Programs,
+)>;
+#[cfg(not(target_os = "linux"))]
+type KernelIo = ();
+
+/// Builds the tracker and the metrics over the kernel side.
+fn build_core(
+    config: &Config,
+    kernel: Option<KernelParts>,
+    status: ModeStatus,
+) -> anyhow::Result<(Core, KernelIo)> {
     let pattern = config
         .match_pattern
         .as_deref()
@@ -156,7 +223,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let matcher = Matcher::new(pattern);
     let proc = ProcFs::new(&config.proc_root);
     #[cfg(target_os = "linux")]
-    let (kernel_box, ring_and_programs) = match kernel {
+    let (kernel_box, kernel_io) = match kernel {
         Some(KernelParts {
             kernel,
             ring,
@@ -165,9 +232,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => (None, None),
     };
     #[cfg(not(target_os = "linux"))]
-    let kernel_box = kernel.map(|k| k.kernel);
-    let resource_sampler = ResourceSampler::new(proc.clone());
-    let tracker = Arc::new(Mutex::new(Tracker::new(proc, matcher, kernel_box)));
+    let (kernel_box, kernel_io) = (kernel.map(|k| k.kernel), ());
+    let tracker = Arc::new(Mutex::new(Tracker::new(proc.clone(), matcher, kernel_box)));
     let metrics = Arc::new(AgentMetrics::new(tracker.clone()).context("registering metrics")?);
     let resources = SharedResources::default();
     metrics.register_resources(resources.clone());
@@ -176,72 +242,65 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let program = skipped.split(':').next().unwrap_or(skipped);
         metrics.skipped_probes.with_label_values(&[program]).set(1);
     }
-    let rescan = Arc::new(tokio::sync::Notify::new());
-    let status = Arc::new(Mutex::new(status));
-    let stop = Arc::new(AtomicBool::new(false));
-    let node = config.node_name();
-
-    // Shipping to the collector, when one is configured.
-    let shipping = match &config.collector {
-        Some(_) => Some(start_shipping(
-            &config, &node, &tracker, &metrics, &status, &stop, &resources,
-        )?),
-        None => {
-            tracing::info!("No --collector: events stay local; /metrics still serves everything.");
-            None
-        }
+    let core = Core {
+        proc,
+        tracker,
+        metrics,
+        resources,
+        status: Arc::new(Mutex::new(status)),
+        rescan: Arc::new(tokio::sync::Notify::new()),
+        node: config.node_name(),
     };
-    #[cfg(target_os = "linux")]
-    let batcher = shipping.as_ref().map(|s| s.batcher.clone());
+    Ok((core, kernel_io))
+}
 
-    // The reader and the programs live until `run` returns.
-    #[cfg(target_os = "linux")]
-    let _kernel_side = match ring_and_programs {
-        Some((ring, programs)) => {
-            metrics.register_probe_runs(programs.runs());
-            let reader = etcd_monitor_agent::ebpf::spawn_reader(
-                ring,
-                etcd_monitor_agent::ebpf::ReaderContext {
-                    tracker: tracker.clone(),
-                    metrics: metrics.clone(),
-                    rescan: rescan.clone(),
-                    sink: match &batcher {
-                        Some(batcher) => {
-                            let mut forwarder = etcd_monitor_agent::ship::Forwarder::new(
-                                batcher.clone(),
-                                tracker.clone(),
-                                node.clone(),
-                            );
-                            Box::new(move |event| forwarder.forward(event))
-                        }
-                        None => Box::new(|_| {}),
-                    },
-                },
-            )
-            .context("starting the ring-buffer reader")?;
-            Some((reader, programs))
-        }
-        None => None,
+/// Starts the ring-buffer reader, forwarding events to the batcher when shipping.
+#[cfg(target_os = "linux")]
+fn start_reader(
+    core: &Core,
+    kernel_io: KernelIo,
+    shipping: Option<&Shipping>,
+) -> anyhow::Result<
+    Option<(
+        etcd_monitor_agent::ebpf::ReaderHandle,
+        etcd_monitor_agent::ebpf::Programs,
+    )>,
+> {
+    let Some((ring, programs)) = kernel_io else {
+        return Ok(None);
     };
+    core.metrics.register_probe_runs(programs.runs());
+    let sink: Box<dyn FnMut(&etcd_monitor_agent::decode::Event) + Send> = match shipping {
+        Some(shipping) => {
+            let mut forwarder = etcd_monitor_agent::ship::Forwarder::new(
+                shipping.batcher.clone(),
+                core.tracker.clone(),
+                core.node.clone(),
+            );
+            Box::new(move |event| forwarder.forward(event))
+        }
+        None => Box::new(|_| {}),
+    };
+    let reader = etcd_monitor_agent::ebpf::spawn_reader(
+        ring,
+        etcd_monitor_agent::ebpf::ReaderContext {
+            tracker: core.tracker.clone(),
+            metrics: core.metrics.clone(),
+            rescan: core.rescan.clone(),
+            sink,
+        },
+    )
+    .context("starting the ring-buffer reader")?;
+    Ok(Some((reader, programs)))
+}
 
-    let rescan_task = tokio::spawn(rescan_loop(
-        tracker.clone(),
-        metrics.clone(),
-        rescan.clone(),
-        config.rescan_interval,
-    ));
-
-    let resource_task = tokio::spawn(resource_loop(
-        tracker.clone(),
-        resources.clone(),
-        resource_sampler,
-    ));
-
+/// Serves /metrics and /healthz until a shutdown signal.
+async fn serve(config: &Config, core: &Core) -> anyhow::Result<()> {
     let state = HttpState {
-        metrics: metrics.clone(),
-        tracker: tracker.clone(),
-        status: status.clone(),
-        node: node.clone(),
+        metrics: core.metrics.clone(),
+        tracker: core.tracker.clone(),
+        status: core.status.clone(),
+        node: core.node.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -250,17 +309,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(etcd_monitor_runtime::shutdown_signal())
         .await
-        .context("HTTP server failed")?;
-    rescan_task.abort();
-    resource_task.abort();
-    stop.store(true, Ordering::Relaxed);
-    if let Some(shipping) = shipping {
-        for task in shipping.tasks {
-            task.abort();
-        }
-    }
-    tracing::info!("Stopped.");
-    Ok(())
+        .context("HTTP server failed")
 }
 
 /// The running shipping side.
@@ -273,6 +322,7 @@ struct Shipping {
         )
     )]
     batcher: Arc<Mutex<Batcher>>,
+    fanout: Arc<FanOut>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -280,20 +330,8 @@ fn read_file(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{flag}={}", path.display()))
 }
 
-/// Starts the batch flusher, the status sender and the gRPC shipper (to `--collector`).
-fn start_shipping(
-    config: &Config,
-    node: &str,
-    tracker: &Arc<Mutex<Tracker>>,
-    metrics: &Arc<AgentMetrics>,
-    status: &Arc<Mutex<ModeStatus>>,
-    stop: &Arc<AtomicBool>,
-    resources: &SharedResources,
-) -> anyhow::Result<Shipping> {
-    let url = config
-        .collector
-        .as_deref()
-        .context("--collector is not set")?;
+/// TLS and token settings shared by every collector target (the URL is set per target).
+fn shipper_config(config: &Config) -> anyhow::Result<ShipperConfig> {
     let ca_pem = config
         .collector_ca_file
         .as_deref()
@@ -317,111 +355,130 @@ fn start_shipping(
             .ok()
             .filter(|t| !t.is_empty()),
     };
-    let shipper_config = ShipperConfig {
-        url: url.to_string(),
+    Ok(ShipperConfig {
+        url: String::new(),
         ca_pem,
         identity,
         domain: config.collector_server_name.clone(),
         token,
-    };
+    })
+}
+
+/// Starts the batch flusher, the status sender, and the fan-out to every `--collector` target.
+fn start_shipping(config: &Config, core: &Core) -> anyhow::Result<Shipping> {
+    let urls = parse_targets(&config.collector)?;
+    let base = shipper_config(config)?;
+    let queue_bytes = usize::try_from(config.queue_bytes).unwrap_or(usize::MAX);
     let queue = Arc::new(BatchQueue::new(
-        usize::try_from(config.queue_bytes).unwrap_or(usize::MAX),
-        metrics.drops.agent_queue.clone(),
+        queue_bytes,
+        core.metrics.drops.agent_queue.clone(),
     ));
     let batcher = Arc::new(Mutex::new(Batcher::new(
-        node.to_string(),
+        core.node.clone(),
         new_boot_id(),
         config.batch_max_events as usize,
         queue.clone(),
     )));
-    let mut tasks = Vec::new();
-
-    // Time-based flush, and queue gauges.
-    tasks.push(tokio::spawn({
-        let (batcher, queue, metrics, every) = (
+    let totals = ShipperMetrics {
+        batches_sent: core.metrics.batches_sent.clone(),
+        reconnects: core.metrics.reconnects.clone(),
+        connected: core.metrics.connected.clone(),
+        totals: None,
+    };
+    let fanout_metrics =
+        FanoutMetrics::new(&core.metrics.registry, totals).context("registering metrics")?;
+    let fanout = FanOut::new(base, queue_bytes, fanout_metrics);
+    let mut tasks = vec![
+        tokio::spawn(flush_loop(
             batcher.clone(),
             queue.clone(),
-            metrics.clone(),
+            core.metrics.clone(),
             config.batch_interval,
-        );
-        async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                if let Ok(mut b) = batcher.lock() {
-                    b.flush();
-                    let batched = b.events_batched();
-                    let counted = metrics.events_batched.get();
-                    if batched > counted {
-                        metrics.events_batched.inc_by(batched - counted);
-                    }
-                }
-                metrics.queue_batches.set(queue.len() as i64);
-                metrics.queue_bytes.set(queue.bytes() as i64);
-            }
-        }
-    }));
-
-    // Exact counters and identities, every status interval.
-    tasks.push(tokio::spawn({
-        let (batcher, tracker, metrics, status, resources, every) = (
+        )),
+        tokio::spawn(status_loop(
             batcher.clone(),
-            tracker.clone(),
-            metrics.clone(),
-            status.clone(),
-            resources.clone(),
+            core.shared(),
             config.status_interval,
-        );
-        async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                let (batcher, tracker, metrics, status, resources) = (
-                    batcher.clone(),
-                    tracker.clone(),
-                    metrics.clone(),
-                    status.clone(),
-                    resources.clone(),
-                );
-                let built = tokio::task::spawn_blocking(move || {
-                    let mode = status.lock().ok()?.clone();
-                    let resources = resources.lock().ok()?.clone();
-                    let mut tracker = tracker.lock().ok()?;
-                    let queue_drops = metrics.drops.agent_queue.load(Ordering::Relaxed);
-                    let snapshot = etcd_monitor_agent::ship::status::snapshot(
-                        &mut tracker,
-                        &mode,
-                        queue_drops,
-                        &resources,
-                    );
-                    drop(tracker);
-                    batcher.lock().ok()?.send_status(snapshot);
-                    Some(())
-                })
-                .await;
-                if built.is_err() {
-                    tracing::error!("Building the status snapshot failed.");
-                }
-            }
-        }
-    }));
+        )),
+    ];
+    tasks.extend(fanout::spawn(fanout.clone(), urls, queue));
+    tracing::info!(collectors = ?config.collector, "Shipping events to every collector.");
+    Ok(Shipping {
+        batcher,
+        fanout,
+        tasks,
+    })
+}
 
-    // The stream itself.
-    tasks.push(tokio::spawn({
-        let shipper_metrics = ShipperMetrics {
-            batches_sent: metrics.batches_sent.clone(),
-            reconnects: metrics.reconnects.clone(),
-            connected: metrics.connected.clone(),
-        };
-        let (queue, stop) = (queue.clone(), stop.clone());
-        async move {
-            if let Err(err) = client::run(shipper_config, queue, shipper_metrics, stop).await {
-                tracing::error!(error = %err, "Shipping to the collector is off.");
+/// Handles the status loop needs.
+#[derive(Clone)]
+struct StatusInputs {
+    tracker: Arc<Mutex<Tracker>>,
+    metrics: Arc<AgentMetrics>,
+    status: Arc<Mutex<ModeStatus>>,
+    resources: SharedResources,
+}
+
+impl Core {
+    fn shared(&self) -> StatusInputs {
+        StatusInputs {
+            tracker: self.tracker.clone(),
+            metrics: self.metrics.clone(),
+            status: self.status.clone(),
+            resources: self.resources.clone(),
+        }
+    }
+}
+
+/// Flushes the batcher every `every` and updates the queue gauges.
+async fn flush_loop(
+    batcher: Arc<Mutex<Batcher>>,
+    queue: Arc<BatchQueue>,
+    metrics: Arc<AgentMetrics>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Ok(mut b) = batcher.lock() {
+            b.flush();
+            let batched = b.events_batched();
+            let counted = metrics.events_batched.get();
+            if batched > counted {
+                metrics.events_batched.inc_by(batched - counted);
             }
         }
-    }));
-    tracing::info!(collector = url, "Shipping events to the collector.");
-    Ok(Shipping { batcher, tasks })
+        metrics.queue_batches.set(queue.len() as i64);
+        metrics.queue_bytes.set(queue.bytes() as i64);
+    }
+}
+
+/// Sends the exact counters and identities every `every`.
+async fn status_loop(batcher: Arc<Mutex<Batcher>>, inputs: StatusInputs, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let (batcher, inputs) = (batcher.clone(), inputs.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            let mode = inputs.status.lock().ok()?.clone();
+            let resources = inputs.resources.lock().ok()?.clone();
+            let mut tracker = inputs.tracker.lock().ok()?;
+            let queue_drops = inputs.metrics.drops.agent_queue.load(Ordering::Relaxed);
+            let snapshot = etcd_monitor_agent::ship::status::snapshot(
+                &mut tracker,
+                &mode,
+                queue_drops,
+                &resources,
+            );
+            drop(tracker);
+            batcher.lock().ok()?.send_status(snapshot);
+            Some(())
+        })
+        .await;
+        if built.is_err() {
+            tracing::error!("Building the status snapshot failed.");
+        }
+    }
 }
 
 /// Samples the traced members' resources every [`SAMPLE_INTERVAL`] into `shared`.

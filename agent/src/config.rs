@@ -84,9 +84,11 @@ pub enum LogFormat {
     about = "Traces etcd's disk path with eBPF and exports it"
 )]
 pub struct Config {
-    /// Collector gRPC endpoint the agent ships events to.
-    #[arg(long, env = "COLLECTOR", value_name = "URL")]
-    pub collector: Option<String>,
+    /// Collector gRPC endpoint(s) the agent ships events to; repeatable or comma-separated
+    /// (at most 8). The agent ships every batch to each; a DNS name resolving to several
+    /// addresses (a headless Service) is re-resolved every 30 s and shipped to each address.
+    #[arg(long, env = "COLLECTOR", value_name = "URL", value_delimiter = ',')]
+    pub collector: Vec<String>,
 
     /// Name of this node, sent with every batch (defaults to the host name).
     #[arg(long, env = "NODE_NAME")]
@@ -220,9 +222,9 @@ pub enum ConfigError {
         "--collector-token-file: the token would cross the network in plaintext to {0}; use an https:// --collector URL or pass --allow-plaintext-token"
     )]
     PlaintextToken(String),
-    /// `--collector` is not an http(s) URL.
-    #[error("--collector={0:?}: must start with http:// or https://")]
-    Collector(String),
+    /// A `--collector` value is not an http(s) URL, or there are too many.
+    #[error(transparent)]
+    Collector(#[from] crate::ship::fanout::TargetError),
 }
 
 impl Config {
@@ -237,10 +239,8 @@ impl Config {
                 source,
             })?;
         }
-        if let Some(url) = &self.collector
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(ConfigError::Collector(url.clone()));
+        if !self.collector.is_empty() {
+            crate::ship::fanout::parse_targets(&self.collector)?;
         }
         if !self.probes.contains(&crate::probes::ProbeGroup::Sync) {
             return Err(ConfigError::ProbesWithoutSync);
@@ -254,9 +254,10 @@ impl Config {
                 return Err(ConfigError::ZeroDuration(flag));
             }
         }
-        if let (Some(_), Some(url)) = (&self.collector_token_file, &self.collector)
-            && url.starts_with("http://")
-            && !self.allow_plaintext_token
+        if let (Some(_), Some(url)) = (
+            &self.collector_token_file,
+            self.collector.iter().find(|u| u.starts_with("http://")),
+        ) && !self.allow_plaintext_token
         {
             return Err(ConfigError::PlaintextToken(url.clone()));
         }
@@ -300,6 +301,27 @@ mod tests {
         let config = Config::try_parse_from(all).map_err(|e| e.to_string())?;
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)
+    }
+
+    #[test]
+    fn collectors_are_repeatable_comma_separated_and_bounded() {
+        let config = parse(&[
+            "--collector=http://a:1,http://b:2",
+            "--collector=https://c:3",
+        ])
+        .expect("three collectors");
+        assert_eq!(config.collector.len(), 3);
+        let nine = (0..9)
+            .map(|i| format!("http://c{i}:1"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let err = parse(&[&format!("--collector={nine}")]).expect_err("nine collectors");
+        assert!(
+            err.contains("--collector") && err.contains("at most 8"),
+            "{err}"
+        );
+        let err = parse(&["--collector=http://a:1,b:2"]).expect_err("second is not a URL");
+        assert!(err.contains("--collector=\"b:2\""), "{err}");
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub struct AgentMetrics {
     pub events_batched: IntCounter,
     /// Reconnection attempts to the collector.
     pub reconnects: IntCounter,
-    /// 1 while the stream to the collector is open.
+    /// Streams to collector targets open now.
     pub connected: IntGauge,
     /// Batches waiting in the queue.
     pub queue_batches: IntGauge,
@@ -107,7 +107,7 @@ const GAUGES: [(&str, &str); 4] = [
     ),
     (
         "etcdmon_agent_collector_connected",
-        "1 while the stream to the collector is open.",
+        "Streams to collectors open now (1 with a single collector).",
     ),
     (
         "etcdmon_agent_queue_batches",

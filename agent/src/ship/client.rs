@@ -75,6 +75,34 @@ pub struct ShipperMetrics {
     pub reconnects: IntCounter,
     /// 1 while a stream is open.
     pub connected: IntGauge,
+    /// Aggregate counters across targets, fed too (their `connected` counts open streams).
+    pub totals: Option<Box<ShipperMetrics>>,
+}
+
+impl ShipperMetrics {
+    fn sent(&self) {
+        self.batches_sent.inc();
+        if let Some(t) = &self.totals {
+            t.batches_sent.inc();
+        }
+    }
+
+    fn reconnect(&self) {
+        self.reconnects.inc();
+        if let Some(t) = &self.totals {
+            t.reconnects.inc();
+        }
+    }
+
+    fn set_connected(&self, open: bool) {
+        let was = self.connected.get() != 0;
+        self.connected.set(i64::from(open));
+        if let Some(t) = &self.totals
+            && was != open
+        {
+            t.connected.add(if open { 1 } else { -1 });
+        }
+    }
 }
 
 impl ShipperConfig {
@@ -125,7 +153,7 @@ pub async fn run(
     let mut attempt: u32 = 0;
     while !stop.load(Ordering::Relaxed) {
         if attempt > 0 {
-            metrics.reconnects.inc();
+            metrics.reconnect();
             tokio::time::sleep(backoff.next_delay()).await;
         }
         attempt = attempt.saturating_add(1);
@@ -149,13 +177,13 @@ pub async fn run(
             })
             .max_encoding_message_size(64 << 20);
         tracing::info!(url = %config.url, "Connected to the collector.");
-        metrics.connected.set(1);
-        let sent = metrics.batches_sent.clone();
+        metrics.set_connected(true);
+        let sent = metrics.clone();
         let q = queue.clone();
         let stop_stream = stop.clone();
         let outbound = futures_stream(q, sent, stop_stream);
         let result = client.push(outbound).await;
-        metrics.connected.set(0);
+        metrics.set_connected(false);
         match result {
             Ok(ack) => {
                 tracing::info!(
@@ -183,7 +211,7 @@ pub async fn run(
 /// The outbound stream: batches popped from the queue as they come.
 fn futures_stream(
     queue: Arc<BatchQueue>,
-    sent: IntCounter,
+    sent: ShipperMetrics,
     stop: Arc<AtomicBool>,
 ) -> impl tokio_stream::Stream<Item = etcd_monitor_proto::v1::EventBatch> {
     futures::stream::unfold((queue, sent, stop), |(queue, sent, stop)| async move {
@@ -191,7 +219,7 @@ fn futures_stream(
             return None;
         }
         let batch = queue.pop().await;
-        sent.inc();
+        sent.sent();
         Some((batch, (queue, sent, stop)))
     })
 }

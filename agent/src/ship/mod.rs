@@ -1,6 +1,7 @@
 //! Shipping events to the collector: kernel records become `etcdmon.v1.Event`s (`convert`),
 //! are grouped into sequenced batches (`batcher`), wait in a bounded drop-oldest queue
-//! (`queue`), and leave over one gRPC client stream that reconnects by itself (`client`).
+//! (`queue`), and are copied to every collector target (`fanout`), each over its own gRPC client
+//! stream that reconnects by itself (`client`).
 //! A periodic status snapshot (`status`) carries the exact kernel counters.
 //!
 //! Nothing here can block the ring-buffer reader: it only takes two short mutexes.
@@ -8,6 +9,7 @@
 pub mod batcher;
 pub mod client;
 pub mod convert;
+pub mod fanout;
 pub mod queue;
 pub mod status;
 

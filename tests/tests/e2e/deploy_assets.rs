@@ -766,7 +766,8 @@ fn check_agent(label: &str, objects: &[Value]) -> anyhow::Result<()> {
         ) == "spec.nodeName",
         "{label}: NODE_NAME from spec.nodeName"
     );
-    let want = format!("http://etcd-monitor.{ns}.svc:9464");
+    // Every collector replica: the headless ingest Service (see check_collector).
+    let want = format!("http://etcd-monitor-ingest.{ns}.svc:9464");
     ensure!(
         env.get("COLLECTOR").map(|e| s(e, "value")) == Some(want.as_str()),
         "{label}: COLLECTOR must be {want}"
@@ -939,6 +940,17 @@ fn check_collector(label: &str, objects: &[Value]) -> anyhow::Result<()> {
         ports.get("http") == Some(&&Value::from(8080))
             && ports.get("grpc") == Some(&&Value::from(9464)),
         "{label}: collector Service ports {ports:?}"
+    );
+    // The agents ship to every replica through a headless Service over the same pods.
+    let ingest = find(objects, "Service", "etcd-monitor-ingest")?;
+    let ingest_spec = at(ingest, &["spec"]);
+    ensure!(
+        s(ingest_spec, "clusterIP") == "None"
+            && at(ingest_spec, &["selector"]) == at(svc, &["spec", "selector"])
+            && seq(ingest_spec, "ports")
+                .iter()
+                .any(|p| s(p, "name") == "grpc" && p["port"] == 9464),
+        "{label}: etcd-monitor-ingest must be headless (clusterIP: None), select the collector pods and expose grpc 9464"
     );
     let dep = find(objects, "Deployment", "etcd-monitor")?;
     let pod = at(dep, &["spec", "template", "spec"]);

@@ -12,6 +12,7 @@ mod cluster_smoke;
 mod config_reference;
 mod defaults;
 mod deploy_assets;
+mod fanout;
 mod logs;
 mod netns_attribution;
 mod pipeline;
