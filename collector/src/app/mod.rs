@@ -222,6 +222,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         ),
     )?;
     alerting.attach_leadership(leadership.clone());
+    alerting.share_silences(config.rest.silences.max_active);
     let diagnoses = Arc::new(crate::analysis::diagnosis::Diagnoses::default());
     alerting.attach_diagnoses(diagnoses.clone());
     alerting.spawn();
