@@ -766,15 +766,19 @@ impl Alerting {
 
     /// Deletes a silence; whether it existed.
     pub async fn delete_silence(&self, id: &str) -> Result<bool, AlertingError> {
+        // Shared: etcd's delete comes back through the watch (possibly before the local
+        // delete below), so a silence etcd had counts as existing.
+        let mut shared = false;
         if let Some(sync) = self.inner.silence_sync.get() {
-            sync.retract(id).await.map_err(AlertingError::Unavailable)?;
+            shared = sync.retract(id).await.map_err(AlertingError::Unavailable)?;
         }
-        let existed = {
+        let here = {
             let mut all = write(&self.inner.silences);
             let before = all.len();
             all.retain(|s| s.id != id);
             before != all.len()
         };
+        let existed = here || shared;
         if let Some(store) = self.inner.store.clone() {
             let id = id.to_string();
             tokio::task::spawn_blocking(move || persist::delete_silence(&store, &id))

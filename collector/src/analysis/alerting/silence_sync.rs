@@ -177,8 +177,8 @@ impl SilenceSync {
         }
     }
 
-    /// Deletes the key of silence `id`. The error says why (503).
-    pub async fn retract(&self, id: &str) -> Result<(), String> {
+    /// Deletes the key of silence `id`; whether etcd had it. The error says why (503).
+    pub async fn retract(&self, id: &str) -> Result<bool, String> {
         let key = format!("{}{id}", self.prefix);
         let delete = async {
             let client = self.client().await?;
@@ -189,9 +189,9 @@ impl SilenceSync {
                 .map_err(|e| e.to_string())
         };
         match tokio::time::timeout(WRITE_TIMEOUT, delete).await {
-            Ok(Ok(_)) => {
+            Ok(Ok(resp)) => {
                 bump(&self.counters.out);
-                Ok(())
+                Ok(resp.deleted() > 0)
             }
             Ok(Err(e)) => Err(self.failed("deleted", e)),
             Err(_) => Err(self.failed("deleted", "timed out".to_string())),
