@@ -303,6 +303,7 @@ fn start_analysis(
         ),
     )?;
     alerting.attach_leadership(leadership.clone());
+    alerting.share_silences(config.rest.silences.max_active);
     let diagnoses = Arc::new(crate::analysis::diagnosis::Diagnoses::default());
     alerting.attach_diagnoses(diagnoses.clone());
     alerting.spawn();

@@ -393,3 +393,132 @@ fn bad_ha_flags_exit_non_zero_naming_the_flag() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The ids of the silences a collector lists.
+fn silence_ids(c: &CollectorProcess) -> Vec<String> {
+    c.get_json("/api/v1/alerts/silences")
+        .ok()
+        .and_then(|(_, b)| {
+            b["silences"].as_array().map(|v| {
+                v.iter()
+                    .filter_map(|s| s["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_silence_created_on_the_follower_mutes_the_leader_and_deletes_everywhere() -> anyhow::Result<()>
+{
+    let s = setup()?;
+    let leader = wait_one_leader(&s.collectors)?;
+    let (lc, fc) = (&s.collectors[leader], &s.collectors[1 - leader]);
+    for c in &s.collectors {
+        crate::common::wait_status(c, "3 members answer", Duration::from_secs(30), |st| {
+            st["available_members"] == 3
+        })?;
+    }
+    let etcd_leader = s
+        .monitored
+        .leader_index()
+        .ok_or_else(|| anyhow::anyhow!("no etcd leader"))?;
+    let victim = (etcd_leader + 1) % 3;
+    let name = s.monitored.members[victim].name.clone();
+
+    // Created on the follower (the REST Service may route there): both collectors list it.
+    let body = format!(
+        r#"{{"matchers": {{"alertname": "MemberUnavailable", "member": "{name}"}}, "duration": "10m", "comment": "maintenance"}}"#
+    );
+    let r = http::post_json(&format!("{}/api/v1/alerts/silences", fc.url), &body)?;
+    anyhow::ensure!(
+        r.status == 201,
+        "create on the follower: {} {}",
+        r.status,
+        r.body
+    );
+    let id = r.json()?["id"].as_str().unwrap_or_default().to_string();
+    for c in &s.collectors {
+        wait_for("the silence listed", Duration::from_secs(20), || {
+            silence_ids(c).contains(&id).then_some(())
+        })
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&s.collectors)))?;
+    }
+
+    // The alert fires; the leader's engine has it silenced by that id and sends nothing.
+    s.monitored.members[victim].signal(libc::SIGSTOP)?;
+    wait_for(
+        "firing and silenced on the leader",
+        Duration::from_secs(40),
+        || {
+            let (_, body) = lc.get_json("/api/v1/alerts").ok()?;
+            body["alerts"]
+                .as_array()?
+                .iter()
+                .any(|a| {
+                    a["name"] == "MemberUnavailable"
+                        && a["member"] == name.as_str()
+                        && a["state"] == "firing"
+                        && a["silenced_by"] == id.as_str()
+                })
+                .then_some(())
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&s.collectors)))?;
+    std::thread::sleep(Duration::from_secs(5));
+    let firing = count(&s.inbox, &name, "firing");
+    anyhow::ensure!(
+        firing == 0,
+        "the silenced alert was notified {firing} times\n{}",
+        logs(&s.collectors)
+    );
+    let metrics = http::get(&format!("{}/metrics", lc.url))?.body;
+    let synced_in = http::prom_sum(
+        &metrics,
+        "etcdmon_silences_synced_total",
+        &[("direction", "in")],
+    );
+    anyhow::ensure!(synced_in >= Some(1.0), "leader synced in: {synced_in:?}");
+
+    // Deleted on the leader: the follower's list drops it.
+    let r = http::request(
+        "DELETE",
+        &format!("{}/api/v1/alerts/silences/{id}", lc.url),
+        None,
+    )?;
+    anyhow::ensure!(
+        r.status == 204,
+        "delete on the leader: {} {}",
+        r.status,
+        r.body
+    );
+    wait_for(
+        "the follower drops the silence",
+        Duration::from_secs(20),
+        || (!silence_ids(fc).contains(&id)).then_some(()),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", logs(&s.collectors)))?;
+    s.monitored.members[victim].signal(libc::SIGCONT)?;
+
+    // etcd unreachable: the create is refused with 503, no local-only silence.
+    for m in &s._ha_etcd.members {
+        m.signal(libc::SIGSTOP)?;
+    }
+    let r = http::post_json(&format!("{}/api/v1/alerts/silences", fc.url), &body);
+    for m in &s._ha_etcd.members {
+        m.signal(libc::SIGCONT)?;
+    }
+    let r = r?;
+    anyhow::ensure!(
+        r.status == 503,
+        "create with etcd stopped: {} {}",
+        r.status,
+        r.body
+    );
+    anyhow::ensure!(r.body.contains("etcd"), "{}", r.body);
+    anyhow::ensure!(
+        silence_ids(fc).is_empty(),
+        "a local-only silence was created"
+    );
+    Ok(())
+}

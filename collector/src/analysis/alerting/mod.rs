@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod persist;
 pub mod rules;
 pub mod signals;
+pub mod silence_sync;
 pub mod silences;
 
 use std::{
@@ -51,6 +52,9 @@ pub enum AlertingError {
     /// A request was valid but a bound refuses it (e.g. `--max-silences`).
     #[error("{0}")]
     Refused(String),
+    /// A dependency the request needs is unreachable (etcd, for shared silences).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Where the engine hands each alert to deliver (a firing alert, or its resolution): the
@@ -111,6 +115,8 @@ struct Inner {
     diagnoses: std::sync::OnceLock<Arc<crate::analysis::diagnosis::Diagnoses>>,
     /// The leader gate and the notification-state hand-over (`--ha-election`).
     handover: std::sync::OnceLock<handover::Handover>,
+    /// Silences shared through etcd (`--ha-election`).
+    silence_sync: std::sync::OnceLock<Arc<silence_sync::SilenceSync>>,
 }
 
 /// Rules about a slow WAL sync or backend commit: their alerts carry the member's diagnosis
@@ -300,6 +306,7 @@ impl Alerting {
                 last_refresh_ms: AtomicU64::new(now_ms()),
                 diagnoses: std::sync::OnceLock::new(),
                 handover: std::sync::OnceLock::new(),
+                silence_sync: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -719,6 +726,11 @@ impl Alerting {
                 )));
             }
         }
+        if let Some(sync) = self.inner.silence_sync.get() {
+            sync.publish(&silence, now)
+                .await
+                .map_err(AlertingError::Unavailable)?;
+        }
         if let Some(store) = self.inner.store.clone() {
             let s = silence.clone();
             tokio::task::spawn_blocking(move || persist::put_silence(&store, &s, now))
@@ -754,12 +766,19 @@ impl Alerting {
 
     /// Deletes a silence; whether it existed.
     pub async fn delete_silence(&self, id: &str) -> Result<bool, AlertingError> {
-        let existed = {
+        // Shared: etcd's delete comes back through the watch (possibly before the local
+        // delete below), so a silence etcd had counts as existing.
+        let mut shared = false;
+        if let Some(sync) = self.inner.silence_sync.get() {
+            shared = sync.retract(id).await.map_err(AlertingError::Unavailable)?;
+        }
+        let here = {
             let mut all = write(&self.inner.silences);
             let before = all.len();
             all.retain(|s| s.id != id);
             before != all.len()
         };
+        let existed = here || shared;
         if let Some(store) = self.inner.store.clone() {
             let id = id.to_string();
             tokio::task::spawn_blocking(move || persist::delete_silence(&store, &id))
@@ -845,6 +864,92 @@ impl Alerting {
         if let Some(h) = self.inner.handover.get() {
             h.render(out);
         }
+        if let Some(s) = self.inner.silence_sync.get() {
+            s.render(out);
+        }
+    }
+
+    /// With `--ha-election` (the leadership attached): shares silences through etcd and
+    /// applies every collector's to this engine, within `max_active` (see [`silence_sync`]).
+    pub fn share_silences(&self, max_active: usize) {
+        let Some(sync) = self.leadership().and_then(silence_sync::SilenceSync::new) else {
+            return;
+        };
+        let sync = Arc::new(sync);
+        let _ = self.inner.silence_sync.set(sync.clone());
+        let (me, again) = (self.clone(), self.clone());
+        let counted = sync.clone();
+        tracing::info!(prefix = %sync.prefix(), "Silences shared through etcd.");
+        tokio::spawn(sync.run(
+            move |id, silence| me.apply_synced(&counted, id, silence, max_active),
+            move |ids| {
+                let gone: Vec<String> = read(&again.inner.silences)
+                    .iter()
+                    .filter(|s| !ids.contains(&s.id))
+                    .map(|s| s.id.clone())
+                    .collect();
+                for id in gone {
+                    again.forget_silence(&id);
+                }
+            },
+        ));
+    }
+
+    /// Applies one silence change read from etcd to memory and the store.
+    fn apply_synced(
+        &self,
+        sync: &silence_sync::SilenceSync,
+        id: &str,
+        silence: Option<Silence>,
+        max_active: usize,
+    ) {
+        let Some(silence) = silence else {
+            if self.forget_silence(id) {
+                sync.count_in(silence_sync::Applied::Replaced);
+            }
+            return;
+        };
+        let now = now_ms();
+        let applied = silence_sync::apply_put(
+            &mut write(&self.inner.silences),
+            silence.clone(),
+            now,
+            max_active,
+        );
+        sync.count_in(applied);
+        match applied {
+            silence_sync::Applied::Added | silence_sync::Applied::Replaced => {
+                if let Some(store) = self.inner.store.clone() {
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(error) = persist::put_silence(&store, &silence, now) {
+                            tracing::warn!(%error, "Shared silence not recorded in the store.");
+                        }
+                    });
+                }
+            }
+            silence_sync::Applied::Refused => {
+                tracing::warn!(%id, max_active, "Shared silence refused: --max-silences silences are active.")
+            }
+            silence_sync::Applied::Ended => {}
+        }
+    }
+
+    /// Removes silence `id` from memory and the store (a delete read from etcd); whether it
+    /// was in memory.
+    fn forget_silence(&self, id: &str) -> bool {
+        let existed = silence_sync::apply_delete(&mut write(&self.inner.silences), id);
+        if let Some(store) = self.inner.store.clone() {
+            let id = id.to_string();
+            tokio::task::spawn_blocking(move || {
+                if let Err(error) = persist::delete_silence(&store, &id) {
+                    tracing::warn!(%error, "Shared silence not deleted from the store.");
+                }
+            });
+        }
+        if existed {
+            tracing::info!(%id, "Silence deleted (shared through etcd).");
+        }
+        existed
     }
 }
 

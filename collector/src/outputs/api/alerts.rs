@@ -84,6 +84,7 @@ impl From<AlertingError> for ApiError {
         match e {
             AlertingError::Invalid(m) => ApiError::BadRequest(m),
             AlertingError::Refused(m) => ApiError::Conflict(m),
+            AlertingError::Unavailable(m) => ApiError::Unavailable(m),
             other => ApiError::Internal(other.to_string()),
         }
     }
