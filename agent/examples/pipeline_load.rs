@@ -56,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         batches_sent: prometheus::IntCounter::new("b", "b")?,
         reconnects: prometheus::IntCounter::new("r", "r")?,
         connected: prometheus::IntGauge::new("c", "c")?,
+        totals: None,
     };
     let connected = metrics.connected.clone();
     let config = ShipperConfig {

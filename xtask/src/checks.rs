@@ -1060,8 +1060,7 @@ pub const MAX_FUNCTION_LINES: usize = 80;
 /// that name in the file. [`long_functions`] reports them without failing, and fails when an
 /// entry is no longer long, so the list only shrinks: remove an entry in the commit that
 /// splits its function; never add one.
-pub const LONG_FUNCTIONS_PENDING: &[(&str, &str)] = &[
-];
+pub const LONG_FUNCTIONS_PENDING: &[(&str, &str)] = &[];
 
 /// Crates that are test code as a whole (the end-to-end harness), left out of
 /// [`long_functions`] like integration tests.
