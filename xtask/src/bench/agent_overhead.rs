@@ -4,24 +4,12 @@
 use std::{
     path::Path,
     process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use etcd_monitor_tests::{AgentProcess, process::ChildGuard, wait_for};
 
-use super::traced_cluster::{TracedCluster, build_agent};
-
-/// Concurrent put loops.
-const CLIENTS: usize = 32;
-/// Value size in bytes.
-const VALUE_BYTES: usize = 256;
-/// Distinct keys written.
-const KEY_SPACE: u64 = 10_000;
+use super::traced_cluster::{CLIENTS, TracedCluster, VALUE_BYTES, build_agent, put_load};
 
 /// Every probe group.
 const FULL: &str = "sync,write,fd,process,net,recv,block,sched";
@@ -97,44 +85,6 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-/// Puts as fast as `CLIENTS` loops can for `duration`; returns ops/s.
-pub(super) fn put_load(endpoints: &[String], duration: Duration) -> anyhow::Result<f64> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let client = etcd_client::Client::connect(endpoints, None)
-            .await
-            .context("connect to etcd")?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicU64::new(0));
-        let value = vec![b'v'; VALUE_BYTES];
-        let mut tasks = Vec::new();
-        let start = Instant::now();
-        for c in 0..CLIENTS {
-            let mut kv = client.kv_client();
-            let (stop, done, value) = (stop.clone(), done.clone(), value.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut i = c as u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("/bench/agent-overhead/{}", i % KEY_SPACE);
-                    if kv.put(key, value.clone(), None).await.is_ok() {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    i += CLIENTS as u64;
-                }
-            }));
-        }
-        tokio::time::sleep(duration).await;
-        stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            let _ = t.await;
-        }
-        Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
-    })
 }
 
 fn measure(

@@ -434,7 +434,7 @@ fn measure_windows(
     let mut windows = Vec::new();
     let before = snapshot(owners)?;
     let started = Instant::now();
-    let puts = super::agent_overhead::put_load(endpoints, Duration::from_secs(seconds))?;
+    let puts = super::traced_cluster::put_load(endpoints, Duration::from_secs(seconds))?;
     let wall = started.elapsed().as_secs_f64();
     windows.push(Window {
         title: format!("etcd under put load: {puts:.0} puts/s, 3 members on tmpfs (traced)"),

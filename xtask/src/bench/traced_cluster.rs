@@ -2,11 +2,28 @@
 //! dirs share one prefix (agent-overhead, probe-cost, runner), start the agent on it (the
 //! tracing benchmarks) and warm it up with put load.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
 
 use etcd_monitor_tests::{AgentProcess, ClusterOptions, EtcdCluster};
 
 use crate::cmd::{root, run_with, target_dir};
+
+/// Concurrent put loops.
+pub(super) const CLIENTS: usize = 32;
+/// Value size in bytes.
+pub(super) const VALUE_BYTES: usize = 256;
+/// Distinct keys written.
+pub(super) const KEY_SPACE: u64 = 10_000;
 
 /// Builds the agent binary (`--release` or debug) and returns its path.
 pub(super) fn build_agent(release: bool) -> anyhow::Result<PathBuf> {
@@ -87,7 +104,45 @@ impl TracedCluster {
     /// Warms etcd up with 3 s of put load.
     pub fn warm_up(&self) -> anyhow::Result<()> {
         eprintln!("xtask: bench: warming up");
-        super::agent_overhead::put_load(&self.endpoints, Duration::from_secs(3))?;
+        put_load(&self.endpoints, Duration::from_secs(3))?;
         Ok(())
     }
+}
+
+/// Puts as fast as `CLIENTS` loops can for `duration`; returns ops/s.
+pub(super) fn put_load(endpoints: &[String], duration: Duration) -> anyhow::Result<f64> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = etcd_client::Client::connect(endpoints, None)
+            .await
+            .context("connect to etcd")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let value = vec![b'v'; VALUE_BYTES];
+        let mut tasks = Vec::new();
+        let start = Instant::now();
+        for c in 0..CLIENTS {
+            let mut kv = client.kv_client();
+            let (stop, done, value) = (stop.clone(), done.clone(), value.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = c as u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("/bench/agent-overhead/{}", i % KEY_SPACE);
+                    if kv.put(key, value.clone(), None).await.is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += CLIENTS as u64;
+                }
+            }));
+        }
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    })
 }
