@@ -224,6 +224,7 @@ fn slow_disk_under_one_member_fires_the_kernel_rule_for_that_member_only() -> an
         let (_, verdicts) = collector.get_json(&format!("/api/v1/diagnosis?member={slow_name}"))?;
         eprintln!("diagnosis annotation: {diagnosis}\nGET /api/v1/diagnosis: {verdicts}");
         let causes = [
+            "io_throttled",
             "disk_slow",
             "noisy_neighbor",
             "cpu_starved",

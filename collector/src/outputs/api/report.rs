@@ -166,11 +166,17 @@ mod tests {
         );
         assert!(
             bad(ReportParams {
-                window: Some("30d".into()),
+                window: Some("30s".into()),
                 ..Default::default()
             })
             .contains("window")
         );
+        // Longer than the retention: the whole history, not an error.
+        let long = ReportParams {
+            window: Some("30d".into()),
+            ..Default::default()
+        };
+        assert!(check(&long, max).is_ok_and(|c| c.window == max));
         assert!(
             bad(ReportParams {
                 with_benchmark: Some("yes please".into()),
