@@ -131,6 +131,7 @@ pub struct FanoutMetrics {
     queue_bytes: IntGaugeVec,
     refused: IntCounter,
     resolve_failures: IntCounter,
+    no_target: IntCounter,
     /// Aggregate counters the shipper also feeds (`etcdmon_agent_batches_sent_total`, ...).
     pub totals: ShipperMetrics,
 }
@@ -158,6 +159,11 @@ impl FanoutMetrics {
             "DNS resolutions of a --collector name that failed (its known targets are kept).",
         )?;
         registry.register(Box::new(resolve_failures.clone()))?;
+        let no_target = IntCounter::new(
+            "etcdmon_agent_collector_no_target_dropped_events_total",
+            "Events dropped because no collector address was resolved at all (every lookup failing).",
+        )?;
+        registry.register(Box::new(no_target.clone()))?;
         Ok(Self {
             connected: gauge(
                 "etcdmon_agent_collector_target_connected",
@@ -181,6 +187,7 @@ impl FanoutMetrics {
             )?,
             refused,
             resolve_failures,
+            no_target,
             totals,
         })
     }
@@ -298,6 +305,11 @@ impl FanOut {
         let Ok(targets) = self.targets.lock() else {
             return;
         };
+        if targets.is_empty() {
+            // Nowhere to ship: the batch is lost, and counted.
+            self.metrics.no_target.inc_by(batch.events.len() as u64);
+            return;
+        }
         for (label, t) in targets.iter() {
             t.queue.push(batch.clone());
             let dropped = t.dropped.load(Ordering::Relaxed);
