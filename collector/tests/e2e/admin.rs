@@ -2,23 +2,16 @@
 //! against real 3-member etcd clusters and the real collector binary. Orders and sizes are
 //! proven from the members' own status, not from our reports.
 
-use std::{
-    collections::BTreeMap,
-    os::unix::fs::PermissionsExt,
-    path::Path,
-    process::Command,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Duration};
 
 use anyhow::Context;
 use etcd_monitor_tests::{ClusterOptions, CollectorProcess, EtcdCluster, http, wait_for};
 use serde_json::Value;
 
-use crate::common::{endpoint_status, start_collector, tail};
+use crate::{
+    common::{start_collector, tail},
+    defrag::{DropWatcher, db_sizes, fragment, member_id_hex},
+};
 
 const ADMIN: &str = "admin-secret-0123456789";
 const VIEWER: &str = "viewer-secret-0123456789";
@@ -109,99 +102,6 @@ fn succeeded(c: &CollectorProcess, path: &str, body: &str) -> anyhow::Result<Val
     Ok(job)
 }
 
-fn db_sizes(cluster: &EtcdCluster) -> anyhow::Result<Vec<i64>> {
-    cluster
-        .members
-        .iter()
-        .map(|m| Ok(endpoint_status(m, None)?["dbSize"].as_i64().unwrap_or(0)))
-        .collect()
-}
-
-fn member_hex(cluster: &EtcdCluster, i: usize) -> anyhow::Result<String> {
-    let id = endpoint_status(&cluster.members[i], None)?["header"]["member_id"]
-        .as_u64()
-        .context("member_id")?;
-    Ok(format!("{id:x}"))
-}
-
-/// Writes and deletes enough to leave every member's database more than half free.
-fn fragment(cluster: &EtcdCluster) -> anyhow::Result<()> {
-    cluster.put_many("/frag/", 1500, 4096)?;
-    cluster.etcdctl(&["del", "/frag/", "--prefix"])?;
-    let rev = endpoint_status(&cluster.members[0], None)?["header"]["revision"]
-        .as_i64()
-        .unwrap_or(0)
-        .to_string();
-    cluster.etcdctl(&["compact", &rev, "--physical"])?;
-    wait_for("fragmentation over 45 %", Duration::from_secs(30), || {
-        cluster
-            .members
-            .iter()
-            .map(|m| endpoint_status(m, None).ok())
-            .collect::<Option<Vec<_>>>()
-            .filter(|all| {
-                all.iter().all(|s| {
-                    let total = s["dbSize"].as_f64().unwrap_or(0.0);
-                    let used = s["dbSizeInUse"].as_f64().unwrap_or(total);
-                    total > 0.0 && 1.0 - used / total > 0.45
-                })
-            })
-            .map(|_| ())
-    })
-}
-
-/// Polls every member's own Status (JSON gateway, a thread per member) and records when its
-/// database first shrank below `before`.
-struct DropWatcher {
-    stop: Arc<AtomicBool>,
-    drops: Arc<Mutex<BTreeMap<usize, Instant>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl DropWatcher {
-    fn start(cluster: &EtcdCluster, before: &[i64]) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let drops = Arc::new(Mutex::new(BTreeMap::new()));
-        let threads = cluster
-            .members
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let url = format!("{}/v3/maintenance/status", m.client_url);
-                let (stop, drops, before) = (stop.clone(), drops.clone(), before[i]);
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let size = http::post_json(&url, "{}")
-                            .ok()
-                            .and_then(|r| r.json().ok())
-                            .and_then(|v| v["dbSize"].as_str().and_then(|s| s.parse::<i64>().ok()));
-                        if let Some(s) = size
-                            && s < before
-                            && let Ok(mut d) = drops.lock()
-                        {
-                            d.entry(i).or_insert_with(Instant::now);
-                        }
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            drops,
-            threads,
-        }
-    }
-
-    fn finish(self) -> BTreeMap<usize, Instant> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-        self.drops.lock().map(|d| d.clone()).unwrap_or_default()
-    }
-}
-
 /// A sample from `/metrics` (read with the viewer token: viewer tokens close reads).
 fn metric(c: &CollectorProcess, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let r = call(c, "GET", "/metrics", None, Some(VIEWER)).ok()?;
@@ -251,7 +151,7 @@ fn admin_rest_needs_the_role_runs_rolling_defrag_leader_last_and_audits_it() -> 
     // The admin token runs it; a second operation on the cluster meanwhile is refused (409)
     // naming the running job.
     let leader = cluster.leader_index().context("leader")?;
-    let leader_hex = member_hex(&cluster, leader)?;
+    let leader_hex = member_id_hex(&cluster, leader)?;
     let before = db_sizes(&cluster)?;
     let watcher = DropWatcher::start(&cluster, &before);
     let id = start_op(&c, "/api/v1/admin/defrag", body)?;

@@ -2,22 +2,15 @@
 //! cluster; the safe operations (rolling defrag, NOSPACE recovery) proven from the members' own
 //! status, not from our output; snapshot save → etcdctl restore → same keys and HashKV.
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    process::Command,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use anyhow::Context;
 use etcd_monitor_tests::{
     ClusterOptions, EtcdCluster, free_port, http, process::ChildGuard, wait_for,
 };
 use serde_json::Value;
+
+use crate::defrag::{DropWatcher, db_sizes, fragment, member_id_hex, revision};
 
 struct Out {
     code: i32,
@@ -73,39 +66,6 @@ fn etcdctl_json(cluster: &EtcdCluster, args: &[&str]) -> anyhow::Result<Value> {
 }
 
 /// `etcdctl endpoint status` of one member: (dbSize, revision, raftIndex).
-fn member_status(cluster: &EtcdCluster, i: usize) -> anyhow::Result<Value> {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", cluster.members[i].client_url))
-        .args(["--command-timeout=3s", "-w", "json", "endpoint", "status"])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout)?;
-    Ok(v[0]["Status"].clone())
-}
-
-fn db_sizes(cluster: &EtcdCluster) -> anyhow::Result<Vec<i64>> {
-    (0..cluster.members.len())
-        .map(|i| Ok(member_status(cluster, i)?["dbSize"].as_i64().unwrap_or(0)))
-        .collect()
-}
-
-fn revision(cluster: &EtcdCluster) -> anyhow::Result<i64> {
-    Ok(member_status(cluster, 0)?["header"]["revision"]
-        .as_i64()
-        .unwrap_or(0))
-}
-
-fn member_id_hex(cluster: &EtcdCluster, i: usize) -> anyhow::Result<String> {
-    let id = member_status(cluster, i)?["header"]["member_id"]
-        .as_u64()
-        .context("member_id")?;
-    Ok(format!("{id:x}"))
-}
 
 #[test]
 fn ctl_matches_etcdctl_on_the_same_cluster() -> anyhow::Result<()> {
@@ -457,80 +417,6 @@ fn ctl_matches_etcdctl_on_the_same_cluster() -> anyhow::Result<()> {
         (cluster.leader_index() == Some(target)).then_some(())
     })?;
     Ok(())
-}
-
-/// Writes and deletes enough to leave every member's database more than half free.
-fn fragment(cluster: &EtcdCluster) -> anyhow::Result<()> {
-    cluster.put_many("/frag/", 1500, 4096)?;
-    cluster.etcdctl(&["del", "/frag/", "--prefix"])?;
-    let rev = revision(cluster)?.to_string();
-    cluster.etcdctl(&["compact", &rev, "--physical"])?;
-    // In-use bytes settle once the compaction's freed pages are counted.
-    wait_for("fragmentation over 45 %", Duration::from_secs(30), || {
-        (0..3)
-            .map(|i| member_status(cluster, i).ok())
-            .collect::<Option<Vec<_>>>()
-            .filter(|all| {
-                all.iter().all(|s| {
-                    let total = s["dbSize"].as_f64().unwrap_or(0.0);
-                    let used = s["dbSizeInUse"].as_f64().unwrap_or(total);
-                    total > 0.0 && 1.0 - used / total > 0.45
-                })
-            })
-            .map(|_| ())
-    })
-}
-
-/// Polls every member's own Status (the JSON gateway, in one thread per member) and records
-/// when its database first shrank below `before`.
-struct DropWatcher {
-    stop: Arc<AtomicBool>,
-    drops: Arc<Mutex<BTreeMap<usize, Instant>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl DropWatcher {
-    fn start(cluster: &EtcdCluster, before: &[i64]) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let drops = Arc::new(Mutex::new(BTreeMap::new()));
-        let threads = cluster
-            .members
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let url = format!("{}/v3/maintenance/status", m.client_url);
-                let (stop, drops, before) = (stop.clone(), drops.clone(), before[i]);
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let size = http::post_json(&url, "{}")
-                            .ok()
-                            .and_then(|r| r.json().ok())
-                            .and_then(|v| v["dbSize"].as_str().and_then(|s| s.parse::<i64>().ok()));
-                        if let Some(s) = size
-                            && s < before
-                            && let Ok(mut d) = drops.lock()
-                        {
-                            d.entry(i).or_insert_with(Instant::now);
-                        }
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            drops,
-            threads,
-        }
-    }
-
-    fn finish(self) -> BTreeMap<usize, Instant> {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-        self.drops.lock().map(|d| d.clone()).unwrap_or_default()
-    }
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod benchmark;
 mod cluster_failures;
 mod common;
 mod ctl;
+mod defrag;
 mod ha;
 mod history_api;
 mod hostile;
