@@ -130,6 +130,21 @@ pub struct HashKvRound {
     pub answers: Vec<HashKvAnswer>,
 }
 
+impl HashKvRound {
+    /// Every member's answer in words (`m1=123`, `m2: timed out`), for the renderers.
+    pub fn answers_text(&self) -> String {
+        self.answers
+            .iter()
+            .map(|a| match (a.hash, &a.error) {
+                (Some(hash), _) => format!("{}={hash}", a.member),
+                (None, Some(e)) => format!("{}: {e}", a.member),
+                (None, None) => format!("{}: no answer", a.member),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// A benchmark run, reduced to what the report grades.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BenchmarkEvidence {
@@ -270,6 +285,17 @@ pub struct Consistency {
     pub hashes_agree: Option<bool>,
     /// What disagrees, in words.
     pub problems: Vec<String>,
+}
+
+impl Consistency {
+    /// The HashKV verdict in one word: `agree`, `DISAGREE` or `not compared`.
+    pub fn hash_verdict(&self) -> &'static str {
+        match self.hashes_agree {
+            Some(true) => "agree",
+            Some(false) => "DISAGREE",
+            None => "not compared",
+        }
+    }
 }
 
 /// One line of a trend chart.

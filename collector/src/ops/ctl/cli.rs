@@ -110,6 +110,34 @@ pub struct Range {
     pub from_key: bool,
 }
 
+/// What a [`Range`] covers beyond its key.
+enum Extent<'a> {
+    /// The key alone.
+    Key,
+    /// `[KEY, RANGE_END)`.
+    End(&'a str),
+    /// Every key starting with KEY.
+    Prefix,
+    /// Every key >= KEY.
+    FromKey,
+}
+
+impl Range {
+    /// The one extent RANGE_END, `--prefix` and `--from-key` ask for; more than one is a usage
+    /// error.
+    fn extent(&self) -> Result<Extent<'_>, CtlError> {
+        match (&self.range_end, self.prefix, self.from_key) {
+            (Some(end), false, false) => Ok(Extent::End(end)),
+            (None, true, false) => Ok(Extent::Prefix),
+            (None, false, true) => Ok(Extent::FromKey),
+            (None, false, false) => Ok(Extent::Key),
+            _ => Err(CtlError::usage(
+                "use only one of RANGE_END, --prefix, --from-key",
+            )),
+        }
+    }
+}
+
 /// The operations.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -583,32 +611,22 @@ fn lease_id(s: &str) -> Result<i64, CtlError> {
 
 fn range_options_get(r: &Range) -> Result<(Vec<u8>, GetOptions), CtlError> {
     let mut o = GetOptions::new();
-    match (&r.range_end, r.prefix, r.from_key) {
-        (Some(end), false, false) => o = o.with_range(end.as_bytes()),
-        (None, true, false) => o = o.with_prefix(),
-        (None, false, true) => o = o.with_from_key(),
-        (None, false, false) => {}
-        _ => {
-            return Err(CtlError::usage(
-                "use only one of RANGE_END, --prefix, --from-key",
-            ));
-        }
+    match r.extent()? {
+        Extent::Key => {}
+        Extent::End(end) => o = o.with_range(end.as_bytes()),
+        Extent::Prefix => o = o.with_prefix(),
+        Extent::FromKey => o = o.with_from_key(),
     }
     Ok((r.key.as_bytes().to_vec(), o))
 }
 
 fn range_options_del(r: &Range) -> Result<DeleteOptions, CtlError> {
     let mut o = DeleteOptions::new();
-    match (&r.range_end, r.prefix, r.from_key) {
-        (Some(end), false, false) => o = o.with_range(end.as_bytes()),
-        (None, true, false) => o = o.with_prefix(),
-        (None, false, true) => o = o.with_from_key(),
-        (None, false, false) => {}
-        _ => {
-            return Err(CtlError::usage(
-                "use only one of RANGE_END, --prefix, --from-key",
-            ));
-        }
+    match r.extent()? {
+        Extent::Key => {}
+        Extent::End(end) => o = o.with_range(end.as_bytes()),
+        Extent::Prefix => o = o.with_prefix(),
+        Extent::FromKey => o = o.with_from_key(),
     }
     Ok(o)
 }
@@ -1371,16 +1389,11 @@ async fn watch(ctx: &Ctx<'_>, range: &Range, rev: i64, max: u64, prev_kv: bool) 
 /// `watch`'s options: the range, the start revision (history included) and `--prev-kv`.
 fn watch_options(range: &Range, rev: i64, prev_kv: bool) -> Result<WatchOptions, CtlError> {
     let mut o = WatchOptions::new();
-    match (&range.range_end, range.prefix, range.from_key) {
-        (Some(end), false, false) => o = o.with_range(end.as_bytes()),
-        (None, true, false) => o = o.with_prefix(),
-        (None, false, true) => o = o.with_from_key(),
-        (None, false, false) => {}
-        _ => {
-            return Err(CtlError::usage(
-                "use only one of RANGE_END, --prefix, --from-key",
-            ));
-        }
+    match range.extent()? {
+        Extent::Key => {}
+        Extent::End(end) => o = o.with_range(end.as_bytes()),
+        Extent::Prefix => o = o.with_prefix(),
+        Extent::FromKey => o = o.with_from_key(),
     }
     if rev > 0 {
         o = o.with_start_revision(rev);

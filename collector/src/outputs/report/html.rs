@@ -117,25 +117,12 @@ fn consistency(s: &mut String, r: &Report) {
         c.raft_index_spread.map_or("n/a".into(), |v| v.to_string()),
     );
     if let Some(h) = &c.hashkv {
-        let answers: Vec<String> = h
-            .answers
-            .iter()
-            .map(|a| match (a.hash, &a.error) {
-                (Some(hash), _) => format!("{}={hash}", a.member),
-                (None, Some(e)) => format!("{}: {e}", a.member),
-                (None, None) => format!("{}: no answer", a.member),
-            })
-            .collect();
-        let verdict = match c.hashes_agree {
-            Some(true) => "agree",
-            Some(false) => "DISAGREE",
-            None => "not compared",
-        };
         let _ = write!(
             s,
-            "<tr><th>HashKV at revision {}</th><td>{verdict}: {}</td></tr>",
+            "<tr><th>HashKV at revision {}</th><td>{}: {}</td></tr>",
             h.revision,
-            escape(&answers.join(", "))
+            c.hash_verdict(),
+            escape(&h.answers_text())
         );
     }
     for p in &c.problems {

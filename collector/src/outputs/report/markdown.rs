@@ -137,25 +137,12 @@ fn consistency(s: &mut String, r: &Report) {
         c.raft_index_spread.map_or("n/a".into(), |v| v.to_string()),
     );
     if let Some(h) = &c.hashkv {
-        let answers: Vec<String> = h
-            .answers
-            .iter()
-            .map(|a| match (a.hash, &a.error) {
-                (Some(hash), _) => format!("{}={hash}", a.member),
-                (None, Some(e)) => format!("{}: {e}", a.member),
-                (None, None) => format!("{}: no answer", a.member),
-            })
-            .collect();
         let _ = writeln!(
             s,
             "- HashKV at revision {}: {} ({})",
             h.revision,
-            match c.hashes_agree {
-                Some(true) => "agree",
-                Some(false) => "DISAGREE",
-                None => "not compared",
-            },
-            answers.join(", ")
+            c.hash_verdict(),
+            h.answers_text()
         );
     }
     for p in &c.problems {
