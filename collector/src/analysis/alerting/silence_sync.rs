@@ -82,6 +82,7 @@ struct Counters {
     refused: AtomicU64,
     publish_failures: AtomicU64,
     watch_failures: AtomicU64,
+    parse_failures: AtomicU64,
 }
 
 /// The etcd side of shared silences (see the module documentation).
@@ -245,9 +246,18 @@ impl SilenceSync {
         let mut ids = std::collections::HashSet::new();
         for kv in list.kvs() {
             let key = String::from_utf8_lossy(kv.key());
-            if let (Some(id), Ok(s)) = (id_of(&self.prefix, &key), parse(kv.value())) {
-                ids.insert(id.to_string());
-                sink(id, Some(s));
+            let Some(id) = id_of(&self.prefix, &key) else {
+                continue;
+            };
+            match parse(kv.value()) {
+                Ok(s) => {
+                    ids.insert(id.to_string());
+                    sink(id, Some(s));
+                }
+                Err(e) => {
+                    bump(&self.counters.parse_failures);
+                    tracing::warn!(%id, error = %e, "Shared silence ignored: not a silence.");
+                }
             }
         }
         resync(&ids);
@@ -273,6 +283,7 @@ impl SilenceSync {
                     EventType::Put => match parse(kv.value()) {
                         Ok(s) => sink(id, Some(s)),
                         Err(e) => {
+                            bump(&self.counters.parse_failures);
                             tracing::warn!(%id, error = %e, "Shared silence ignored: not a silence.")
                         }
                     },
@@ -295,10 +306,14 @@ impl SilenceSync {
                 n.load(Ordering::Relaxed) as f64,
             );
         }
-        for (op, n) in [("write", &c.publish_failures), ("watch", &c.watch_failures)] {
+        for (op, n) in [
+            ("write", &c.publish_failures),
+            ("watch", &c.watch_failures),
+            ("parse", &c.parse_failures),
+        ] {
             out.counter(
                 "etcdmon_silence_sync_failures_total",
-                "Silence sharing failures: a create or delete etcd did not take (answered 503), a watch interrupted (re-listed).",
+                "Silence sharing failures: a create or delete etcd did not take (answered 503), a watch interrupted (re-listed), a shared value that is not a silence (ignored).",
                 &[("op", op)],
                 n.load(Ordering::Relaxed) as f64,
             );
