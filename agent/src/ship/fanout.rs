@@ -228,20 +228,22 @@ impl FanOut {
         })
     }
 
-    /// Labels of the running targets.
-    pub fn labels(&self) -> Vec<String> {
+    /// The running targets (a poisoned lock is recovered: the map stays consistent).
+    fn targets(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
         self.targets
             .lock()
-            .map(|t| t.keys().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Labels of the running targets.
+    pub fn labels(&self) -> Vec<String> {
+        self.targets().keys().cloned().collect()
     }
 
     /// Makes the running set equal `wanted` (label → (url, TLS server name)), capped at
     /// [`MAX_TARGETS`]; the surplus is counted as refused.
     fn reconcile(&self, wanted: BTreeMap<String, (String, Option<String>)>) {
-        let Ok(mut targets) = self.targets.lock() else {
-            return;
-        };
+        let mut targets = self.targets();
         let gone: Vec<String> = targets
             .keys()
             .filter(|k| !wanted.contains_key(*k))
@@ -299,19 +301,23 @@ impl FanOut {
         }
     }
 
-    /// Copies `batch` into every target's queue (never blocks) and updates the per-target
-    /// drop and queue series.
-    fn push(&self, batch: &etcd_monitor_proto::v1::EventBatch) {
-        let Ok(targets) = self.targets.lock() else {
-            return;
-        };
+    /// Hands `batch` to every target's queue (never blocks; the last target takes it, the
+    /// others a copy) and updates the per-target drop and queue series.
+    fn push(&self, mut batch: etcd_monitor_proto::v1::EventBatch) {
+        let targets = self.targets();
         if targets.is_empty() {
             // Nowhere to ship: the batch is lost, and counted.
             self.metrics.no_target.inc_by(batch.events.len() as u64);
             return;
         }
-        for (label, t) in targets.iter() {
-            t.queue.push(batch.clone());
+        let mut rest = targets.iter().peekable();
+        while let Some((label, t)) = rest.next() {
+            let copy = if rest.peek().is_some() {
+                batch.clone()
+            } else {
+                std::mem::take(&mut batch)
+            };
+            t.queue.push(copy);
             let dropped = t.dropped.load(Ordering::Relaxed);
             let counter = self.metrics.dropped.with_label_values(&[label]);
             if dropped > counter.get() {
@@ -326,11 +332,9 @@ impl FanOut {
 
     /// Stops every target.
     pub fn stop(&self) {
-        if let Ok(mut targets) = self.targets.lock() {
-            for (_, t) in std::mem::take(&mut *targets) {
-                t.stop.store(true, Ordering::Relaxed);
-                t.task.abort();
-            }
+        for (_, t) in std::mem::take(&mut *self.targets()) {
+            t.stop.store(true, Ordering::Relaxed);
+            t.task.abort();
         }
     }
 }
@@ -409,7 +413,7 @@ pub fn spawn(
         let _ = first.await;
         loop {
             let batch = source.pop().await;
-            fanout.push(&batch);
+            fanout.push(batch);
         }
     });
     vec![resolver, copier]
@@ -508,7 +512,7 @@ mod tests {
         assert_eq!(f.labels().len(), MAX_TARGETS);
         assert_eq!(f.metrics.refused.get(), 2);
         // Every target gets its own copy; a full queue drops only its own oldest.
-        f.push(&etcd_monitor_proto::v1::EventBatch::default());
+        f.push(etcd_monitor_proto::v1::EventBatch::default());
         for t in f.targets.lock().expect("lock").values() {
             assert_eq!(t.queue.len(), 1);
         }
