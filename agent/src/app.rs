@@ -5,6 +5,8 @@ use std::{
     time::Duration,
 };
 
+use etcd_monitor_runtime::sync::lock;
+
 use anyhow::Context;
 use etcd_monitor_agent::{
     config::{Config, ModeRequest},
@@ -440,13 +442,14 @@ async fn flush_loop(
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        if let Ok(mut b) = batcher.lock() {
+        let batched = {
+            let mut b = lock(&batcher);
             b.flush();
-            let batched = b.events_batched();
-            let counted = metrics.events_batched.get();
-            if batched > counted {
-                metrics.events_batched.inc_by(batched - counted);
-            }
+            b.events_batched()
+        };
+        let counted = metrics.events_batched.get();
+        if batched > counted {
+            metrics.events_batched.inc_by(batched - counted);
         }
         metrics.queue_batches.set(queue.len() as i64);
         metrics.queue_bytes.set(queue.bytes() as i64);
@@ -460,9 +463,9 @@ async fn status_loop(batcher: Arc<Mutex<Batcher>>, inputs: StatusInputs, every: 
         tick.tick().await;
         let (batcher, inputs) = (batcher.clone(), inputs.clone());
         let built = tokio::task::spawn_blocking(move || {
-            let mode = inputs.status.lock().ok()?.clone();
-            let resources = inputs.resources.lock().ok()?.clone();
-            let mut tracker = inputs.tracker.lock().ok()?;
+            let mode = lock(&inputs.status).clone();
+            let resources = lock(&inputs.resources).clone();
+            let mut tracker = lock(&inputs.tracker);
             let queue_drops = inputs.metrics.drops.agent_queue.load(Ordering::Relaxed);
             let snapshot = etcd_monitor_agent::ship::status::snapshot(
                 &mut tracker,
@@ -471,8 +474,7 @@ async fn status_loop(batcher: Arc<Mutex<Batcher>>, inputs: StatusInputs, every: 
                 &resources,
             );
             drop(tracker);
-            batcher.lock().ok()?.send_status(snapshot);
-            Some(())
+            lock(&batcher).send_status(snapshot);
         })
         .await;
         if built.is_err() {
@@ -494,25 +496,17 @@ async fn resource_loop(
         let (tracker, shared, sampler) = (tracker.clone(), shared.clone(), sampler.clone());
         let done = tokio::task::spawn_blocking(move || {
             // The tracker's lock is held only to copy who to sample, not during the reads.
-            let targets: Vec<Target> = match tracker.lock() {
-                Ok(tracker) => tracker
-                    .processes()
-                    .iter()
-                    .map(|(pid, p)| Target {
-                        pid: *pid,
-                        start_time: p.start_time,
-                        identity: p.identity.clone(),
-                    })
-                    .collect(),
-                Err(_) => return,
-            };
-            let Ok(mut sampler) = sampler.lock() else {
-                return;
-            };
-            let snapshot = sampler.sample(&targets);
-            if let Ok(mut latest) = shared.lock() {
-                *latest = snapshot;
-            }
+            let targets: Vec<Target> = lock(&tracker)
+                .processes()
+                .iter()
+                .map(|(pid, p)| Target {
+                    pid: *pid,
+                    start_time: p.start_time,
+                    identity: p.identity.clone(),
+                })
+                .collect();
+            let snapshot = lock(&sampler).sample(&targets);
+            *lock(&shared) = snapshot;
         })
         .await;
         if let Err(err) = done {
@@ -532,7 +526,7 @@ async fn rescan_loop(
         let tracker = tracker.clone();
         let metrics_in = metrics.clone();
         let done = tokio::task::spawn_blocking(move || {
-            let Ok(mut tracker) = tracker.lock() else { return };
+            let mut tracker = lock(&tracker);
             let report = tracker.rescan();
             metrics_in.rescans.inc();
             metrics_in.tracked.set(tracker.processes().len() as i64);

@@ -76,6 +76,9 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+    // The one place a poisoned lock is reported instead of recovered (see
+    // `etcd_monitor_runtime::sync`): a task panicked while holding the agent's status, and the
+    // liveness probe should see it.
     let mode = state.status.lock().map(|s| s.clone());
     let tracked = state
         .tracker

@@ -9,6 +9,8 @@ use std::{
     },
 };
 
+use etcd_monitor_runtime::sync::lock;
+
 use prometheus::{
     IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     core::{Collector, Desc},
@@ -481,14 +483,14 @@ impl Collector for KernelCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let (snapshot, kernel_drops, net, diag) = match self.tracker.lock() {
-            Ok(mut tracker) => (
+        let (snapshot, kernel_drops, net, diag) = {
+            let mut tracker = lock(&self.tracker);
+            (
                 tracker.snapshot().unwrap_or_default(),
                 tracker.kernel_drops().unwrap_or_default(),
                 tracker.net_snapshot().unwrap_or_default(),
                 tracker.diag_snapshot(false).unwrap_or_default(),
-            ),
-            Err(_) => return Vec::new(),
+            )
         };
         let mut families = syscall_families(&snapshot);
         families.push(self.dropped(&kernel_drops));
@@ -813,9 +815,7 @@ impl Collector for ResourceCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let Ok(snapshot) = self.source.lock().map(|s| s.clone()) else {
-            return Vec::new();
-        };
+        let snapshot = lock(&self.source).clone();
         let mut by_name: HashMap<&str, Vec<proto::Metric>> = HashMap::new();
         let mut put =
             |name: &'static str, m: proto::Metric| by_name.entry(name).or_default().push(m);

@@ -1,8 +1,10 @@
 //! What the agent and the collector both need from their process, written once: the shutdown
-//! signal and the retry backoff. A leaf crate: it depends on no other etcd-monitor crate, so
-//! either binary can use it without a new dependency between them.
+//! signal, the retry backoff and the lock helpers ([`sync`]). A leaf crate: it depends on no
+//! other etcd-monitor crate, so either binary can use it without a new dependency between them.
 
 use std::time::Duration;
+
+pub mod sync;
 
 /// Resolves on Ctrl-C or, on Unix, SIGTERM (what Kubernetes sends), and logs that the process
 /// is shutting down. A signal that cannot be listened for never fires, so a failure to install

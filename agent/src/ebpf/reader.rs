@@ -11,6 +11,8 @@ use std::{
     thread::JoinHandle,
 };
 
+use etcd_monitor_runtime::sync::lock;
+
 use aya::maps::{MapData, RingBuf};
 use etcd_monitor_agent_common::syscall::FLAG_CLASS_UNKNOWN;
 
@@ -106,11 +108,7 @@ fn run(mut ring: RingBuf<MapData>, mut ctx: ReaderContext, stop: &AtomicBool) {
                             syscalls.inc();
                             if e.flags & FLAG_CLASS_UNKNOWN != 0 {
                                 ctx.metrics.unknown_fd_events.inc();
-                                let learned = ctx
-                                    .tracker
-                                    .lock()
-                                    .ok()
-                                    .and_then(|mut t| t.learn_fd(e.tgid, e.fd));
+                                let learned = lock(&ctx.tracker).learn_fd(e.tgid, e.fd);
                                 if let Some(class) = learned {
                                     e.class = class as u8;
                                 }
@@ -122,9 +120,8 @@ fn run(mut ring: RingBuf<MapData>, mut ctx: ReaderContext, stop: &AtomicBool) {
                         }
                         Event::Exit(e) => {
                             exits.inc();
-                            if let Ok(mut tracker) = ctx.tracker.lock()
-                                && let Err(err) = tracker.retire(e.tgid)
-                            {
+                            let retired = lock(&ctx.tracker).retire(e.tgid);
+                            if let Err(err) = retired {
                                 ctx.metrics.map_errors.inc();
                                 tracing::warn!(error = %err, pid = e.tgid, "Retiring an exited process failed.");
                             }

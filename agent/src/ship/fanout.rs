@@ -18,6 +18,8 @@ use std::{
     time::Duration,
 };
 
+use etcd_monitor_runtime::sync::lock;
+
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::task::JoinHandle;
 
@@ -230,9 +232,7 @@ impl FanOut {
 
     /// The running targets (a poisoned lock is recovered: the map stays consistent).
     fn targets(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
-        self.targets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.targets)
     }
 
     /// Labels of the running targets.

@@ -21,6 +21,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use etcd_monitor_runtime::sync::lock;
+
 use crate::{decode, tracker::Tracker};
 
 /// Turns reader events into protobuf events for the batcher, naming each one's member.
@@ -51,20 +53,14 @@ impl Forwarder {
             decode::Event::Exec(e) | decode::Event::Exit(e) => e.tgid,
         };
         if !self.members.contains_key(&pid) {
-            let name = self
-                .tracker
-                .lock()
-                .ok()
-                .and_then(|t| t.member_of(pid).map(str::to_string));
+            let name = lock(&self.tracker).member_of(pid).map(str::to_string);
             if let Some(name) = name {
                 self.members.insert(pid, name);
             }
         }
         let member = self.members.get(&pid).map(String::as_str).unwrap_or("");
         let pb = convert::to_proto(event, &self.node, member, &self.clock);
-        if let Ok(mut batcher) = self.batcher.lock() {
-            batcher.add(pb);
-        }
+        lock(&self.batcher).add(pb);
         if matches!(event, decode::Event::Exit(_)) {
             self.members.remove(&pid);
         }

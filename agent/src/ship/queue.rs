@@ -8,6 +8,8 @@ use std::{
     },
 };
 
+use etcd_monitor_runtime::sync::lock;
+
 use etcd_monitor_proto::v1::EventBatch;
 use prost::Message;
 
@@ -43,9 +45,7 @@ impl BatchQueue {
     /// beyond a short lock.
     pub fn push(&self, batch: EventBatch) {
         let size = batch.encoded_len();
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
+        let mut inner = lock(&self.inner);
         while inner.bytes + size > self.max_bytes {
             let Some((old, old_size)) = inner.batches.pop_front() else {
                 break;
@@ -63,7 +63,7 @@ impl BatchQueue {
 
     /// Takes the oldest batch, if any.
     pub fn try_pop(&self) -> Option<EventBatch> {
-        let mut inner = self.inner.lock().ok()?;
+        let mut inner = lock(&self.inner);
         let (batch, size) = inner.batches.pop_front()?;
         inner.bytes -= size;
         Some(batch)
@@ -81,7 +81,7 @@ impl BatchQueue {
 
     /// Batches waiting.
     pub fn len(&self) -> usize {
-        self.inner.lock().map(|i| i.batches.len()).unwrap_or(0)
+        lock(&self.inner).batches.len()
     }
 
     /// Whether no batch waits.
@@ -91,7 +91,7 @@ impl BatchQueue {
 
     /// Encoded bytes waiting.
     pub fn bytes(&self) -> usize {
-        self.inner.lock().map(|i| i.bytes).unwrap_or(0)
+        lock(&self.inner).bytes
     }
 
     /// Batches dropped so far.
