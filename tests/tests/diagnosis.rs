@@ -47,6 +47,8 @@ struct Setup {
     load_stop: Arc<AtomicBool>,
     load: Option<std::thread::JoinHandle<()>>,
     collector: CollectorProcess,
+    /// The collector's flags, to restart it on the same data dir and ports.
+    collector_args: Vec<String>,
     _agent: AgentProcess,
     cluster: EtcdCluster,
     disks: Vec<LoopDisk>,
@@ -83,30 +85,28 @@ impl Setup {
         let cluster = EtcdCluster::start(options)?;
         let data = cluster.dir().join("collector-data");
         std::fs::create_dir_all(&data)?;
-        let collector = CollectorProcess::start(
-            &binary("etcd-monitor")?,
-            &[
-                format!("--endpoints={}", cluster.endpoints()),
-                "--health-check-interval=1s".to_string(),
-                "--metrics-interval=1s".to_string(),
-                format!("--data-dir={}", data.display()),
-                WINDOW.to_string(),
-                "--diagnosis-interval=1s".to_string(),
-                SLOW_FSYNC[0].to_string(),
-                SLOW_FSYNC[1].to_string(),
-                RUNQ.to_string(),
-            ]
-            .into_iter()
-            .filter(|f| {
-                let name = f.split('=').next().unwrap_or_default();
-                !collector_flags
-                    .iter()
-                    .any(|o| o.split('=').next() == Some(name))
-            })
-            .chain(collector_flags.iter().map(|f| f.to_string()))
-            .collect::<Vec<_>>(),
-            cluster.dir(),
-        )?;
+        let collector_args: Vec<String> = [
+            format!("--endpoints={}", cluster.endpoints()),
+            "--health-check-interval=1s".to_string(),
+            "--metrics-interval=1s".to_string(),
+            format!("--data-dir={}", data.display()),
+            WINDOW.to_string(),
+            "--diagnosis-interval=1s".to_string(),
+            SLOW_FSYNC[0].to_string(),
+            SLOW_FSYNC[1].to_string(),
+            RUNQ.to_string(),
+        ]
+        .into_iter()
+        .filter(|f| {
+            let name = f.split('=').next().unwrap_or_default();
+            !collector_flags
+                .iter()
+                .any(|o| o.split('=').next() == Some(name))
+        })
+        .chain(collector_flags.iter().map(|f| f.to_string()))
+        .collect();
+        let collector =
+            CollectorProcess::start(&binary("etcd-monitor")?, &collector_args, cluster.dir())?;
         let pattern = format!(
             "--match={}",
             disks
@@ -150,6 +150,7 @@ impl Setup {
             load_stop,
             load: Some(load),
             collector,
+            collector_args,
             _agent: agent,
             cluster,
             disks,
@@ -544,7 +545,7 @@ fn stopped_leader_change_shows_the_previous_leaders_verdict() -> anyhow::Result<
         return Ok(());
     }
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let setup = Setup::start("leaderstop", false)?;
+    let mut setup = Setup::start("leaderstop", false)?;
     let leader = leader_name(&setup)?;
     let index = setup
         .cluster
@@ -593,5 +594,38 @@ fn stopped_leader_change_shows_the_previous_leaders_verdict() -> anyhow::Result<
         change["explanation"]["previous_leader"]["evidence"]["process_state"] == "T",
         "{change}"
     );
+
+    // The explanation is kept in the store: a restarted collector still says why, although
+    // the old leader is long running again.
+    let port = |url: &str| -> anyhow::Result<u16> {
+        Ok(url.rsplit(':').next().unwrap_or_default().parse()?)
+    };
+    let (api, grpc) = (
+        port(&setup.collector.url)?,
+        port(&setup.collector.grpc_url)?,
+    );
+    setup.collector.process.terminate(Duration::from_secs(10))?;
+    setup.collector = CollectorProcess::start_on(
+        &binary("etcd-monitor")?,
+        &setup.collector_args,
+        setup.cluster.dir(),
+        api,
+        grpc,
+    )?;
+    let after = wait_for(
+        "the explanation after a collector restart",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = setup.collector.get_json("/api/v1/cluster/leader").ok()?;
+            body["history"]
+                .as_array()?
+                .iter()
+                .find(|c| c["at_ms"] == change["at_ms"] && c["new_leader"] == change["new_leader"])
+                .filter(|c| !c["explanation"].is_null())
+                .cloned()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", setup.collector.log_text()))?;
+    assert_eq!(after["explanation"], change["explanation"], "{after}");
     Ok(())
 }

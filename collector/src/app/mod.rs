@@ -110,6 +110,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         pipeline.clone(),
         analysis.diagnoses.clone(),
         config.diagnosis.clone(),
+        store.clone(),
     ));
     let access = rest_access(&config);
     let tls_failures = access.tls_handshake_failures();

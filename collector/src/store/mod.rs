@@ -282,6 +282,13 @@ CREATE TABLE IF NOT EXISTS leader_changes (
     term INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS leader_changes_by_time ON leader_changes (cluster, ts_ms);
+CREATE TABLE IF NOT EXISTS leader_change_explanations (
+    ts_ms INTEGER NOT NULL,
+    cluster TEXT NOT NULL,
+    new_leader TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (cluster, ts_ms, new_leader)
+);
 CREATE TABLE IF NOT EXISTS benchmark_runs (
     id TEXT PRIMARY KEY,
     cluster TEXT NOT NULL,
@@ -801,6 +808,45 @@ impl Store {
         })
     }
 
+    /// Records, or replaces while it is still settling, the explanation of the leader change of
+    /// `cluster` at `at_ms` to `new_leader`; `body` is the diagnosis' JSON, opaque here.
+    pub fn save_leader_change_explanation(
+        &self,
+        cluster: &str,
+        at_ms: u64,
+        new_leader: &str,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO leader_change_explanations VALUES (?1, ?2, ?3, ?4)",
+                params![to_i64(at_ms), cluster, new_leader, body],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The explanations of `cluster`'s last `limit` leader changes as (time, new leader, body),
+    /// oldest first.
+    pub fn leader_change_explanations(
+        &self,
+        cluster: &str,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, String)>, StoreError> {
+        let mut rows = self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT ts_ms, new_leader, body FROM leader_change_explanations
+                 WHERE cluster = ?1 ORDER BY ts_ms DESC LIMIT ?2",
+            )?;
+            st.query_map(params![cluster, to_i64(limit as u64)], |r| {
+                Ok((to_u64(r.get(0)?), r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        rows.reverse();
+        Ok(rows)
+    }
+
     /// The last `limit` leader changes of `cluster`, oldest first.
     pub fn leader_changes(
         &self,
@@ -844,7 +890,11 @@ impl Store {
             to_i64(now_ms.saturating_sub(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX)));
         let mut deleted = self.with(|c| {
             let mut n = 0;
-            for table in ["member_samples", "leader_changes"] {
+            for table in [
+                "member_samples",
+                "leader_changes",
+                "leader_change_explanations",
+            ] {
                 n += c.execute(&format!("DELETE FROM {table} WHERE ts_ms < ?1"), [cutoff])?;
             }
             n += c.execute("DELETE FROM benchmark_runs WHERE started_ms < ?1", [cutoff])?;
@@ -1068,6 +1118,33 @@ mod tests {
         let changes = s.leader_changes("c", 100)?;
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].term, 7);
+        Ok(())
+    }
+
+    #[test]
+    fn leader_change_explanations_are_replaced_kept_across_reopening_and_pruned()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        {
+            let s = Store::open(dir.path())?;
+            s.save_leader_change_explanation("c", 1_000, "2", r#"{"v":1}"#)?;
+            s.save_leader_change_explanation("c", 1_000, "2", r#"{"v":2}"#)?;
+            s.save_leader_change_explanation("c", 5_000, "3", r#"{"v":3}"#)?;
+            s.save_leader_change_explanation("other", 2_000, "9", "{}")?;
+        }
+        let s = Store::open(dir.path())?;
+        let rows = s.leader_change_explanations("c", 10)?;
+        assert_eq!(
+            rows,
+            vec![
+                (1_000, "2".to_string(), r#"{"v":2}"#.to_string()),
+                (5_000, "3".to_string(), r#"{"v":3}"#.to_string()),
+            ]
+        );
+        assert_eq!(s.leader_change_explanations("c", 1)?.len(), 1);
+        s.prune(10_000, Duration::from_millis(6_000), u64::MAX)?;
+        assert_eq!(s.leader_change_explanations("c", 10)?.len(), 1);
+        assert!(s.leader_change_explanations("other", 10)?.is_empty());
         Ok(())
     }
 

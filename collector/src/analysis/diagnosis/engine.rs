@@ -37,7 +37,7 @@
 //! own verdict is a fault — while the leader is unwell → `peer_unhealthy` naming the leader.
 //! `peer_network_slow` is left only for a slow network between two members that are well.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{DiagnosisConfig, sample::AgentSample, sample::CgroupIoSample, sample::MemberSample};
@@ -69,7 +69,7 @@ pub const FAULTS: [&str; 7] = [
 ];
 
 /// The process named by a `noisy_neighbor` verdict.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Neighbor {
     /// Process id.
     pub pid: u32,
@@ -82,7 +82,7 @@ pub struct Neighbor {
 }
 
 /// One peer's network figures.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PeerEvidence {
     /// Peer member (or address).
     pub peer: String,
@@ -93,7 +93,7 @@ pub struct PeerEvidence {
 }
 
 /// The member's I/O cgroup against its limit over the window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CgroupIoEvidence {
     /// The cgroup whose limit it is (the member's or an ancestor's).
     pub cgroup: String,
@@ -110,7 +110,7 @@ pub struct CgroupIoEvidence {
 }
 
 /// The numbers behind a verdict, over the window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Evidence {
     /// The quantile the slow-sync decision uses (`--diagnosis-quantile`).
     pub quantile: f64,
@@ -173,7 +173,7 @@ pub struct Evidence {
 }
 
 /// A member's verdict for one window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Verdict {
     /// One of [`CAUSES`].
     pub cause: String,

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{MemberDiagnosis, engine::FAULTS};
@@ -25,7 +25,7 @@ pub const SETTLE_MS: u64 = 15_000;
 pub const LEADER_CHANGE_RULES: &[&str] = &["HighLeaderChangeRate", "etcdHighNumberOfLeaderChanges"];
 
 /// What one other member saw of the previous leader.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PeerView {
     /// Member name.
     pub member: String,
@@ -42,7 +42,7 @@ pub struct PeerView {
 }
 
 /// Why a leader changed, as far as the diagnosis could tell.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LeaderChangeExplanation {
     /// The change's time (Unix ms), as in the history entry.
     pub at_ms: u64,
@@ -78,15 +78,29 @@ impl Explanations {
         self.by_cluster.get(cluster)?.values().next_back().cloned()
     }
 
+    /// Takes back the explanations a previous run kept in the store (see
+    /// `super::persist_leader_changes`); one already known here is kept.
+    pub fn load(&mut self, cluster: &str, explanations: Vec<LeaderChangeExplanation>) {
+        let known = self.by_cluster.entry(cluster.to_string()).or_default();
+        for e in explanations {
+            known.entry((e.at_ms, e.new_leader.clone())).or_insert(e);
+        }
+        while known.len() > LEADER_HISTORY {
+            known.pop_first();
+        }
+    }
+
     /// Records or refreshes the explanations of `history`'s changes: new ones, and those still
     /// settling (see [`SETTLE_MS`]). `verdicts` are the cluster's verdicts of this tick.
+    /// Returns the explanations that are new or differ from what was known, for the store.
     pub fn observe(
         &mut self,
         cluster: &str,
         history: &[LeaderChange],
         verdicts: &[MemberDiagnosis],
         now_ms: u64,
-    ) {
+    ) -> Vec<LeaderChangeExplanation> {
+        let mut changed = Vec::new();
         let known = self.by_cluster.entry(cluster.to_string()).or_default();
         for change in history.iter().filter(|c| c.at_ms <= now_ms) {
             let key = (change.at_ms, change.new_leader.clone());
@@ -100,11 +114,16 @@ impl Explanations {
             if settled || stale {
                 continue;
             }
-            known.insert(key, explain(change, verdicts));
+            let explanation = explain(change, verdicts);
+            if known.get(&key) != Some(&explanation) {
+                changed.push(explanation.clone());
+                known.insert(key, explanation);
+            }
         }
         while known.len() > LEADER_HISTORY {
             known.pop_first();
         }
+        changed
     }
 
     /// Forgets clusters that are gone.
@@ -234,7 +253,9 @@ mod tests {
             d("m0", "a0", "unreachable", vec![]),
             d("m1", "b1", "healthy", vec![rtt.clone()]),
         ];
-        e.observe("c", &[change(1000)], &first, 2000);
+        assert_eq!(e.observe("c", &[change(1000)], &first, 2000).len(), 1);
+        // The same verdicts again: nothing new for the store.
+        assert!(e.observe("c", &[change(1000)], &first, 2500).is_empty());
         let x = e.get("c", &change(1000)).expect("explained");
         assert_eq!(x.previous_leader_name.as_deref(), Some("m0"));
         assert_eq!(x.peers.len(), 1);
@@ -257,7 +278,7 @@ mod tests {
         );
         assert!(x.summary.contains("m1 blamed it"), "{}", x.summary);
         // …and then it stays.
-        e.observe("c", &[change(1000)], &first, 7000);
+        assert!(e.observe("c", &[change(1000)], &first, 7000).is_empty());
         assert_eq!(
             e.latest("c")
                 .and_then(|x| x.previous_leader)
@@ -279,5 +300,28 @@ mod tests {
             e.latest("c")
                 .is_some_and(|x| x.summary.contains("has no verdict"))
         );
+    }
+
+    #[test]
+    fn loaded_explanations_survive_a_restart_and_are_not_re_explained() {
+        let mut before = Explanations::default();
+        let stopped = [d("m0", "a0", "stopped", vec![])];
+        let saved = before.observe("c", &[change(1000)], &stopped, 2000);
+        let body = serde_json::to_string(&saved[0]).expect("serialises");
+        let back: LeaderChangeExplanation = serde_json::from_str(&body).expect("parses");
+        assert_eq!(back, saved[0]);
+
+        // A restarted collector loads it, then sees the same change (from the history table)
+        // long after it settled, with verdicts that no longer say "stopped".
+        let mut after = Explanations::default();
+        after.load("c", vec![back]);
+        let fresh = after.observe(
+            "c",
+            &[change(1000)],
+            &[d("m0", "a0", "healthy", vec![])],
+            60_000,
+        );
+        assert!(fresh.is_empty());
+        assert_eq!(after.get("c", &change(1000)).as_ref(), Some(&saved[0]));
     }
 }

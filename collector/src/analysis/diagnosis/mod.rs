@@ -16,16 +16,16 @@ pub mod metrics;
 pub mod sample;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{Arc, RwLock},
     time::Duration,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::model::sync;
-use crate::{model::cluster::Clusters, sources::ingest::Pipeline};
+use crate::{model::cluster::Clusters, sources::ingest::Pipeline, store::Store};
 
 pub use engine::{CAUSES, Verdict, diagnose};
 
@@ -218,7 +218,7 @@ impl DiagnosisArgs {
 }
 
 /// One member's latest verdict.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct MemberDiagnosis {
     /// Cluster name.
     pub cluster: String,
@@ -333,16 +333,18 @@ fn now_ms() -> u64 {
 pub type History = HashMap<(String, String), VecDeque<sample::MemberSample>>;
 
 /// Takes one sample of every member of every cluster and recomputes the verdicts: per member
-/// (phase 1), then across each cluster's members (phase 2), then the leader changes.
+/// (phase 1), then across each cluster's members (phase 2), then the leader changes. Returns
+/// the leader-change explanations that are new or refreshed, by cluster, for the store.
 pub fn tick(
     clusters: &Clusters,
     pipeline: &Pipeline,
     diagnoses: &Diagnoses,
     cfg: &DiagnosisConfig,
     history: &mut History,
-) {
+) -> Vec<(String, leader_changes::LeaderChangeExplanation)> {
     let now = now_ms();
     let mut seen = Vec::new();
+    let mut explained = Vec::new();
     for cluster in clusters.iter() {
         let state = cluster.snapshot();
         let mut judged = Vec::new();
@@ -374,13 +376,78 @@ pub fn tick(
             verdicts.push(d);
         }
         let changes: Vec<_> = state.leader_history.iter().cloned().collect();
-        sync::write(&diagnoses.leader_changes).observe(cluster.name(), &changes, &verdicts, now);
+        let fresh = sync::write(&diagnoses.leader_changes).observe(
+            cluster.name(),
+            &changes,
+            &verdicts,
+            now,
+        );
+        explained.extend(fresh.into_iter().map(|e| (cluster.name().to_string(), e)));
     }
     diagnoses.retain(|c, m| seen.iter().any(|(sc, sm)| sc == c && sm == m));
-    sync::write(&diagnoses.leader_changes).retain(|c| seen.iter().any(|(sc, _)| sc == c));
+    // Explanations are kept while the cluster is configured, even when no member answers.
+    sync::write(&diagnoses.leader_changes).retain(|c| clusters.iter().any(|h| h.name() == c));
     history.retain(|(c, _), ring| {
         seen.iter().any(|(sc, _)| sc == c) && ring.back().is_some_and(|b| b.at_ms == now)
     });
+    explained
+}
+
+/// Leader-change explanations kept in the history store, so that after a collector restart
+/// `GET /api/v1/cluster/leader` still says why each change in its history happened.
+struct LeaderChangeStore {
+    store: Arc<Store>,
+    loaded: HashSet<String>,
+}
+
+impl LeaderChangeStore {
+    /// Loads, once per cluster, the explanations a previous run saved.
+    fn load_new_clusters(&mut self, clusters: &Clusters, diagnoses: &Diagnoses) {
+        for cluster in clusters.iter() {
+            let name = cluster.name();
+            if self.loaded.contains(name) {
+                continue;
+            }
+            let rows = match self
+                .store
+                .leader_change_explanations(name, crate::model::cluster::LEADER_HISTORY)
+            {
+                Ok(rows) => rows,
+                Err(err) => {
+                    tracing::warn!(cluster = %name, error = %err, "Cannot read the saved leader-change explanations; will retry.");
+                    continue;
+                }
+            };
+            let parsed = rows
+                .into_iter()
+                .filter_map(|(at_ms, _, body)| match serde_json::from_str(&body) {
+                    Ok(e) => Some(e),
+                    Err(err) => {
+                        tracing::warn!(cluster = %name, at_ms, error = %err, "A saved leader-change explanation does not parse; skipped.");
+                        None
+                    }
+                })
+                .collect();
+            sync::write(&diagnoses.leader_changes).load(name, parsed);
+            self.loaded.insert(name.to_string());
+        }
+    }
+
+    /// Saves new or refreshed explanations (a failed write is logged and counted by the store).
+    fn save(&self, explained: &[(String, leader_changes::LeaderChangeExplanation)]) {
+        for (cluster, e) in explained {
+            let saved = serde_json::to_string(e)
+                .map_err(|err| err.to_string())
+                .and_then(|body| {
+                    self.store
+                        .save_leader_change_explanation(cluster, e.at_ms, &e.new_leader, &body)
+                        .map_err(|err| err.to_string())
+                });
+            if let Err(err) = saved {
+                tracing::warn!(cluster = %cluster, at_ms = e.at_ms, error = %err, "Cannot save a leader-change explanation.");
+            }
+        }
+    }
 }
 
 /// Appends `s` and drops what fell out of the window.
@@ -444,19 +511,27 @@ fn log_change(diagnoses: &Diagnoses, d: &MemberDiagnosis) {
 }
 
 /// Recomputes the verdicts every `cfg.interval`, for as long as the collector runs.
-/// Writes them to `diagnoses`, which REST, /metrics and alert notifications read.
+/// Writes them to `diagnoses`, which REST, /metrics and alert notifications read, and the
+/// leader-change explanations also to `store`.
 pub async fn run(
     clusters: Clusters,
     pipeline: Pipeline,
     diagnoses: Arc<Diagnoses>,
     cfg: DiagnosisConfig,
+    store: Arc<Store>,
 ) {
     let mut history = HashMap::new();
+    let mut saved = LeaderChangeStore {
+        store,
+        loaded: HashSet::new(),
+    };
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        tick(&clusters, &pipeline, &diagnoses, &cfg, &mut history);
+        saved.load_new_clusters(&clusters, &diagnoses);
+        let explained = tick(&clusters, &pipeline, &diagnoses, &cfg, &mut history);
+        saved.save(&explained);
     }
 }
 
