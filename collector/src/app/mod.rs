@@ -82,6 +82,7 @@ impl Running {
 
 /// Starts everything `config` describes.
 pub async fn start(config: Config) -> Result<Running, AppError> {
+    warn_deprecated(&config);
     let (store, telemetry) = open_store(&config)?;
     let clusters: Clusters = Arc::new(
         config
@@ -134,6 +135,17 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         server,
         benchmarks,
     })
+}
+
+/// Says at start-up which given settings no longer do anything, so nobody relies on them.
+fn warn_deprecated(config: &Config) {
+    let given = config.thresholds.max_db_size_mb;
+    if given != crate::model::config::Thresholds::DEFAULT.max_db_size_mb {
+        tracing::warn!(
+            max_db_size_mb = given,
+            "--max-db-size-mb is deprecated and ignored: the database is judged against etcd's own quota (--quota-backend-bytes, etcdDatabaseQuotaLowSpace) and DiskUsageHigh against the data dir's filesystem."
+        );
+    }
 }
 
 /// Opens the history store (a corrupt file is moved aside and a fresh store started, never a
