@@ -163,7 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ResourceSampler::new(core.proc.clone()),
         )),
     ];
-    serve(&config, &core).await?;
+    serve(&config, &core, shipping.as_ref().map(|s| s.fanout.clone())).await?;
     for task in background {
         task.abort();
     }
@@ -297,12 +297,13 @@ fn start_reader(
 }
 
 /// Serves /metrics and /healthz until a shutdown signal.
-async fn serve(config: &Config, core: &Core) -> anyhow::Result<()> {
+async fn serve(config: &Config, core: &Core, fanout: Option<Arc<FanOut>>) -> anyhow::Result<()> {
     let state = HttpState {
         metrics: core.metrics.clone(),
         tracker: core.tracker.clone(),
         status: core.status.clone(),
         node: core.node.clone(),
+        fanout,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -17,6 +17,8 @@ pub struct HttpState {
     pub status: Arc<Mutex<ModeStatus>>,
     /// `--node-name`.
     pub node: String,
+    /// The collector targets, when shipping.
+    pub fanout: Option<Arc<crate::ship::fanout::FanOut>>,
 }
 
 /// The mode and the reason for it, as `/healthz` reports it.
@@ -45,6 +47,8 @@ struct Health {
     #[serde(flatten)]
     mode: ModeStatus,
     tracked: Vec<TrackedView>,
+    /// Every collector address shipped to (empty without `--collector`).
+    collectors: Vec<crate::ship::fanout::TargetView>,
 }
 
 /// The agent's HTTP routes.
@@ -105,6 +109,7 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
                     node: state.node.clone(),
                     mode,
                     tracked,
+                    collectors: state.fanout.as_ref().map(|f| f.views()).unwrap_or_default(),
                 })
                 .unwrap_or_default(),
             ),
@@ -143,6 +148,7 @@ mod tests {
                 probe_groups: vec![],
             })),
             node: "n1".into(),
+            fanout: None,
         }
     }
 
@@ -185,6 +191,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         assert_eq!(v["mode"], "client-only");
         assert_eq!(v["reason"], "test");
+        assert_eq!(v["collectors"], serde_json::json!([]), "not shipping: {v}");
 
         let (status, body) = get_body("/nope").await;
         assert_eq!(status, StatusCode::NOT_FOUND);

@@ -203,6 +203,19 @@ impl FanoutMetrics {
     }
 }
 
+/// One collector target's state, for `/healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TargetView {
+    /// The address shipped to (`host:port`), the `target` label of its series.
+    pub target: String,
+    /// Whether its stream is open.
+    pub connected: bool,
+    /// Bytes waiting in its queue.
+    pub queue_bytes: u64,
+    /// Events dropped from its full queue since start.
+    pub dropped_events: u64,
+}
+
 /// One running target.
 struct Running {
     queue: Arc<BatchQueue>,
@@ -238,6 +251,19 @@ impl FanOut {
     /// Labels of the running targets.
     pub fn labels(&self) -> Vec<String> {
         self.targets().keys().cloned().collect()
+    }
+
+    /// Each running target as `/healthz` shows it.
+    pub fn views(&self) -> Vec<TargetView> {
+        self.targets()
+            .iter()
+            .map(|(label, t)| TargetView {
+                target: label.clone(),
+                connected: self.metrics.connected.with_label_values(&[label]).get() == 1,
+                queue_bytes: t.queue.bytes() as u64,
+                dropped_events: t.dropped.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// Makes the running set equal `wanted` (label → (url, TLS server name)), capped at

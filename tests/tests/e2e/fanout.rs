@@ -130,6 +130,23 @@ fn agent_ships_to_every_collector_and_a_stopped_one_blocks_nothing() -> anyhow::
         let total = prom_sum(&text, "etcdmon_agent_collector_connected", &[])?;
         (per(&ta)? == 1.0 && per(&tb)? == 1.0 && total == 2.0).then_some(())
     })?;
+    // /healthz names both targets, connected.
+    let health = agent.health()?;
+    let mut listed: Vec<(String, bool)> = health["collectors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    let target = c["target"].as_str().unwrap_or_default().to_string();
+                    (target, c["connected"] == true)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    listed.sort();
+    let mut expected = vec![(ta.clone(), true), (tb.clone(), true)];
+    expected.sort();
+    assert_eq!(listed, expected, "/healthz collectors: {health}");
 
     // B stops: A keeps receiving, the agent stays healthy and counts B's drops and retries.
     let stopped = Stopped::stop(b.process.pid())?;
