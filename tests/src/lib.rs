@@ -99,10 +99,48 @@ pub fn decide_skip(
     Ok(false)
 }
 
-/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+/// Returns a TCP port on 127.0.0.1 that is free now and that this process has not handed out
+/// before, taken from below the kernel's ephemeral range. Tests run two at a time in one
+/// process: a port the kernel picks for `bind(0)` (a test's webhook receiver, an outgoing
+/// connection) could otherwise be one another test was handed but had not bound yet — CI once
+/// saw an etcd member fail with "address already in use" that way.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static ISSUED: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = port_range();
+    let span = u32::from(high - low);
+    // Different test binaries start at different places in the range.
+    let offset = std::process::id() % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + u16::try_from((offset + step) % span)?;
+        let fresh = ISSUED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port);
+        if fresh && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port left in {low}..{high}")
+}
+
+/// Ports [`free_port`] hands out: from 10000 up to the start of the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768 by default), which `bind(0)` and outgoing
+/// connections use.
+fn port_range() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > 12_000 {
+        (10_000, ephemeral_low)
+    } else {
+        // An unusual ephemeral range: use the ports above it instead.
+        (61_000, 65_000)
+    }
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or fails after `timeout` with `what`.
