@@ -407,12 +407,21 @@ impl Drop for NetNs {
     }
 }
 
+/// Serialises this file's two tests: one plants a dead run's namespace on purpose, and the
+/// other's `NetNs::create` sweeps such leftovers — run side by side, the sweep removed the
+/// planted namespace while `ip netns add` was still creating it.
+#[cfg(test)]
+static NETNS_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn namespace_is_reachable_and_loss_drops_packets_and_nothing_is_left() -> anyhow::Result<()> {
+        let _serial = NETNS_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let test = "netfault::namespace_is_reachable_and_loss_drops_packets_and_nothing_is_left";
         if !crate::require_root(test, "network namespaces")? {
             return Ok(());
@@ -474,6 +483,9 @@ mod sweep_tests {
 
     #[test]
     fn leftovers_of_a_killed_run_are_removed() -> anyhow::Result<()> {
+        let _serial = NETNS_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let test = "netfault::leftovers_of_a_killed_run_are_removed";
         if !crate::require_root(test, "network namespaces")? {
             return Ok(());
