@@ -78,16 +78,14 @@ impl Explanations {
         self.by_cluster.get(cluster)?.values().next_back().cloned()
     }
 
-    /// Takes back the explanations a previous run kept in the store (see
-    /// `super::persist_leader_changes`); one already known here is kept.
+    /// Takes back the explanations a previous run kept in the history store (written by the
+    /// diagnosis task from what [`Explanations::observe`] returns); one already known is kept.
     pub fn load(&mut self, cluster: &str, explanations: Vec<LeaderChangeExplanation>) {
         let known = self.by_cluster.entry(cluster.to_string()).or_default();
         for e in explanations {
             known.entry((e.at_ms, e.new_leader.clone())).or_insert(e);
         }
-        while known.len() > LEADER_HISTORY {
-            known.pop_first();
-        }
+        bound(known);
     }
 
     /// Records or refreshes the explanations of `history`'s changes: new ones, and those still
@@ -120,15 +118,20 @@ impl Explanations {
                 known.insert(key, explanation);
             }
         }
-        while known.len() > LEADER_HISTORY {
-            known.pop_first();
-        }
+        bound(known);
         changed
     }
 
     /// Forgets clusters that are gone.
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.by_cluster.retain(|c, _| keep(c));
+    }
+}
+
+/// Keeps the newest [`LEADER_HISTORY`] explanations of one cluster.
+fn bound(known: &mut BTreeMap<(u64, String), LeaderChangeExplanation>) {
+    while known.len() > LEADER_HISTORY {
+        known.pop_first();
     }
 }
 
